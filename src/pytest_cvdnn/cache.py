@@ -1,0 +1,158 @@
+"""Content-addressed, atomic, multi-process-safe cache of conversions and reference outputs.
+
+Layout under the cache root::
+
+    onnx/<key>/model.onnx + meta.json      converted models (meta holds the checksum)
+    keras/<model-hash>/meta.json           what the Keras model looks like (shapes, names)
+    ref/<model-hash>-<inputs-hash>.npz     Keras reference outputs for given inputs
+    locks/<key>.lock                       one lock per entry (filelock)
+
+Every entry is written to a temporary name in the same directory and renamed into
+place, so readers never see a half-written file, and a process killed mid-way leaves
+only a temporary file behind.  Entries carry a SHA-256 that is checked on read; a
+corrupted entry is discarded and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["Cache", "sha256_file", "sha256_path", "sha256_bytes", "default_user_cache"]
+
+_CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """Hash a file, or a directory (relative names + contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(sub.relative_to(path).as_posix()).encode() + b"\0")
+        h.update(sha256_file(sub).encode())
+    return h.hexdigest()
+
+
+def default_user_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-cvdnn"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Cache:
+    """The plugin's cache rooted at ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- locking ----------------------------------------------------------------------
+    @contextmanager
+    def lock(self, key: str, timeout: float = 1800.0) -> Iterator[None]:
+        from filelock import FileLock
+
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path), timeout=timeout):
+            yield
+
+    # -- converted models -----------------------------------------------------------------
+    def onnx_dir(self, key: str) -> Path:
+        return self.root / "onnx" / key
+
+    def get_onnx(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+        """The cached ONNX and its metadata, or None if absent or corrupt (then removed)."""
+        entry = self.onnx_dir(key)
+        meta_path, model_path = entry / "meta.json", entry / "model.onnx"
+        if not (meta_path.is_file() and model_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("sha256") != sha256_file(model_path):
+                raise ValueError("checksum mismatch")
+        except (ValueError, OSError):
+            shutil.rmtree(entry, ignore_errors=True)  # corrupted or truncated: rebuild
+            return None
+        return model_path, meta
+
+    def put_onnx(self, key: str, produced: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """Copy a freshly produced ONNX into the cache atomically; returns its path and metadata."""
+        entry = self.onnx_dir(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+        try:
+            shutil.copyfile(produced, staging / "model.onnx")
+            meta = dict(meta, sha256=sha256_file(staging / "model.onnx"))
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(staging, entry)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return entry / "model.onnx", meta
+
+    # -- small JSON documents ------------------------------------------------------------
+    def get_json(self, *parts: str) -> dict[str, Any] | None:
+        path = self.root.joinpath(*parts)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put_json(self, data: dict[str, Any], *parts: str) -> None:
+        _atomic_write_bytes(self.root.joinpath(*parts), json.dumps(data, indent=2, sort_keys=True).encode())
+
+    # -- arrays ---------------------------------------------------------------------------
+    def get_arrays(self, *parts: str) -> list[np.ndarray] | None:
+        path = self.root.joinpath(*parts)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                count = int(data["__count__"])
+                return [data[f"a{i}"] for i in range(count)]
+        except (OSError, ValueError, KeyError, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+
+    def put_arrays(self, arrays: list[np.ndarray], *parts: str) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, __count__=np.array(len(arrays)), **{f"a{i}": a for i, a in enumerate(arrays)})
+        _atomic_write_bytes(self.root.joinpath(*parts), buf.getvalue())

@@ -1,0 +1,282 @@
+"""The deployment checks, one function each, free of pytest.
+
+A check takes a :class:`~pytest_cvdnn.deployment.Deployment` and returns a
+:class:`CheckResult`; it raises :class:`CheckFailed` (a CvdnnError) when the
+deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .compare import compare
+from .errors import CvdnnError, StageSkipped
+from .deployment import Deployment
+
+__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "check_names", "run_check"]
+
+
+@dataclass
+class CheckResult:
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckFailed(CvdnnError):
+    def __init__(self, message: str, *, fix: str | None = None, details: str | None = None,
+                 data: dict[str, Any] | None = None) -> None:
+        super().__init__(message, fix=fix, details=details)
+        self.data = data or {}
+
+
+def _shape(a: Any) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in a) + ")"
+
+
+# -- convert / load ------------------------------------------------------------------------
+def check_convert(dep: Deployment) -> CheckResult:
+    conv = dep.conversion
+    data = {"onnx": str(conv.onnx_path), "cached": conv.cached, "seconds": conv.seconds}
+    if dep.source.is_onnx:
+        return CheckResult(f"ONNX model {conv.onnx_path.name} is valid (onnx.checker + onnxruntime); no conversion", data)
+    if dep.settings.onnx:
+        return CheckResult(f"using the provided ONNX {conv.onnx_path} (valid; not converted)", data)
+    how = "cache hit (not converted)" if conv.cached else f"converted in {conv.seconds:.2f} s"
+    return CheckResult(
+        f"{how}: opset {dep.settings.opset}, layout {dep.settings.layout} -> {conv.onnx_path}", data
+    )
+
+
+def check_load(dep: Deployment) -> CheckResult:
+    dep.require("conversion")
+    runner = dep.cv2net  # raises CvdnnError (fails this item) when OpenCV cannot read it
+    from .runners.cv2dnn import opencv_version
+
+    graph = dep.graph
+    outs = runner.infer([x[:1] for x in dep.to_onnx_inputs(dep.inputs)])
+    inputs = [f"{i.name} {_shape(i.shape)} {lay.upper()} {i.dtype}" for i, lay in zip(graph.inputs, dep.onnx_layouts)]
+    outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs)]
+    data = {
+        "opencv": opencv_version(),
+        "engine": dep.settings.engine,
+        "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts)],
+        "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)} for n, o in zip(dep.output_names, outs)],
+        "unconnected_out_layers": list(runner.net.getUnconnectedOutLayersNames()),
+    }
+    return CheckResult(
+        f"cv2.dnn {opencv_version()} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}", data
+    )
+
+
+# -- specs -----------------------------------------------------------------------------------
+def check_input_spec(dep: Deployment) -> CheckResult:
+    dep.require("cv2net")
+    from .preprocess import cv2_call, make_blob
+
+    spec = dep.spec
+    graph = dep.graph
+    info, layout = graph.inputs[0], dep.onnx_layouts[0]
+    data: dict[str, Any] = {"spec": spec.as_dict(), "expected": info.as_dict() | {"layout": layout}}
+    if len(info.shape) != 4:
+        if info.dtype != "float32":
+            raise CheckFailed(f"input {info.name!r} is {info.dtype}; the deployment feeds float32",
+                              fix="cast the input in the model, or feed the right dtype", data=data)
+        return CheckResult(f"non-image input {info.name!r} {_shape(info.shape)} {info.dtype}: no blob to check", data)
+    height, width = dep.input_shapes()[0][1:3]
+    image = np.random.default_rng(dep.settings.seed).integers(0, 256, (height + 7, width + 5, 3), dtype=np.uint8)
+    blob = make_blob([image], spec)
+    code = cv2_call(spec)
+    data.update(blob_shape=list(blob.shape), blob_dtype=str(blob.dtype), code=code)
+    want = info.shape
+    if layout != spec.layout:
+        nhwc = layout == "nhwc"
+        raise CheckFailed(
+            f"the model {dep.onnx_path.name} expects {_shape(want)} {layout.upper()} but the spec's blob is "
+            f"{tuple(blob.shape)} {spec.layout.upper()} (input {info.name!r})",
+            fix=(
+                "build the blob with cv2.dnn.blobFromImageWithParams(img, Image2BlobParams(..., "
+                "datalayout=cv2.dnn.DNN_LAYOUT_NHWC)) or convert with --cvdnn-layout=nchw"
+                if nhwc
+                else "use layout=nchw in the input spec (what blobFromImage gives) or convert with --cvdnn-layout=nhwc"
+            ),
+            data=data,
+        )
+    bad = [n for n, (b, w) in enumerate(zip(blob.shape[1:], want[1:]), start=1) if w is not None and b != w]
+    if bad or len(blob.shape) != len(want):
+        raise CheckFailed(
+            f"the spec's blob {tuple(blob.shape)} does not fit the model input {info.name!r} {_shape(want)} "
+            f"({layout.upper()}); spec: {spec.describe()}",
+            fix=f"set size=({want[3] if layout == 'nchw' else want[2]}, {want[2] if layout == 'nchw' else want[1]}) "
+            "in the input spec",
+            data=data,
+        )
+    if info.dtype != str(blob.dtype):
+        raise CheckFailed(f"the model input {info.name!r} is {info.dtype} but the blob is {blob.dtype}",
+                          fix="use ddepth=cv2.CV_32F (float32) for the blob", data=data)
+    from .runners.cv2dnn import opencv_error_line
+
+    try:
+        dep.cv2net.infer([blob])
+    except Exception as exc:  # noqa: BLE001 - cv2.error
+        raise CheckFailed(
+            f"cv2.dnn rejects the spec's blob {tuple(blob.shape)}: {opencv_error_line(exc)}",
+            fix="make the blob match the model input " + _shape(want), details=str(exc), data=data,
+        ) from exc
+    return CheckResult(f"blob {tuple(blob.shape)} {blob.dtype} {spec.layout.upper()} fits {info.name!r} "
+                       f"{_shape(want)}; deployment code: {code}", data)
+
+
+def _runners(dep: Deployment) -> list[str]:
+    return (["keras"] if dep.has_keras else []) + ["onnxruntime", "cv2dnn"]
+
+
+def check_output_spec(dep: Deployment) -> CheckResult:
+    dep.require("cv2net")
+    sample = [x[:1] for x in dep.inputs]
+    results = {name: dep.run(name, sample) for name in _runners(dep)}
+    table = {name: [(tuple(o.shape), str(o.dtype)) for o in outs] for name, outs in results.items()}
+    data = {"outputs": {name: [{"shape": list(s), "dtype": d} for s, d in rows] for name, rows in table.items()}}
+    ref_name = _runners(dep)[0]
+    ref = table[ref_name]
+    problems, notes = [], []
+    for name, rows in table.items():
+        if len(rows) != len(ref):
+            problems.append(f"{name} returns {len(rows)} output(s), {ref_name} {len(ref)}")
+            continue
+        for k, ((shape, dtype), (rshape, rdtype)) in enumerate(zip(rows, ref)):
+            if shape != rshape:
+                same_data = int(np.prod(shape)) == int(np.prod(rshape)) and \
+                    tuple(d for d in shape if d != 1) == tuple(d for d in rshape if d != 1)
+                msg = f"output {k} ({dep.output_names[k] if k < len(dep.output_names) else k}): {name} {shape} vs {ref_name} {rshape}"
+                (notes if same_data else problems).append(msg + (" (only size-1 axes differ)" if same_data else ""))
+            if dtype != rdtype:
+                problems.append(f"output {k}: {name} dtype {dtype} vs {ref_name} {rdtype}")
+    summary = "; ".join(f"{name}: " + ", ".join(f"{s} {d}" for s, d in rows) for name, rows in table.items())
+    if problems:
+        raise CheckFailed(
+            "the runners disagree on the outputs: " + "; ".join(problems),
+            fix="check that the ONNX file belongs to this Keras model (--cvdnn-onnx) and that outputs were not "
+            "reordered or transposed by the converter",
+            details=summary,
+            data=data,
+        )
+    return CheckResult("outputs agree: " + summary + ("; note: " + "; ".join(notes) if notes else ""), data)
+
+
+# -- parity ----------------------------------------------------------------------------------
+_BLAME = {
+    ("keras", "onnxruntime"): "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
+    ("onnxruntime", "cv2dnn"): "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime",
+    ("keras", "cv2dnn"): "the deployed model does not reproduce Keras",
+}
+
+
+def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
+    for name in (expected, obtained):
+        if name == "cv2dnn":
+            dep.require("cv2net")
+        elif name == "onnxruntime":
+            dep.require("conversion")
+            dep.require("ort")
+        elif name == "keras":
+            if not dep.has_keras:
+                raise StageSkipped(f"{dep.label} is an ONNX model: there is no Keras reference")
+    result = dep.parity(expected, obtained)
+    data = result.as_dict()
+    if not result:
+        raise CheckFailed(
+            f"{_BLAME[(expected, obtained)]} beyond {result.tolerance} "
+            f"(max abs error {result.max_abs:.3g}, max rel error {result.max_rel:.3g}, "
+            f"{result.mismatches} mismatching element(s), cosine {result.min_cosine:.6f})",
+            fix="if the ONNX is not this model's, pass the right --cvdnn-onnx; if the error is small and expected "
+            "(e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
+            details=result.format_failure(),
+            data=data,
+        )
+    return CheckResult(result.summary_line(), data)
+
+
+# -- batch / determinism -----------------------------------------------------------------------
+def check_batch(dep: Deployment) -> CheckResult:
+    runner = dep.require("cv2net")
+    from .runners.cv2dnn import opencv_error_line
+
+    feeds = dep.to_onnx_inputs(dep.inputs)
+    n = len(feeds[0])
+    if n < 2:
+        raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
+    single = dep.run("cv2dnn", per_sample=True)
+    try:
+        batched = runner.infer(feeds)
+    except Exception as exc:  # noqa: BLE001 - cv2.error
+        verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({opencv_error_line(exc)}): "
+                   "it needs a fixed batch of 1; call net.forward() once per image")
+        if dep.spec.batch > 1:
+            raise CheckFailed(verdict, fix=f"the input spec asks for batch={dep.spec.batch}: "
+                              "re-export the model with a dynamic batch, or deploy with batch=1") from exc
+        raise StageSkipped(verdict) from exc
+    result = compare(single, batched, dep.settings.tolerance, expected_name="single", obtained_name=f"batch{n}",
+                     output_names=dep.output_names)
+    if not result:
+        raise CheckFailed(
+            f"a batch of {n} through cv2.dnn differs from {n} single forwards "
+            f"(max abs error {result.max_abs:.3g})",
+            fix="deploy with batch=1 (one net.forward per image) or check batch-dependent layers",
+            details=result.format_failure(),
+            data=result.as_dict(),
+        )
+    return CheckResult(f"batch of {n} agrees with {n} single runs (max abs error {result.max_abs:.3g})",
+                       result.as_dict())
+
+
+def check_determinism(dep: Deployment) -> CheckResult:
+    runner = dep.require("cv2net")
+    from .runners.cv2dnn import Cv2DnnRunner
+
+    feeds = [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]
+    first = runner.infer(feeds)
+    second = runner.infer(feeds)
+    fresh = Cv2DnnRunner(dep.onnx_path, runner.input_names, runner.output_names, dep.settings.engine).infer(feeds)
+    for label, other in (("a second forward of the same net", second), ("a freshly loaded net", fresh)):
+        for k, (a, b) in enumerate(zip(first, other)):
+            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+                diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.shape == b.shape else float("inf")
+                raise CheckFailed(
+                    f"cv2.dnn is not deterministic: output {k} of {label} differs from the first forward "
+                    f"(max abs difference {diff:.3g})",
+                    fix="pin the backend/target (DNN_BACKEND_OPENCV, DNN_TARGET_CPU) and thread count, "
+                    "and compare with a tolerance instead of bit-exactly",
+                    data={"max_abs": diff},
+                )
+    return CheckResult("two forwards and a fresh net give bit-identical outputs", {"bit_identical": True})
+
+
+PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"))
+
+CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
+    "convert": check_convert,
+    "load": check_load,
+    "input_spec": check_input_spec,
+    "output_spec": check_output_spec,
+    **{f"parity[{a}-{b}]": (lambda dep, a=a, b=b: check_parity(dep, a, b)) for a, b in PARITY_PAIRS},
+    "batch": check_batch,
+    "determinism": check_determinism,
+}
+
+
+def check_names(has_keras: bool) -> list[str]:
+    names = list(CHECKS)
+    if not has_keras:
+        names = [n for n in names if "keras" not in n]
+    return names
+
+
+def run_check(dep: Deployment, name: str) -> tuple[CheckResult, float]:
+    start = time.perf_counter()
+    result = CHECKS[name](dep)
+    return result, time.perf_counter() - start
+

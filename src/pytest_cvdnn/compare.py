@@ -1,0 +1,395 @@
+"""Pure-numpy comparison of model outputs (no pytest, no OpenCV).
+
+Semantics follow Polygraphy: an element *mismatches* only when its absolute error
+exceeds ``atol`` **and** its relative error exceeds ``rtol`` (relative to the
+reference).  Every comparison returns a :class:`ParityResult` carrying the
+statistics, whatever the verdict; ``bool(result)`` is the verdict.
+
+Classifier awareness:
+
+* top-1 / top-k agreement is judged only where the reference's score gap is larger
+  than the tolerance, so near-ties (random-weight softmax) are reported as
+  ``ambiguous`` instead of raising a false alarm;
+* for Softmax outputs, :func:`compare` also compares logits recovered as centred
+  log-probabilities (``log p - mean(log p)``, equal to the logits up to the
+  per-row constant that softmax discards), where errors are not squashed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
+    "Tolerance",
+    "TopKResult",
+    "ArrayStats",
+    "ParityResult",
+    "compare",
+    "compare_arrays",
+]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+#: probabilities below this are not used to recover logits (log underflows)
+_LOGIT_FLOOR = 1e-30
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute and relative tolerance; an element fails only if it exceeds both."""
+
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def __str__(self) -> str:
+        return f"atol={self.atol:g}, rtol={self.rtol:g}"
+
+
+@dataclass(frozen=True)
+class TopKResult:
+    """Agreement of the top-k classes over the rows whose ranking is unambiguous."""
+
+    k: int
+    agree: int
+    disagree: int
+    ambiguous: int
+
+    @property
+    def ok(self) -> bool:
+        return self.disagree == 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"k": self.k, "agree": self.agree, "disagree": self.disagree, "ambiguous": self.ambiguous}
+
+
+@dataclass(frozen=True)
+class ArrayStats:
+    """Error statistics of one output array."""
+
+    name: str
+    shape: tuple[int, ...]
+    expected_shape: tuple[int, ...]
+    dtype: str
+    expected_dtype: str
+    max_abs: float
+    mean_abs: float
+    median_abs: float
+    max_rel: float
+    cosine: float
+    mismatches: int
+    size: int
+    nonfinite: int
+    required_atol: float
+    required_rtol: float
+    worst: tuple[tuple[tuple[int, ...], float, float, float], ...]
+    topk: tuple[TopKResult, ...] = ()
+    shape_ok: bool = True
+
+    @property
+    def mismatch_pct(self) -> float:
+        return 100.0 * self.mismatches / self.size if self.size else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.shape_ok and self.mismatches == 0 and self.nonfinite == 0 and all(t.ok for t in self.topk)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "expected_shape": list(self.expected_shape),
+            "dtype": self.dtype,
+            "expected_dtype": self.expected_dtype,
+            "ok": self.ok,
+            "max_abs": self.max_abs,
+            "mean_abs": self.mean_abs,
+            "median_abs": self.median_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "mismatches": self.mismatches,
+            "size": self.size,
+            "mismatch_pct": self.mismatch_pct,
+            "nonfinite": self.nonfinite,
+            "required_atol": self.required_atol,
+            "required_rtol": self.required_rtol,
+            "worst": [
+                {"index": list(i), "obtained": o, "expected": e, "abs_diff": d} for i, o, e, d in self.worst
+            ],
+            "topk": [t.as_dict() for t in self.topk],
+        }
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """The comparison of one runner pair over all outputs (``bool()`` is the verdict)."""
+
+    expected_name: str
+    obtained_name: str
+    tolerance: Tolerance
+    outputs: tuple[ArrayStats, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs) and all(o.ok for o in self.outputs)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self)
+
+    @property
+    def pair(self) -> str:
+        return f"{self.expected_name}-{self.obtained_name}"
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    @property
+    def min_cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+    @property
+    def mismatches(self) -> int:
+        return sum(o.mismatches for o in self.outputs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pair": self.pair,
+            "expected": self.expected_name,
+            "obtained": self.obtained_name,
+            "ok": self.ok,
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "min_cosine": self.min_cosine,
+            "mismatches": self.mismatches,
+            "outputs": [o.as_dict() for o in self.outputs],
+            "notes": list(self.notes),
+        }
+
+    def summary_line(self) -> str:
+        verdict = "ok" if self else "FAIL"
+        parts = [
+            f"{self.pair}: {verdict}",
+            f"max|Δ|={self.max_abs:.3g}",
+            f"max rel={self.max_rel:.3g}",
+            f"cos={self.min_cosine:.6f}",
+            f"mismatch={self.mismatches}",
+        ]
+        tops = [t for o in self.outputs for t in o.topk if t.k == 1]
+        if tops:
+            agree = sum(t.agree for t in tops)
+            judged = agree + sum(t.disagree for t in tops)
+            amb = sum(t.ambiguous for t in tops)
+            parts.append(f"top1={agree}/{judged}" + (f" ({amb} near-tie)" if amb else ""))
+        return " ".join(parts)
+
+    def format_failure(self, max_rows: int = 10) -> str:
+        """A readable multi-line report in the spirit of pytest-regressions."""
+        lines = [
+            f"parity {self.pair} failed ({self.tolerance}; an element fails only if it exceeds both)",
+        ]
+        for out in self.outputs:
+            lines.extend(_format_stats(out, self.expected_name, self.obtained_name, max_rows))
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _format_stats(out: ArrayStats, expected: str, obtained: str, max_rows: int) -> list[str]:
+    status = "ok" if out.ok else "MISMATCH"
+    lines = [f"", f"output {out.name!r}: {status}"]
+    if not out.shape_ok:
+        lines.append(
+            f"  shape: {obtained} {out.shape} ({out.dtype}) vs {expected} {out.expected_shape} ({out.expected_dtype})"
+        )
+        return lines
+    lines += [
+        f"  shape {out.shape}, {out.dtype} vs {out.expected_dtype}",
+        f"  Number of differences: {out.mismatches} / {out.size} ({out.mismatch_pct:.2f}%)",
+        f"  abs error: max {out.max_abs:.6g}, mean {out.mean_abs:.6g}, median {out.median_abs:.6g}",
+        f"  rel error: max {out.max_rel:.6g};  cosine similarity {out.cosine:.8f}",
+        f"  minimum tolerance that would pass: atol={out.required_atol:.3g} (or rtol={out.required_rtol:.3g})",
+    ]
+    if out.nonfinite:
+        lines.append(f"  {out.nonfinite} element(s) are NaN/Inf in one output but not the other")
+    for t in out.topk:
+        lines.append(
+            f"  top-{t.k}: {t.agree} agree, {t.disagree} disagree, {t.ambiguous} near-tie (not judged)"
+        )
+    if out.worst and out.mismatches:
+        width = max(12, max(len(str(i)) for i, *_ in out.worst[:max_rows]))
+        lines.append(f"  {'index':<{width}} {obtained:>14} {expected:>14} {'diff':>12}")
+        for idx, o, e, d in out.worst[:max_rows]:
+            lines.append(f"  {str(idx):<{width}} {o:>14.7g} {e:>14.7g} {d:>12.4g}")
+    return lines
+
+
+def _as_float64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _topk(expected: np.ndarray, obtained: np.ndarray, k: int, tol: Tolerance) -> TopKResult:
+    """Top-k set agreement per row; rows whose k-th/(k+1)-th gap is within tolerance are ambiguous."""
+    e = expected.reshape(-1, expected.shape[-1]).astype(np.float64)
+    o = obtained.reshape(-1, obtained.shape[-1]).astype(np.float64)
+    agree = disagree = ambiguous = 0
+    for er, orow in zip(e, o):
+        order = np.argsort(-er, kind="stable")
+        kth = er[order[k - 1]]
+        nxt = er[order[k]] if k < er.size else -np.inf
+        gap = kth - nxt
+        # tolerance of the two runners combined: what either may have moved
+        margin = 2 * max(tol.atol, tol.rtol * abs(kth))
+        if gap <= margin:
+            ambiguous += 1
+            continue
+        if set(order[:k].tolist()) == set(np.argsort(-orow, kind="stable")[:k].tolist()):
+            agree += 1
+        else:
+            disagree += 1
+    return TopKResult(k=k, agree=agree, disagree=disagree, ambiguous=ambiguous)
+
+
+def compare_arrays(
+    expected: np.ndarray,
+    obtained: np.ndarray,
+    tol: Tolerance = Tolerance(),
+    *,
+    name: str = "output",
+    classifier: bool = False,
+    topk: Sequence[int] = (1, 5),
+    worst: int = 10,
+) -> ArrayStats:
+    """Compare one array against its reference and return the statistics."""
+    expected = np.asarray(expected)
+    obtained = np.asarray(obtained)
+    size = int(expected.size)
+    base: dict[str, Any] = dict(
+        name=name,
+        shape=tuple(obtained.shape),
+        expected_shape=tuple(expected.shape),
+        dtype=str(obtained.dtype),
+        expected_dtype=str(expected.dtype),
+    )
+    if expected.shape != obtained.shape:
+        if expected.size == obtained.size and expected.squeeze().shape == obtained.squeeze().shape:
+            obtained = obtained.reshape(expected.shape)  # e.g. (1, 10) vs (10,): same data
+        else:
+            return ArrayStats(
+                **base, max_abs=math.inf, mean_abs=math.inf, median_abs=math.inf, max_rel=math.inf,
+                cosine=0.0, mismatches=size, size=size, nonfinite=0, required_atol=math.inf,
+                required_rtol=math.inf, worst=(), shape_ok=False,
+            )
+    e = _as_float64(expected)
+    o = _as_float64(obtained)
+    finite = np.isfinite(e) & np.isfinite(o)
+    same_nonfinite = (~np.isfinite(e)) & (~np.isfinite(o)) & ((e == o) | (np.isnan(e) & np.isnan(o)))
+    nonfinite = int(np.count_nonzero(~finite & ~same_nonfinite))
+    diff = np.where(finite, np.abs(e - o), 0.0)
+    denom = np.abs(e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(finite, np.where(denom > 0, diff / denom, np.where(diff > 0, np.inf, 0.0)), 0.0)
+    bad = (diff > tol.atol) & (rel > tol.rtol)
+    bad |= ~finite & ~same_nonfinite
+    mismatches = int(np.count_nonzero(bad))
+    ef, of = e[finite].ravel(), o[finite].ravel()
+    ne, no = float(np.linalg.norm(ef)), float(np.linalg.norm(of))
+    if ne == 0.0 and no == 0.0:
+        cosine = 1.0
+    elif ne == 0.0 or no == 0.0:
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(ef, of) / (ne * no))
+    order = np.argsort(-(diff + np.where(bad, np.inf, 0.0)).ravel(), kind="stable")[:worst]
+    worst_rows = tuple(
+        (
+            tuple(int(i) for i in np.unravel_index(int(flat), e.shape)),
+            float(o.ravel()[flat]),
+            float(e.ravel()[flat]),
+            float(diff.ravel()[flat]),
+        )
+        for flat in order
+    )
+    tops: tuple[TopKResult, ...] = ()
+    if classifier and e.ndim >= 1 and e.shape[-1] > 1 and e.size:
+        tops = tuple(_topk(e, o, k, tol) for k in topk if k < e.shape[-1])
+    finite_rel = rel[np.isfinite(rel)]
+    return ArrayStats(
+        **base,
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        median_abs=float(np.median(diff)) if diff.size else 0.0,
+        max_rel=float(finite_rel.max()) if finite_rel.size else 0.0,
+        cosine=cosine,
+        mismatches=mismatches,
+        size=size,
+        nonfinite=nonfinite,
+        required_atol=float(diff.max()) if diff.size else 0.0,
+        required_rtol=float(finite_rel.max()) if finite_rel.size else 0.0,
+        worst=worst_rows,
+        topk=tops,
+    )
+
+
+def centred_logits(probs: np.ndarray) -> np.ndarray:
+    """Logits recovered from softmax probabilities, up to the per-row constant."""
+    logp = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _LOGIT_FLOOR))
+    return logp - logp.mean(axis=-1, keepdims=True)
+
+
+def compare(
+    expected: Sequence[np.ndarray] | np.ndarray,
+    obtained: Sequence[np.ndarray] | np.ndarray,
+    tol: Tolerance = Tolerance(),
+    *,
+    expected_name: str = "expected",
+    obtained_name: str = "obtained",
+    output_names: Sequence[str] | None = None,
+    softmax: Sequence[bool] | bool = False,
+) -> ParityResult:
+    """Compare lists of outputs pairwise (by position) and return a :class:`ParityResult`.
+
+    ``softmax`` marks outputs produced by a final Softmax: they are compared as
+    probabilities (with top-k agreement) *and* as logits.
+    """
+    exp = [expected] if isinstance(expected, np.ndarray) else list(expected)
+    obt = [obtained] if isinstance(obtained, np.ndarray) else list(obtained)
+    names = list(output_names) if output_names else [f"output{i}" for i in range(len(exp))]
+    flags = [softmax] * len(exp) if isinstance(softmax, bool) else list(softmax)
+    notes: list[str] = []
+    if len(exp) != len(obt):
+        notes.append(
+            f"{expected_name} returned {len(exp)} output(s) but {obtained_name} returned {len(obt)}"
+        )
+        missing = ArrayStats(
+            name="(output count)", shape=(len(obt),), expected_shape=(len(exp),), dtype="-",
+            expected_dtype="-", max_abs=math.inf, mean_abs=math.inf, median_abs=math.inf,
+            max_rel=math.inf, cosine=0.0, mismatches=1, size=1, nonfinite=0,
+            required_atol=math.inf, required_rtol=math.inf, worst=(), shape_ok=False,
+        )
+        return ParityResult(expected_name, obtained_name, tol, (missing,), tuple(notes))
+    stats: list[ArrayStats] = []
+    for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp)):
+        stats.append(compare_arrays(e, o, tol, name=name, classifier=is_softmax))
+        if is_softmax and np.shape(e) == np.shape(o):
+            stats.append(
+                compare_arrays(centred_logits(e), centred_logits(o), tol, name=f"{name} (logits)")
+            )
+    return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))

@@ -1,0 +1,158 @@
+"""Keras → ONNX with tf2onnx: explicit input signature, NCHW/NHWC, validation, caching."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from .cache import Cache, sha256_bytes
+from .errors import CvdnnError
+from .graph import validate_onnx
+
+__all__ = ["ConversionOptions", "Conversion", "convert_keras", "conversion_key", "tool_versions", "cached_convert"]
+
+
+def _version(*dists: str) -> str:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions from package metadata (no imports: cheap, and TensorFlow stays unloaded)."""
+    return {
+        "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly"),
+        "keras": _version("keras"),
+        "tf2onnx": _version("tf2onnx"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "opencv": _version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+        "numpy": _version("numpy"),
+    }
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    opset: int = 13
+    layout: str = "nchw"
+    size: tuple[int, int] | None = None  # (width, height) for None spatial dims
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"opset": self.opset, "layout": self.layout, "size": list(self.size) if self.size else None}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    onnx_path: Path
+    meta: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+def conversion_key(model_hash: str, opts: ConversionOptions) -> str:
+    versions = tool_versions()
+    payload = json.dumps(
+        {
+            "model": model_hash,
+            "options": opts.as_dict(),
+            "tools": {k: versions[k] for k in ("tensorflow", "keras", "tf2onnx", "onnx")},
+            "format": 1,
+        },
+        sort_keys=True,
+    )
+    return sha256_bytes(payload.encode())[:32]
+
+
+def _signature_shapes(keras_meta: dict[str, Any], opts: ConversionOptions) -> list[list[int | None]]:
+    shapes = []
+    for inp in keras_meta["inputs"]:
+        shape = list(inp["shape"])
+        shape[0] = None
+        if len(shape) == 4 and (shape[1] is None or shape[2] is None):
+            if opts.size is None:
+                raise CvdnnError(
+                    f"the model input {inp['name']!r} has an undefined spatial size {tuple(shape)}",
+                    fix="give the size in the input spec, e.g. --cvdnn-preprocess='none,size=224x224' "
+                    "or @pytest.mark.cvdnn(input_spec=InputSpec(size=(224, 224)))",
+                )
+            shape[1], shape[2] = opts.size[1], opts.size[0]
+        shapes.append(shape)
+    return shapes
+
+
+def _safe_name(name: str, index: int) -> str:
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name.split(":")[0])
+    return cleaned or f"input_{index}"
+
+
+def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOptions, out_path: Path) -> dict[str, Any]:
+    """Convert with tf2onnx; returns metadata.  Raises CvdnnError with the layer at fault."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    shapes = _signature_shapes(keras_meta, opts)
+    names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
+    signature = tuple(
+        tf.TensorSpec(shape, tf.as_dtype(i["dtype"]), name=name)
+        for shape, i, name in zip(shapes, keras_meta["inputs"], names)
+    )
+    nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            tf2onnx.convert.from_keras(
+                model,
+                input_signature=signature,
+                opset=opts.opset,
+                output_path=str(out_path),
+                inputs_as_nchw=nchw or None,
+            )
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
+        raise CvdnnError(
+            f"tf2onnx failed to convert the Keras model at opset {opts.opset}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+            fix="try another --cvdnn-opset (11, 13, 17), or replace custom/unsupported layers",
+        ) from exc
+    validate_onnx(out_path, [layer["name"] for layer in keras_meta["layers"]])
+    return {"input_names": names, "layout": opts.layout, "options": opts.as_dict(), "versions": tool_versions()}
+
+
+def cached_convert(
+    cache: Cache,
+    model_hash: str,
+    opts: ConversionOptions,
+    load: Callable[[], tuple[Any, dict[str, Any]]],
+) -> Conversion:
+    """Return the cached conversion, or convert once (under a file lock) and cache it.
+
+    ``load`` returns ``(keras_model, keras_meta)``; it is called only on a cache miss.
+    """
+    key = conversion_key(model_hash, opts)
+    hit = cache.get_onnx(key)
+    if hit is not None:
+        return Conversion(hit[0], hit[1], cached=True, seconds=0.0)
+    with cache.lock(key):
+        hit = cache.get_onnx(key)  # another worker may have finished meanwhile
+        if hit is not None:
+            return Conversion(hit[0], hit[1], cached=True, seconds=0.0)
+        model, keras_meta = load()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="cvdnn-convert-") as tmp:
+            produced = Path(tmp) / "model.onnx"
+            meta = convert_keras(model, keras_meta, opts, produced)
+            seconds = time.perf_counter() - start
+            meta["convert_seconds"] = seconds
+            path, meta = cache.put_onnx(key, produced, meta)
+        return Conversion(path, meta, cached=False, seconds=seconds)

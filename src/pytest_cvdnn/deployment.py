@@ -1,0 +1,317 @@
+"""One model prepared for deployment: source → ONNX → runners, every stage memoised.
+
+A :class:`Deployment` is what the ``cvdnn_model`` fixture returns and what the
+generated check items share.  Stages run lazily, once per process; a failed stage is
+remembered so that the items depending on it are skipped with its reason.  Heavy
+work is cached on disk by content hash, so a warm run neither converts nor imports
+TensorFlow (the Keras reference outputs are cached too).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .cache import Cache, sha256_bytes
+from .compare import ParityResult, compare
+from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
+from .errors import CvdnnError, StageSkipped
+from .graph import GraphInfo, guess_layout, read_graph, validate_onnx
+from .inputs import load_inputs, random_inputs, to_layout
+from .settings import ModelSettings
+from .sources import ModelSource, parse_source
+from .spec import InputSpec
+
+__all__ = ["Deployment"]
+
+_STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
+
+
+class Deployment:
+    """A Keras (or ONNX) model on its way to cv2.dnn."""
+
+    def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
+                 memo: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.memo = memo if memo is not None else {}  # shared with other deployments of the same source
+        self.cache = cache
+        self.rootdir = rootdir
+        self._stages: dict[str, tuple[bool, Any]] = {}
+        self.timings: dict[str, float] = {}
+        self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
+
+    # -- stage machinery ----------------------------------------------------------------
+    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` once; remember its result or its error."""
+        if name not in self._stages:
+            start = time.perf_counter()
+            try:
+                self._stages[name] = (True, fn())
+            except (CvdnnError, StageSkipped) as exc:
+                self._stages[name] = (False, exc)
+            except Exception as exc:  # noqa: BLE001 - turned into a message naming the stage
+                self._stages[name] = (False, CvdnnError(f"{name} failed with {type(exc).__name__}: {exc}"))
+            self.timings[name] = time.perf_counter() - start
+        ok, value = self._stages[name]
+        if not ok:
+            raise value
+        return value
+
+    def require(self, name: str) -> Any:
+        """The value of a prerequisite stage, or StageSkipped naming why it is unavailable."""
+        try:
+            return getattr(self, name)
+        except StageSkipped:
+            raise
+        except CvdnnError as exc:
+            raise StageSkipped(f"{_STAGE_LABELS.get(name, name)} failed: {exc}") from exc
+
+    # -- source ---------------------------------------------------------------------------
+    @cached_property
+    def source(self) -> ModelSource:
+        return parse_source(self.settings.model, self.rootdir)
+
+    @property
+    def label(self) -> str:
+        return self.settings.model
+
+    @property
+    def has_keras(self) -> bool:
+        return not self.source.is_onnx
+
+    @cached_property
+    def model_hash(self) -> str:
+        return self.source.content_hash()
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model (loads TensorFlow)."""
+        if not self.has_keras:
+            raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras model")
+
+        def load() -> Any:
+            key = f"keras:{self.settings.model}"
+            if key not in self.memo:
+                self.memo[key] = self.source.load_keras()
+                self.events.append("keras-loaded")
+            return self.memo[key]
+
+        return self.stage("keras_model", load)
+
+    @property
+    def keras_meta(self) -> dict[str, Any]:
+        """Input/output shapes, names and layers of the Keras model (cached: no TensorFlow on warm runs)."""
+
+        def meta() -> dict[str, Any]:
+            self.source.check_readable()
+            key = f"{self.model_hash[:40]}.json"
+            cached = self.cache.get_json("keras", key)
+            if cached is not None:
+                return cached
+            from .runners.keras import keras_metadata
+
+            data = keras_metadata(self.keras_model)
+            self.cache.put_json(data, "keras", key)
+            return data
+
+        return self.stage("keras_meta", meta)
+
+    # -- conversion -------------------------------------------------------------------------
+    @property
+    def spec(self) -> InputSpec:
+        spec = self.settings.effective_spec
+        if spec.size is None and self.has_keras:
+            shape = self.keras_meta["inputs"][0]["shape"]
+            if len(shape) == 4 and shape[1] and shape[2]:
+                spec = spec.with_size(shape[2], shape[1])
+        return spec
+
+    @property
+    def conversion(self) -> Conversion:
+        def run() -> Conversion:
+            if self.source.is_onnx or self.settings.onnx:
+                path = self.source.path if self.source.is_onnx else self._user_onnx()
+                assert path is not None
+                self.source.check_readable()
+                read_graph(path)  # a clear error if the file is not ONNX
+                layers = [layer["name"] for layer in self.keras_meta["layers"]] if self.has_keras else []
+                validate_onnx(path, layers)
+                return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
+            opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+            meta = self.keras_meta
+
+            def load() -> tuple[Any, dict[str, Any]]:
+                return self.keras_model, meta
+
+            conv = cached_convert(self.cache, self.model_hash, opts, load)
+            self.events.append("cache-hit" if conv.cached else "converted")
+            return conv
+
+        return self.stage("convert", run)
+
+    def _user_onnx(self) -> Path:
+        raw = Path(str(self.settings.onnx)).expanduser()
+        if not raw.is_absolute() and not raw.exists() and self.rootdir is not None:
+            raw = self.rootdir / raw
+        if not raw.is_file():
+            raise CvdnnError(f"the ONNX file {self.settings.onnx!r} given with --cvdnn-onnx does not exist",
+                             fix="check the path of the artifact you ship")
+        return raw.resolve()
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.conversion.onnx_path
+
+    @property
+    def graph(self) -> GraphInfo:
+        return self.stage("graph", lambda: read_graph(self.onnx_path))
+
+    @property
+    def onnx_layouts(self) -> list[str]:
+        """Layout of each ONNX input, read from the graph (an artifact may differ from --cvdnn-layout)."""
+        keras_shapes = [i["shape"] for i in self.keras_meta["inputs"]] if self.has_keras else []
+        result = []
+        for n, info in enumerate(self.graph.inputs):
+            kshape = keras_shapes[n] if n < len(keras_shapes) else None
+            result.append(guess_layout(info.shape, kshape, self.settings.layout))
+        return result
+
+    @property
+    def softmax_outputs(self) -> list[bool]:
+        return list(self.graph.softmax_outputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.graph.outputs]
+
+    # -- inputs -----------------------------------------------------------------------------
+    def input_shapes(self) -> list[list[int]]:
+        """Concrete per-input shapes in the Keras layout (NHWC for images)."""
+        if self.has_keras:
+            raw = [list(i["shape"]) for i in self.keras_meta["inputs"]]
+        else:
+            raw = []
+            for info, layout in zip(self.graph.inputs, self.onnx_layouts):
+                shape = list(info.shape)
+                raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
+        shapes = []
+        for n, shape in enumerate(raw):
+            shape = list(shape)
+            if len(shape) == 4 and (shape[1] is None or shape[2] is None):
+                if self.spec.size is None:
+                    raise CvdnnError(
+                        f"input {n} of {self.label} has an undefined spatial size {tuple(shape)}",
+                        fix="give the size in the input spec, e.g. --cvdnn-preprocess='none,size=224x224'",
+                    )
+                shape[1], shape[2] = self.spec.size[1], self.spec.size[0]
+            if any(d is None for d in shape[1:]):
+                raise CvdnnError(
+                    f"input {n} of {self.label} has undefined dimensions {tuple(shape)}",
+                    fix="build the model with a fixed input shape",
+                )
+            shapes.append([1, *shape[1:]])
+        return shapes
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        """The samples every check uses, in the Keras layout (NHWC), identical for every runner."""
+
+        def make() -> list[np.ndarray]:
+            shapes = self.input_shapes()
+            if self.settings.inputs:
+                return load_inputs(Path(self.settings.inputs), shapes, self.spec)
+            return random_inputs(shapes, self.spec, self.settings.samples, self.settings.seed)
+
+        return self.stage("inputs", make)
+
+    @staticmethod
+    def inputs_hash(inputs: Sequence[np.ndarray]) -> str:
+        return sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+
+    # -- runners ----------------------------------------------------------------------------
+    @property
+    def ort(self) -> Any:
+        from .runners.onnxruntime import OrtRunner
+
+        return self.stage("ort", lambda: OrtRunner(self.onnx_path))
+
+    @property
+    def cv2net(self) -> Any:
+        """The cv2.dnn runner (the load stage)."""
+        from .runners.cv2dnn import Cv2DnnRunner, opencv_error_line, opencv_version
+
+        def load() -> Any:
+            try:
+                return Cv2DnnRunner(self.onnx_path, [i.name for i in self.graph.inputs], self.output_names,
+                                    self.settings.engine)
+            except CvdnnError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cv2.error
+                raise CvdnnError(
+                    f"cv2.dnn (OpenCV {opencv_version()}, engine {self.settings.engine}) cannot read "
+                    f"{self.onnx_path.name}: {opencv_error_line(exc)}",
+                    fix="try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, "
+                    "or a newer OpenCV",
+                    details=str(exc).strip(),
+                ) from exc
+
+        return self.stage("load", load)
+
+    @property
+    def net(self) -> Any:
+        """A fresh ``cv2.dnn.Net`` for the deployment's ONNX."""
+        from .runners.cv2dnn import read_net
+
+        self.require("cv2net")
+        return read_net(self.onnx_path, self.settings.engine)
+
+    def to_onnx_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
+        return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
+
+    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False) -> list[np.ndarray]:
+        """Outputs of ``runner`` ("keras", "onnxruntime" or "cv2dnn") on inputs in the Keras layout."""
+        inputs = list(self.inputs if inputs is None else inputs)
+        if runner == "keras":
+            return self.keras_outputs(inputs)
+        if runner == "onnxruntime":
+            target = self.require("ort")
+        elif runner == "cv2dnn":
+            target = self.require("cv2net")
+        else:
+            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime or cv2dnn")
+        feeds = self.to_onnx_inputs(inputs)
+        if not per_sample:
+            return target.infer(feeds)
+        rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
+        return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+
+    def keras_outputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm)."""
+        from .runners.keras import KerasRunner
+
+        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}.npz"
+        cached = self.cache.get_arrays("ref", name)
+        if cached is not None:
+            return cached
+        outputs = KerasRunner(self.require("keras_model")).infer(inputs)
+        self.cache.put_arrays(outputs, "ref", name)
+        return outputs
+
+    # -- comparisons ----------------------------------------------------------------------
+    def parity(self, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None) -> ParityResult:
+        exp = self.run(expected, inputs, per_sample=expected == "cv2dnn")
+        obt = self.run(obtained, inputs, per_sample=obtained == "cv2dnn")
+        return compare(
+            exp, obt, self.settings.tolerance, expected_name=expected, obtained_name=obtained,
+            output_names=self.output_names, softmax=self.softmax_outputs,
+        )
+
+    def environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = dict(tool_versions())
+        env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine)
+        return env

@@ -1,0 +1,33 @@
+"""Errors the user can act on: one paragraph naming what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = ["CvdnnError", "StageSkipped"]
+
+
+class CvdnnError(Exception):
+    """A deployment problem with a precise cause and a fix.
+
+    ``str(err)`` is a single paragraph: "<what is wrong>. Fix: <what to do>."
+    ``details`` holds optional extra lines (an OpenCV message, a statistics table).
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, details: str | None = None, node: str | None = None) -> None:
+        self.message = message.rstrip(". ")
+        self.fix = fix
+        self.details = details
+        self.node = node
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = self.message + "."
+        if self.fix:
+            text += f" Fix: {self.fix.rstrip('.')}."
+        return text
+
+    def full(self) -> str:
+        return str(self) + (f"\n\n{self.details}" if self.details else "")
+
+
+class StageSkipped(Exception):
+    """A stage cannot run because a stage it depends on failed (or is not applicable)."""

@@ -1,0 +1,168 @@
+"""Reading an ONNX graph: inputs, outputs, layout, Softmax outputs, node → Keras layer.
+
+Imports ``onnx`` lazily (inside functions).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import CvdnnError
+
+__all__ = ["TensorInfo", "GraphInfo", "read_graph", "keras_layer_for", "guess_layout", "validate_onnx"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    softmax_outputs: tuple[bool, ...]
+    opset: int
+    op_types: tuple[str, ...]
+
+
+def _dims(type_proto: Any) -> tuple[int | None, ...]:
+    dims = type_proto.tensor_type.shape.dim
+    return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims)
+
+
+def read_graph(path: Path) -> GraphInfo:
+    """The interface of an ONNX file, with a clear error if it is not one."""
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise CvdnnError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc).strip()[:200] or 'parse error'}); "
+            "it is truncated, corrupt or another format",
+            fix="re-export the model (tf2onnx, or let pytest-cvdnn convert the Keras source)",
+        ) from exc
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = tuple(
+        TensorInfo(i.name, _dims(i.type), helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
+        for i in graph.input
+        if i.name not in initializers
+    )
+    if not inputs or not graph.output:
+        raise CvdnnError(f"{path} has no graph inputs or outputs", fix="re-export the model")
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = tuple(
+        TensorInfo(o.name, _dims(o.type), helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name)
+        for o in graph.output
+    )
+    softmax = tuple(
+        o.name in producers and producers[o.name].op_type == "Softmax" for o in graph.output
+    )
+    opset = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
+    op_types = tuple(sorted({n.op_type for n in graph.node}))
+    return GraphInfo(inputs, outputs, softmax, opset, op_types)
+
+
+def guess_layout(onnx_shape: Sequence[int | None], keras_shape: Sequence[int | None] | None, default: str) -> str:
+    """Is a 4-D ONNX input NCHW or NHWC?  Decided from the Keras (NHWC) shape when known."""
+    if len(onnx_shape) != 4:
+        return "nhwc"
+
+    def fits(dims: Sequence[int | None], want: Sequence[int | None]) -> bool:
+        return all(d is None or w is None or d == w for d, w in zip(dims, want))
+
+    if keras_shape is not None and len(keras_shape) == 4:
+        _, h, w, c = keras_shape
+        as_nchw = fits(onnx_shape[1:], (c, h, w))
+        as_nhwc = fits(onnx_shape[1:], (h, w, c))
+        if as_nchw != as_nhwc:
+            return "nchw" if as_nchw else "nhwc"
+    if onnx_shape[1] in (1, 3, 4) and onnx_shape[3] not in (1, 3, 4):
+        return "nchw"
+    if onnx_shape[3] in (1, 3, 4) and onnx_shape[1] not in (1, 3, 4):
+        return "nhwc"
+    return default
+
+
+_SUFFIX = re.compile(r"_\d+$")
+
+
+def keras_layer_for(node_name: str, layer_names: Sequence[str]) -> str | None:
+    """The Keras layer a tf2onnx node came from (tf2onnx keeps ``model/layer_1/op`` names)."""
+    known = set(layer_names)
+    segments = [s for s in re.split(r"[/:]", node_name) if s]
+    # the innermost matching segment is the layer (the outer one is the model's name)
+    for seg in reversed(segments[:-1] or segments):
+        for cand in (seg, _SUFFIX.sub("", seg)):
+            if cand in known:
+                return cand
+    return None
+
+
+def validate_onnx(path: Path, layer_names: Sequence[str] = ()) -> None:
+    """onnx.checker + an onnxruntime session; a failure names the node (and Keras layer)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    bad = []
+    for node in model.graph.node:
+        domain = node.domain or ""
+        version = next((o.version for o in model.opset_import if (o.domain or "") == domain), None)
+        if domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, domain):
+            bad.append(node)
+        elif domain in ("", "ai.onnx") and version is not None:
+            try:
+                onnx.defs.get_schema(node.op_type, version, domain)
+            except Exception:  # noqa: BLE001
+                bad.append(node)
+    if bad:
+        node = bad[0]
+        layer = keras_layer_for(node.name, layer_names)
+        others = f" ({len(bad) - 1} more such node(s))" if len(bad) > 1 else ""
+        raise CvdnnError(
+            f"the converted graph {path.name} is invalid: node {node.name!r} has op type {node.op_type!r}, "
+            f"which is not an ONNX operator{others}"
+            + (f"; it comes from the Keras layer {layer!r}" if layer else ""),
+            fix="tf2onnx could not convert that layer: try another --cvdnn-opset, or replace the layer "
+            "with standard Keras layers; report it to tf2onnx with the repro",
+            node=node.name,
+        )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
+        text = str(exc).strip().splitlines()
+        node_match = re.search(r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)", str(exc), re.IGNORECASE)
+        node_name = node_match.group(1) if node_match else None
+        layer = keras_layer_for(node_name, layer_names) if node_name else None
+        raise CvdnnError(
+            f"onnx.checker rejects the converted graph {path.name}: {text[0][:300] if text else exc}"
+            + (f" (node {node_name!r}" + (f", Keras layer {layer!r})" if layer else ")") if node_name else ""),
+            fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
+            node=node_name,
+        ) from exc
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip()
+        node_match = re.search(r"[Nn]ode(?: name)?[:\s]+['\"]?([\w/.:-]+)", msg)
+        node_name = node_match.group(1) if node_match else None
+        layer = keras_layer_for(node_name, layer_names) if node_name else None
+        raise CvdnnError(
+            f"onnxruntime cannot load the converted graph {path.name}: {msg.splitlines()[0][:300] if msg else exc}"
+            + (f" (node {node_name!r}" + (f", Keras layer {layer!r})" if layer else ")") if node_name else ""),
+            fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
+            node=node_name,
+        ) from exc

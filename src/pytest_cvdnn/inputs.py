@@ -1,0 +1,101 @@
+"""Inputs every runner receives: seeded random images in the spec's range, or the user's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import CvdnnError
+from .spec import InputSpec
+
+__all__ = ["random_inputs", "load_inputs", "to_layout", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def to_layout(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Transpose a 4-D batch between NHWC and NCHW (other ranks pass through)."""
+    if x.ndim != 4 or src == dst:
+        return x
+    axes = (0, 3, 1, 2) if (src, dst) == ("nhwc", "nchw") else (0, 2, 3, 1)
+    return np.ascontiguousarray(np.transpose(x, axes))
+
+
+def _is_image(shape: Sequence[int | None]) -> bool:
+    return len(shape) == 4 and shape[-1] in (1, 3, 4)
+
+
+def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` samples per input (NHWC for images): random pixels 0..255 through the spec.
+
+    Non-image inputs get uniform values in [-1, 1].  The same seed gives the same arrays.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape in shapes:
+        full = (count, *[int(d) for d in shape[1:]])
+        if _is_image(shape):
+            pixels = rng.integers(0, 256, size=full).astype(np.float32)
+            out.append(spec.normalize(pixels))
+        else:
+            out.append(rng.uniform(-1.0, 1.0, size=full).astype(np.float32))
+    return out
+
+
+def _read_image(path: Path, spec: InputSpec, width: int, height: int, channels: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise CvdnnError(f"{path} could not be read as an image", fix="remove it from --cvdnn-inputs or convert it to PNG/JPEG")
+    interp = {
+        "bilinear": cv2.INTER_LINEAR,
+        "nearest": cv2.INTER_NEAREST,
+        "bicubic": cv2.INTER_CUBIC,
+        "area": cv2.INTER_AREA,
+    }[spec.interpolation]
+    img = cv2.resize(img, (width, height), interpolation=interp)
+    if img.ndim == 2:
+        img = img[..., None]
+    elif spec.swap_rb:  # imread gives BGR; the spec says whether the model wants it swapped
+        img = img[..., ::-1]
+    return spec.normalize(img[None].astype(np.float32))
+
+
+def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec, limit: int = 16) -> list[np.ndarray]:
+    """Images (resized + normalised by the spec) or ``.npy`` tensors (NHWC) from a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CvdnnError(f"--cvdnn-inputs={folder} is not a folder", fix="pass a folder of images or .npy files")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))[:limit]
+    if not files:
+        raise CvdnnError(
+            f"--cvdnn-inputs={folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) or .npy files",
+            fix="add some, or drop the option to use seeded random inputs",
+        )
+    if len(shapes) != 1:
+        raise CvdnnError(
+            f"--cvdnn-inputs works for single-input models; this one has {len(shapes)} inputs",
+            fix="drop the option (seeded random inputs are used) or write a test with the assert_parity fixture",
+        )
+    shape = [int(d) for d in shapes[0]]
+    samples = []
+    for path in files:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False).astype(np.float32)
+            if arr.shape == tuple(shape[1:]):
+                arr = arr[None]
+            if arr.shape[1:] != tuple(shape[1:]):
+                raise CvdnnError(
+                    f"{path} has shape {arr.shape} but the model input is {tuple(shape)} (NHWC)",
+                    fix="save tensors in the Keras layout with the model's size",
+                )
+            samples.append(arr)
+        else:
+            if not _is_image(shape):
+                raise CvdnnError(f"{path} is an image but the model input {tuple(shape)} is not an image",
+                                 fix="use .npy files for non-image inputs")
+            samples.append(_read_image(path, spec, shape[2], shape[1], shape[3]))
+    return [np.concatenate(samples, axis=0)]

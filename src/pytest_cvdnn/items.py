@@ -1,0 +1,135 @@
+"""pytest collector and items: one collector per model, one item per deployment check."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pytest
+
+from .errors import CvdnnError, StageSkipped
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+    from .settings import ModelSettings
+    from .sources import ModelSource
+
+__all__ = ["ModelEntry", "ModelFile", "ModelDirectory", "ModelCollector", "CheckItem", "RECORD_KEY"]
+
+#: key of the user_properties entry that carries a check's result (JSON) to the controller
+RECORD_KEY = "cvdnn"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A configured model and how to reach its (memoised) deployment."""
+
+    settings: "ModelSettings"
+    source: "ModelSource"
+    deployment: Callable[[], "Deployment"]
+    check_names: tuple[str, ...]
+
+
+class _ChecksMixin:
+    entry: ModelEntry
+
+    def _items(self) -> Iterator["CheckItem"]:
+        for name in self.entry.check_names:
+            yield CheckItem.from_parent(self, name=name, check=name)  # type: ignore[arg-type]
+
+
+class ModelCollector(_ChecksMixin, pytest.Collector):
+    """The checks of a model made by a factory function (a child of its module's ModelFile)."""
+
+    def __init__(self, *, entry: ModelEntry, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entry = entry
+
+    def collect(self) -> Iterator["CheckItem"]:
+        return self._items()
+
+
+class ModelFile(_ChecksMixin, pytest.File):
+    """A model file (.keras/.h5/.onnx) whose checks are items; or a factory module holding several."""
+
+    def __init__(self, *, entries: list[ModelEntry], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entries = entries
+        self.entry = entries[0]
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        if self.entry.source.kind == "factory":
+            for entry in self.entries:  # one sub-collector per factory function in this module
+                name = str(entry.source.factory).split(":")[1]
+                yield ModelCollector.from_parent(self, name=name, entry=entry)
+        else:
+            yield from self._items()
+
+
+class ModelDirectory(_ChecksMixin, pytest.Directory):
+    """A TensorFlow SavedModel folder, collected as one model instead of being walked."""
+
+    def __init__(self, *, entries: list[ModelEntry], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entry = entries[0]
+
+    def collect(self) -> Iterator["CheckItem"]:
+        return self._items()
+
+
+class CheckItem(pytest.Item):
+    """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
+
+    def __init__(self, *, check: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        self.add_marker(pytest.mark.cvdnn_check)
+
+    @property
+    def entry(self) -> ModelEntry:
+        return self.parent.entry  # type: ignore[union-attr,no-any-return]
+
+    def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
+        dep = self.entry.deployment()
+        payload = {
+            "model": self.entry.settings.model,
+            "check": self.check,
+            "outcome": outcome,
+            "message": message,
+            "seconds": round(seconds, 4),
+            "data": data,
+            "environment": dep.environment(),
+            "spec": dep.settings.effective_spec.as_dict(),
+            "events": list(dep.events),
+        }
+        self.user_properties.append((RECORD_KEY, json.dumps(payload, default=str)))
+
+    def runtest(self) -> None:
+        from .checks import CheckFailed, run_check
+
+        dep = self.entry.deployment()
+        start = time.perf_counter()
+        try:
+            result, seconds = run_check(dep, self.check)
+        except StageSkipped as exc:
+            self._record("skipped", str(exc), {}, time.perf_counter() - start)
+            pytest.skip(str(exc))
+        except CheckFailed as exc:
+            self._record("failed", str(exc), exc.data, time.perf_counter() - start)
+            raise
+        except CvdnnError as exc:
+            self._record("failed", str(exc), {"node": exc.node}, time.perf_counter() - start)
+            raise
+        self._record("passed", result.message, result.data, seconds)
+        self.add_report_section("call", "cvdnn", result.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, CvdnnError):
+            return f"{self.entry.settings.model} :: {self.check}\n{excinfo.value.full()}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.entry.settings.model}::{self.check}"

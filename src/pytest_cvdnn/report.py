@@ -1,0 +1,102 @@
+"""Results gathered from check items (also across xdist workers): terminal summary and JSON report.
+
+Each check item attaches its result as JSON in ``user_properties``; reports travel to
+the xdist controller with them, so the controller alone builds the summary and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Results", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+class Results:
+    """Check records keyed by model, then by check name."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict[str, Any]] = {}
+
+    def add(self, record: dict[str, Any], nodeid: str) -> None:
+        model = self.models.setdefault(
+            record["model"], {"model": record["model"], "environment": {}, "spec": None, "checks": {}}
+        )
+        model["environment"] = record.get("environment") or model["environment"]
+        model["spec"] = record.get("spec") or model["spec"]
+        model["checks"][record["check"]] = {
+            "nodeid": nodeid,
+            "outcome": record["outcome"],
+            "message": record["message"],
+            "seconds": record["seconds"],
+            "data": record.get("data", {}),
+        }
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for label, model in self.models.items():
+            checks = model["checks"]
+            counts: dict[str, int] = {}
+            for c in checks.values():
+                counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1
+            env = model["environment"]
+            tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            lines.append(
+                f"{label}: {tally} (opencv {env.get('opencv', '?')}, opset {env.get('opset', '?')}, "
+                f"{str(env.get('layout', '?')).upper()})"
+            )
+            for name in sorted(checks):
+                c = checks[name]
+                if name.startswith("parity[") and c["outcome"] != "skipped" and "max_abs" in c["data"]:
+                    d = c["data"]
+                    verdict = "ok  " if c["outcome"] == "passed" else "FAIL"
+                    lines.append(
+                        f"  {verdict} {name[7:-1]:<22} max|Δ| {d['max_abs']:.3g}  max rel {d['max_rel']:.3g}  "
+                        f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"
+                    )
+                elif c["outcome"] != "passed":
+                    first = c["message"].split(". Fix:")[0]
+                    lines.append(f"  {c['outcome'].upper():<7} {name}: {first[:160]}")
+        return lines
+
+    def as_json(self) -> dict[str, Any]:
+        models = []
+        for model in self.models.values():
+            parity = {
+                name[7:-1]: c["data"] for name, c in model["checks"].items()
+                if name.startswith("parity[") and "max_abs" in c["data"]
+            }
+            models.append(
+                {
+                    "model": model["model"],
+                    "environment": model["environment"],
+                    "input_spec": model["spec"],
+                    "checks": model["checks"],
+                    "parity": parity,
+                    "timings": {name: c["seconds"] for name, c in model["checks"].items()},
+                }
+            )
+        return {"schema": SCHEMA_VERSION, "tool": "pytest-cvdnn", "models": models}
+
+    def write_json(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.as_json(), fh, indent=2, default=str)
+        os.replace(tmp, path)
+
+
+def _top1(data: dict[str, Any]) -> str:
+    tops = [t for o in data.get("outputs", []) for t in o.get("topk", []) if t["k"] == 1]
+    if not tops:
+        return ""
+    agree = sum(t["agree"] for t in tops)
+    judged = agree + sum(t["disagree"] for t in tops)
+    amb = sum(t["ambiguous"] for t in tops)
+    return f"  top1 {agree}/{judged}" + (f" (+{amb} near-tie)" if amb else "")

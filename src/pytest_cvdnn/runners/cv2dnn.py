@@ -1,0 +1,80 @@
+"""The cv2.dnn runner: ``readNetFromONNX`` (engine selectable on OpenCV 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import CvdnnError
+
+__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "opencv_error_line"]
+
+ENGINES = ("auto", "classic", "new")
+
+
+def opencv_version() -> str:
+    import cv2
+
+    return str(cv2.__version__)
+
+
+def engine_flag(engine: str) -> int | None:
+    """The ``cv2.dnn.ENGINE_*`` constant for ``engine``, or None where OpenCV has no engines (4.x)."""
+    import cv2
+
+    const = getattr(cv2.dnn, f"ENGINE_{engine.upper()}", None)
+    if const is None and engine != "auto":
+        raise CvdnnError(
+            f"--cvdnn-engine={engine} needs OpenCV 5 (DNN engines); the installed OpenCV is {opencv_version()}",
+            fix="drop --cvdnn-engine or use --cvdnn-engine=auto",
+        )
+    return None if const is None else int(const)
+
+
+def opencv_error_line(exc: BaseException) -> str:
+    """The one line of OpenCV's multi-line error text that matters."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln and ")" in ln:
+            return ln.split("error:", 1)[1].strip()[:400]
+    for ln in lines:
+        if "parse error" in ln or "Can't" in ln or "Assertion" in ln:
+            return ln[:400]
+    return (lines[-1] if lines else repr(exc))[:400]
+
+
+def read_net(onnx_path: Path, engine: str = "auto") -> Any:
+    import cv2
+
+    flag = engine_flag(engine)
+    net = cv2.dnn.readNetFromONNX(str(onnx_path)) if flag is None else cv2.dnn.readNetFromONNX(str(onnx_path), flag)
+    if net.empty():
+        raise cv2.error("readNetFromONNX returned an empty network")
+    return net
+
+
+class Cv2DnnRunner:
+    name = "cv2dnn"
+
+    def __init__(self, onnx_path: Path, input_names: Sequence[str], output_names: Sequence[str], engine: str = "auto") -> None:
+        self.onnx_path = Path(onnx_path)
+        self.engine = engine
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.net = read_net(self.onnx_path, engine)
+
+    def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        net = self.net
+        if len(inputs) == 1:
+            net.setInput(np.ascontiguousarray(inputs[0]))
+        else:
+            for name, x in zip(self.input_names, inputs):
+                net.setInput(np.ascontiguousarray(x), name)
+        try:
+            outs = net.forward(self.output_names)
+        except Exception:  # noqa: BLE001 - fall back to the names OpenCV knows
+            outs = net.forward(list(net.getUnconnectedOutLayersNames()))
+        return [np.array(o, copy=True) for o in outs]

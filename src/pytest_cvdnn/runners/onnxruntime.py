@@ -1,0 +1,27 @@
+"""The onnxruntime runner (CPU execution provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["OrtRunner"]
+
+
+class OrtRunner:
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
+        return [np.asarray(o) for o in self.session.run(None, feeds)]

@@ -1,0 +1,164 @@
+"""Command-line options and ini keys, validated at parse time, resolved into ModelSettings."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from .spec import InputSpec, SpecError
+
+__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec"]
+
+LAYOUTS = ("nchw", "nhwc")
+ENGINES = ("auto", "classic", "new")
+
+
+def parse_opset(value: str) -> int:
+    try:
+        opset = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer opset; use e.g. 11, 13 or 17") from None
+    if not 7 <= opset <= 23:
+        raise argparse.ArgumentTypeError(f"opset {opset} is out of range; tf2onnx supports 7..18 (13 is the default)")
+    return opset
+
+
+def parse_layout(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in LAYOUTS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a layout; use nchw (blobFromImage) or nhwc")
+    return v
+
+
+def parse_engine(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in ENGINES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an engine; use auto, classic or new (OpenCV 5)")
+    return v
+
+
+def parse_tol(value: str) -> float:
+    try:
+        tol = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 1e-4") from None
+    if not math.isfinite(tol) or tol < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number >= 0")
+    return tol
+
+
+def parse_positive(value: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
+    return n
+
+
+def parse_seed(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+
+
+def parse_spec(value: str) -> InputSpec:
+    try:
+        return InputSpec.parse(value)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: CLI flag, ini key, parser, default, help."""
+
+    dest: str
+    flag: str
+    ini: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("opset", "--cvdnn-opset", "cvdnn_opset", parse_opset, 13, "ONNX opset for tf2onnx (default 13)", "N"),
+    Option("layout", "--cvdnn-layout", "cvdnn_layout", parse_layout, "nchw",
+           "input layout of the converted model: nchw (what blobFromImage gives, default) or nhwc", "nchw|nhwc"),
+    Option("engine", "--cvdnn-engine", "cvdnn_engine", parse_engine, "auto",
+           "cv2.dnn engine on OpenCV 5: auto (default), classic or new", "auto|classic|new"),
+    Option("atol", "--cvdnn-atol", "cvdnn_atol", parse_tol, DEFAULT_ATOL,
+           f"absolute tolerance (default {DEFAULT_ATOL:g}); an element fails only if it exceeds atol and rtol", "X"),
+    Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", parse_tol, DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
+    Option("preprocess", "--cvdnn-preprocess", "cvdnn_preprocess", parse_spec, None,
+           "input spec: a Keras mode (caffe, tf, torch, none) or key=value pairs, "
+           "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'", "SPEC"),
+    Option("inputs", "--cvdnn-inputs", "cvdnn_inputs", str, None,
+           "folder of images or .npy tensors to use instead of seeded random inputs", "DIR"),
+    Option("samples", "--cvdnn-samples", "cvdnn_samples", parse_positive, 4,
+           "number of seeded random inputs per check (default 4; also the batch size of the batch check)", "N"),
+    Option("seed", "--cvdnn-seed", "cvdnn_seed", parse_seed, 0, "seed of the random inputs (default 0)", "N"),
+    Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
+           "where converted models and reference outputs are cached (default: pytest's cache dir)", "DIR"),
+)
+
+#: marker keywords and what they set
+MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "opset", "layout", "engine", "seed", "samples")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Everything that decides what is checked for one model."""
+
+    model: str
+    onnx: str | None = None
+    spec: InputSpec | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    opset: int = 13
+    layout: str = "nchw"
+    engine: str = "auto"
+    inputs: str | None = None
+    samples: int = 4
+    seed: int = 0
+
+    @property
+    def effective_spec(self) -> InputSpec:
+        return self.spec if self.spec is not None else InputSpec(layout=self.layout)
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.model, self.onnx, self.spec, self.tolerance, self.opset, self.layout, self.engine,
+                self.inputs, self.samples, self.seed)
+
+    def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
+        """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
+        unknown = set(kwargs) - set(MARKER_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown @pytest.mark.cvdnn keyword(s) {sorted(unknown)}; known: {', '.join(MARKER_KEYS)}"
+            )
+        changes: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if value is None and key != "onnx":
+                continue
+            if key in ("model", "onnx"):
+                changes[key] = None if value is None else str(value)
+            elif key == "input_spec":
+                changes["spec"] = InputSpec.coerce(value)
+            elif key in ("atol", "rtol"):
+                changes["tolerance"] = replace(changes.get("tolerance", self.tolerance), **{key: float(value)})
+            elif key == "opset":
+                changes["opset"] = parse_opset(str(value))
+            elif key == "layout":
+                changes["layout"] = parse_layout(str(value))
+            elif key == "engine":
+                changes["engine"] = parse_engine(str(value))
+            elif key in ("seed", "samples"):
+                changes[key] = int(value)
+        return replace(self, **changes)

@@ -1,0 +1,212 @@
+"""Where a model comes from: a file, a SavedModel folder, an ONNX file or a factory.
+
+Parsing and hashing a source never imports TensorFlow; only :meth:`ModelSource.load_keras`
+does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CvdnnError
+
+__all__ = ["ModelSource", "parse_source", "factory_module_file"]
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model reference as the user wrote it, resolved."""
+
+    text: str
+    kind: str  # keras | h5 | savedmodel | onnx | factory
+    path: Path | None = None
+    factory: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.text
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.kind == "onnx"
+
+    def content_hash(self) -> str:
+        """SHA-256 of the model's bytes (file or folder); factories hash their module file."""
+        from .cache import sha256_bytes, sha256_path
+
+        if self.path is not None:
+            return sha256_path(self.path)
+        module_name, func = (self.factory or "").split(":")
+        module = importlib.import_module(module_name)
+        file = getattr(module, "__file__", None)
+        source = Path(file).read_bytes() if file else b""
+        return sha256_bytes(source + f"\0{module_name}:{func}".encode())
+
+    def check_readable(self) -> None:
+        """Cheap structural checks that give a precise message before TensorFlow is involved."""
+        if self.path is None:
+            return
+        path = self.path
+        if self.kind == "keras":
+            if path.stat().st_size == 0:
+                raise CvdnnError(f"{path} is empty (0 bytes)", fix="re-save the model with model.save('model.keras')")
+            if not zipfile.is_zipfile(path):
+                raise CvdnnError(
+                    f"{path} is not a valid .keras archive (a .keras file is a zip with config.json and weights; "
+                    "this one is truncated, corrupt or another format)",
+                    fix="re-save the model with model.save('model.keras'), or pass the right file",
+                )
+        elif self.kind == "h5":
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+            if head != b"\x89HDF\r\n\x1a\n":
+                raise CvdnnError(
+                    f"{path} is not an HDF5 file (bad signature {head!r}); it is truncated, corrupt or another format",
+                    fix="re-save the model with model.save('model.h5') or use the .keras format",
+                )
+        elif self.kind == "onnx" and path.stat().st_size == 0:
+            raise CvdnnError(f"{path} is empty (0 bytes)", fix="re-export the ONNX model")
+
+    def load_keras(self) -> Any:
+        """Load the Keras model (imports TensorFlow).  Errors become :class:`CvdnnError`."""
+        from .runners.keras import import_keras
+
+        keras = import_keras()
+        if self.kind == "factory":
+            module_name, func = (self.factory or "").split(":")
+            try:
+                fn = getattr(importlib.import_module(module_name), func)
+                model = fn()
+            except Exception as exc:  # noqa: BLE001 - the user's code, reported with its type
+                raise CvdnnError(
+                    f"the model factory {self.text!r} raised {type(exc).__name__}: {exc}",
+                    fix="make the function return a keras.Model without arguments",
+                ) from exc
+            if not isinstance(model, keras.Model):
+                raise CvdnnError(
+                    f"the model factory {self.text!r} returned {type(model).__name__}, not a keras.Model",
+                    fix="return the model object (for example keras.applications.DenseNet121(weights=None))",
+                )
+            return model
+        assert self.path is not None
+        self.check_readable()
+        try:
+            if self.kind == "savedmodel":
+                return _load_savedmodel(keras, self.path)
+            return keras.models.load_model(self.path, compile=False)
+        except ValueError as exc:
+            text = str(exc)
+            if "Lambda" in text or "safe_mode" in text:
+                raise CvdnnError(
+                    f"{self.path} contains a Lambda layer, which Keras refuses to deserialize in safe mode "
+                    "(it would run arbitrary code from the file)",
+                    fix="replace the Lambda by a registered custom layer, or load it yourself with "
+                    "keras.models.load_model(path, safe_mode=False) in a factory 'module:function' you trust",
+                ) from exc
+            raise CvdnnError(
+                f"Keras could not load {self.path}: {_first_line(text)}",
+                fix="check that the file was saved by Keras 3 (model.save) and that custom layers are importable",
+            ) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise CvdnnError(
+                f"Keras could not load {self.path} ({type(exc).__name__}: {_first_line(str(exc))}); "
+                "the file is truncated, corrupt or not a Keras model",
+                fix="re-save the model with model.save('model.keras')",
+            ) from exc
+
+
+def _first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return "(no message)"
+
+
+def _load_savedmodel(keras: Any, path: Path) -> Any:
+    """A TF SavedModel folder, wrapped as a Keras model through its serving signature."""
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    sig = loaded.signatures["serving_default"]
+    specs = sig.structured_input_signature[1]
+    if len(specs) != 1:
+        raise CvdnnError(
+            f"the SavedModel {path} has {len(specs)} inputs in its serving signature; only one is supported",
+            fix="export a single-input model, or pass the Keras model (.keras) instead",
+        )
+    spec = next(iter(specs.values()))
+    inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name="input")
+    out = layer(inputs)
+    if isinstance(out, dict):
+        out = [out[k] for k in sorted(out)]
+    return keras.Model(inputs, out, name=path.name)
+
+
+def factory_module_file(source: ModelSource) -> Path:
+    """The file of a factory's module (found without running it), where its checks are collected."""
+    module_name = str(source.factory).split(":")[0]
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise CvdnnError(
+            f"the module {module_name!r} of the model factory {source.text!r} cannot be found",
+            fix="make it importable (installed, or relative to the rootdir) and spell it 'package.module:function'",
+        )
+    return Path(spec.origin)
+
+
+def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
+    """Resolve what the user wrote; raise CvdnnError with the fix when it cannot be a model."""
+    raw = text.strip()
+    if not raw:
+        raise CvdnnError("an empty model path was given", fix="pass --cvdnn-model=path/to/model.keras")
+    candidate = Path(os.path.expanduser(raw))
+    if not candidate.is_absolute() and rootdir is not None and not candidate.exists():
+        alt = rootdir / candidate
+        if alt.exists():
+            candidate = alt
+    if candidate.exists():
+        if candidate.is_dir():
+            if (candidate / "saved_model.pb").is_file():
+                return ModelSource(raw, "savedmodel", candidate.resolve())
+            raise CvdnnError(
+                f"{candidate} is a folder but not a TensorFlow SavedModel (no saved_model.pb in it)",
+                fix="pass a .keras/.h5/.onnx file, or the SavedModel folder itself",
+            )
+        suffix = candidate.suffix.lower()
+        kinds = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}
+        if suffix in kinds:
+            return ModelSource(raw, kinds[suffix], candidate.resolve())
+        if candidate.name == "saved_model.pb":
+            raise CvdnnError(
+                f"{candidate} is a SavedModel's graph file, not a model on its own",
+                fix=f"pass the folder {candidate.parent} instead",
+            )
+        raise CvdnnError(
+            f"{candidate} has an unknown model extension {suffix!r}",
+            fix="use a .keras, .h5, .onnx file, a SavedModel folder, or a factory 'package.module:function'",
+        )
+    if _FACTORY.match(raw):
+        module_name = raw.split(":")[0]
+        if rootdir is not None and str(rootdir) not in sys.path:
+            sys.path.insert(0, str(rootdir))
+        return ModelSource(raw, "factory", None, raw)
+    raise CvdnnError(
+        f"model file {raw!r} does not exist",
+        fix="check the path (relative paths are taken from the current directory or the rootdir), "
+        "or give a factory as 'package.module:function'",
+    )
+

@@ -1,0 +1,248 @@
+"""The deployment input, described as a value object (pure Python + numpy).
+
+An :class:`InputSpec` says how a deployment turns a picture into the tensor a model
+receives: size, layout, channel order, scale, mean, std.  The tensor is
+
+    tensor = (pixel - mean) * scale / std
+
+with ``pixel`` the resized image in the *model's* channel order (after ``swap_rb``)
+and ``mean``/``std`` given in that same order, exactly as ``cv2.dnn.blobFromImage``
+interprets them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["InputSpec", "SpecError", "KERAS_MODES"]
+
+Triple = tuple[float, float, float]
+
+
+class SpecError(ValueError):
+    """An input spec that cannot be understood; the message says which field and how to fix it."""
+
+
+# Keras `preprocess_input` modes expressed as blob parameters (FIELD.md table).
+KERAS_MODES: dict[str, dict[str, Any]] = {
+    # RGB->BGR then minus the ImageNet mean (BGR order), no scale: a BGR image as cv2.imread gives.
+    "caffe": dict(scale=1.0, mean=(103.939, 116.779, 123.68), std=None, swap_rb=False),
+    # x / 127.5 - 1 on RGB
+    "tf": dict(scale=1 / 127.5, mean=(127.5, 127.5, 127.5), std=None, swap_rb=True),
+    # x / 255, minus mean, divide by std, RGB
+    "torch": dict(
+        scale=1 / 255.0, mean=(123.675, 116.28, 103.53), std=(0.229, 0.224, 0.225), swap_rb=True
+    ),
+    # normalisation inside the model: raw 0-255 RGB
+    "none": dict(scale=1.0, mean=(0.0, 0.0, 0.0), std=None, swap_rb=True),
+}
+
+_LAYOUTS = ("nchw", "nhwc")
+_INTERP = ("bilinear", "nearest", "bicubic", "area")
+_CROPS = ("none", "center", "letterbox")
+
+
+def _triple(value: Any, field_name: str) -> Triple:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3  # type: ignore[return-value]
+    try:
+        items = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise SpecError(f"{field_name} must be a number or three numbers, got {value!r}") from None
+    if len(items) == 1:
+        items *= 3
+    if len(items) != 3:
+        raise SpecError(f"{field_name} needs 1 or 3 values (one per channel), got {len(items)}: {value!r}")
+    return (items[0], items[1], items[2])
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the deployment builds the input tensor of an image model.
+
+    size: (width, height) of the network input, or None to take it from the model.
+    layout: "nchw" (what ``blobFromImage`` produces) or "nhwc".
+    channel_order: order of the *source* image: "bgr" (``cv2.imread``) or "rgb".
+    swap_rb: swap the first and last channel of the source image (blobFromImage's swapRB).
+    scale: scalar or per-channel multiplier; mean: per-channel value subtracted first;
+    std: optional per-channel divisor (needs Image2BlobParams or numpy).
+    """
+
+    size: tuple[int, int] | None = None
+    layout: str = "nchw"
+    channel_order: str = "bgr"
+    swap_rb: bool = True
+    scale: float | Triple = 1.0
+    mean: Triple = (0.0, 0.0, 0.0)
+    std: Triple | None = None
+    interpolation: str = "bilinear"
+    crop: str = "none"
+    dtype: str = "float32"
+    batch: int = 1
+    mode: str | None = field(default="none", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.layout not in _LAYOUTS:
+            raise SpecError(f"layout must be one of {', '.join(_LAYOUTS)}, got {self.layout!r}")
+        if self.channel_order not in ("bgr", "rgb"):
+            raise SpecError(f"channel_order must be 'bgr' or 'rgb', got {self.channel_order!r}")
+        if self.interpolation not in _INTERP:
+            raise SpecError(f"interpolation must be one of {', '.join(_INTERP)}, got {self.interpolation!r}")
+        if self.crop not in _CROPS:
+            raise SpecError(f"crop must be one of {', '.join(_CROPS)}, got {self.crop!r}")
+        if self.size is not None:
+            if len(self.size) != 2 or any(int(v) <= 0 for v in self.size):
+                raise SpecError(f"size must be (width, height) with positive values, got {self.size!r}")
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        if not isinstance(self.scale, (int, float)):
+            object.__setattr__(self, "scale", _triple(self.scale, "scale"))
+        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+        if self.std is not None:
+            std = _triple(self.std, "std")
+            if any(s == 0 for s in std):
+                raise SpecError(f"std must not contain 0, got {std!r}")
+            object.__setattr__(self, "std", std)
+        if int(self.batch) < 1:
+            raise SpecError(f"batch must be >= 1, got {self.batch!r}")
+        if self.dtype not in ("float32", "float16", "uint8"):
+            raise SpecError(f"dtype must be float32, float16 or uint8, got {self.dtype!r}")
+
+    # -- constructors ---------------------------------------------------------------
+    @classmethod
+    def from_keras_mode(cls, mode: str, size: tuple[int, int] | None = None, **overrides: Any) -> "InputSpec":
+        """The spec equivalent to ``keras.applications.*.preprocess_input`` of ``mode``."""
+        if mode not in KERAS_MODES:
+            raise SpecError(f"unknown Keras preprocessing mode {mode!r}; use one of {', '.join(KERAS_MODES)}")
+        params: dict[str, Any] = dict(KERAS_MODES[mode], size=size, mode=mode)
+        params.update(overrides)
+        return cls(**params)
+
+    @classmethod
+    def parse(cls, text: str) -> "InputSpec":
+        """Parse the CLI/ini form: a Keras mode, or ``key=value`` pairs separated by commas.
+
+        Example: ``scale=0.00392,mean=123.7/116.3/103.5,std=58.4/57.1/57.4,swap_rb=1,size=224x224``.
+        A pair list may start with a mode (``torch,size=224x224``).
+        """
+        text = text.strip()
+        if not text:
+            raise SpecError("empty input spec; use a Keras mode (caffe, tf, torch, none) or key=value pairs")
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        base: dict[str, Any] = {}
+        if "=" not in parts[0]:
+            mode = parts.pop(0)
+            if mode not in KERAS_MODES:
+                raise SpecError(
+                    f"unknown Keras preprocessing mode {mode!r}; use one of {', '.join(KERAS_MODES)} "
+                    "or key=value pairs such as scale=0.0039,mean=0/0/0,swap_rb=1,size=224x224"
+                )
+            base = dict(KERAS_MODES[mode], mode=mode)
+        else:
+            base["mode"] = None
+        for part in parts:
+            if "=" not in part:
+                raise SpecError(f"{part!r} is not key=value (in input spec {text!r})")
+            key, value = (s.strip() for s in part.split("=", 1))
+            key = {"swaprb": "swap_rb", "swapRB": "swap_rb"}.get(key, key)
+            base[key] = _parse_value(key, value, text)
+        return cls(**base)
+
+    @classmethod
+    def coerce(cls, value: Any) -> "InputSpec":
+        """Accept an InputSpec, a string (see :meth:`parse`) or a mapping of fields."""
+        if isinstance(value, InputSpec):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, Mapping):
+            data = dict(value)
+            mode = data.pop("mode", None)
+            if mode:
+                return cls.from_keras_mode(mode, **data)
+            unknown = set(data) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise SpecError(f"unknown input spec field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            return cls(**data)
+        raise SpecError(f"an input spec must be an InputSpec, a string or a dict, got {type(value).__name__}")
+
+    def with_size(self, width: int, height: int) -> "InputSpec":
+        return replace(self, size=(int(width), int(height)))
+
+    # -- numbers ---------------------------------------------------------------------
+    def _scale3(self) -> np.ndarray:
+        s = self.scale
+        return np.array((s, s, s) if isinstance(s, (int, float)) else s, dtype=np.float64)
+
+    def _std3(self) -> np.ndarray:
+        return np.array(self.std if self.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Apply (pixel - mean) * scale / std to NHWC pixels already in the model's channel order."""
+        p = np.asarray(pixels, dtype=np.float64)
+        if p.shape[-1] != 3:
+            return (p * float(self._scale3()[0]) / float(self._std3()[0])).astype(np.float32)
+        mean = np.array(self.mean, dtype=np.float64)
+        return ((p - mean) * self._scale3() / self._std3()).astype(np.float32)
+
+    def value_range(self) -> tuple[float, float]:
+        """The (min, max) tensor value a 0..255 image can produce under this spec."""
+        lo = self.normalize(np.zeros((1, 1, 1, 3)))
+        hi = self.normalize(np.full((1, 1, 1, 3), 255.0))
+        both = np.concatenate([lo.ravel(), hi.ravel()])
+        return float(both.min()), float(both.max())
+
+    def describe(self) -> str:
+        mode = f"{self.mode} mode: " if self.mode else ""
+        size = f"{self.size[0]}x{self.size[1]}" if self.size else "model size"
+        std = f", std={_fmt(self.std)}" if self.std else ""
+        return (
+            f"{mode}{size} {self.layout.upper()} {self.dtype}, {self.channel_order.upper()} source, "
+            f"swap_rb={int(self.swap_rb)}, scale={_fmt(self.scale)}, mean={_fmt(self.mean)}{std}, "
+            f"{self.interpolation} resize, crop={self.crop}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("size", "mean", "std", "scale"):
+            if isinstance(data[key], tuple):
+                data[key] = list(data[key])
+        return data
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:.6g}"
+    return "(" + ", ".join(f"{v:.6g}" for v in value) + ")"
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _parse_value(key: str, value: str, text: str) -> Any:
+    try:
+        if key in ("scale",):
+            nums = [float(v) for v in re.split(r"[/:]", value)]
+            return nums[0] if len(nums) == 1 else tuple(nums)
+        if key in ("mean", "std"):
+            return tuple(float(v) for v in re.split(r"[/:]", value))
+        if key == "size":
+            w, h = re.split(r"[xX*]", value)
+            return (int(w), int(h))
+        if key == "swap_rb":
+            return _BOOL[value.lower()]
+        if key == "crop":
+            return {"0": "none", "1": "center", "false": "none", "true": "center"}.get(value.lower(), value.lower())
+        if key == "batch":
+            return int(value)
+        if key in ("layout", "channel_order", "interpolation", "dtype"):
+            return value.lower()
+    except (ValueError, KeyError):
+        raise SpecError(f"bad value {value!r} for {key!r} in input spec {text!r}") from None
+    raise SpecError(
+        f"unknown key {key!r} in input spec {text!r}; known keys: scale, mean, std, swap_rb, size, "
+        "crop, layout, channel_order, interpolation, dtype, batch"
+    )
