@@ -203,17 +203,17 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
 # -- batch / determinism -----------------------------------------------------------------------
 def check_batch(dep: Deployment) -> CheckResult:
     runner = dep.require("cv2net")
-    from .runners.cv2dnn import opencv_error_line
+    from .runners.isolated import forward_isolated
 
     feeds = dep.to_onnx_inputs(dep.inputs)
     n = len(feeds[0])
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
     single = dep.run("cv2dnn", per_sample=True)
-    try:
-        batched = runner.infer(feeds)
-    except Exception as exc:  # noqa: BLE001 - cv2.error
-        verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({opencv_error_line(exc)}): "
+    try:  # in a child process: some OpenCV builds segfault on batches they do not support
+        batched = forward_isolated(dep.onnx_path, dep.settings.engine, runner.input_names, runner.output_names, feeds)
+    except CvdnnError as exc:
+        verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({exc.message}): "
                    "it needs a fixed batch of 1; call net.forward() once per image")
         if dep.spec.batch > 1:
             raise CheckFailed(verdict, fix=f"the input spec asks for batch={dep.spec.batch}: "

@@ -10,9 +10,8 @@ Classifier awareness:
 * top-1 / top-k agreement is judged only where the reference's score gap is larger
   than the tolerance, so near-ties (random-weight softmax) are reported as
   ``ambiguous`` instead of raising a false alarm;
-* for Softmax outputs, :func:`compare` also compares logits recovered as centred
-  log-probabilities (``log p - mean(log p)``, equal to the logits up to the
-  per-row constant that softmax discards), where errors are not squashed.
+* for Softmax outputs the deployment also passes the Softmax *input* (logits) as an
+  extra output, where errors are not squashed (see ``Deployment.parity``).
 """
 
 from __future__ import annotations
@@ -36,8 +35,6 @@ __all__ = [
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
-#: probabilities below this are not used to recover logits (log underflows)
-_LOGIT_FLOOR = 1e-30
 
 
 @dataclass(frozen=True)
@@ -348,12 +345,6 @@ def compare_arrays(
     )
 
 
-def centred_logits(probs: np.ndarray) -> np.ndarray:
-    """Logits recovered from softmax probabilities, up to the per-row constant."""
-    logp = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _LOGIT_FLOOR))
-    return logp - logp.mean(axis=-1, keepdims=True)
-
-
 def compare(
     expected: Sequence[np.ndarray] | np.ndarray,
     obtained: Sequence[np.ndarray] | np.ndarray,
@@ -366,8 +357,8 @@ def compare(
 ) -> ParityResult:
     """Compare lists of outputs pairwise (by position) and return a :class:`ParityResult`.
 
-    ``softmax`` marks outputs produced by a final Softmax: they are compared as
-    probabilities (with top-k agreement) *and* as logits.
+    ``softmax`` marks outputs produced by a final Softmax: they also get a top-k
+    agreement verdict that ignores near-ties.
     """
     exp = [expected] if isinstance(expected, np.ndarray) else list(expected)
     obt = [obtained] if isinstance(obtained, np.ndarray) else list(obtained)
@@ -388,8 +379,4 @@ def compare(
     stats: list[ArrayStats] = []
     for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp)):
         stats.append(compare_arrays(e, o, tol, name=name, classifier=is_softmax))
-        if is_softmax and np.shape(e) == np.shape(o):
-            stats.append(
-                compare_arrays(centred_logits(e), centred_logits(o), tol, name=f"{name} (logits)")
-            )
     return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))

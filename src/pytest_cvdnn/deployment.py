@@ -9,7 +9,9 @@ TensorFlow (the Keras reference outputs are cached too).
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -273,43 +275,116 @@ class Deployment:
         """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
         return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
 
-    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False) -> list[np.ndarray]:
-        """Outputs of ``runner`` ("keras", "onnxruntime" or "cv2dnn") on inputs in the Keras layout."""
+    def _runner(self, name: str, logits: bool) -> Any:
+        from .runners.cv2dnn import Cv2DnnRunner
+        from .runners.onnxruntime import OrtRunner
+
+        if name == "onnxruntime":
+            base = self.require("ort")
+            if not logits:
+                return base
+            return self.stage("ort_logits", lambda: OrtRunner(self.probe_path, outputs=self.logit_names))
+        if name == "cv2dnn":
+            base = self.require("cv2net")
+            if not logits:
+                return base
+            return self.stage("cv2_logits", lambda: Cv2DnnRunner(
+                self.probe_path, base.input_names, self.logit_names, self.settings.engine))
+        raise ValueError(f"unknown runner {name!r}; use keras, onnxruntime or cv2dnn")
+
+    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
+            logits: bool = False) -> list[np.ndarray]:
+        """Outputs of ``runner`` ("keras", "onnxruntime" or "cv2dnn") on inputs in the Keras layout.
+
+        ``logits=True`` returns the inputs of the final Softmax nodes instead of the outputs.
+        ``per_sample=True`` runs one sample per forward (how cv2.dnn is usually deployed).
+        """
         inputs = list(self.inputs if inputs is None else inputs)
         if runner == "keras":
-            return self.keras_outputs(inputs)
-        if runner == "onnxruntime":
-            target = self.require("ort")
-        elif runner == "cv2dnn":
-            target = self.require("cv2net")
-        else:
-            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime or cv2dnn")
+            return self.keras_outputs(inputs, logits=logits)
+        target = self._runner(runner, logits)
         feeds = self.to_onnx_inputs(inputs)
         if not per_sample:
             return target.infer(feeds)
         rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
         return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
 
-    def keras_outputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def keras_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
         """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm)."""
-        from .runners.keras import KerasRunner
+        from .runners.keras import KerasRunner, keras_logits_model
 
-        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}.npz"
+        kind = "-logits" if logits else ""
+        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz"
         cached = self.cache.get_arrays("ref", name)
         if cached is not None:
             return cached
-        outputs = KerasRunner(self.require("keras_model")).infer(inputs)
+        model = self.require("keras_model")
+        if logits:
+            model = self.stage("keras_logits", lambda: keras_logits_model(model))
+            if model is None:
+                raise CvdnnError("the Keras model has no final softmax whose input could be compared")
+        outputs = KerasRunner(model).infer(inputs)
         self.cache.put_arrays(outputs, "ref", name)
         return outputs
 
+    # -- logits (inputs of final Softmax nodes) ------------------------------------------------
+    @property
+    def softmax_logits(self) -> list[tuple[int, str]]:
+        """(output index, logits tensor) for each graph output made by a Softmax node."""
+        from .graph import softmax_inputs
+
+        return self.stage("softmax_logits", lambda: softmax_inputs(self.onnx_path))
+
+    @property
+    def logit_names(self) -> list[str]:
+        return [name for _, name in self.softmax_logits]
+
+    @property
+    def probe_path(self) -> Path:
+        """A copy of the ONNX (in the cache, never beside the user's file) that also outputs the logits."""
+        from .cache import sha256_file
+        from .graph import with_extra_outputs
+
+        def make() -> Path:
+            key = sha256_bytes((sha256_file(self.onnx_path) + "|".join(self.logit_names)).encode())[:32]
+            path = self.cache.root / "probe" / f"{key}.onnx"
+            if not path.is_file():
+                with self.cache.lock(f"probe-{key}"):
+                    if not path.is_file():
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                        with_extra_outputs(self.onnx_path, self.logit_names, tmp)
+                        os.replace(tmp, path)
+            return path
+
+        return self.stage("probe", make)
+
     # -- comparisons ----------------------------------------------------------------------
     def parity(self, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None) -> ParityResult:
+        """Compare two runners on the outputs and, for final Softmax outputs, on their logits."""
         exp = self.run(expected, inputs, per_sample=expected == "cv2dnn")
         obt = self.run(obtained, inputs, per_sample=obtained == "cv2dnn")
-        return compare(
+        names, softmax = list(self.output_names), list(self.softmax_outputs)
+        notes: list[str] = []
+        if self.logit_names and len(exp) == len(obt):
+            try:
+                exp_l = self.run(expected, inputs, per_sample=expected == "cv2dnn", logits=True)
+                obt_l = self.run(obtained, inputs, per_sample=obtained == "cv2dnn", logits=True)
+            except (CvdnnError, StageSkipped) as exc:
+                notes.append(f"logits not compared: {exc}")
+            else:
+                if len(exp_l) == len(obt_l) == len(self.logit_names):
+                    outs = [k for k, _ in self.softmax_logits]
+                    exp, obt = exp + exp_l, obt + obt_l
+                    names += [f"{self.output_names[k]} (logits)" for k in outs]
+                    softmax += [False] * len(exp_l)
+                else:
+                    notes.append("logits not compared: the Keras and ONNX softmax outputs do not line up")
+        result = compare(
             exp, obt, self.settings.tolerance, expected_name=expected, obtained_name=obtained,
-            output_names=self.output_names, softmax=self.softmax_outputs,
+            output_names=names, softmax=softmax,
         )
+        return replace(result, notes=result.notes + tuple(notes)) if notes else result
 
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())

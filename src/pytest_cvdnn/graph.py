@@ -166,3 +166,34 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = ()) -> None:
             fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
             node=node_name,
         ) from exc
+
+
+def softmax_inputs(path: Path) -> list[tuple[int, str]]:
+    """(output index, tensor name) of the input of each graph output produced by a Softmax."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    found = []
+    for k, out in enumerate(graph.output):
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "Softmax":
+            found.append((k, node.input[0]))
+    return found
+
+
+def with_extra_outputs(path: Path, names: Sequence[str], out_path: Path) -> None:
+    """Write a copy of the model that also outputs the given intermediate tensors."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        known = {v.name: v for v in inferred}
+    except Exception:  # noqa: BLE001 - shape inference is best effort
+        known = {}
+    for name in names:
+        # OpenCV's importer needs a typed value_info on every graph output
+        info = known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        model.graph.output.append(info)
+    onnx.save(model, str(out_path))

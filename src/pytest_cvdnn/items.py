@@ -132,4 +132,4 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.entry.settings.model}::{self.check}"
+        return self.path, None, self.name

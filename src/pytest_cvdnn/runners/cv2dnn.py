@@ -73,8 +73,11 @@ class Cv2DnnRunner:
         else:
             for name, x in zip(self.input_names, inputs):
                 net.setInput(np.ascontiguousarray(x), name)
-        try:
-            outs = net.forward(self.output_names)
-        except Exception:  # noqa: BLE001 - fall back to the names OpenCV knows
-            outs = net.forward(list(net.getUnconnectedOutLayersNames()))
+        # OpenCV 5's new engine wants all outputs requested at once; pick ours by name after.
+        known = list(net.getUnconnectedOutLayersNames())
+        if set(self.output_names) <= set(known):
+            by_name = dict(zip(known, net.forward(known)))
+            outs = [by_name[n] for n in self.output_names]
+        else:  # classic engine: outputs are named after layers, ask for the graph's names
+            outs = list(net.forward(self.output_names))
         return [np.array(o, copy=True) for o in outs]

@@ -57,3 +57,26 @@ class KerasRunner:
         if not isinstance(out, (list, tuple)):
             out = [out]
         return [np.asarray(o) for o in out]
+
+
+def keras_logits_model(model: Any) -> Any | None:
+    """A model returning the input of each final softmax (the logits), or None if there is none.
+
+    Handles a ``Softmax`` layer and a layer with ``activation="softmax"`` (cloned with a
+    linear activation and the same weights).
+    """
+    keras = import_keras()
+    logits = []
+    for out in model.outputs:
+        layer = out._keras_history[0]
+        if type(layer).__name__ == "Softmax":
+            logits.append(layer.input)
+        elif getattr(getattr(layer, "activation", None), "__name__", None) == "softmax":
+            config = dict(layer.get_config(), activation="linear", name=f"{layer.name}_logits")
+            clone = type(layer).from_config(config)
+            tensor = clone(layer.input)
+            clone.set_weights(layer.get_weights())
+            logits.append(tensor)
+    if not logits:
+        return None
+    return keras.Model(model.inputs, logits)

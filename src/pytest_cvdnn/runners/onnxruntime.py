@@ -13,15 +13,15 @@ __all__ = ["OrtRunner"]
 class OrtRunner:
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path) -> None:
+    def __init__(self, onnx_path: Path, outputs: list[str] | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = outputs or [o.name for o in self.session.get_outputs()]
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
-        return [np.asarray(o) for o in self.session.run(None, feeds)]
+        return [np.asarray(o) for o in self.session.run(self.output_names, feeds)]
