@@ -99,7 +99,7 @@ def check_input_spec(dep: Deployment) -> CheckResult:
             f"{tuple(blob.shape)} {spec.layout.upper()} (input {info.name!r})",
             fix=(
                 "build the blob with cv2.dnn.blobFromImageWithParams(img, Image2BlobParams(..., "
-                "datalayout=cv2.dnn.DNN_LAYOUT_NHWC)) or convert with --cvdnn-layout=nchw"
+                "datalayout=DNN_LAYOUT_NHWC)) or convert with --cvdnn-layout=nchw"
                 if nhwc
                 else "use layout=nchw in the input spec (what blobFromImage gives) or convert with --cvdnn-layout=nhwc"
             ),

@@ -314,7 +314,7 @@ def compare_arrays(
         cosine = 0.0
     else:
         cosine = float(np.dot(ef, of) / (ne * no))
-    order = np.argsort(-(diff + np.where(bad, np.inf, 0.0)).ravel(), kind="stable")[:worst]
+    order = np.lexsort((-diff.ravel(), (~bad).ravel()))[:worst]  # mismatches first, largest error first
     worst_rows = tuple(
         (
             tuple(int(i) for i in np.unravel_index(int(flat), e.shape)),

@@ -22,7 +22,7 @@ from .cache import Cache, sha256_bytes
 from .compare import ParityResult, compare
 from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
 from .errors import CvdnnError, StageSkipped
-from .graph import GraphInfo, guess_layout, read_graph, validate_onnx
+from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
 from .inputs import load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
@@ -125,9 +125,10 @@ class Deployment:
     # -- conversion -------------------------------------------------------------------------
     @property
     def spec(self) -> InputSpec:
+        """The effective input spec; its size comes from the model when the user gave none."""
         spec = self.settings.effective_spec
-        if spec.size is None and self.has_keras:
-            shape = self.keras_meta["inputs"][0]["shape"]
+        if spec.size is None:
+            shape = self._raw_input_shapes()[0]
             if len(shape) == 4 and shape[1] and shape[2]:
                 spec = spec.with_size(shape[2], shape[1])
         return spec
@@ -191,17 +192,20 @@ class Deployment:
         return [o.name for o in self.graph.outputs]
 
     # -- inputs -----------------------------------------------------------------------------
-    def input_shapes(self) -> list[list[int]]:
-        """Concrete per-input shapes in the Keras layout (NHWC for images)."""
+    def _raw_input_shapes(self) -> list[list[int | None]]:
+        """Per-input shapes in the Keras layout (NHWC for images), possibly with None dims."""
         if self.has_keras:
-            raw = [list(i["shape"]) for i in self.keras_meta["inputs"]]
-        else:
-            raw = []
-            for info, layout in zip(self.graph.inputs, self.onnx_layouts):
-                shape = list(info.shape)
-                raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
+            return [list(i["shape"]) for i in self.keras_meta["inputs"]]
+        raw = []
+        for info, layout in zip(self.graph.inputs, self.onnx_layouts):
+            shape = list(info.shape)
+            raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
+        return raw
+
+    def input_shapes(self) -> list[list[int]]:
+        """Concrete per-input shapes in the Keras layout (NHWC for images), batch 1."""
         shapes = []
-        for n, shape in enumerate(raw):
+        for n, shape in enumerate(self._raw_input_shapes()):
             shape = list(shape)
             if len(shape) == 4 and (shape[1] is None or shape[2] is None):
                 if self.spec.size is None:
@@ -244,7 +248,7 @@ class Deployment:
     @property
     def cv2net(self) -> Any:
         """The cv2.dnn runner (the load stage)."""
-        from .runners.cv2dnn import Cv2DnnRunner, opencv_error_line, opencv_version
+        from .runners.cv2dnn import Cv2DnnRunner, opencv_error_line, opencv_node, opencv_version
 
         def load() -> Any:
             try:
@@ -253,12 +257,18 @@ class Deployment:
             except CvdnnError:
                 raise
             except Exception as exc:  # noqa: BLE001 - cv2.error
+                found = opencv_node(exc)
+                layer = None
+                if found and self.has_keras:
+                    layer = keras_layer_for(found[0], [x["name"] for x in self.keras_meta["layers"]])
                 raise CvdnnError(
                     f"cv2.dnn (OpenCV {opencv_version()}, engine {self.settings.engine}) cannot read "
-                    f"{self.onnx_path.name}: {opencv_error_line(exc)}",
+                    f"{self.onnx_path.name}: {opencv_error_line(exc)}"
+                    + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
                     fix="try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, "
                     "or a newer OpenCV",
                     details=str(exc).strip(),
+                    node=found[0] if found else None,
                 ) from exc
 
         return self.stage("load", load)

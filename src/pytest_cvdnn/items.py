@@ -123,6 +123,9 @@ class CheckItem(pytest.Item):
         except CvdnnError as exc:
             self._record("failed", str(exc), {"node": exc.node}, time.perf_counter() - start)
             raise
+        except Exception as exc:
+            self._record("failed", f"{type(exc).__name__}: {exc}", {}, time.perf_counter() - start)
+            raise
         self._record("passed", result.message, result.data, seconds)
         self.add_report_section("call", "cvdnn", result.message)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,7 +29,7 @@ class CvdnnState:
 
     base: ModelSettings
     models: list[str]
-    cache: Cache
+    make_cache: Callable[[], Cache]
     rootdir: Path
     report_path: Path | None
     restrict: bool
@@ -36,6 +37,11 @@ class CvdnnState:
     memo: dict[str, Any] = field(default_factory=dict)
     entries: dict[Path, list[ModelEntry]] = field(default_factory=dict)
     results: Results = field(default_factory=Results)
+
+    @cached_property
+    def cache(self) -> Cache:
+        """Created on first use: a run that never checks a model leaves no cache folder behind."""
+        return self.make_cache()
 
     def deployment(self, settings: ModelSettings) -> Any:
         from .deployment import Deployment
@@ -119,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption("cvdnn_report")
     restrict = bool(cli_models) and config.args_source != pytest.Config.ArgsSource.ARGS
     config.stash[STATE] = CvdnnState(
-        base=base, models=models, cache=Cache(_cache_root(config, values["cache_dir"])),
+        base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
     )
     state = config.stash[STATE]
@@ -144,7 +150,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [
         f"cvdnn: opencv {v['opencv']}, onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, tf2onnx {v['tf2onnx']}, "
         f"tensorflow {v['tensorflow']}, keras {v['keras']}; opset {b.opset}, layout {b.layout}, engine {b.engine}, "
-        f"{b.tolerance}; cache {state.cache.root}",
+        f"{b.tolerance}",
     ]
 
 

@@ -42,6 +42,23 @@ def _has_params() -> bool:
     return hasattr(cv2.dnn, "blobFromImagesWithParams") and hasattr(cv2.dnn, "Image2BlobParams")
 
 
+def _const(name: str) -> tuple[str, int]:
+    """An OpenCV constant and where it lives: DNN_LAYOUT_* moved from cv2.dnn (4.x) to cv2 (5.x)."""
+    import cv2
+
+    if hasattr(cv2.dnn, name):
+        return f"cv2.dnn.{name}", int(getattr(cv2.dnn, name))
+    return f"cv2.{name}", int(getattr(cv2, name))
+
+
+def _layout_const(spec: InputSpec) -> tuple[str, int]:
+    return _const("DNN_LAYOUT_NHWC" if spec.layout == "nhwc" else "DNN_LAYOUT_NCHW")
+
+
+def _pad_const(spec: InputSpec) -> tuple[str, int]:
+    return _const({"none": "DNN_PMODE_NULL", "center": "DNN_PMODE_CROP_CENTER", "letterbox": "DNN_PMODE_LETTERBOX"}[spec.crop])
+
+
 def blob_method(spec: InputSpec) -> str:
     """Which implementation :func:`make_blob` uses for ``spec`` on the installed OpenCV."""
     if _plain_ok(spec):
@@ -78,12 +95,8 @@ def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
         params.mean = (*spec.mean, 0.0)
         params.swapRB = spec.swap_rb
         params.ddepth = cv2.CV_32F
-        params.datalayout = cv2.dnn.DNN_LAYOUT_NHWC if spec.layout == "nhwc" else cv2.dnn.DNN_LAYOUT_NCHW
-        params.paddingmode = {
-            "none": cv2.dnn.DNN_PMODE_NULL,
-            "center": cv2.dnn.DNN_PMODE_CROP_CENTER,
-            "letterbox": cv2.dnn.DNN_PMODE_LETTERBOX,
-        }[spec.crop]
+        params.datalayout = _layout_const(spec)[1]
+        params.paddingmode = _pad_const(spec)[1]
         return cv2.dnn.blobFromImagesWithParams(imgs, params)
     return _numpy_blob(imgs, spec)
 
@@ -135,12 +148,15 @@ def cv2_call(spec: InputSpec) -> str:
             f"mean={_tuple(spec.mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
         )
     scale = _effective_scale(spec)
-    layout = "DNN_LAYOUT_NHWC" if spec.layout == "nhwc" else "DNN_LAYOUT_NCHW"
-    pad = {"none": "DNN_PMODE_NULL", "center": "DNN_PMODE_CROP_CENTER", "letterbox": "DNN_PMODE_LETTERBOX"}[spec.crop]
+    if method == "numpy":  # names as OpenCV >= 4.8 spells them
+        layout = "cv2.dnn.DNN_LAYOUT_" + spec.layout.upper()
+        pad = "cv2.dnn.DNN_PMODE_" + {"none": "NULL", "center": "CROP_CENTER", "letterbox": "LETTERBOX"}[spec.crop]
+    else:
+        layout, pad = _layout_const(spec)[0], _pad_const(spec)[0]
     call = (
         f"blob = cv2.dnn.blobFromImageWithParams(img, cv2.dnn.Image2BlobParams("
         f"scalefactor={_tuple(scale)}, size={tuple(size)}, mean={_tuple(spec.mean)}, swapRB={spec.swap_rb}, "
-        f"ddepth=cv2.CV_32F, datalayout=cv2.dnn.{layout}, paddingmode=cv2.dnn.{pad}))"
+        f"ddepth=cv2.CV_32F, datalayout={layout}, paddingmode={pad}))"
     )
     if method == "numpy":
         call += "  # needs OpenCV >= 4.8; this OpenCV cannot express the spec (numpy equivalent used)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..errors import CvdnnError
 
-__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "opencv_error_line"]
+__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "opencv_error_line", "opencv_node"]
 
 ENGINES = ("auto", "classic", "new")
 
@@ -33,17 +34,29 @@ def engine_flag(engine: str) -> int | None:
     return None if const is None else int(const)
 
 
+_NODE = re.compile(r"Node \[([\w.]+)@[^\]]*\]:\((?:onnx_node!)?([^)]*)\)\s*parse error:?(.*)", re.S)
+_PREFIX = re.compile(r"OpenCV\([^)]*\)\s*\S+:\d+: error: \([^)]*\)\s*(in function '[^']*')?\s*")
+
+
+def _clean(text: str) -> str:
+    return " ".join(_PREFIX.sub("", text).replace(">", " ").split())[:300]
+
+
+def opencv_node(exc: BaseException) -> tuple[str, str] | None:
+    """(node name, op type) named in an OpenCV import error, if any."""
+    m = _NODE.search(str(exc))
+    return (m.group(2), m.group(1)) if m else None
+
+
 def opencv_error_line(exc: BaseException) -> str:
-    """The one line of OpenCV's multi-line error text that matters."""
+    """The part of OpenCV's multi-line error text that matters (node, op type, reason)."""
     text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "error:" in ln and ")" in ln:
-            return ln.split("error:", 1)[1].strip()[:400]
-    for ln in lines:
-        if "parse error" in ln or "Can't" in ln or "Assertion" in ln:
-            return ln[:400]
-    return (lines[-1] if lines else repr(exc))[:400]
+    m = _NODE.search(text)
+    if m:
+        op, node, rest = m.group(1), m.group(2), _clean(m.group(3))
+        return f"node {node!r} (op {op}) cannot be imported: {rest or 'parse error'}"
+    cleaned = _clean(text)
+    return cleaned or repr(exc)
 
 
 def read_net(onnx_path: Path, engine: str = "auto") -> Any:

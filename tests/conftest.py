@@ -1,0 +1,179 @@
+"""Shared fixtures: small real Keras models built once per session, a shared conversion cache.
+
+Models are built here with real Keras (TensorFlow backend) and seeded weights; the
+plugin runs in pytester *subprocesses* (``runpytest_subprocess``) wherever TensorFlow
+is involved, so every plugin run is a real, fresh pytest session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _keras() -> Any:
+    import keras
+
+    return keras
+
+
+def build_small_cnn(seed: int = 0, softmax: bool = True, size: int | None = 32, name: str = "small_cnn") -> Any:
+    """Conv/BN/ReLU/pool/Dropout/Dense (+ final Softmax): the shape of most deployed classifiers."""
+    keras = _keras()
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.5, name="drop")(x)
+    x = layers.Dense(10, name="fc")(x)
+    if softmax:
+        x = layers.Softmax(name="probs")(x)
+    model = keras.Model(inputs, x, name=name)
+    # non-trivial BatchNorm statistics, so that inference vs training mode matters
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return model
+
+
+def convert(model: Any, path: Path, layout: str = "nchw", opset: int = 13, size: int = 32) -> Path:
+    import tensorflow as tf
+    import tf2onnx
+
+    sig = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
+    tf2onnx.convert.from_keras(model, input_signature=sig, opset=opset, output_path=str(path),
+                               inputs_as_nchw=["image"] if layout == "nchw" else None)
+    return path
+
+
+def perturb_first_conv(src: Path, dst: Path, scale: float = 0.05) -> str:
+    """Copy an ONNX model with one convolution's weights perturbed; returns that node's name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = inits[conv.input[1]]
+    arr = numpy_helper.to_array(weight).copy()
+    arr += np.random.default_rng(0).normal(0, scale, arr.shape).astype(arr.dtype)
+    weight.CopyFrom(numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, str(dst))
+    return conv.name
+
+
+def mvn_onnx(path: Path) -> Path:
+    """An ONNX model onnxruntime runs but cv2.dnn cannot import (MeanVarianceNormalization)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"], name="norm/mvn")
+    model = helper.make_model(helper.make_graph([node], "mvn", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real small models on disk, built once per session (and per xdist worker)."""
+    out = tmp_path_factory.mktemp("models")
+    cnn = build_small_cnn(seed=0)
+    paths = {"cnn": out / "small_cnn.keras"}
+    cnn.save(paths["cnn"])
+    other = build_small_cnn(seed=7, name="other_cnn")
+    paths["other"] = out / "other_cnn.keras"
+    other.save(paths["other"])
+    nosoft = build_small_cnn(seed=3, softmax=False, name="logits_cnn")
+    paths["h5"] = out / "logits_cnn.h5"
+    nosoft.save(paths["h5"])
+    dynamic = build_small_cnn(seed=4, size=None, name="dynamic_cnn")
+    paths["dynamic"] = out / "dynamic_cnn.keras"
+    dynamic.save(paths["dynamic"])
+    paths["onnx"] = convert(cnn, out / "small_cnn.onnx")
+    paths["onnx_nhwc"] = convert(cnn, out / "small_cnn_nhwc.onnx", layout="nhwc")
+    paths["other_onnx"] = convert(other, out / "other_cnn.onnx")
+    paths["perturbed"] = out / "small_cnn_perturbed.onnx"
+    perturb_first_conv(paths["onnx"], paths["perturbed"])
+    paths["mvn"] = mvn_onnx(out / "mvn.onnx")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One conversion cache for the runs that do not test caching itself (keeps the suite fast)."""
+    return tmp_path_factory.mktemp("cvdnn-cache")
+
+
+class Run:
+    """Result of a plugin run in a subprocess, with the JSON report parsed."""
+
+    def __init__(self, result: pytest.RunResult, report: Path) -> None:
+        self.result = result
+        self.ret = result.ret
+        self.text = result.stdout.str() + "\n" + result.stderr.str()
+        self.report = json.loads(report.read_text()) if report.is_file() else None
+
+    def outcomes(self) -> dict[str, int]:
+        return self.result.parseoutcomes()
+
+    def checks(self, model_index: int = 0) -> dict[str, Any]:
+        assert self.report is not None, self.text
+        return self.report["models"][model_index]["checks"]
+
+
+@pytest.fixture
+def run_cvdnn(pytester: pytest.Pytester, shared_cache: Path) -> Callable[..., Run]:
+    """Run ``pytest <args>`` in a subprocess in the pytester dir; returns :class:`Run`."""
+
+    def run(*args: str, cache: Path | None = shared_cache, report: bool = True) -> Run:
+        report_path = pytester.path / "cvdnn-report.json"
+        report_path.unlink(missing_ok=True)
+        extra = [f"--cvdnn-cache-dir={cache}"] if cache is not None else []
+        if report:
+            extra.append(f"--cvdnn-report={report_path}")
+        result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:benchmark", *extra, *args,
+                                               timeout=900)
+        return Run(result, report_path)
+
+    return run
+
+
+@pytest.fixture
+def copy_model(pytester: pytest.Pytester) -> Callable[[Path, str | None], Path]:
+    def copy(src: Path, name: str | None = None) -> Path:
+        dst = pytester.path / (name or src.name)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+        return dst
+
+    return copy
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,104 @@
+"""The comparison core is pure numpy: exact semantics and the failure text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_cvdnn import Tolerance, compare, compare_arrays
+
+
+def test_element_fails_only_if_it_exceeds_both_tolerances() -> None:
+    ref = np.array([1000.0, 1.0, 0.0], dtype=np.float32)
+    # 0.5 abs on 1000 is 5e-4 rel (< rtol): ok; 2e-3 on 1.0 exceeds both: bad; 5e-5 on 0.0 is < atol: ok
+    out = ref + np.array([0.5, 2e-3, 5e-5], dtype=np.float32)
+    stats = compare_arrays(ref, out, Tolerance(atol=1e-4, rtol=1e-3))
+    assert stats.mismatches == 1
+    assert stats.worst[0][0] == (1,)
+    assert not stats.ok
+    assert compare_arrays(ref, out, Tolerance(atol=3e-3, rtol=1e-3)).ok
+
+
+def test_statistics_are_computed() -> None:
+    ref = np.linspace(-1, 1, 100, dtype=np.float32).reshape(10, 10)
+    out = ref.copy()
+    out[3, 4] += 0.25
+    stats = compare_arrays(ref, out)
+    assert stats.max_abs == pytest.approx(0.25, rel=1e-6)
+    assert stats.mean_abs == pytest.approx(0.0025, rel=1e-5)
+    assert stats.mismatches == 1 and stats.size == 100
+    assert stats.mismatch_pct == pytest.approx(1.0)
+    assert stats.worst[0][0] == (3, 4)
+    assert 0.99 < stats.cosine < 1.0
+    assert stats.required_atol == pytest.approx(0.25, rel=1e-6)
+
+
+def test_identical_arrays_pass_with_perfect_statistics() -> None:
+    ref = np.random.default_rng(0).normal(size=(2, 5)).astype(np.float32)
+    result = compare([ref], [ref.copy()])
+    assert result and result.max_abs == 0.0 and result.min_cosine == pytest.approx(1.0)
+
+
+def test_shape_mismatch_fails_but_size_one_axes_are_tolerated() -> None:
+    ref = np.ones((1, 10), np.float32)
+    assert compare_arrays(ref, np.ones((10,), np.float32)).ok
+    stats = compare_arrays(ref, np.ones((1, 12), np.float32))
+    assert not stats.shape_ok and not stats.ok
+
+
+def test_nan_in_one_output_is_a_mismatch() -> None:
+    ref = np.zeros(4, np.float32)
+    out = ref.copy()
+    out[2] = np.nan
+    stats = compare_arrays(ref, out)
+    assert stats.nonfinite == 1 and not stats.ok
+
+
+def test_near_tie_softmax_does_not_raise_a_false_top1_alarm() -> None:
+    # random-weight softmax: two classes within 1e-7 of each other; runner 2 flips them by rounding
+    ref = np.array([[0.1000001, 0.1, 0.0999999, 0.7 - 0.1 - 0.1000001 - 0.0999999 + 0.3]], np.float32)
+    ref = ref / ref.sum()
+    out = ref.copy()
+    out[0, 0], out[0, 1] = ref[0, 1], ref[0, 0]
+    result = compare([ref], [out], softmax=True)
+    top1 = result.outputs[0].topk[0]
+    assert top1.k == 1 and top1.disagree == 0
+    assert result  # the swap is within tolerance
+
+
+def test_a_real_top1_flip_is_reported() -> None:
+    ref = np.array([[0.05, 0.8, 0.15]], np.float32)
+    out = np.array([[0.8, 0.05, 0.15]], np.float32)
+    result = compare([ref], [out], softmax=True)
+    assert not result
+    assert result.outputs[0].topk[0].disagree == 1
+
+
+def test_output_count_mismatch_fails() -> None:
+    result = compare([np.zeros(3)], [np.zeros(3), np.zeros(2)], expected_name="keras", obtained_name="cv2dnn")
+    assert not result
+    assert "keras returned 1 output(s) but cv2dnn returned 2" in result.notes[0]
+
+
+def test_failure_message_reads_like_a_regression_table() -> None:
+    ref = np.arange(20, dtype=np.float32).reshape(1, 20)
+    out = ref.copy()
+    out[0, 7] += 3.0
+    out[0, 2] -= 0.5
+    text = compare([ref], [out], Tolerance(1e-4, 1e-3), expected_name="keras", obtained_name="cv2dnn",
+                   output_names=["probs"]).format_failure()
+    assert "parity keras-cv2dnn failed (atol=0.0001, rtol=0.001" in text
+    assert "output 'probs': MISMATCH" in text
+    assert "Number of differences: 2 / 20 (10.00%)" in text
+    assert "abs error: max 3," in text
+    lines = text.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.strip().startswith("index"))
+    assert "cv2dnn" in lines[header] and "keras" in lines[header]
+    assert lines[header + 1].split()[0] == "(0," and "(0, 7)" in lines[header + 1]
+    assert "minimum tolerance that would pass: atol=3" in text
+
+
+@pytest.mark.parametrize("atol", [-1.0, float("nan"), float("inf")])
+def test_tolerance_is_validated(atol: float) -> None:
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+        Tolerance(atol=atol)

@@ -1,0 +1,85 @@
+"""Loading the plugin is cheap: no TensorFlow, cv2 or onnx, and no files left behind when unused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("tensorflow", "keras", "cv2", "onnx", "onnxruntime", "tf2onnx")
+
+
+def test_importing_the_plugin_imports_no_heavy_module() -> None:
+    code = (
+        "import sys, pytest_cvdnn, pytest_cvdnn.plugin\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_a_pytest_run_that_does_not_use_the_plugin_stays_light(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_light=f"""
+        import sys
+        def test_nothing_heavy_loaded(request):
+            assert request.config.pluginmanager.has_plugin("cvdnn")
+            heavy = [m for m in {HEAVY!r} if m in sys.modules]
+            assert heavy == []
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:benchmark", "-p", "no:hypothesispytest")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / ".pytest_cache" / "d" / "cvdnn").exists()
+
+
+def test_markers_are_registered_under_strict_markers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.cvdnn(model="whatever.keras")
+        def test_marked():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--strict-markers", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--cvdnn-opset=abc", "'abc' is not an integer opset"),
+        ("--cvdnn-opset=99", "opset 99 is out of range"),
+        ("--cvdnn-layout=nwhc", "'nwhc' is not a layout; use nchw"),
+        ("--cvdnn-engine=fast", "'fast' is not an engine"),
+        ("--cvdnn-atol=-1", "must be a finite number >= 0"),
+        ("--cvdnn-preprocess=scale=x", "bad value 'x' for 'scale'"),
+    ],
+)
+def test_invalid_options_are_usage_errors(pytester: pytest.Pytester, option: str, message: str) -> None:
+    result = pytester.runpytest_subprocess(option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncvdnn_layout = sideways\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option cvdnn_layout = 'sideways' is invalid*"])
+
+
+def test_missing_model_is_a_usage_error_naming_the_file(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--cvdnn-model=models/nope.keras")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cvdnn-model: model file 'models/nope.keras' does not exist*Fix:*"])
+
+
+def test_unknown_extension_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.path.joinpath("model.pt").write_bytes(b"x")
+    result = pytester.runpytest_subprocess("--cvdnn-model=model.pt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*model.pt has an unknown model extension '.pt'*"])

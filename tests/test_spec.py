@@ -1,0 +1,58 @@
+"""InputSpec: parsing, validation and the numbers it implies (pure Python)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_cvdnn import InputSpec, SpecError
+
+
+def test_keras_modes() -> None:
+    tf = InputSpec.from_keras_mode("tf", size=(224, 224))
+    assert tf.value_range() == pytest.approx((-1.0, 1.0))
+    assert tf.swap_rb and tf.size == (224, 224)
+    caffe = InputSpec.from_keras_mode("caffe")
+    assert not caffe.swap_rb and caffe.mean == (103.939, 116.779, 123.68)
+    torch = InputSpec.from_keras_mode("torch")
+    lo, hi = torch.value_range()
+    assert lo == pytest.approx(-0.485 / 0.229, rel=1e-4) and hi == pytest.approx((1 - 0.406) / 0.225, rel=1e-4)
+
+
+def test_parse_key_values() -> None:
+    spec = InputSpec.parse("scale=0.00392,mean=123.7/116.3/103.5,std=58.4/57.1/57.4,swap_rb=1,size=224x160,crop=0")
+    assert spec.scale == pytest.approx(0.00392)
+    assert spec.mean == (123.7, 116.3, 103.5)
+    assert spec.std == (58.4, 57.1, 57.4)
+    assert spec.swap_rb is True and spec.size == (224, 160) and spec.crop == "none"
+    assert InputSpec.parse("torch,size=64x64") == InputSpec.from_keras_mode("torch", size=(64, 64))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("fancy", "unknown Keras preprocessing mode 'fancy'"),
+        ("scale=abc", "bad value 'abc' for 'scale'"),
+        ("size=224", "bad value '224' for 'size'"),
+        ("mean=1/2", "mean needs 1 or 3 values"),
+        ("colour=rgb", "unknown key 'colour'"),
+        ("layout=nwch", "layout must be one of nchw, nhwc"),
+        ("std=0/1/1", "std must not contain 0"),
+    ],
+)
+def test_parse_errors_are_precise(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        InputSpec.parse(text)
+
+
+def test_normalize_matches_the_keras_tf_formula() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.float32)
+    spec = InputSpec.from_keras_mode("tf")
+    np.testing.assert_allclose(spec.normalize(pixels), pixels / 127.5 - 1.0, atol=1e-6)
+
+
+def test_coerce_accepts_dicts_and_strings() -> None:
+    assert InputSpec.coerce({"mode": "tf", "size": (32, 32)}).value_range() == pytest.approx((-1, 1))
+    assert InputSpec.coerce("none,size=8x8").size == (8, 8)
+    with pytest.raises(SpecError, match="unknown input spec field"):
+        InputSpec.coerce({"scal": 1})
