@@ -125,6 +125,23 @@ class Cache:
             raise
         return entry / "model.onnx", meta
 
+    # -- event log (one JSON line per conversion; O_APPEND keeps lines whole across processes) --
+    def log_event(self, event: dict[str, Any]) -> None:
+        path = self.root / "events.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(event, sort_keys=True) + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.root / "events.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
     # -- small JSON documents ------------------------------------------------------------
     def get_json(self, *parts: str) -> dict[str, Any] | None:
         path = self.root.joinpath(*parts)

@@ -155,4 +155,6 @@ def cached_convert(
             seconds = time.perf_counter() - start
             meta["convert_seconds"] = seconds
             path, meta = cache.put_onnx(key, produced, meta)
+        cache.log_event({"event": "converted", "key": key, "model": model_hash[:16], "seconds": round(seconds, 3),
+                         "pid": os.getpid(), "options": opts.as_dict()})
         return Conversion(path, meta, cached=False, seconds=seconds)

@@ -134,6 +134,11 @@ class Deployment:
         return spec
 
     @property
+    def input_spec(self) -> InputSpec:
+        """Alias of :attr:`spec` (the name the fixtures use)."""
+        return self.spec
+
+    @property
     def conversion(self) -> Conversion:
         def run() -> Conversion:
             if self.source.is_onnx or self.settings.onnx:

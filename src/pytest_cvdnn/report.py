@@ -25,8 +25,9 @@ class Results:
 
     def add(self, record: dict[str, Any], nodeid: str) -> None:
         model = self.models.setdefault(
-            record["model"], {"model": record["model"], "environment": {}, "spec": None, "checks": {}}
+            record["model"], {"model": record["model"], "environment": {}, "spec": None, "checks": {}, "events": []}
         )
+        model["events"] = sorted(set(model["events"]) | set(record.get("events", [])))
         model["environment"] = record.get("environment") or model["environment"]
         model["spec"] = record.get("spec") or model["spec"]
         model["checks"][record["check"]] = {
@@ -78,6 +79,7 @@ class Results:
                     "input_spec": model["spec"],
                     "checks": model["checks"],
                     "parity": parity,
+                    "events": model["events"],
                     "timings": {name: c["seconds"] for name, c in model["checks"].items()},
                 }
             )

@@ -51,7 +51,9 @@ class KerasRunner:
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feeds = list(inputs)
-        out = self.model(feeds if len(feeds) > 1 else feeds[0], training=False)
+        # match the model's input structure (a list for Model([inp], ...), a tensor otherwise)
+        structured = isinstance(self.model.input, (list, tuple)) or len(feeds) > 1
+        out = self.model(feeds if structured else feeds[0], training=False)
         if isinstance(out, dict):
             out = [out[k] for k in sorted(out)]
         if not isinstance(out, (list, tuple)):

@@ -1,0 +1,123 @@
+"""Caching: a warm run converts nothing and imports no TensorFlow; xdist converts once; corruption heals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import Run
+
+# a conftest in the run's folder that records, at the end, whether TensorFlow was imported
+TF_PROBE = """
+import json, sys
+def pytest_sessionfinish(session):
+    name = "tf-imported-%s.json" % getattr(session.config, "workerinput", {}).get("workerid", "main")
+    with open(name, "w") as fh:
+        json.dump("tensorflow" in sys.modules, fh)
+"""
+
+
+def _conversions(cache: Path) -> list[dict]:
+    path = cache / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_second_run_hits_the_cache_and_does_not_import_tensorflow(
+    run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+    pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    model = copy_model(models["cnn"])
+    pytester.makeconftest(TF_PROBE)
+    cold = run_cvdnn(f"--cvdnn-model={model.name}", cache=cache)
+    assert cold.ret == 0, cold.text
+    assert len(_conversions(cache)) == 1
+    assert "converted in" in cold.checks()["convert"]["message"]
+    assert json.loads((pytester.path / "tf-imported-main.json").read_text()) is True
+
+    warm = run_cvdnn(f"--cvdnn-model={model.name}", cache=cache)
+    assert warm.ret == 0, warm.text
+    assert len(_conversions(cache)) == 1  # no second conversion
+    assert warm.checks()["convert"]["message"].startswith("cache hit (not converted)")
+    assert "keras-loaded" not in warm.report["models"][0]["events"]
+    assert json.loads((pytester.path / "tf-imported-main.json").read_text()) is False
+    # same verdicts and numbers from the cached reference outputs
+    assert warm.report["models"][0]["parity"]["keras-cv2dnn"]["max_abs"] == \
+        cold.report["models"][0]["parity"]["keras-cv2dnn"]["max_abs"]
+
+
+def test_changed_options_or_model_convert_again(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                copy_model: Callable[..., Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    model = copy_model(models["cnn"], "m.keras")
+    assert run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", cache=cache).ret == 0
+    assert run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", "--cvdnn-opset=11", cache=cache).ret == 0
+    assert len(_conversions(cache)) == 2
+    model.write_bytes(models["other"].read_bytes())  # same path, new content
+    assert run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", cache=cache).ret == 0
+    assert len(_conversions(cache)) == 3
+
+
+def test_corrupted_cache_entry_is_detected_and_rebuilt(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                       copy_model: Callable[..., Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    copy_model(models["cnn"], "m.keras")
+    assert run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", cache=cache).ret == 0
+    (entry,) = (cache / "onnx").iterdir()
+    onnx_file = entry / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])  # truncated on disk
+    run = run_cvdnn("--cvdnn-model=m.keras", cache=cache)
+    assert run.ret == 0, run.text
+    assert len(_conversions(cache)) == 2  # rebuilt, not used
+
+
+def test_xdist_two_models_one_conversion_each(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                              copy_model: Callable[..., Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    a = copy_model(models["cnn"])
+    b = copy_model(models["other"])
+    run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", cache=cache)
+    assert run.ret == 0, run.text
+    assert run.outcomes() == {"passed": 18}
+    conversions = _conversions(cache)
+    assert sorted(e["model"] for e in conversions) == sorted({e["model"] for e in conversions})
+    assert len(conversions) == 2
+    # results from both workers reach the controller's summary and report
+    assert "small_cnn.keras: 9 passed" in run.text and "other_cnn.keras: 9 passed" in run.text
+    assert len(run.report["models"]) == 2
+
+
+def test_xdist_four_workers_race_on_one_model(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                              copy_model: Callable[..., Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "-n", "4", "--dist", "load", cache=cache)
+    assert run.ret == 0, run.text
+    assert len(_conversions(cache)) == 1
+    assert not [p for p in (cache / "onnx").iterdir() if p.name.startswith(".")]  # no leftover temp entries
+
+
+def test_works_without_the_cacheprovider(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                         copy_model: Callable[..., Path], pytester: pytest.Pytester,
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_model(models["cnn"], "m.keras")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    run = run_cvdnn("--cvdnn-model=m.keras", "-p", "no:cacheprovider", "-k", "convert or load", cache=None)
+    assert run.ret == 0, run.text
+    assert list((tmp_path / "xdg" / "pytest-cvdnn" / "onnx").iterdir())  # the per-user cache folder
+    run = run_cvdnn("--cvdnn-model=m.keras", "-p", "no:cacheprovider", "-k", "convert", cache=tmp_path / "explicit")
+    assert run.ret == 0, run.text
+    assert list((tmp_path / "explicit" / "onnx").iterdir())
+
+
+def test_default_cache_lives_in_pytests_cache_dir(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                  copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", cache=None)
+    assert run.ret == 0, run.text
+    assert list((pytester.path / ".pytest_cache" / "d" / "cvdnn" / "onnx").iterdir())

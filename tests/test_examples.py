@@ -1,0 +1,32 @@
+"""The README's main command and the shipped examples, run as a user would (from the repo root)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pytest(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", f"--cvdnn-cache-dir={cache}", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+
+
+def test_readme_main_command_on_the_shipped_model(shared_cache: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = _pytest("--cvdnn-model=examples/tiny_cnn.keras", f"--cvdnn-report={report}", cache=shared_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "collected 9 items" in proc.stdout  # only the model's checks, not the test suite
+    assert "examples/tiny_cnn.keras: 9 passed" in proc.stdout
+    assert (ROOT / "examples" / "tiny_cnn.keras").stat().st_size < 2 * 1024 * 1024
+
+
+def test_example_tests_including_the_densenet121_seed_case(shared_cache: Path) -> None:
+    proc = _pytest("examples/test_deployment.py", "-v", cache=shared_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test_densenet121_seed_case PASSED" in proc.stdout
+    assert "3 passed" in proc.stdout

@@ -1,0 +1,112 @@
+"""The fixtures and marker a project uses for its own deployment tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import Run
+
+
+def test_fixtures_and_marker(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                             copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
+    copy_model(models["cnn"], "m.keras")
+    copy_model(models["other_onnx"], "other.onnx")
+    pytester.makepyfile(
+        test_deploy="""
+        import cv2
+        import numpy as np
+        import pytest
+        from pytest_cvdnn import InputSpec, ParityResult
+
+        @pytest.mark.cvdnn(model="m.keras", atol=1e-4, rtol=1e-3)
+        def test_parity_between_runners(cvdnn_model, assert_parity):
+            result = assert_parity("keras", "cv2dnn")
+            assert isinstance(result, ParityResult) and result.ok
+            assert result.outputs[0].topk  # a softmax model gets top-k statistics
+
+        @pytest.mark.cvdnn(model="m.keras")
+        def test_deployment_object(cvdnn_model, input_spec):
+            assert isinstance(input_spec, InputSpec) and input_spec.size == (32, 32)
+            assert cvdnn_model.input_spec == input_spec
+            assert cvdnn_model.onnx_path.suffix == ".onnx"
+            assert cvdnn_model.keras_model.name == "small_cnn"
+            net = cvdnn_model.net
+            assert isinstance(net, cv2.dnn.Net) and net is not cvdnn_model.net  # fresh each time
+            x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+            ours = cvdnn_model.run("cv2dnn", [x], per_sample=True)[0]
+            ref = cvdnn_model.run("keras", [x])[0]
+            np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+        @pytest.mark.cvdnn(model="m.keras", input_spec=InputSpec.from_keras_mode("tf"))
+        def test_spec_from_marker(input_spec):
+            assert input_spec.mode == "tf" and input_spec.size == (32, 32)
+
+        @pytest.mark.cvdnn(model="m.keras", onnx="other.onnx")
+        def test_wrong_artifact_fails(assert_parity):
+            assert_parity("keras", "onnxruntime")
+
+        @pytest.mark.cvdnn(model="m.keras")
+        def test_wrong_preprocessing_fails(cvdnn_model, assert_parity):
+            x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+            # a saturated softmax can hide the mistake; its logits cannot
+            ref = cvdnn_model.run("keras", [x], logits=True)
+            wrong = cvdnn_model.run("cv2dnn", [x[..., ::-1].copy()], logits=True)  # channels swapped
+            assert_parity(ref, wrong)
+
+        def test_arrays_only(assert_parity):
+            a = np.ones((2, 3), np.float32)
+            assert assert_parity(a, a + 1e-6).max_abs < 1e-5
+        """
+    )
+    run = run_cvdnn("test_deploy.py", "-v", "--strict-markers", report=False)
+    outcomes = run.outcomes()
+    assert outcomes == {"passed": 4, "failed": 2}, run.text
+    assert "test_wrong_artifact_fails FAILED" in run.text
+    assert "test_wrong_preprocessing_fails FAILED" in run.text
+    assert "parity keras-onnxruntime failed (atol=0.0001, rtol=0.001" in run.text
+    assert "parity expected-obtained failed" in run.text
+    assert "Number of differences:" in run.text
+
+
+def test_marker_needs_a_model_when_none_is_configured(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_x="""
+        def test_needs_model(cvdnn_model):
+            pass
+        """
+    )
+    run = run_cvdnn("test_x.py", report=False)
+    assert run.ret != 0
+    assert "which model? Use @pytest.mark.cvdnn(model='path/to/model.keras')" in run.text
+
+
+def test_unknown_marker_keyword_is_reported(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_x="""
+        import pytest
+        @pytest.mark.cvdnn(model="m.keras", atoll=1)
+        def test_typo(input_spec):
+            pass
+        """
+    )
+    run = run_cvdnn("test_x.py", report=False)
+    assert run.ret != 0
+    assert "unknown @pytest.mark.cvdnn keyword(s) ['atoll']" in run.text
+
+
+def test_ini_keys(run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+                  pytester: pytest.Pytester) -> None:
+    copy_model(models["cnn"], "m.keras")
+    pytester.makeini("[pytest]\ncvdnn_models =\n    m.keras\ncvdnn_opset = 11\ncvdnn_atol = 1e-3\n")
+    pytester.makepyfile(test_other="def test_plain():\n    pass\n")
+    run = run_cvdnn("-v")
+    assert run.ret == 0, run.text
+    # ini models are added to the normal run (the project's own tests still run)
+    assert "test_other.py::test_plain PASSED" in run.text
+    assert "m.keras::convert PASSED" in run.text
+    env = run.report["models"][0]["environment"]
+    assert env["opset"] == 11
+    assert run.report["models"][0]["parity"]["keras-cv2dnn"]["atol"] == 1e-3
