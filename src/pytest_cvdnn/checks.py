@@ -8,14 +8,16 @@ deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .compare import compare
+from .compare import compare, compare_arrays
 from .errors import CvdnnError, StageSkipped
 from .deployment import Deployment
+from .spec import InputSpec
 
 __all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "check_names", "run_check"]
 
@@ -128,6 +130,130 @@ def check_input_spec(dep: Deployment) -> CheckResult:
         ) from exc
     return CheckResult(f"blob {tuple(blob.shape)} {blob.dtype} {spec.layout.upper()} fits {info.name!r} "
                        f"{_shape(want)}; deployment code: {code}", data)
+
+
+def check_preprocessing(dep: Deployment) -> CheckResult:
+    """The blob the deployment builds from real photos equals what Keras feeds the model."""
+    dep.require("conversion")
+    if not dep.has_keras:
+        raise StageSkipped(
+            f"{dep.label} is an ONNX model: the preprocessing it expects is unknown; check it from its Keras "
+            "source (--cvdnn-model=model.keras --cvdnn-onnx=model.onnx)"
+        )
+    from . import preprocess as pp
+
+    declared, expected = dep.spec, dep.expected_spec
+    found = dep.keras_meta.get("preprocessing", {})
+    if dep.declared and not found.get("confident", False):
+        expected = replace(declared, mode=declared.mode, note=found.get("note", ""))  # trust the user's spec
+    model = dep.keras_meta["name"]
+    photos = [img for _, img in pp.load_photos(Path(dep.settings.images) if dep.settings.images else None)]
+    ref = dep.reference_tensor(photos, expected)
+    data: dict[str, Any] = {
+        "declared": declared.as_dict(), "expected": expected.as_dict(), "expected_note": expected.note,
+        "photos": len(photos), "method": pp.blob_method(declared), "code": pp.cv2_call(declared),
+    }
+
+    def matches(spec: InputSpec) -> tuple[bool, Any]:
+        if spec.layout != expected.layout or spec.size != expected.size:
+            return False, None
+        stats = compare_arrays(ref, pp.to_nhwc(spec.blob(photos), spec.layout), dep.settings.tolerance,
+                               name="blob")
+        return stats.ok, stats
+
+    ok, stats = matches(declared)
+    if stats is not None:
+        data["tensor"] = stats.as_dict()
+    effect = _preprocessing_effect(dep, declared, photos, ref)
+    data["effect"] = effect.as_dict() if effect is not None else None
+    notes = _resize_note(dep, expected, photos, ref, data)
+    if ok:
+        return CheckResult(
+            f"the blob equals Keras' reference ({expected.note or expected.describe()}) on {len(photos)} photos: "
+            f"max |Δ| {stats.max_abs:.3g}, mean |Δ| {stats.mean_abs:.3g}"
+            + (f"; cv2.dnn(blob) vs Keras: {effect.summary_line()}" if effect is not None else "")
+            + f"; deployment code: {pp.cv2_call(declared)}" + notes,
+            data,
+        )
+    mistakes = pp.candidate_mistakes(declared, expected, model)
+    confirmed = [m for m in mistakes if matches(m.corrected)[0]]
+    corrected = confirmed[0].corrected if confirmed else declared
+    if not confirmed and len(mistakes) > 1:  # several mistakes at once: all fixes together
+        combined = declared
+        for m in mistakes:
+            combined = replace(combined, **{k: getattr(m.corrected, k) for k in _changed(declared, m.corrected)})
+        if matches(combined)[0]:
+            confirmed, corrected = mistakes, combined
+    data["diagnosis"] = [m.name for m in confirmed]
+    data["corrected_code"] = pp.cv2_call(corrected) if confirmed else None
+    tensor = (f"the blob differs from Keras' reference by max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g})"
+              if stats is not None else f"the blob {declared.size} {declared.layout.upper()} does not fit the "
+              f"model input {expected.size} {expected.layout.upper()}")
+    outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect else ""
+    if confirmed:
+        raise CheckFailed(
+            "; ".join(m.message for m in confirmed) + f" ({tensor}{outputs})",
+            fix=f"{pp.cv2_call(corrected)}",
+            details=f"declared: {declared.describe()}\nexpected: {expected.describe()}\n  because {expected.note}",
+            data=data,
+        )
+    raise CheckFailed(
+        f"{tensor}{outputs}; no single usual mistake explains it (declared: {declared.describe()}; "
+        f"expected: {expected.describe()})",
+        fix="compare your preprocessing with the model's preprocess_input step by step",
+        data=data,
+    )
+
+
+def _changed(a: InputSpec, b: InputSpec) -> list[str]:
+    return [k for k in ("swap_rb", "scale", "mean", "std", "layout", "size", "crop", "interpolation")
+            if getattr(a, k) != getattr(b, k)]
+
+
+def _top1_text(result: Any) -> str:
+    tops = [t for o in result.outputs for t in o.topk if t.k == 1]
+    if not tops:
+        return ""
+    agree = sum(t.agree for t in tops)
+    ties = sum(t.ambiguous for t in tops)
+    return f", top-1 agreement {agree}/{agree + sum(t.disagree for t in tops)}" + (f" ({ties} near-tie)" if ties else "")
+
+
+def _preprocessing_effect(dep: Deployment, declared: InputSpec, photos: list[np.ndarray], ref: np.ndarray) -> Any:
+    """cv2.dnn on the deployment's blob vs Keras on the reference tensor (None if the blob cannot run)."""
+    from . import preprocess as pp
+
+    if declared.layout != dep.onnx_layouts[0] or declared.size != dep.expected_spec.size:
+        return None
+    try:
+        dep.require("cv2net")
+    except StageSkipped:
+        return None
+    blob_nhwc = pp.to_nhwc(declared.blob(photos), declared.layout)
+    exp = dep.run("keras", [ref])
+    obt = dep.run("cv2dnn", [blob_nhwc], per_sample=True)
+    return compare(exp, obt, dep.settings.tolerance, expected_name="keras(reference)", obtained_name="cv2dnn(blob)",
+                   output_names=dep.output_names, softmax=dep.softmax_outputs)
+
+
+def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray], ref: np.ndarray,
+                 data: dict[str, Any]) -> str:
+    """How much a keras.utils.load_img pipeline (PIL nearest) would move the outputs vs OpenCV bilinear."""
+    from . import preprocess as pp
+
+    if expected.interpolation != "bilinear" or expected.crop != "none":
+        return ""
+    pil = pp.pil_nearest_tensor(photos, expected)
+    try:
+        a = dep.run("onnxruntime", [ref])
+        b = dep.run("onnxruntime", [pil])
+    except StageSkipped:
+        return ""
+    moved = compare(a, b, dep.settings.tolerance, output_names=dep.output_names, softmax=dep.softmax_outputs)
+    data["resize_note"] = {"tensor_max_abs": float(np.abs(ref - pil).max()), "outputs": moved.as_dict()}
+    return (f"; note: a training pipeline that loads images with keras.utils.load_img (PIL, nearest) feeds tensors "
+            f"that differ from OpenCV's bilinear resize by max {np.abs(ref - pil).max():.3g} and move the outputs "
+            f"by max |Δ| {moved.max_abs:.3g}{_top1_text(moved)}")
 
 
 def _runners(dep: Deployment) -> list[str]:
@@ -261,6 +387,7 @@ CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
     "convert": check_convert,
     "load": check_load,
     "input_spec": check_input_spec,
+    "preprocessing": check_preprocessing,
     "output_spec": check_output_spec,
     **{f"parity[{a}-{b}]": (lambda dep, a=a, b=b: check_parity(dep, a, b)) for a, b in PARITY_PAIRS},
     "batch": check_batch,

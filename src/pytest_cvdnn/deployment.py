@@ -124,9 +124,32 @@ class Deployment:
 
     # -- conversion -------------------------------------------------------------------------
     @property
+    def expected_spec(self) -> InputSpec:
+        """What the model expects: detected from the Keras model (see InputSpec.from_model), in the ONNX layout."""
+        layout = self.onnx_layouts[0] if self.graph.inputs and len(self.graph.inputs[0].shape) == 4 else self.settings.layout
+        if self.has_keras:
+            found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
+            spec = InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout)
+        else:
+            spec = InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 assumed")
+        return self._sized(spec)
+
+    @property
+    def declared(self) -> bool:
+        return self.settings.spec is not None
+
+    @property
     def spec(self) -> InputSpec:
-        """The effective input spec; its size comes from the model when the user gave none."""
-        spec = self.settings.effective_spec
+        """The deployment's input spec: the declared one, else the one detected from the model."""
+        if self.settings.spec is not None:
+            return self._sized(self.settings.spec)
+        if self.has_keras:
+            found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
+            return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=self.settings.layout))
+        return self._sized(self.settings.effective_spec)
+
+    def _sized(self, spec: InputSpec) -> InputSpec:
+        """The spec with the model's input size when it has none."""
         if spec.size is None:
             shape = self._raw_input_shapes()[0]
             if len(shape) == 4 and shape[1] and shape[2]:
@@ -341,6 +364,18 @@ class Deployment:
         outputs = KerasRunner(model).infer(inputs)
         self.cache.put_arrays(outputs, "ref", name)
         return outputs
+
+    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
+        """Keras' preprocessing of the photos (cached: no TensorFlow when warm)."""
+        from .preprocess import keras_reference
+
+        key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode())[:32]
+        cached = self.cache.get_arrays("ref", f"prep-{key}.npz")
+        if cached is not None:
+            return cached[0]
+        tensor = keras_reference(photos, expected)
+        self.cache.put_arrays([tensor], "ref", f"prep-{key}.npz")
+        return tensor
 
     # -- logits (inputs of final Softmax nodes) ------------------------------------------------
     @property

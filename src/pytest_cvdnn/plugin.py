@@ -111,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         layout=values["layout"],
         engine=values["engine"],
         inputs=values["inputs"],
+        images=values["images"],
         samples=values["samples"],
         seed=values["seed"],
     )

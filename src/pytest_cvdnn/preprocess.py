@@ -13,13 +13,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["make_blob", "cv2_call", "blob_method"]
+__all__ = ["make_blob", "cv2_call", "blob_method", "load_photos", "keras_reference", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
 
 _INTERP_NAMES = {"bilinear": "INTER_LINEAR", "nearest": "INTER_NEAREST", "bicubic": "INTER_CUBIC", "area": "INTER_AREA"}
 
@@ -102,34 +105,9 @@ def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 
 
 def _numpy_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Fallback: same arithmetic as OpenCV (resize, optional centre crop, swap, normalise)."""
-    import cv2
-
-    assert spec.size is not None
-    w, h = spec.size
-    interp = getattr(cv2, _INTERP_NAMES[spec.interpolation])
-    rows = []
-    for img in images:
-        if spec.crop == "center":
-            ih, iw = img.shape[:2]
-            ratio = max(w / iw, h / ih)
-            rs = cv2.resize(img, (round(iw * ratio), round(ih * ratio)), interpolation=interp)
-            y0, x0 = (rs.shape[0] - h) // 2, (rs.shape[1] - w) // 2
-            img = rs[y0 : y0 + h, x0 : x0 + w]
-        elif spec.crop == "letterbox":
-            ih, iw = img.shape[:2]
-            ratio = min(w / iw, h / ih)
-            rw, rh = round(iw * ratio), round(ih * ratio)
-            rs = cv2.resize(img, (rw, rh), interpolation=interp)
-            canvas = np.zeros((h, w, img.shape[2]), dtype=img.dtype)
-            y0, x0 = (h - rh) // 2, (w - rw) // 2
-            canvas[y0 : y0 + rh, x0 : x0 + rw] = rs
-            img = canvas
-        else:
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        if spec.swap_rb:
-            img = img[..., ::-1]
-        rows.append(img.astype(np.float32))
+    """Fallback: the same arithmetic as OpenCV (resize, optional crop, swap, normalise) in numpy."""
+    pixels = _numpy_blob_pixels(images, spec)
+    rows = [(p[..., ::-1] if spec.swap_rb else p).astype(np.float32) for p in pixels]
     batch = spec.normalize(np.stack(rows))
     return np.ascontiguousarray(batch if spec.layout == "nhwc" else np.transpose(batch, (0, 3, 1, 2)))
 
@@ -165,3 +143,202 @@ def cv2_call(spec: InputSpec) -> str:
 
 def describe_blob_call(spec: InputSpec) -> dict[str, Any]:
     return {"method": blob_method(spec), "code": cv2_call(spec)}
+
+
+# -- real photos and the Keras reference pipeline -------------------------------------------------
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee")
+
+
+def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, np.ndarray]]:
+    """(name, BGR uint8 image) pairs: the user's folder, or the photos scikit-image's wheel ships."""
+    import cv2
+
+    if folder is not None:
+        from .inputs import IMAGE_SUFFIXES
+
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        photos = [(p.name, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in files]
+        bad = [name for name, img in photos if img is None]
+        if not files or bad:
+            raise CvdnnError(
+                f"--cvdnn-images={folder} " + (f"has unreadable images: {', '.join(bad)}" if bad else "holds no images"),
+                fix="point it at a folder of PNG/JPEG photos",
+            )
+        return photos
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise CvdnnError(
+            "the preprocessing check needs photos: scikit-image is not installed",
+            fix="pip install scikit-image (its wheel ships real photos), or pass --cvdnn-images=DIR",
+        ) from exc
+    return [(name, np.ascontiguousarray(getattr(data, name)()[..., ::-1])) for name in SKIMAGE_PHOTOS]
+
+
+def _numpy_blob_pixels(images: Sequence[np.ndarray], spec: InputSpec) -> list[np.ndarray]:
+    import cv2
+
+    assert spec.size is not None
+    w, h = spec.size
+    interp = getattr(cv2, _INTERP_NAMES[spec.interpolation])
+    out = []
+    for img in images:
+        ih, iw = img.shape[:2]
+        if spec.crop == "center":
+            ratio = max(w / iw, h / ih)
+            rs = cv2.resize(img, (round(iw * ratio), round(ih * ratio)), interpolation=interp)
+            y0, x0 = (rs.shape[0] - h) // 2, (rs.shape[1] - w) // 2
+            img = rs[y0 : y0 + h, x0 : x0 + w]
+        elif spec.crop == "letterbox":
+            ratio = min(w / iw, h / ih)
+            rw, rh = round(iw * ratio), round(ih * ratio)
+            rs = cv2.resize(img, (rw, rh), interpolation=interp)
+            canvas = np.zeros((h, w, img.shape[2]), dtype=img.dtype)
+            y0, x0 = (h - rh) // 2, (w - rw) // 2
+            canvas[y0 : y0 + rh, x0 : x0 + rw] = rs
+            img = canvas
+        else:
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        out.append(img)
+    return out
+
+
+def keras_reference(photos_bgr: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
+    """What Keras feeds the model: resize → RGB array → ``preprocess_input(mode)`` (NHWC float32).
+
+    Uses Keras' own ``imagenet_utils.preprocess_input`` for the caffe/tf/torch modes and the raw
+    array for in-model normalisation ("none").  Imports Keras.
+    """
+    rgb = np.stack([img[..., ::-1] for img in _numpy_blob_pixels(photos_bgr, expected)]).astype(np.float32)
+    if expected.mode in ("caffe", "tf", "torch"):
+        from .runners.keras import import_keras
+
+        keras = import_keras()
+        return np.asarray(keras.applications.imagenet_utils.preprocess_input(rgb.copy(), mode=expected.mode),
+                          dtype=np.float32)
+    return _numpy_reference(photos_bgr, expected)  # raw pixels ("none") or a custom spec
+
+
+def _numpy_reference(photos_bgr: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    return to_nhwc(_numpy_blob(photos_bgr, spec), spec.layout)
+
+
+def to_nhwc(blob: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(blob, (0, 2, 3, 1))) if layout == "nchw" and blob.ndim == 4 else blob
+
+
+def pil_nearest_tensor(photos_bgr: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
+    """The tensor a training pipeline built on ``keras.utils.load_img`` (PIL, nearest) would give."""
+    from PIL import Image
+
+    assert expected.size is not None
+    rows = []
+    for img in photos_bgr:
+        pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1])).resize(expected.size, Image.NEAREST)
+        rgb = np.asarray(pil, dtype=np.float32)
+        rows.append(rgb if expected.swap_rb else rgb[..., ::-1])
+    return expected.normalize(np.stack(rows))
+
+
+# -- diagnosing a wrong spec ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mistake:
+    """One way the declared spec differs from what the model expects, with its fix."""
+
+    name: str
+    message: str
+    corrected: InputSpec
+
+
+def _scale3(spec: InputSpec) -> np.ndarray:
+    return np.array(_effective_scale(spec))
+
+
+def _order(spec: InputSpec) -> str:
+    """The channel order of the blob: the source order, swapped if swap_rb."""
+    src = spec.channel_order.upper()
+    return src[::-1] if spec.swap_rb else src
+
+
+def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> list[Mistake]:
+    """Every field of ``declared`` that differs from ``expected``, named as the usual mistake."""
+    mode = f" ({expected.mode} mode)" if expected.mode else ""
+    found: list[Mistake] = []
+
+    def fix(**changes: Any) -> InputSpec:
+        return replace(declared, **changes)
+
+    if _order(declared) != _order(expected):
+        found.append(Mistake(
+            "channels swapped",
+            f"the blob is {_order(declared)} but {model}{mode} expects {_order(expected)}: "
+            f"use swapRB={not declared.swap_rb}",
+            fix(swap_rb=not declared.swap_rb),
+        ))
+    if declared.size != expected.size:
+        found.append(Mistake(
+            "wrong size",
+            f"the blob is {declared.size[0]}x{declared.size[1]} but {model} expects "
+            f"{expected.size[0]}x{expected.size[1]}: use size={expected.size}" if declared.size and expected.size
+            else "the blob size differs from the model input",
+            fix(size=expected.size),
+        ))
+    if declared.layout != expected.layout:
+        found.append(Mistake(
+            "NHWC vs NCHW",
+            f"the blob is {declared.layout.upper()} but the model input is {expected.layout.upper()}: "
+            + ("use blobFromImage (NCHW)" if expected.layout == "nchw"
+               else "use blobFromImageWithParams with datalayout=DNN_LAYOUT_NHWC"),
+            fix(layout=expected.layout),
+        ))
+    if declared.crop != expected.crop:
+        what = {"none": "stretched to size (no crop)", "center": "centre-cropped", "letterbox": "letterboxed"}
+        found.append(Mistake(
+            "crop vs stretch",
+            f"the blob is {what[declared.crop]} but the model expects the image {what[expected.crop]}: "
+            f"use crop={expected.crop == 'center'}" + (" / DNN_PMODE_LETTERBOX" if expected.crop == "letterbox" else ""),
+            fix(crop=expected.crop),
+        ))
+    if declared.interpolation != expected.interpolation:
+        found.append(Mistake(
+            "nearest vs bilinear" if {declared.interpolation, expected.interpolation} == {"nearest", "bilinear"}
+            else "resize interpolation",
+            f"the image is resized with {declared.interpolation} interpolation but the reference pipeline uses "
+            f"{expected.interpolation}: resize with cv2.{_INTERP_NAMES[expected.interpolation]} "
+            "(blobFromImage resizes bilinearly)",
+            fix(interpolation=expected.interpolation),
+        ))
+    exp_mean = np.array(expected.mean)
+    if not np.allclose(declared.mean, exp_mean, atol=1e-3):
+        if np.allclose(declared.mean[::-1], exp_mean, atol=1e-3):
+            msg = (f"the mean {_tuple(declared.mean)} is given in the wrong channel order for a "
+                   f"{_order(expected)} blob: use mean={_tuple(expected.mean)}")
+            name = "mean in wrong channel order"
+        else:
+            msg, name = f"the mean is {_tuple(declared.mean)} but the model expects {_tuple(expected.mean)}", "wrong mean"
+        found.append(Mistake(name, msg, fix(mean=expected.mean)))
+    if (declared.std is None) != (expected.std is None) or (
+        declared.std is not None and expected.std is not None and not np.allclose(declared.std, expected.std)
+    ):
+        if declared.std is None:
+            found.append(Mistake(
+                "std missing",
+                f"std is missing: {model}{mode} divides by std {_tuple(expected.std or (1, 1, 1))} after the mean "
+                "(per-channel scale: blobFromImageWithParams, OpenCV >= 4.8)",
+                fix(std=expected.std, scale=expected.scale),
+            ))
+        else:
+            found.append(Mistake("wrong std", f"std is {_tuple(declared.std)} but the model expects "
+                                 f"{_tuple(expected.std) if expected.std else 'none'}", fix(std=expected.std)))
+    else:
+        ratio = _scale3(declared) / _scale3(expected)
+        if not np.allclose(ratio, 1.0, rtol=1e-3):
+            r = float(np.median(ratio))
+            if r > 1.5:
+                name, how = "missing scaling", f"the blob is {r:.4g}x too large: the scaling is missing"
+            else:
+                name, how = "double scaling", f"the blob is scaled {1 / r:.4g}x too much (scaled twice?)"
+            exp_scale = expected.scale
+            scale_txt = f"{exp_scale:.9g}" if isinstance(exp_scale, (int, float)) else _tuple(exp_scale)
+            found.append(Mistake(name, f"{how}; the model expects scalefactor={scale_txt}", fix(scale=expected.scale)))
+    return found

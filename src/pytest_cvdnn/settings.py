@@ -102,6 +102,8 @@ OPTIONS: tuple[Option, ...] = (
            "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'", "SPEC"),
     Option("inputs", "--cvdnn-inputs", "cvdnn_inputs", str, None,
            "folder of images or .npy tensors to use instead of seeded random inputs", "DIR"),
+    Option("images", "--cvdnn-images", "cvdnn_images", str, None,
+           "folder of your own photos for the preprocessing check (default: scikit-image's photos)", "DIR"),
     Option("samples", "--cvdnn-samples", "cvdnn_samples", parse_positive, 4,
            "number of seeded random inputs per check (default 4; also the batch size of the batch check)", "N"),
     Option("seed", "--cvdnn-seed", "cvdnn_seed", parse_seed, 0, "seed of the random inputs (default 0)", "N"),
@@ -125,6 +127,7 @@ class ModelSettings:
     layout: str = "nchw"
     engine: str = "auto"
     inputs: str | None = None
+    images: str | None = None
     samples: int = 4
     seed: int = 0
 
@@ -134,7 +137,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.samples, self.seed)
+                self.inputs, self.images, self.samples, self.seed)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""

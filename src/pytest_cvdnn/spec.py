@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["InputSpec", "SpecError", "KERAS_MODES"]
+__all__ = ["InputSpec", "SpecError", "KERAS_MODES", "detect_keras_mode"]
 
 Triple = tuple[float, float, float]
 
@@ -84,6 +84,7 @@ class InputSpec:
     dtype: str = "float32"
     batch: int = 1
     mode: str | None = field(default="none", compare=False)
+    note: str = field(default="", compare=False)  # how the spec was found (from_model)
 
     def __post_init__(self) -> None:
         if self.layout not in _LAYOUTS:
@@ -120,6 +121,22 @@ class InputSpec:
         params: dict[str, Any] = dict(KERAS_MODES[mode], size=size, mode=mode)
         params.update(overrides)
         return cls(**params)
+
+    @classmethod
+    def from_model(cls, model: Any, **overrides: Any) -> "InputSpec":
+        """The spec a Keras model expects, detected from what it is; ``spec.note`` says why.
+
+        ``keras.applications`` models are recognised by name (their ``preprocess_input`` mode);
+        a ``Rescaling``/``Normalization`` layer right after the input means the model
+        normalises itself (feed raw 0..255 RGB).  Otherwise mode "none" is assumed, and the
+        note says that it is a guess.
+        """
+        mode, note, _ = detect_keras_mode(getattr(model, "name", ""), [type(x).__name__ for x in model.layers[:4]])
+        shape = list(model.inputs[0].shape) if getattr(model, "inputs", None) else []
+        size = (int(shape[2]), int(shape[1])) if len(shape) == 4 and shape[1] and shape[2] else None
+        params: dict[str, Any] = dict(size=size, note=note)
+        params.update(overrides)
+        return cls.from_keras_mode(mode, **params)
 
     @classmethod
     def parse(cls, text: str) -> "InputSpec":
@@ -169,6 +186,18 @@ class InputSpec:
             return cls(**data)
         raise SpecError(f"an input spec must be an InputSpec, a string or a dict, got {type(value).__name__}")
 
+    def blob(self, images: Any) -> np.ndarray:
+        """The blob OpenCV builds from source images (a list, or one image) under this spec."""
+        from .preprocess import make_blob
+
+        return make_blob(images if isinstance(images, (list, tuple)) else [images], self)
+
+    def to_cv2_code(self) -> str:
+        """The OpenCV call a user pastes into deployment code, for the installed OpenCV."""
+        from .preprocess import cv2_call
+
+        return cv2_call(self)
+
     def with_size(self, width: int, height: int) -> "InputSpec":
         return replace(self, size=(int(width), int(height)))
 
@@ -211,6 +240,43 @@ class InputSpec:
             if isinstance(data[key], tuple):
                 data[key] = list(data[key])
         return data
+
+
+# keras.applications model names (model.name) -> preprocess_input mode
+_APPLICATIONS: tuple[tuple[str, str, str], ...] = (
+    (r"^vgg(16|19)$", "caffe", "VGG"),
+    (r"^resnet(50|101|152)$", "caffe", "ResNet"),
+    (r"^resnet(50|101|152)v2$", "tf", "ResNetV2"),
+    (r"^mobilenet_[\d.]+_\d+$", "tf", "MobileNet"),
+    (r"^mobilenetv2_[\d.]+_\d+$", "tf", "MobileNetV2"),
+    (r"^inception_v3$", "tf", "InceptionV3"),
+    (r"^inception_resnet_v2$", "tf", "InceptionResNetV2"),
+    (r"^xception$", "tf", "Xception"),
+    (r"^nasnet", "tf", "NASNet"),
+    (r"^densenet(121|169|201)$", "torch", "DenseNet"),
+    (r"^efficientnetb\d$", "none", "EfficientNet"),
+    (r"^efficientnetv2-", "none", "EfficientNetV2"),
+    (r"^mobilenetv3", "none", "MobileNetV3"),
+    (r"^convnext_", "none", "ConvNeXt"),
+    (r"^reg(net|x|y)", "none", "RegNet"),
+)
+
+
+def detect_keras_mode(name: str, first_layers: list[str]) -> tuple[str, str, bool]:
+    """(mode, why, confident) from a Keras model's name and its first layer classes."""
+    for pattern, mode, family in _APPLICATIONS:
+        if re.search(pattern, name, re.IGNORECASE):
+            inside = " (normalisation inside the model: raw 0..255 RGB)" if mode == "none" else ""
+            why = f"model {name!r} is keras.applications {family}, whose preprocess_input uses mode {mode!r}{inside}"
+            return mode, why, True
+    norm = [c for c in first_layers if c in ("Rescaling", "Normalization")]
+    if norm:
+        why = (f"model {name!r} starts with {', '.join(norm)}: it normalises its input itself, "
+               "so the blob carries raw 0..255 RGB pixels")
+        return "none", why, True
+    why = (f"model {name!r} is not a known keras.applications model and has no Rescaling/Normalization "
+           "layer at its input: assuming raw 0..255 RGB input (declare the real spec with --cvdnn-preprocess)")
+    return "none", why, False
 
 
 def _fmt(value: Any) -> str:

@@ -32,8 +32,12 @@ def keras_metadata(model: Any) -> dict[str, Any]:
         act = getattr(getattr(layer, "activation", None), "__name__", None)
         cls = type(layer).__name__ if layer is not None else ""
         last_layers.append(cls == "Softmax" or act == "softmax")
+    from ..spec import detect_keras_mode
+
+    mode, note, confident = detect_keras_mode(model.name, [type(x).__name__ for x in model.layers[:4]])
     return {
         "name": model.name,
+        "preprocessing": {"mode": mode, "note": note, "confident": confident},
         "inputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.inputs],
         "outputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.outputs],
         "softmax_outputs": last_layers,
