@@ -177,3 +177,12 @@ def copy_model(pytester: pytest.Pytester) -> Callable[[Path, str | None], Path]:
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def opencv_4_5_5() -> Path:
+    """OpenCV 4.5.5 (with numpy<2) installed side by side, cached per user (pip, once)."""
+    from pytest_cvdnn.cache import default_user_cache
+    from pytest_cvdnn.targets import provision_opencv
+
+    return provision_opencv("4.5.5", default_user_cache())

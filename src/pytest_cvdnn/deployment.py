@@ -436,6 +436,16 @@ class Deployment:
         )
         return replace(result, notes=result.notes + tuple(notes)) if notes else result
 
+    def check(self, name: str) -> Any:
+        """Run one of the generated checks (e.g. "preprocessing") from a project's own test.
+
+        Returns the CheckResult; raises CheckFailed (an AssertionError-like failure with the
+        diagnosis) or StageSkipped.
+        """
+        from .checks import run_check
+
+        return run_check(self, name)[0]
+
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine)

@@ -80,6 +80,14 @@ class ModelDirectory(_ChecksMixin, pytest.Directory):
         return self._items()
 
 
+def _spec_dict(dep: "Deployment") -> dict[str, Any] | None:
+    """The effective input spec for the report (None if the model could not be read)."""
+    try:
+        return dep.spec.as_dict()
+    except (CvdnnError, StageSkipped):
+        return None
+
+
 class CheckItem(pytest.Item):
     """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
 
@@ -102,7 +110,7 @@ class CheckItem(pytest.Item):
             "seconds": round(seconds, 4),
             "data": data,
             "environment": dep.environment(),
-            "spec": dep.settings.effective_spec.as_dict(),
+            "spec": _spec_dict(dep),
             "events": list(dep.events),
         }
         self.user_properties.append((RECORD_KEY, json.dumps(payload, default=str)))
