@@ -19,7 +19,7 @@ from .errors import CvdnnError, StageSkipped
 from .deployment import Deployment
 from .spec import InputSpec
 
-__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "check_names", "run_check"]
+__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "TARGET_CHECKS", "check_names", "check_items", "run_check"]
 
 
 @dataclass
@@ -55,23 +55,123 @@ def check_convert(dep: Deployment) -> CheckResult:
 
 def check_load(dep: Deployment) -> CheckResult:
     dep.require("conversion")
-    runner = dep.cv2net  # raises CvdnnError (fails this item) when OpenCV cannot read it
-    from .runners.cv2dnn import opencv_version
-
+    try:
+        runner = dep.cv2net
+    except CvdnnError as exc:
+        raise _load_failure(dep, exc) from exc
     graph = dep.graph
     outs = runner.infer([x[:1] for x in dep.to_onnx_inputs(dep.inputs)])
     inputs = [f"{i.name} {_shape(i.shape)} {lay.upper()} {i.dtype}" for i, lay in zip(graph.inputs, dep.onnx_layouts)]
     outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs)]
+    version = getattr(runner, "opencv", None) or _local_opencv()
     data = {
-        "opencv": opencv_version(),
+        "opencv": version,
+        "target": dep.target_label,
         "engine": dep.settings.engine,
         "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts)],
         "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)} for n, o in zip(dep.output_names, outs)],
-        "unconnected_out_layers": list(runner.net.getUnconnectedOutLayersNames()),
     }
     return CheckResult(
-        f"cv2.dnn {opencv_version()} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}", data
+        f"cv2.dnn {version} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}", data
     )
+
+
+def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
+    """op type and Keras layer of a node of the deployment's graph."""
+    from .graph import keras_layer_for
+
+    if not node:
+        return {"node": None, "op_type": None, "keras_layer": None}
+    import onnx
+
+    graph = onnx.load(str(dep.onnx_path), load_external_data=False).graph
+    found = next((n for n in graph.node if n.name == node or node in n.output), None)
+    layers = [x["name"] for x in dep.keras_meta["layers"]] if dep.has_keras else []
+    return {"node": found.name if found else node, "op_type": found.op_type if found else None,
+            "keras_layer": keras_layer_for(found.name if found else node, layers)}
+
+
+def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str, Any]]]:
+    from .diagnose import format_remedies, remedy_search
+
+    remedies = remedy_search(dep, dep.variant)
+    if not remedies:
+        return "", []
+    return format_remedies(dep, remedies, blocking), [r.as_dict() for r in remedies]
+
+
+def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
+    """The load error, with the node's op type and Keras layer, the remedies that work, and a repro."""
+    from .diagnose import blocking_text, repro_root, write_repro
+
+    info = _node_info(dep, exc.node)
+    blocking = blocking_text(info["node"], info["op_type"], info["keras_layer"])
+    remedy_text, remedies = _remedies(dep, blocking)
+    repro = None
+    if info["node"]:
+        try:
+            repro = write_repro(dep, repro_root(dep, dep.settings.repro) / _slug(f"load-{dep.target_label}"),
+                                info["node"], str(exc))
+        except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
+            repro = None
+    working = [r for r in remedies if r["outcome"] == "works"]
+    message = exc.message
+    if working:
+        message += (f"; remedy: --cvdnn-opset={working[0]['opset']} --cvdnn-layout={working[0]['layout']} "
+                    "loads and matches Keras here")
+    elif remedies and blocking:
+        message += f"; {blocking}"
+    details = "\n\n".join(x for x in (exc.details or "", remedy_text,
+                                       f"repro folder: {repro}" if repro else "") if x)
+    return CheckFailed(message, fix=exc.fix, details=details,
+                       data={**info, "stage": "load", "remedies": remedies, "repro": str(repro) if repro else None})
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def check_ops(dep: Deployment) -> CheckResult:
+    """Every distinct op pattern of the graph, probed alone in the target's cv2.dnn: all unsupported at once."""
+    dep.require("conversion")
+    from .diagnose import KNOWN_IMPORTERS, op_scan
+
+    results = op_scan(dep)
+    bad = [r for r in results if not r.ok]
+    data = {"patterns": [r.as_dict() for r in results], "op_types": sorted({r.op_type for r in results}),
+            "unsupported": [r.as_dict() for r in bad], "target": dep.target_label}
+    if bad:
+        lines = []
+        for r in bad:
+            info = _node_info(dep, r.nodes[0])
+            layer = f", Keras layer {info['keras_layer']!r}" if info["keras_layer"] else ""
+            known = KNOWN_IMPORTERS.get(r.op_type)
+            lines.append(f"{r.op_type} ({len(r.nodes)} node(s), first {r.nodes[0]!r}{layer}): {r.error}"
+                         + (f" [known to import: {known}]" if known else ""))
+        raise CheckFailed(
+            f"{len(bad)} of {len(results)} op patterns do not import in cv2.dnn ({dep.target_label}): "
+            + "; ".join(lines),
+            fix="see the load item's remedy search (or run with --cvdnn-fix) for an opset/layout that avoids them",
+            data=data,
+        )
+    return CheckResult(f"all {len(results)} op patterns import ({', '.join(data['op_types'])})", data)
+
+
+def check_remedies(dep: Deployment) -> CheckResult:
+    """--cvdnn-fix: which opset/layout variants load and match in this OpenCV."""
+    dep.require("conversion")
+    text, remedies = _remedies(dep, None)
+    data = {"remedies": remedies}
+    if not any(r["outcome"] == "works" for r in remedies):
+        raise CheckFailed("no opset/layout variant loads and matches Keras in this OpenCV",
+                          fix="use a newer OpenCV or change the blocking layer", details=text, data=data)
+    return CheckResult(text.replace("\n", "; "), data)
+
+
+def _local_opencv() -> str:
+    from .runners.cv2dnn import opencv_version
+
+    return opencv_version()
 
 
 # -- specs -----------------------------------------------------------------------------------
@@ -337,7 +437,8 @@ def check_batch(dep: Deployment) -> CheckResult:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
-        batched = forward_isolated(dep.onnx_path, dep.settings.engine, runner.input_names, runner.output_names, feeds)
+        batched = forward_isolated(dep.onnx_path, dep.settings.engine, runner.input_names, runner.output_names, feeds,
+                                   dep.target)
     except CvdnnError as exc:
         verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({exc.message}): "
                    "it needs a fixed batch of 1; call net.forward() once per image")
@@ -361,12 +462,16 @@ def check_batch(dep: Deployment) -> CheckResult:
 
 def check_determinism(dep: Deployment) -> CheckResult:
     runner = dep.require("cv2net")
-    from .runners.cv2dnn import Cv2DnnRunner
-
     feeds = [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]
-    first = runner.infer(feeds)
-    second = runner.infer(feeds)
-    fresh = Cv2DnnRunner(dep.onnx_path, runner.input_names, runner.output_names, dep.settings.engine).infer(feeds)
+    if hasattr(runner, "infer_repeat"):  # a target: two forwards in one child, then a fresh child
+        first, second = runner.infer_repeat(feeds, 2)
+        fresh = runner.infer(feeds)
+    else:
+        from .runners.cv2dnn import Cv2DnnRunner
+
+        first = runner.infer(feeds)
+        second = runner.infer(feeds)
+        fresh = Cv2DnnRunner(dep.onnx_path, runner.input_names, runner.output_names, dep.settings.engine).infer(feeds)
     for label, other in (("a second forward of the same net", second), ("a freshly loaded net", fresh)):
         for k, (a, b) in enumerate(zip(first, other)):
             if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
@@ -385,7 +490,9 @@ PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "
 
 CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
     "convert": check_convert,
+    "ops": check_ops,
     "load": check_load,
+    "remedies": check_remedies,
     "input_spec": check_input_spec,
     "preprocessing": check_preprocessing,
     "output_spec": check_output_spec,
@@ -395,11 +502,32 @@ CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
 }
 
 
-def check_names(has_keras: bool) -> list[str]:
-    names = list(CHECKS)
+#: checks that run again on every extra OpenCV target (the rest use the cv2 installed here)
+TARGET_CHECKS = ("ops", "load", "output_spec", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]", "batch", "determinism")
+
+
+def check_names(has_keras: bool, fix: bool = False) -> list[str]:
+    names = [n for n in CHECKS if n != "remedies" or (fix and has_keras)]
     if not has_keras:
         names = [n for n in names if "keras" not in n]
     return names
+
+
+def item_name(check: str, label: str) -> str:
+    """``load`` → ``load[opencv-4.5.5]``; ``parity[a-b]`` → ``parity[a-b@opencv-4.5.5]``."""
+    return f"{check[:-1]}@{label}]" if check.endswith("]") else f"{check}[{label}]"
+
+
+def check_items(has_keras: bool, targets: list[str], fix: bool = False) -> list[tuple[str, str, str | None]]:
+    """(item name, check, target) for a model: every check here, the cv2 checks again per target."""
+    from .settings import target_label
+
+    local = check_names(has_keras, fix)
+    items: list[tuple[str, str, str | None]] = [(name, name, None) for name in local]
+    for target in targets:
+        per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
+        items += [(item_name(c, target_label(target)), c, target) for c in per_target if c in local]
+    return items
 
 
 def run_check(dep: Deployment, name: str) -> tuple[CheckResult, float]:

@@ -274,38 +274,77 @@ class Deployment:
         return self.stage("ort", lambda: OrtRunner(self.onnx_path))
 
     @property
+    def target_label(self) -> str:
+        from .settings import target_label
+
+        return target_label(self.settings.target)
+
+    @property
+    def target(self) -> Any:
+        """Where cv2.dnn runs (installed side by side on first use for ``opencv==X``)."""
+        from .runners.isolated import LOCAL, Target
+
+        def resolve() -> Any:
+            spec = self.settings.target
+            if spec is None:
+                return LOCAL
+            if spec.startswith("opencv=="):
+                from .targets import opencv_env, provision_opencv
+
+                folder = provision_opencv(spec.split("==", 1)[1], self.cache.root)
+                return Target(self.target_label, env=opencv_env(folder))
+            return Target(self.target_label, python=spec)
+
+        return self.stage("target", resolve)
+
+    def _cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Any:
+        from .runners.cv2dnn import Cv2DnnRunner
+        from .runners.isolated import RemoteCv2Runner
+
+        names = [i.name for i in self.graph.inputs]
+        target = self.target
+        if target.is_local:
+            return Cv2DnnRunner(onnx_path, names, output_names, self.settings.engine)
+        return RemoteCv2Runner(onnx_path, names, output_names, self.settings.engine, target)
+
+    @property
     def cv2net(self) -> Any:
-        """The cv2.dnn runner (the load stage)."""
-        from .runners.cv2dnn import Cv2DnnRunner, opencv_error_line, opencv_node, opencv_version
+        """The cv2.dnn runner of the deployment's target (the load stage)."""
+        from .runners.cv2dnn import opencv_error_line, opencv_node, opencv_version
+        from .runners.isolated import ChildError
 
         def load() -> Any:
             try:
-                return Cv2DnnRunner(self.onnx_path, [i.name for i in self.graph.inputs], self.output_names,
-                                    self.settings.engine)
+                return self._cv2_runner(self.onnx_path, self.output_names)
+            except ChildError as exc:
+                raw, version = exc.raw, exc.opencv or "?"
             except CvdnnError:
                 raise
             except Exception as exc:  # noqa: BLE001 - cv2.error
-                found = opencv_node(exc)
-                layer = None
-                if found and self.has_keras:
-                    layer = keras_layer_for(found[0], [x["name"] for x in self.keras_meta["layers"]])
-                raise CvdnnError(
-                    f"cv2.dnn (OpenCV {opencv_version()}, engine {self.settings.engine}) cannot read "
-                    f"{self.onnx_path.name}: {opencv_error_line(exc)}"
-                    + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
-                    fix="try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, "
-                    "or a newer OpenCV",
-                    details=str(exc).strip(),
-                    node=found[0] if found else None,
-                ) from exc
+                raw, version = str(exc), opencv_version()
+            found = opencv_node(Exception(raw))
+            layer = None
+            if found and self.has_keras:
+                layer = keras_layer_for(found[0], [x["name"] for x in self.keras_meta["layers"]])
+            raise CvdnnError(
+                f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read "
+                f"{self.onnx_path.name}: {opencv_error_line(Exception(raw))}"
+                + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
+                fix="try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, or a newer OpenCV",
+                details=raw.strip(),
+                node=found[0] if found else None,
+            )
 
         return self.stage("load", load)
 
     @property
     def net(self) -> Any:
-        """A fresh ``cv2.dnn.Net`` for the deployment's ONNX."""
+        """A fresh ``cv2.dnn.Net`` for the deployment's ONNX (the cv2 installed here)."""
         from .runners.cv2dnn import read_net
 
+        if self.settings.target is not None:
+            raise CvdnnError(f".net is a cv2.dnn.Net of this process; target {self.target_label} runs in a child",
+                             fix="use .run('cv2dnn', inputs) to run on a target")
         self.require("cv2net")
         return read_net(self.onnx_path, self.settings.engine)
 
@@ -314,7 +353,6 @@ class Deployment:
         return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
 
     def _runner(self, name: str, logits: bool) -> Any:
-        from .runners.cv2dnn import Cv2DnnRunner
         from .runners.onnxruntime import OrtRunner
 
         if name == "onnxruntime":
@@ -326,8 +364,7 @@ class Deployment:
             base = self.require("cv2net")
             if not logits:
                 return base
-            return self.stage("cv2_logits", lambda: Cv2DnnRunner(
-                self.probe_path, base.input_names, self.logit_names, self.settings.engine))
+            return self.stage("cv2_logits", lambda: self._cv2_runner(self.probe_path, self.logit_names))
         raise ValueError(f"unknown runner {name!r}; use keras, onnxruntime or cv2dnn")
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
@@ -436,6 +473,10 @@ class Deployment:
         )
         return replace(result, notes=result.notes + tuple(notes)) if notes else result
 
+    def variant(self, settings: ModelSettings) -> "Deployment":
+        """Another deployment of the same model (other opset/layout), sharing cache and loaded models."""
+        return Deployment(settings, self.cache, self.rootdir, memo=self.memo)
+
     def check(self, name: str) -> Any:
         """Run one of the generated checks (e.g. "preprocessing") from a project's own test.
 
@@ -448,5 +489,6 @@ class Deployment:
 
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
-        env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine)
+        env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
+                   target=self.target_label)
         return env

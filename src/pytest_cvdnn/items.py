@@ -29,16 +29,16 @@ class ModelEntry:
 
     settings: "ModelSettings"
     source: "ModelSource"
-    deployment: Callable[[], "Deployment"]
-    check_names: tuple[str, ...]
+    deployment: Callable[[str | None], "Deployment"]  # by target (None: the cv2 installed here)
+    checks: tuple[tuple[str, str, str | None], ...]  # (item name, check, target)
 
 
 class _ChecksMixin:
     entry: ModelEntry
 
     def _items(self) -> Iterator["CheckItem"]:
-        for name in self.entry.check_names:
-            yield CheckItem.from_parent(self, name=name, check=name)  # type: ignore[arg-type]
+        for name, check, target in self.entry.checks:
+            yield CheckItem.from_parent(self, name=name, check=check, target=target)  # type: ignore[arg-type]
 
 
 class ModelCollector(_ChecksMixin, pytest.Collector):
@@ -91,9 +91,10 @@ def _spec_dict(dep: "Deployment") -> dict[str, Any] | None:
 class CheckItem(pytest.Item):
     """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
 
-    def __init__(self, *, check: str, **kwargs: Any) -> None:
+    def __init__(self, *, check: str, target: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
+        self.target = target
         self.add_marker(pytest.mark.cvdnn_check)
 
     @property
@@ -101,10 +102,11 @@ class CheckItem(pytest.Item):
         return self.parent.entry  # type: ignore[union-attr,no-any-return]
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
-        dep = self.entry.deployment()
+        dep = self.entry.deployment(self.target)
         payload = {
             "model": self.entry.settings.model,
-            "check": self.check,
+            "check": self.name,
+            "target": dep.target_label,
             "outcome": outcome,
             "message": message,
             "seconds": round(seconds, 4),
@@ -118,7 +120,7 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         from .checks import CheckFailed, run_check
 
-        dep = self.entry.deployment()
+        dep = self.entry.deployment(self.target)
         start = time.perf_counter()
         try:
             result, seconds = run_check(dep, self.check)
@@ -139,7 +141,7 @@ class CheckItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
         if isinstance(excinfo.value, CvdnnError):
-            return f"{self.entry.settings.model} :: {self.check}\n{excinfo.value.full()}"
+            return f"{self.entry.settings.model} :: {self.name}\n{excinfo.value.full()}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

@@ -18,7 +18,7 @@ from .compare import ParityResult, Tolerance, compare
 from .errors import CvdnnError
 from .items import RECORD_KEY, ModelDirectory, ModelEntry, ModelFile
 from .report import Results
-from .settings import OPTIONS, ModelSettings
+from .settings import OPTIONS, ModelSettings, parse_target
 
 __all__ = ["CvdnnState", "STATE"]
 
@@ -34,6 +34,7 @@ class CvdnnState:
     report_path: Path | None
     restrict: bool
     deployments: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
     memo: dict[str, Any] = field(default_factory=dict)
     entries: dict[Path, list[ModelEntry]] = field(default_factory=dict)
     results: Results = field(default_factory=Results)
@@ -65,6 +66,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="check this already-converted ONNX (the artifact you ship) against the Keras model "
                     "instead of converting")
     group.addoption("--cvdnn-report", default=None, metavar="FILE.json", help="write a JSON report")
+    group.addoption("--cvdnn-fix", action="store_true", default=False,
+                    help="always search for a remedy (other opsets/layouts) and report what loads and matches")
+    group.addoption("--cvdnn-repro", default=None, metavar="DIR",
+                    help="where to write repro folders of failures (default: under the cache dir)")
+    group.addoption("--cvdnn-target", action="append", default=[], type=parse_target, metavar="SPEC",
+                    help="also run the cv2.dnn checks on this OpenCV: opencv==X.Y.Z (installed side by side into "
+                    "the cache) or the path of a Python that has cv2; repeatable")
+    parser.addini("cvdnn_targets", "extra OpenCV targets (one per line, as --cvdnn-target)", type="linelist",
+                  default=[])
     parser.addini("cvdnn_models", "models to check in every run (one per line)", type="linelist", default=[])
     for opt in OPTIONS:
         group.addoption(opt.flag, dest=f"cvdnn_{opt.dest}", type=opt.parse, default=None,
@@ -114,6 +124,8 @@ def pytest_configure(config: pytest.Config) -> None:
         images=values["images"],
         samples=values["samples"],
         seed=values["seed"],
+        fix=bool(config.getoption("cvdnn_fix")),
+        repro=config.getoption("cvdnn_repro"),
     )
     if base.spec is not None and base.spec.layout != base.layout and config.getoption("cvdnn_layout") is None:
         base = replace(base, layout=base.spec.layout)
@@ -123,11 +135,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"--cvdnn-onnx={base.onnx} needs exactly one --cvdnn-model (its Keras source); got {len(models)}"
         )
+    targets = list(config.getoption("cvdnn_target") or [])
+    if not targets:
+        try:
+            targets = [parse_target(t) for t in config.getini("cvdnn_targets")]
+        except Exception as exc:  # argparse.ArgumentTypeError
+            raise pytest.UsageError(f"ini option cvdnn_targets is invalid: {exc}") from None
     report = config.getoption("cvdnn_report")
     restrict = bool(cli_models) and config.args_source != pytest.Config.ArgsSource.ARGS
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
+        targets=targets,
     )
     state = config.stash[STATE]
     try:
@@ -158,7 +177,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 # -- collection ------------------------------------------------------------------------------
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     """Configured models by the path pytest collects them from (factories: their module file)."""
-    from .checks import check_names
+    from .checks import check_items
     from .sources import factory_module_file, parse_source
 
     entries: dict[Path, list[ModelEntry]] = {}
@@ -167,8 +186,8 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
         path = source.path if source.path is not None else factory_module_file(source)
         settings = replace(state.base, model=text)
         entries.setdefault(path.resolve(), []).append(
-            ModelEntry(settings, source, (lambda s=settings: state.deployment(s)),
-                       tuple(check_names(has_keras=not source.is_onnx)))
+            ModelEntry(settings, source, (lambda target, s=settings: state.deployment(replace(s, target=target))),
+                       tuple(check_items(not source.is_onnx, state.targets, state.base.fix)))
         )
     return entries
 

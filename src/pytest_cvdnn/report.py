@@ -32,6 +32,7 @@ class Results:
         model["spec"] = record.get("spec") or model["spec"]
         model["checks"][record["check"]] = {
             "nodeid": nodeid,
+            "target": record.get("target", "local"),
             "outcome": record["outcome"],
             "message": record["message"],
             "seconds": record["seconds"],
@@ -51,6 +52,15 @@ class Results:
                 f"{label}: {tally} (opencv {env.get('opencv', '?')}, opset {env.get('opset', '?')}, "
                 f"{str(env.get('layout', '?')).upper()})"
             )
+            by_target: dict[str, dict[str, int]] = {}
+            for c in checks.values():
+                cell = by_target.setdefault(c.get("target", "local"), {})
+                cell[c["outcome"]] = cell.get(c["outcome"], 0) + 1
+            if len(by_target) > 1:  # the models x targets matrix, one cell per target
+                cells = [f"{t}: " + ("OK" if set(cell) <= {"passed"} else "FAIL" if "failed" in cell else "SKIP")
+                         + " (" + ", ".join(f"{n} {k}" for k, n in sorted(cell.items())) + ")"
+                         for t, cell in by_target.items()]
+                lines.append("  targets  " + " | ".join(cells))
             for name in sorted(checks):
                 c = checks[name]
                 if name.startswith("parity[") and c["outcome"] != "skipped" and "max_abs" in c["data"]:
@@ -62,7 +72,9 @@ class Results:
                     )
                 elif c["outcome"] != "passed":
                     first = c["message"].split(". Fix:")[0]
-                    lines.append(f"  {c['outcome'].upper():<7} {name}: {first[:160]}")
+                    if c["outcome"] == "skipped" and " failed: " in first:  # "load failed: <why>": said above
+                        first = first.split(" failed: ")[0] + " failed"
+                    lines.append(f"  {c['outcome'].upper():<7} {name}: {first[:200]}")
         return lines
 
     def as_json(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -11,7 +13,8 @@ from typing import Any, Callable, Mapping
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from .spec import InputSpec, SpecError
 
-__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec"]
+__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec",
+           "parse_target", "target_label"]
 
 LAYOUTS = ("nchw", "nhwc")
 ENGINES = ("auto", "classic", "new")
@@ -66,6 +69,28 @@ def parse_seed(value: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+
+
+def parse_target(value: str) -> str:
+    """A target: ``opencv==X.Y.Z`` (installed side by side) or the path of a Python that has cv2."""
+    text = str(value).strip()
+    if text.startswith("opencv=="):
+        version = text.split("==", 1)[1]
+        if not re.fullmatch(r"\d+\.\d+\.\d+(\.\d+)?", version):
+            raise argparse.ArgumentTypeError(f"{value!r}: write the OpenCV version like opencv==4.5.5")
+        return text
+    path = Path(text).expanduser()
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a target; use opencv==X.Y.Z or the path of a Python interpreter that has cv2"
+    )
+
+
+def target_label(target: str | None) -> str:
+    if target is None:
+        return "local"
+    return target.replace("==", "-") if target.startswith("opencv==") else target
 
 
 def parse_spec(value: str) -> InputSpec:
@@ -130,6 +155,9 @@ class ModelSettings:
     images: str | None = None
     samples: int = 4
     seed: int = 0
+    target: str | None = None  # None: the cv2 installed here
+    fix: bool = False  # always run the remedy search (--cvdnn-fix)
+    repro: str | None = None  # where repro folders go (--cvdnn-repro)
 
     @property
     def effective_spec(self) -> InputSpec:
@@ -137,7 +165,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.images, self.samples, self.seed)
+                self.inputs, self.images, self.samples, self.seed, self.target)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""

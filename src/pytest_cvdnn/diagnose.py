@@ -1,0 +1,349 @@
+"""When a deployment fails: which node, why, and what fixes it.
+
+* :func:`op_scan` probes every distinct op pattern of the graph as an extracted one-node
+  model in the target's cv2.dnn (cached per OpenCV version), so all unsupported nodes are
+  listed at once;
+* :func:`remedy_search` converts the Keras model at other opsets/layouts and reports which
+  variants load and match in this OpenCV, with the options to use;
+* :func:`first_divergence` exposes intermediate tensors (extra graph outputs) in two runners
+  and names the first node whose output differs beyond tolerance;
+* :func:`write_repro` saves the smallest subgraph, its inputs, reference outputs, versions
+  and a script, ready to attach to an OpenCV or tf2onnx issue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .compare import Tolerance, compare_arrays
+from .errors import CvdnnError, StageSkipped
+from .graph import keras_layer_for
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+__all__ = ["op_scan", "remedy_search", "first_divergence", "write_repro", "KNOWN_IMPORTERS"]
+
+#: what FIELD.md measured: OpenCV versions known to import these node patterns
+KNOWN_IMPORTERS = {
+    "Squeeze": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 11",
+    "Clip": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 10 (min/max as attributes)",
+    "Slice": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0)",
+}
+
+
+def _pattern(node: Any, initializers: set[str]) -> str:
+    """An op pattern: op type, how many inputs are data vs constants, and the attribute names."""
+    data = sum(1 for i in node.input if i and i not in initializers)
+    const = sum(1 for i in node.input if i and i in initializers)
+    attrs = ",".join(sorted(a.name for a in node.attribute))
+    return f"{node.op_type}/{data}d{const}c/{attrs}"
+
+
+def _layers(dep: "Deployment") -> list[str]:
+    return [x["name"] for x in dep.keras_meta["layers"]] if dep.has_keras else []
+
+
+# -- op support scan ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpResult:
+    pattern: str
+    op_type: str
+    ok: bool
+    nodes: tuple[str, ...]
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pattern": self.pattern, "op_type": self.op_type, "ok": self.ok, "nodes": list(self.nodes[:20]),
+                "count": len(self.nodes), "error": self.error}
+
+
+def op_scan(dep: "Deployment") -> list[OpResult]:
+    """Probe each distinct op pattern in the target's cv2.dnn; results cached per OpenCV version."""
+    import onnx
+    from onnx import utils as onnx_utils
+
+    from .runners.cv2dnn import opencv_error_line
+    from .runners.isolated import child_call
+
+    model = onnx.load(str(dep.onnx_path))
+    inits = {i.name for i in model.graph.initializer}
+    groups: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        groups.setdefault(_pattern(node, inits), []).append(node)
+    version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
+    cache_name = f"ops-{version_key.replace('/', '_')}-{dep.settings.engine}.json"
+    known = dep.cache.get_json("ops", cache_name) or {}
+    results, fresh = [], {}
+    with tempfile.TemporaryDirectory(prefix="cvdnn-ops-") as tmp:
+        for pattern, nodes in groups.items():
+            node = nodes[0]
+            key = f"{dep.graph.opset}|{pattern}"
+            if key not in known:
+                sub = Path(tmp) / f"probe{len(fresh)}.onnx"
+                inputs = [i for i in node.input if i and i not in inits]
+                try:
+                    onnx_utils.extract_model(str(dep.onnx_path), str(sub), inputs or [], list(node.output),
+                                             check_model=False)
+                    resp, _ = child_call(dep.target, sub, dep.settings.engine, inputs, list(node.output))
+                    fresh[key] = {"ok": bool(resp.get("ok")),
+                                  "error": "" if resp.get("ok") else opencv_error_line(Exception(resp.get("error", "")))}
+                except Exception as exc:  # noqa: BLE001 - a pattern that cannot be extracted is not judged
+                    fresh[key] = {"ok": True, "error": f"not probed ({type(exc).__name__})"}
+                known[key] = fresh[key]
+            res = known[key]
+            results.append(OpResult(pattern, node.op_type, res["ok"], tuple(n.name for n in nodes), res["error"]))
+    if fresh:
+        dep.cache.put_json(known, "ops", cache_name)
+    return results
+
+
+def _local_version() -> str:
+    from .runners.cv2dnn import opencv_version
+
+    return opencv_version()
+
+
+# -- remedy search -------------------------------------------------------------------------------------
+REMEDY_OPSETS = (17, 13, 11, 10)
+REMEDY_LAYOUTS = ("nchw", "nhwc")
+
+
+@dataclass(frozen=True)
+class Remedy:
+    opset: int
+    layout: str
+    outcome: str  # "works" | "convert failed" | "load failed" | "parity failed"
+    detail: str = ""
+
+    @property
+    def works(self) -> bool:
+        return self.outcome == "works"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"opset": self.opset, "layout": self.layout, "outcome": self.outcome, "detail": self.detail}
+
+
+def remedy_search(dep: "Deployment", make: Any) -> list[Remedy]:
+    """Try the other opsets and layouts; ``make(settings)`` returns the Deployment of a variant."""
+    if not dep.has_keras:
+        return []
+    found = []
+    for opset in REMEDY_OPSETS:
+        for layout in REMEDY_LAYOUTS:
+            spec = dep.settings.spec
+            variant = make(replace(dep.settings, opset=opset, layout=layout, onnx=None,
+                                   spec=replace(spec, layout=layout) if spec is not None else None))
+            found.append(_try_variant(variant, opset, layout))
+    return found
+
+
+def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
+    try:
+        variant.require("conversion")
+    except StageSkipped as exc:
+        return Remedy(opset, layout, "convert failed", str(exc).split(": ", 1)[-1][:200])
+    try:
+        variant.require("cv2net")
+    except StageSkipped as exc:
+        return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200])
+    try:
+        result = variant.parity("keras", "cv2dnn")
+    except (CvdnnError, StageSkipped) as exc:
+        return Remedy(opset, layout, "parity failed", str(exc)[:200])
+    if not result:
+        return Remedy(opset, layout, "parity failed", f"max abs error {result.max_abs:.3g}")
+    return Remedy(opset, layout, "works", f"max abs error {result.max_abs:.3g}")
+
+
+def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str | None) -> str:
+    lines = [f"Remedy search on {dep.target_label} (OpenCV of the target), converting {dep.label} again:"]
+    for r in remedies:
+        lines.append(f"  opset {r.opset:<2} {r.layout.upper()}: {r.outcome}" + (f" ({r.detail})" if r.detail else ""))
+    working = [r for r in remedies if r.works]
+    if working:
+        best = working[0]
+        names = [i["name"] for i in dep.keras_meta["inputs"]]
+        lines.append(
+            f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. "
+            f"tf2onnx.convert.from_keras(model, input_signature=..., opset={best.opset}"
+            + (f", inputs_as_nchw={names!r}" if best.layout == "nchw" else "") + ")"
+        )
+    elif blocking:
+        lines.append(f"No variant loads: {blocking}")
+    return "\n".join(lines)
+
+
+def blocking_text(node: str | None, op_type: str | None, layer: str | None) -> str | None:
+    if not op_type:
+        return None
+    known = KNOWN_IMPORTERS.get(op_type, "no OpenCV version known to import it here")
+    return (f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "") +
+            f") blocks every variant; known to import: {known}")
+
+
+# -- first divergent node --------------------------------------------------------------------------------
+def _topological_outputs(model: Any) -> list[tuple[str, Any]]:
+    """(tensor name, producing node) in graph order, skipping constants."""
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "Identity"):
+            continue
+        for name in node.output:
+            if name:
+                out.append((name, node))
+    return out
+
+
+def _with_outputs(path: Path, names: Sequence[str], dest: Path) -> None:
+    from .graph import with_extra_outputs
+
+    with_extra_outputs(path, names, dest)
+
+
+def _ort_tensors(path: Path, names: Sequence[str], feeds: dict[str, np.ndarray], tmp: Path) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    probe = tmp / f"ort-{abs(hash(tuple(names)))}.onnx"
+    _with_outputs(path, names, probe)
+    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    have = {o.name for o in sess.get_outputs()}
+    wanted = [n for n in names if n in have]
+    return dict(zip(wanted, sess.run(wanted, feeds)))
+
+
+@dataclass(frozen=True)
+class Divergence:
+    node: str
+    op_type: str
+    tensor: str
+    keras_layer: str | None
+    stats: Any
+    checked: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "tensor": self.tensor, "keras_layer": self.keras_layer,
+                "stats": self.stats.as_dict(), "tensors_checked": self.checked}
+
+    def describe(self) -> str:
+        layer = f", Keras layer {self.keras_layer!r}" if self.keras_layer else ""
+        return (f"first divergent node: {self.node!r} (op {self.op_type}{layer}), output {self.tensor!r}: "
+                f"max abs error {self.stats.max_abs:.3g}, {self.stats.mismatches}/{self.stats.size} elements "
+                f"beyond tolerance (checked {self.checked} intermediate tensors in graph order)")
+
+
+def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtained_runner: str,
+                     tol: Tolerance, chunk: int = 128) -> Divergence | None:
+    """The first node of ``obtained`` whose output differs from the same tensor of ``reference``.
+
+    ``reference`` runs in onnxruntime; ``obtained`` runs in onnxruntime or the target's cv2.dnn.
+    Both graphs must share tensor names (tf2onnx keeps them).  Tensors are compared in graph
+    order, ``chunk`` at a time, stopping at the first chunk with a divergence.
+    """
+    import onnx
+
+    ref_model = onnx.load(str(reference), load_external_data=False)
+    obt_model = onnx.load(str(obtained), load_external_data=False)
+    ref_names = {n for n, _ in _topological_outputs(ref_model)}
+    order = [(n, node) for n, node in _topological_outputs(obt_model) if n in ref_names]
+    graph_inputs = [i.name for i in obt_model.graph.input if i.name not in {x.name for x in obt_model.graph.initializer}]
+    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
+    ref_inputs = [i.name for i in ref_model.graph.input if i.name not in {x.name for x in ref_model.graph.initializer}]
+    ref_feeds = dict(zip(ref_inputs, feeds.values()))
+    checked = 0
+    with tempfile.TemporaryDirectory(prefix="cvdnn-div-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            names = [n for n, _ in part]
+            expected = _ort_tensors(reference, names, ref_feeds, tmp)
+            if obtained_runner == "onnxruntime":
+                got = _ort_tensors(obtained, names, feeds, tmp)
+            else:
+                got = _cv2_tensors(dep, obtained, names, feeds, tmp)
+            for name, node in part:
+                if name not in expected or name not in got:
+                    continue
+                checked += 1
+                stats = compare_arrays(expected[name], got[name], tol, name=name)
+                if not stats.ok:
+                    return Divergence(node.name, node.op_type, name, keras_layer_for(node.name, _layers(dep)),
+                                      stats, checked)
+    return None
+
+
+def _cv2_tensors(dep: "Deployment", path: Path, names: Sequence[str], feeds: dict[str, np.ndarray],
+                 tmp: Path) -> dict[str, np.ndarray]:
+    from .runners.isolated import child_call
+
+    import onnx
+
+    probe = tmp / f"cv2-{abs(hash(tuple(names)))}.onnx"
+    _with_outputs(path, names, probe)
+    outputs = [o.name for o in onnx.load(str(probe), load_external_data=False).graph.output]
+    resp, outs = child_call(dep.target, probe, dep.settings.engine, list(feeds), outputs, list(feeds.values()))
+    if not resp.get("ok"):
+        return {}
+    return dict(zip(outputs, outs[0]))
+
+
+# -- repro folder ---------------------------------------------------------------------------------------
+REPRO_SCRIPT = '''"""Repro written by pytest-cvdnn: run `python repro.py` with the OpenCV under test."""
+import json, pathlib
+import numpy as np
+import cv2
+
+here = pathlib.Path(__file__).parent
+info = json.loads((here / "repro.json").read_text())
+print("OpenCV", cv2.__version__, "- recorded with", info["versions"])
+net = cv2.dnn.readNetFromONNX(str(here / "subgraph.onnx"))
+for i, name in enumerate(info["inputs"]):
+    net.setInput(np.load(here / f"input{i}.npy"), name)
+outs = net.forward(info["outputs"])
+for k, (name, out) in enumerate(zip(info["outputs"], outs)):
+    ref = np.load(here / f"expected{k}.npy")
+    print(name, "max abs error vs onnxruntime:", float(np.abs(out.reshape(ref.shape) - ref).max()))
+'''
+
+
+def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -> Path | None:
+    """Extract the node as a subgraph with its real inputs and onnxruntime outputs; returns the folder."""
+    import onnx
+    from onnx import utils as onnx_utils
+
+    model = onnx.load(str(dep.onnx_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    node = next((n for n in model.graph.node if n.name == node_name or node_name in n.output), None)
+    if node is None:
+        return None
+    inputs = [i for i in node.input if i and i not in inits]
+    outputs = [o for o in node.output if o]
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_utils.extract_model(str(dep.onnx_path), str(folder / "subgraph.onnx"), inputs, outputs, check_model=False)
+    graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
+    with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
+        values = _ort_tensors(dep.onnx_path, [*inputs, *outputs], feeds, Path(tmp))
+    for i, name in enumerate(inputs):
+        np.save(folder / f"input{i}.npy", values.get(name, feeds.get(name)))
+    for k, name in enumerate(outputs):
+        if name in values:
+            np.save(folder / f"expected{k}.npy", values[name])
+    info = {"problem": problem, "node": node.name, "op_type": node.op_type, "inputs": inputs, "outputs": outputs,
+            "keras_layer": keras_layer_for(node.name, _layers(dep)), "model": dep.label,
+            "versions": dep.environment()}
+    (folder / "repro.json").write_text(json.dumps(info, indent=2, default=str))
+    (folder / "repro.py").write_text(REPRO_SCRIPT)
+    return folder
+
+
+def repro_root(dep: "Deployment", configured: str | None) -> Path:
+    base = Path(configured) if configured else dep.cache.root / "repro"
+    return base / f"{Path(dep.label).name.replace(':', '_')}-{os.getpid()}"
