@@ -78,7 +78,7 @@ def check_load(dep: Deployment) -> CheckResult:
 
 def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
     """op type and Keras layer of a node of the deployment's graph."""
-    from .graph import keras_layer_for
+    from .graph import keras_layer_for, keras_layer_of
 
     if not node:
         return {"node": None, "op_type": None, "keras_layer": None}
@@ -87,8 +87,10 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
     graph = onnx.load(str(dep.onnx_path), load_external_data=False).graph
     found = next((n for n in graph.node if n.name == node or node in n.output), None)
     layers = [x["name"] for x in dep.keras_meta["layers"]] if dep.has_keras else []
-    return {"node": found.name if found else node, "op_type": found.op_type if found else None,
-            "keras_layer": keras_layer_for(found.name if found else node, layers)}
+    if found is None:
+        return {"node": node, "op_type": None, "keras_layer": keras_layer_for(node, layers)}
+    inits = {i.name for i in graph.initializer}
+    return {"node": found.name, "op_type": found.op_type, "keras_layer": keras_layer_of(found, inits, layers)}
 
 
 def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str, Any]]]:
@@ -414,16 +416,58 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     result = dep.parity(expected, obtained)
     data = result.as_dict()
     if not result:
+        blame = _BLAME[(expected, obtained)]
+        where, extra = _localise(dep, expected, obtained, data)
+        if where:
+            blame = where
         raise CheckFailed(
-            f"{_BLAME[(expected, obtained)]} beyond {result.tolerance} "
+            f"{blame} beyond {result.tolerance} "
             f"(max abs error {result.max_abs:.3g}, max rel error {result.max_rel:.3g}, "
-            f"{result.mismatches} mismatching element(s), cosine {result.min_cosine:.6f})",
+            f"{result.mismatches} mismatching element(s), cosine {result.min_cosine:.6f})"
+            + (f"; {data['first_divergent_text']}" if data.get("first_divergent_text") else ""),
             fix="if the ONNX is not this model's, pass the right --cvdnn-onnx; if the error is small and expected "
             "(e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
-            details=result.format_failure(),
+            details="\n\n".join(x for x in (result.format_failure(), extra) if x),
             data=data,
         )
     return CheckResult(result.summary_line(), data)
+
+
+def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any]) -> tuple[str | None, str]:
+    """Name the first divergent node (and write a repro); returns (blame, extra text)."""
+    from .diagnose import first_divergence, repro_root, write_repro
+
+    in_opencv = (expected, obtained) == ("onnxruntime", "cv2dnn")
+    if (expected, obtained) == ("keras", "cv2dnn"):
+        try:
+            in_opencv = not dep.parity("onnxruntime", "cv2dnn")
+        except (CvdnnError, StageSkipped):
+            return None, ""
+    try:
+        if in_opencv:
+            blame = "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"
+            div = first_divergence(dep, dep.onnx_path, dep.onnx_path, "cv2dnn", dep.settings.tolerance)
+        elif dep.settings.onnx and dep.has_keras:
+            blame = "the provided ONNX does not reproduce Keras (compared with a fresh conversion of the Keras model)"
+            own = dep.variant(replace(dep.settings, onnx=None, opset=dep.graph.opset, layout=dep.onnx_layouts[0]))
+            div = first_divergence(dep, own.onnx_path, dep.onnx_path, "onnxruntime", dep.settings.tolerance)
+        else:
+            return None, ("not localised: the plugin's own conversion disagrees with Keras and there is no second "
+                          "graph to compare it with; report it to tf2onnx with the parity numbers")
+    except (CvdnnError, StageSkipped) as exc:
+        return None, f"not localised: {exc}"
+    if div is None:
+        return blame, "no intermediate tensor diverges beyond tolerance: the difference builds up across nodes"
+    data["first_divergent"] = div.as_dict()
+    data["first_divergent_text"] = div.describe()
+    repro = None
+    try:
+        repro = write_repro(dep, repro_root(dep, dep.settings.repro) / _slug(f"parity-{expected}-{obtained}-"
+                            f"{dep.target_label}"), div.node, div.describe())
+    except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
+        repro = None
+    data["repro"] = str(repro) if repro else None
+    return blame, f"repro folder: {repro}" if repro else ""
 
 
 # -- batch / determinism -----------------------------------------------------------------------

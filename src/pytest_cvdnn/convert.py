@@ -125,8 +125,39 @@ def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOption
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
             fix="try another --cvdnn-opset (11, 13, 17), or replace custom/unsupported layers",
         ) from exc
-    validate_onnx(out_path, [layer["name"] for layer in keras_meta["layers"]])
-    return {"input_names": names, "layout": opts.layout, "options": opts.as_dict(), "versions": tool_versions()}
+    layers = [layer["name"] for layer in keras_meta["layers"]]
+    path_used = "from_keras"
+    try:
+        validate_onnx(out_path, layers)
+    except CvdnnError as first:
+        # tf2onnx can leave TF-only nodes (ConvNeXtTiny); the tf.function path sometimes avoids them
+        try:
+            _from_function(model, signature, opts, nchw, out_path, log)
+            validate_onnx(out_path, layers)
+        except CvdnnError as second:
+            same = "the same invalid node" if second.node == first.node else str(second)
+            raise CvdnnError(first.message, fix=first.fix, node=first.node,
+                             details=f"also tried tf2onnx.convert.from_function: {same}") from first
+        except Exception as exc:  # noqa: BLE001
+            raise CvdnnError(first.message, fix=first.fix, node=first.node,
+                             details=f"also tried tf2onnx.convert.from_function: {type(exc).__name__}: {exc}") from first
+        path_used = "from_function"
+    return {"input_names": names, "layout": opts.layout, "options": opts.as_dict(), "versions": tool_versions(),
+            "converter": path_used}
+
+
+def _from_function(model: Any, signature: Any, opts: ConversionOptions, nchw: list[str], out_path: Path,
+                   log: Any) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    @tf.function(input_signature=signature)
+    def serve(*args: Any) -> Any:
+        return model(list(args) if len(args) > 1 else args[0], training=False)
+
+    with contextlib.redirect_stdout(log):
+        tf2onnx.convert.from_function(serve, input_signature=signature, opset=opts.opset,
+                                      output_path=str(out_path), inputs_as_nchw=nchw or None)
 
 
 def cached_convert(

@@ -24,7 +24,7 @@ import numpy as np
 
 from .compare import Tolerance, compare_arrays
 from .errors import CvdnnError, StageSkipped
-from .graph import keras_layer_for
+from .graph import keras_layer_for, keras_layer_of
 
 if TYPE_CHECKING:
     from .deployment import Deployment
@@ -252,6 +252,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
     ref_model = onnx.load(str(reference), load_external_data=False)
     obt_model = onnx.load(str(obtained), load_external_data=False)
     ref_names = {n for n, _ in _topological_outputs(ref_model)}
+    inits = {i.name for i in obt_model.graph.initializer}
     order = [(n, node) for n, node in _topological_outputs(obt_model) if n in ref_names]
     graph_inputs = [i.name for i in obt_model.graph.input if i.name not in {x.name for x in obt_model.graph.initializer}]
     feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
@@ -274,7 +275,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
                 checked += 1
                 stats = compare_arrays(expected[name], got[name], tol, name=name)
                 if not stats.ok:
-                    return Divergence(node.name, node.op_type, name, keras_layer_for(node.name, _layers(dep)),
+                    return Divergence(node.name, node.op_type, name, keras_layer_of(node, inits, _layers(dep)),
                                       stats, checked)
     return None
 
@@ -337,7 +338,7 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -
         if name in values:
             np.save(folder / f"expected{k}.npy", values[name])
     info = {"problem": problem, "node": node.name, "op_type": node.op_type, "inputs": inputs, "outputs": outputs,
-            "keras_layer": keras_layer_for(node.name, _layers(dep)), "model": dep.label,
+            "keras_layer": keras_layer_of(node, inits, _layers(dep)), "model": dep.label,
             "versions": dep.environment()}
     (folder / "repro.json").write_text(json.dumps(info, indent=2, default=str))
     (folder / "repro.py").write_text(REPRO_SCRIPT)

@@ -99,12 +99,18 @@ _SUFFIX = re.compile(r"_\d+$")
 
 
 def keras_layer_for(node_name: str, layer_names: Sequence[str]) -> str | None:
-    """The Keras layer a tf2onnx node came from (tf2onnx keeps ``model/layer_1/op`` names)."""
+    """The Keras layer a tf2onnx node came from (tf2onnx keeps ``model_1/layer_1/op`` names).
+
+    Keras 3 on TensorFlow scopes each call as ``<name>_1`` (the model too): when the outer
+    scope carries that suffix, ``conv2d_1`` means layer ``conv2d``, not layer ``conv2d_1``.
+    """
     known = set(layer_names)
     segments = [s for s in re.split(r"[/:]", node_name) if s]
+    call_suffix = bool(segments) and _SUFFIX.search(segments[0]) is not None
     # the innermost matching segment is the layer (the outer one is the model's name)
-    for seg in reversed(segments[:-1] or segments):
-        for cand in (seg, _SUFFIX.sub("", seg)):
+    for seg in reversed(segments[1:-1] or segments[:-1] or segments):
+        stripped = _SUFFIX.sub("", seg)
+        for cand in ((stripped, seg) if call_suffix else (seg, stripped)):
             if cand in known:
                 return cand
     return None
@@ -129,7 +135,8 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = ()) -> None:
     if bad:
         node = bad[0]
         layer = keras_layer_for(node.name, layer_names)
-        others = f" ({len(bad) - 1} more such node(s))" if len(bad) > 1 else ""
+        kinds = sorted({n.op_type for n in bad})
+        others = (f" ({len(bad) - 1} more invalid node(s); op types: {', '.join(kinds)})" if len(bad) > 1 else "")
         raise CvdnnError(
             f"the converted graph {path.name} is invalid: node {node.name!r} has op type {node.op_type!r}, "
             f"which is not an ONNX operator{others}"
@@ -197,3 +204,16 @@ def with_extra_outputs(path: Path, names: Sequence[str], out_path: Path) -> None
         info = known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
         model.graph.output.append(info)
     onnx.save(model, str(out_path))
+
+
+def keras_layer_of(node: Any, initializers: set[str], layer_names: Sequence[str]) -> str | None:
+    """The Keras layer of an ONNX node: from its name, its outputs, or its weights' names.
+
+    tf2onnx renames fused nodes (``Conv__36``) but their weights keep the layer's name
+    (``model/conv2d_1/convolution/merged_input:0``).
+    """
+    for name in (node.name, *node.output, *(i for i in node.input if i in initializers)):
+        layer = keras_layer_for(name, layer_names) if name else None
+        if layer:
+            return layer
+    return None

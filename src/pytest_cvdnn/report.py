@@ -91,6 +91,7 @@ class Results:
                     "input_spec": model["spec"],
                     "checks": model["checks"],
                     "parity": parity,
+                    "diagnosis": _diagnosis(model["checks"]),
                     "events": model["events"],
                     "timings": {name: c["seconds"] for name, c in model["checks"].items()},
                 }
@@ -104,6 +105,36 @@ class Results:
         with os.fdopen(fd, "w") as fh:
             json.dump(self.as_json(), fh, indent=2, default=str)
         os.replace(tmp, path)
+
+
+_STAGE_ORDER = ("convert", "ops", "load", "input_spec", "preprocessing", "output_spec", "parity", "batch",
+                "determinism", "remedies")
+
+
+def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
+    """The first failing stage of a model and what is known about it (node, layer, remedies, repro)."""
+    failed = [(name, c) for name, c in checks.items() if c["outcome"] == "failed"]
+    if not failed:
+        return None
+
+    def rank(item: tuple[str, Any]) -> int:
+        base = item[0].split("[")[0]
+        return _STAGE_ORDER.index(base) if base in _STAGE_ORDER else len(_STAGE_ORDER)
+
+    name, check = min(failed, key=rank)
+    data = check.get("data") or {}
+    return {
+        "failing_stage": name,
+        "target": check.get("target", "local"),
+        "message": check["message"],
+        "node": data.get("node") or (data.get("first_divergent") or {}).get("node"),
+        "op_type": data.get("op_type") or (data.get("first_divergent") or {}).get("op_type"),
+        "keras_layer": data.get("keras_layer") or (data.get("first_divergent") or {}).get("keras_layer"),
+        "first_divergent": data.get("first_divergent"),
+        "remedies": data.get("remedies", []),
+        "repro": data.get("repro"),
+        "failed_checks": sorted(n for n, _ in failed),
+    }
 
 
 def _top1(data: dict[str, Any]) -> str:

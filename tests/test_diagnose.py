@@ -1,0 +1,160 @@
+"""Diagnosis: where a deployment fails, why, and what fixes it — on real OpenCV 4.5.5 and 5.x."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import Run, perturb_first_conv
+
+
+def test_perturbed_convolution_is_named_as_first_divergent_node(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    model = copy_model(models["cnn"])
+    bad = pytester.path / "perturbed.onnx"
+    conv = perturb_first_conv(models["onnx"], bad)
+    repro_dir = tmp_path / "repro"
+    run = run_cvdnn(f"--cvdnn-model={model.name}", f"--cvdnn-onnx={bad.name}", f"--cvdnn-repro={repro_dir}",
+                    "-k", "parity")
+    assert run.ret == 1
+    check = run.checks()["parity[keras-onnxruntime]"]
+    first = check["data"]["first_divergent"]
+    assert first["node"] == conv and first["op_type"] == "Conv"
+    assert first["keras_layer"] == "conv1"
+    assert f"first divergent node: {conv!r} (op Conv, Keras layer 'conv1')" in check["message"]
+    assert "compared with a fresh conversion of the Keras model" in check["message"]
+    # the JSON diagnosis object and the repro folder
+    diagnosis = run.report["models"][0]["diagnosis"]
+    assert diagnosis["failing_stage"].startswith("parity[keras")
+    assert diagnosis["node"] == conv and diagnosis["keras_layer"] == "conv1"
+    repro = Path(diagnosis["repro"])
+    assert repro.parent.parent == repro_dir
+    assert {p.name for p in repro.iterdir()} >= {"subgraph.onnx", "input0.npy", "expected0.npy", "repro.json", "repro.py"}
+    info = json.loads((repro / "repro.json").read_text())
+    assert info["op_type"] == "Conv" and info["versions"]["opencv"]
+    proc = subprocess.run([sys.executable, "repro.py"], cwd=repro, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "max abs error vs onnxruntime" in proc.stdout, proc.stderr
+
+
+def test_ops_item_passes_when_everything_imports(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                 copy_model: Callable[..., Path]) -> None:
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "-k", "ops")
+    assert run.ret == 0, run.text
+    data = run.checks()["ops"]["data"]
+    assert {"Conv", "Relu", "MaxPool", "Softmax"} <= set(data["op_types"])
+    assert data["unsupported"] == []
+
+
+def test_ops_item_lists_unsupported_nodes(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                          copy_model: Callable[..., Path]) -> None:
+    mvn = copy_model(models["mvn"])
+    run = run_cvdnn(f"--cvdnn-model={mvn.name}", "-k", "ops or load")
+    checks = run.checks()
+    assert checks["ops"]["outcome"] == "failed"
+    assert "1 of 1 op patterns do not import" in checks["ops"]["message"]
+    assert "MeanVarianceNormalization (1 node(s), first 'norm/mvn')" in checks["ops"]["message"]
+    assert checks["load"]["data"]["op_type"] == "MeanVarianceNormalization"
+    assert run.report["models"][0]["diagnosis"]["failing_stage"] == "ops"
+
+
+@pytest.mark.zoo
+def test_opset13_on_opencv_4_5_5_names_squeeze_and_finds_opset11(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+        opencv_4_5_5: Path) -> None:
+    """FIELD.md: OpenCV 4.5.5 rejects opset-13 Squeeze; opset 11 loads. Same session checks OpenCV 5 too."""
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-target=opencv==4.5.5", "-v")
+    checks = run.checks()
+    assert checks["load"]["outcome"] == "passed"  # the installed OpenCV 5
+    assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"
+    load = checks["load[opencv-4.5.5]"]
+    assert load["outcome"] == "failed"
+    assert "(op Squeeze) cannot be imported" in load["message"] and "Keras layer 'gap'" in load["message"]
+    assert "remedy: --cvdnn-opset=11" in load["message"]
+    outcomes = {(r["opset"], r["layout"]): r["outcome"] for r in load["data"]["remedies"]}
+    assert outcomes[(13, "nchw")] == "load failed" and outcomes[(11, "nchw")] == "works"
+    assert checks["ops[opencv-4.5.5]"]["outcome"] == "failed"
+    assert checks["parity[keras-cv2dnn@opencv-4.5.5]"]["outcome"] == "skipped"
+    assert "targets  local: OK" in run.text and "opencv-4.5.5: FAIL" in run.text
+    # and the remedy, applied, passes on 4.5.5
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-target=opencv==4.5.5", "--cvdnn-opset=11", "-k", "4.5.5")
+    assert run.ret == 0, run.text
+    assert run.checks()["parity[keras-cv2dnn@opencv-4.5.5]"]["data"]["max_abs"] < 1e-4
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(2)
+    path = tmp_path_factory.mktemp("mnv2") / "mobilenetv2.keras"
+    keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3)).save(path)
+    return path
+
+
+@pytest.mark.zoo
+def test_mobilenetv2_opset11_on_4_5_5_names_clip_and_relu6(
+        run_cvdnn: Callable[..., Run], mobilenet_v2: Path, copy_model: Callable[..., Path],
+        opencv_4_5_5: Path) -> None:
+    copy_model(mobilenet_v2, "mnv2.keras")
+    run = run_cvdnn("--cvdnn-model=mnv2.keras", "--cvdnn-target=opencv==4.5.5", "--cvdnn-opset=11",
+                    "-k", "4.5.5 and (load or ops)")
+    load = run.checks()["load[opencv-4.5.5]"]
+    assert load["outcome"] == "failed", run.text
+    assert load["data"]["op_type"] == "Clip"
+    assert "relu" in (load["data"]["keras_layer"] or "").lower()
+    assert "(op Clip) cannot be imported" in load["message"]
+    remedies = {(r["opset"], r["layout"]): r["outcome"] for r in load["data"]["remedies"]}
+    assert remedies[(10, "nchw")] == "works"  # FIELD.md: opset 10 carries min/max as attributes
+    assert "Ship this one: --cvdnn-opset=10" in run.text
+    ops = run.checks()["ops[opencv-4.5.5]"]
+    assert any(u["op_type"] == "Clip" for u in ops["data"]["unsupported"])
+
+
+def test_target_that_is_not_a_python_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--cvdnn-target=/nonexistent/python")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*is not a target; use opencv==X.Y.Z or the path of a Python*"])
+
+
+def test_python_interpreter_target(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                   copy_model: Callable[..., Path]) -> None:
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-target={sys.executable}", "-k", "parity or determinism")
+    assert run.ret == 0, run.text
+    assert run.checks()[f"parity[keras-cv2dnn@{sys.executable}]"]["outcome"] == "passed"
+    assert run.checks()[f"determinism[{sys.executable}]"]["outcome"] == "passed"
+
+
+@pytest.fixture(scope="session")
+def convnext_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    path = tmp_path_factory.mktemp("convnext") / "convnext.keras"
+    keras.applications.ConvNeXtTiny(weights=None, input_shape=(64, 64, 3)).save(path)
+    return path
+
+
+@pytest.mark.zoo
+def test_convnext_invalid_graph_names_the_node_and_layer(run_cvdnn: Callable[..., Run], convnext_tiny: Path,
+                                                         copy_model: Callable[..., Path]) -> None:
+    """FIELD.md: tf2onnx leaves StatefulPartitionedCall nodes in ConvNeXtTiny without raising."""
+    copy_model(convnext_tiny)
+    run = run_cvdnn("--cvdnn-model=convnext.keras", "-k", "convert or load")
+    checks = run.checks()
+    convert = checks["convert"]
+    assert convert["outcome"] == "failed"
+    assert "has op type 'StatefulPartitionedCall', which is not an ONNX operator" in convert["message"]
+    assert "it comes from the Keras layer 'convnext_tiny_stage_0_block_0_depthwise_conv'" in convert["message"]
+    assert convert["data"]["node"].endswith("/StatefulPartitionedCall")
+    assert "also tried tf2onnx.convert.from_function" in run.text
+    assert checks["load"]["outcome"] == "skipped" and checks["load"]["message"].startswith("convert failed:")
+    assert run.report["models"][0]["diagnosis"]["failing_stage"] == "convert"
