@@ -186,3 +186,13 @@ def opencv_4_5_5() -> Path:
     from pytest_cvdnn.targets import provision_opencv
 
     return provision_opencv("4.5.5", default_user_cache())
+
+
+@pytest.fixture(scope="session")
+def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """keras.applications.DenseNet121(weights=None), seeded, at 64x64 (conversion ~10 s)."""
+    keras = _keras()
+    keras.utils.set_random_seed(121)
+    path = tmp_path_factory.mktemp("densenet") / "densenet121.keras"
+    keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3)).save(path)
+    return path

@@ -158,3 +158,20 @@ def test_convnext_invalid_graph_names_the_node_and_layer(run_cvdnn: Callable[...
     assert "also tried tf2onnx.convert.from_function" in run.text
     assert checks["load"]["outcome"] == "skipped" and checks["load"]["message"].startswith("convert failed:")
     assert run.report["models"][0]["diagnosis"]["failing_stage"] == "convert"
+
+
+@pytest.mark.zoo
+def test_densenet121_opset13_on_4_5_5_names_squeeze_and_remedy_finds_opset11(
+        run_cvdnn: Callable[..., Run], densenet_small: Path, copy_model: Callable[..., Path],
+        opencv_4_5_5: Path) -> None:
+    copy_model(densenet_small)
+    run = run_cvdnn("--cvdnn-model=densenet121.keras", "--cvdnn-target=opencv==4.5.5", "-k", "load")
+    checks = run.checks()
+    assert checks["load"]["outcome"] == "passed"  # OpenCV 5 loads it
+    load = checks["load[opencv-4.5.5]"]
+    assert load["outcome"] == "failed"
+    assert load["data"]["op_type"] == "Squeeze" and "(op Squeeze) cannot be imported" in load["message"]
+    assert load["data"]["keras_layer"] == "avg_pool"
+    remedies = {(r["opset"], r["layout"]): r["outcome"] for r in load["data"]["remedies"]}
+    assert remedies[(11, "nchw")] == "works" and remedies[(13, "nchw")] == "load failed"
+    assert "remedy: --cvdnn-opset=11 --cvdnn-layout=nchw loads and matches Keras here" in load["message"]

@@ -127,16 +127,6 @@ def test_derived_blob_equals_keras_reference_on_opencv_4_5_5(photos: list[np.nda
 
 
 # -- the preprocessing item, end to end -------------------------------------------------------------
-@pytest.fixture(scope="session")
-def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(121)
-    path = tmp_path_factory.mktemp("densenet") / "densenet121.keras"
-    keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3)).save(path)
-    return path
-
-
 MISTAKES = [
     ("torch,swap_rb=0", "the blob is BGR but densenet121 (torch mode) expects RGB: use swapRB=True"),
     ("torch,scale=1", "the blob is 255x too large: the scaling is missing"),
