@@ -223,8 +223,10 @@ def check_input_spec(dep: Deployment) -> CheckResult:
                           fix="use ddepth=cv2.CV_32F (float32) for the blob", data=data)
     from .runners.cv2dnn import opencv_error_line
 
+    feeds = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
+    feeds[0] = blob  # the other inputs (if any) keep their sample values
     try:
-        dep.cv2net.infer([blob])
+        dep.cv2net.infer(feeds)
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raise CheckFailed(
             f"cv2.dnn rejects the spec's blob {tuple(blob.shape)}: {opencv_error_line(exc)}",
@@ -241,6 +243,12 @@ def check_preprocessing(dep: Deployment) -> CheckResult:
         raise StageSkipped(
             f"{dep.label} is an ONNX model: the preprocessing it expects is unknown; check it from its Keras "
             "source (--cvdnn-model=model.keras --cvdnn-onnx=model.onnx)"
+        )
+    shapes = [i.shape for i in dep.graph.inputs]
+    if len(shapes) != 1 or len(shapes[0]) != 4:
+        raise StageSkipped(
+            f"the preprocessing check needs a single image input; {dep.label} has inputs "
+            + ", ".join(_shape(s) for s in shapes) + " (one spec per input is not supported yet)"
         )
     from . import preprocess as pp
 

@@ -399,7 +399,18 @@ class Deployment:
             if model is None:
                 raise CvdnnError("the Keras model has no final softmax whose input could be compared")
         outputs = KerasRunner(model).infer(inputs)
+        if not logits:
+            outputs = self._in_graph_order(outputs)
         self.cache.put_arrays(outputs, "ref", name)
+        return outputs
+
+    def _in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Keras outputs reordered as the ONNX graph lists them (tf2onnx names outputs after the layers)."""
+        keras_names = list(self.keras_meta.get("output_names") or [])
+        graph_names = [n.split(":")[0] for n in self.output_names]
+        if len(keras_names) == len(outputs) > 1 and sorted(keras_names) == sorted(graph_names):
+            by_name = dict(zip(keras_names, outputs))
+            return [by_name[n] for n in graph_names]
         return outputs
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:

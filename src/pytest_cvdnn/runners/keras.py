@@ -40,6 +40,7 @@ def keras_metadata(model: Any) -> dict[str, Any]:
         "preprocessing": {"mode": mode, "note": note, "confident": confident},
         "inputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.inputs],
         "outputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.outputs],
+        "output_names": list(getattr(model, "output_names", []) or []),
         "softmax_outputs": last_layers,
         "layers": [{"name": layer.name, "class": type(layer).__name__} for layer in model.layers],
     }
