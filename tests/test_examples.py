@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pytest(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    # a fresh session, whatever runs this one (xdist workers export PYTEST_XDIST_* variables)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:randomly", f"--cvdnn-cache-dir={cache}", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env,
     )
 
 
