@@ -196,3 +196,32 @@ def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("densenet") / "densenet121.keras"
     keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3)).save(path)
     return path
+
+
+def resize_ceil_onnx(path: Path) -> Path:
+    """Conv -> Resize(nearest, half_pixel, nearest_mode=ceil) -> Conv: cv2.dnn (5.0) rounds this Resize
+    differently from onnxruntime (measured here: max |Δ| ~4 on normal inputs), a real OpenCV-side divergence."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (2, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([], np.float32), "roi"),
+        numpy_helper.from_array(np.array([], np.float32), "scales"),
+        numpy_helper.from_array(np.array([1, 4, 13, 17], np.int64), "sizes"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="block1/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["c1", "roi", "scales", "sizes"], ["up"], name="block2/upsample", mode="nearest",
+                         coordinate_transformation_mode="half_pixel", nearest_mode="ceil"),
+        helper.make_node("Conv", ["up", "w2"], ["y"], name="block3/conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "resize_ceil", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 7, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 13, 17])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -175,3 +175,21 @@ def test_densenet121_opset13_on_4_5_5_names_squeeze_and_remedy_finds_opset11(
     remedies = {(r["opset"], r["layout"]): r["outcome"] for r in load["data"]["remedies"]}
     assert remedies[(11, "nchw")] == "works" and remedies[(13, "nchw")] == "load failed"
     assert "remedy: --cvdnn-opset=11 --cvdnn-layout=nchw loads and matches Keras here" in load["message"]
+
+
+def test_opencv_side_divergence_is_localised_in_cv2(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """A real OpenCV/onnxruntime disagreement (Resize nearest_mode=ceil) is blamed on OpenCV and localised."""
+    from conftest import resize_ceil_onnx
+
+    resize_ceil_onnx(pytester.path / "upsample.onnx")
+    run = run_cvdnn("--cvdnn-model=upsample.onnx", "-k", "parity")
+    check = run.checks()["parity[onnxruntime-cv2dnn]"]
+    assert check["outcome"] == "failed", run.text
+    assert check["message"].startswith("OpenCV's importer/runtime computes the ONNX graph differently")
+    first = check["data"]["first_divergent"]
+    assert first["node"] == "block2/upsample" and first["op_type"] == "Resize"
+    assert first["tensors_checked"] == 2  # block1/conv agreed, the Resize did not
+    repro = Path(check["data"]["repro"])
+    proc = subprocess.run([sys.executable, "repro.py"], cwd=repro, capture_output=True, text=True, timeout=120)
+    error = float(proc.stdout.strip().splitlines()[-1].split(":")[-1])
+    assert error > 0.1, proc.stdout  # the repro reproduces the OpenCV divergence on its own

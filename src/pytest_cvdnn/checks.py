@@ -433,12 +433,21 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
             f"(max abs error {result.max_abs:.3g}, max rel error {result.max_rel:.3g}, "
             f"{result.mismatches} mismatching element(s), cosine {result.min_cosine:.6f})"
             + (f"; {data['first_divergent_text']}" if data.get("first_divergent_text") else ""),
-            fix="if the ONNX is not this model's, pass the right --cvdnn-onnx; if the error is small and expected "
-            "(e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
+            fix=_PARITY_FIX["opencv" if blame.startswith("OpenCV") else "model"],
             details="\n\n".join(x for x in (result.format_failure(), extra) if x),
             data=data,
         )
     return CheckResult(result.summary_line(), data)
+
+
+_PARITY_FIX = {
+    "opencv": "report it to OpenCV with the repro folder; meanwhile try --cvdnn-engine=classic or new (OpenCV 5), "
+    "another opset (--cvdnn-fix), or a different layer; if the error is small and expected (e.g. FP16), raise "
+    "--cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
+    "model": "if the ONNX is not this model's, pass the right --cvdnn-onnx (or re-export it from this Keras model); "
+    "if the error is small and expected (e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol to the minimum tolerance "
+    "shown below",
+}
 
 
 def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any]) -> tuple[str | None, str]:
@@ -487,6 +496,9 @@ def check_batch(dep: Deployment) -> CheckResult:
     n = len(feeds[0])
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
+    if dep.fixed_batch_of_one:
+        raise StageSkipped(f"the ONNX graph fixes the batch size to 1 ({_shape(dep.graph.inputs[0].shape)}): "
+                           "cv2.dnn must run one image per net.forward(); re-export with a dynamic batch to batch")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
         batched = forward_isolated(dep.onnx_path, dep.settings.engine, runner.input_names, runner.output_names, feeds,

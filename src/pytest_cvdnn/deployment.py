@@ -212,6 +212,11 @@ class Deployment:
         return result
 
     @property
+    def fixed_batch_of_one(self) -> bool:
+        """The ONNX graph fixes the batch dimension to 1: feed one sample at a time."""
+        return any(len(i.shape) > 0 and i.shape[0] == 1 for i in self.graph.inputs)
+
+    @property
     def softmax_outputs(self) -> list[bool]:
         return list(self.graph.softmax_outputs)
 
@@ -379,7 +384,7 @@ class Deployment:
             return self.keras_outputs(inputs, logits=logits)
         target = self._runner(runner, logits)
         feeds = self.to_onnx_inputs(inputs)
-        if not per_sample:
+        if not per_sample and not self.fixed_batch_of_one:
             return target.infer(feeds)
         rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
         return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]

@@ -291,7 +291,10 @@ def _cv2_tensors(dep: "Deployment", path: Path, names: Sequence[str], feeds: dic
     outputs = [o.name for o in onnx.load(str(probe), load_external_data=False).graph.output]
     resp, outs = child_call(dep.target, probe, dep.settings.engine, list(feeds), outputs, list(feeds.values()))
     if not resp.get("ok"):
-        return {}
+        from .runners.cv2dnn import opencv_error_line
+
+        raise CvdnnError(f"cv2.dnn could not expose intermediate tensors: "
+                         f"{opencv_error_line(Exception(resp.get('error', '')))}")
     return dict(zip(outputs, outs[0]))
 
 

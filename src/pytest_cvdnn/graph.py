@@ -199,7 +199,11 @@ def with_extra_outputs(path: Path, names: Sequence[str], out_path: Path) -> None
         known = {v.name: v for v in inferred}
     except Exception:  # noqa: BLE001 - shape inference is best effort
         known = {}
+    existing = {o.name for o in model.graph.output}
     for name in names:
+        if name in existing:
+            continue
+        existing.add(name)
         # OpenCV's importer needs a typed value_info on every graph output
         info = known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
         model.graph.output.append(info)

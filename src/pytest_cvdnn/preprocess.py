@@ -138,6 +138,8 @@ def cv2_call(spec: InputSpec) -> str:
     )
     if method == "numpy":
         call += "  # needs OpenCV >= 4.8; this OpenCV cannot express the spec (numpy equivalent used)"
+    else:
+        call += "  # OpenCV >= 4.8: blobFromImage of older OpenCV cannot express this spec"
     return call
 
 
