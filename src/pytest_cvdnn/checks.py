@@ -82,7 +82,10 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
 
     if not node:
         return {"node": None, "op_type": None, "keras_layer": None}
-    import onnx
+    try:
+        import onnx
+    except ImportError:  # a bundle replayed where only OpenCV is installed
+        return {"node": node, "op_type": None, "keras_layer": None}
 
     graph = onnx.load(str(dep.onnx_path), load_external_data=False).graph
     found = next((n for n in graph.node if n.name == node or node in n.output), None)
@@ -252,12 +255,9 @@ def check_preprocessing(dep: Deployment) -> CheckResult:
         )
     from . import preprocess as pp
 
-    declared, expected = dep.spec, dep.expected_spec
-    found = dep.keras_meta.get("preprocessing", {})
-    if dep.declared and not found.get("confident", False):
-        expected = replace(declared, mode=declared.mode, note=found.get("note", ""))  # trust the user's spec
+    declared, expected = dep.spec, dep.preprocessing_reference_spec()
     model = dep.keras_meta["name"]
-    photos = [img for _, img in pp.load_photos(Path(dep.settings.images) if dep.settings.images else None)]
+    photos = dep.photos()
     ref = dep.reference_tensor(photos, expected)
     data: dict[str, Any] = {
         "declared": declared.as_dict(), "expected": expected.as_dict(), "expected_note": expected.note,
@@ -353,11 +353,11 @@ def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray],
 
     if expected.interpolation != "bilinear" or expected.crop != "none":
         return ""
-    pil = pp.pil_nearest_tensor(photos, expected)
     try:
+        pil = pp.pil_nearest_tensor(photos, expected)
         a = dep.run("onnxruntime", [ref])
         b = dep.run("onnxruntime", [pil])
-    except StageSkipped:
+    except (StageSkipped, ImportError):  # e.g. a bundle replayed without PIL/onnxruntime
         return ""
     moved = compare(a, b, dep.settings.tolerance, output_names=dep.output_names, softmax=dep.softmax_outputs)
     data["resize_note"] = {"tensor_max_abs": float(np.abs(ref - pil).max()), "outputs": moved.as_dict()}
@@ -413,14 +413,7 @@ _BLAME = {
 
 def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     for name in (expected, obtained):
-        if name == "cv2dnn":
-            dep.require("cv2net")
-        elif name == "onnxruntime":
-            dep.require("conversion")
-            dep.require("ort")
-        elif name == "keras":
-            if not dep.has_keras:
-                raise StageSkipped(f"{dep.label} is an ONNX model: there is no Keras reference")
+        dep.require_runner(name)
     result = dep.parity(expected, obtained)
     data = result.as_dict()
     if not result:
@@ -473,6 +466,8 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
                           "graph to compare it with; report it to tf2onnx with the parity numbers")
     except (CvdnnError, StageSkipped) as exc:
         return None, f"not localised: {exc}"
+    except ImportError as exc:  # a bundle replayed without onnx/onnxruntime
+        return None, f"not localised here: {exc.name} is not installed"
     if div is None:
         return blame, "no intermediate tensor diverges beyond tolerance: the difference builds up across nodes"
     data["first_divergent"] = div.as_dict()
@@ -550,6 +545,32 @@ def check_determinism(dep: Deployment) -> CheckResult:
     return CheckResult("two forwards and a fresh net give bit-identical outputs", {"bit_identical": True})
 
 
+def check_verify(dep: Deployment) -> CheckResult:
+    """A bundle's files match its manifest's checksums."""
+    verify = getattr(dep, "verify", None)
+    if verify is None:
+        raise StageSkipped("not a bundle")
+    bad = verify()
+    if bad:
+        raise CheckFailed(f"the bundle {getattr(dep, 'folder', '')} was changed or corrupted: " + "; ".join(bad),
+                          fix="regenerate it with --cvdnn-save-bundle; never edit a bundle by hand",
+                          data={"problems": bad})
+    files = getattr(dep, "manifest", {}).get("files", {})
+    return CheckResult(f"{len(files)} files match the manifest's SHA-256 checksums", {"files": sorted(files)})
+
+
+def check_bundle(dep: Deployment) -> CheckResult:
+    """--cvdnn-save-bundle: write the golden bundle of this model."""
+    dep.require("conversion")
+    from .bundle import save_bundle
+
+    assert dep.settings.save_bundle is not None
+    folder = save_bundle(dep, Path(dep.settings.save_bundle))
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    return CheckResult(f"bundle written to {folder} ({size / 1024:.0f} KiB); run it where only OpenCV is installed "
+                       f"with: pytest --cvdnn-bundle={folder}", {"bundle": str(folder)})
+
+
 PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"))
 
 CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
@@ -563,6 +584,8 @@ CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
     **{f"parity[{a}-{b}]": (lambda dep, a=a, b=b: check_parity(dep, a, b)) for a, b in PARITY_PAIRS},
     "batch": check_batch,
     "determinism": check_determinism,
+    "verify": check_verify,
+    "bundle": check_bundle,
 }
 
 
@@ -570,8 +593,9 @@ CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
 TARGET_CHECKS = ("ops", "load", "output_spec", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]", "batch", "determinism")
 
 
-def check_names(has_keras: bool, fix: bool = False) -> list[str]:
-    names = [n for n in CHECKS if n != "remedies" or (fix and has_keras)]
+def check_names(has_keras: bool, fix: bool = False, save_bundle: bool = False) -> list[str]:
+    optional = {"remedies": fix and has_keras, "bundle": save_bundle, "verify": False}
+    names = [n for n in CHECKS if optional.get(n, True)]
     if not has_keras:
         names = [n for n in names if "keras" not in n]
     return names
@@ -582,14 +606,21 @@ def item_name(check: str, label: str) -> str:
     return f"{check[:-1]}@{label}]" if check.endswith("]") else f"{check}[{label}]"
 
 
-def check_items(has_keras: bool, targets: list[str], fix: bool = False) -> list[tuple[str, str, str | None]]:
+def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
+                bundle: bool = False) -> list[tuple[str, str, str | None]]:
     """(item name, check, target) for a model: every check here, the cv2 checks again per target."""
     from .settings import target_label
 
-    local = check_names(has_keras, fix)
+    if bundle:
+        from .bundle import BUNDLE_CHECKS
+
+        local = [c for c in BUNDLE_CHECKS if has_keras or "keras" not in c]
+    else:
+        local = check_names(has_keras, fix, save_bundle)
     items: list[tuple[str, str, str | None]] = [(name, name, None) for name in local]
     for target in targets:
         per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
+        per_target = tuple(c for c in per_target if not bundle or c != "ops")
         items += [(item_name(c, target_label(target)), c, target) for c in per_target if c in local]
     return items
 

@@ -36,6 +36,8 @@ _STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime 
 class Deployment:
     """A Keras (or ONNX) model on its way to cv2.dnn."""
 
+    can_convert = True  # False for a bundle replayed without TensorFlow
+
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
                  memo: dict[str, Any] | None = None) -> None:
         self.settings = settings
@@ -357,6 +359,16 @@ class Deployment:
         """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
         return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
 
+    def require_runner(self, name: str) -> None:
+        """StageSkipped (with the reason) unless ``name`` can run: "keras", "onnxruntime" or "cv2dnn"."""
+        if name == "cv2dnn":
+            self.require("cv2net")
+        elif name == "onnxruntime":
+            self.require("conversion")
+            self.require("ort")
+        elif name == "keras" and not self.has_keras:
+            raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras reference")
+
     def _runner(self, name: str, logits: bool) -> Any:
         from .runners.onnxruntime import OrtRunner
 
@@ -417,6 +429,20 @@ class Deployment:
             by_name = dict(zip(keras_names, outputs))
             return [by_name[n] for n in graph_names]
         return outputs
+
+    def photos(self) -> list[np.ndarray]:
+        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's."""
+        from .preprocess import load_photos
+
+        return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
+
+    def preprocessing_reference_spec(self) -> InputSpec:
+        """What Keras feeds the model; the declared spec when the model's own cannot be detected."""
+        expected = self.expected_spec
+        found = self.keras_meta.get("preprocessing", {})
+        if self.declared and not found.get("confident", False):
+            return replace(self.spec, note=found.get("note", ""))  # trust the user's spec
+        return expected
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
         """Keras' preprocessing of the photos (cached: no TensorFlow when warm)."""

@@ -133,7 +133,7 @@ class Remedy:
 
 def remedy_search(dep: "Deployment", make: Any) -> list[Remedy]:
     """Try the other opsets and layouts; ``make(settings)`` returns the Deployment of a variant."""
-    if not dep.has_keras:
+    if not dep.has_keras or not dep.can_convert:
         return []
     found = []
     for opset in REMEDY_OPSETS:

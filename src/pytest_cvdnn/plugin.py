@@ -49,7 +49,12 @@ class CvdnnState:
 
         key = settings.key()
         if key not in self.deployments:
-            self.deployments[key] = Deployment(settings, self.cache, self.rootdir, memo=self.memo)
+            if settings.bundle is not None:
+                from .bundle import BundleDeployment
+
+                self.deployments[key] = BundleDeployment(settings, Path(settings.bundle), self.cache)
+            else:
+                self.deployments[key] = Deployment(settings, self.cache, self.rootdir, memo=self.memo)
         return self.deployments[key]
 
 
@@ -70,6 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="always search for a remedy (other opsets/layouts) and report what loads and matches")
     group.addoption("--cvdnn-repro", default=None, metavar="DIR",
                     help="where to write repro folders of failures (default: under the cache dir)")
+    group.addoption("--cvdnn-save-bundle", default=None, metavar="DIR",
+                    help="write a golden bundle per model (ONNX, inputs, references, spec, checksums) into DIR")
+    group.addoption("--cvdnn-bundle", action="append", default=[], metavar="DIR",
+                    help="run the cv2.dnn checks of a bundle (or a folder of bundles) where only OpenCV is installed")
     group.addoption("--cvdnn-target", action="append", default=[], type=parse_target, metavar="SPEC",
                     help="also run the cv2.dnn checks on this OpenCV: opencv==X.Y.Z (installed side by side into "
                     "the cache) or the path of a Python that has cv2; repeatable")
@@ -126,10 +135,12 @@ def pytest_configure(config: pytest.Config) -> None:
         seed=values["seed"],
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),
+        save_bundle=config.getoption("cvdnn_save_bundle"),
     )
     if base.spec is not None and base.spec.layout != base.layout and config.getoption("cvdnn_layout") is None:
         base = replace(base, layout=base.spec.layout)
-    cli_models = list(config.getoption("cvdnn_model") or [])
+    bundles = _bundle_folders(config)
+    cli_models = list(config.getoption("cvdnn_model") or []) + bundles
     models = cli_models or list(config.getini("cvdnn_models"))
     if base.onnx and len(models) != 1:
         raise pytest.UsageError(
@@ -159,6 +170,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
 
 
+BUNDLE_PREFIX = "bundle:"
+
+
+def _bundle_folders(config: pytest.Config) -> list[str]:
+    """--cvdnn-bundle folders as pseudo-models ("bundle:<folder>"), with a usage error if empty."""
+    from .bundle import find_bundles
+
+    found = []
+    for raw in config.getoption("cvdnn_bundle") or []:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else config.invocation_params.dir / path
+        folders = find_bundles(path)
+        if not folders:
+            raise pytest.UsageError(
+                f"--cvdnn-bundle={raw}: no bundle there (no manifest.json in it or in its sub-folders); "
+                "write one with --cvdnn-save-bundle=DIR where the Keras model and TensorFlow are"
+            )
+        found += [BUNDLE_PREFIX + str(f.resolve()) for f in folders]
+    return found
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE, None)
     if state is None or not state.models:
@@ -178,16 +210,27 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     """Configured models by the path pytest collects them from (factories: their module file)."""
     from .checks import check_items
-    from .sources import factory_module_file, parse_source
+    from .sources import ModelSource, factory_module_file, parse_source
 
     entries: dict[Path, list[ModelEntry]] = {}
     for text in state.models:
+        if text.startswith(BUNDLE_PREFIX):
+            folder = Path(text[len(BUNDLE_PREFIX):])
+            manifest = json.loads((folder / "manifest.json").read_text())
+            settings = replace(state.base, model=str(folder), bundle=str(folder))
+            source = ModelSource(str(folder), "bundle", folder / "manifest.json")
+            entries.setdefault((folder / "manifest.json").resolve(), []).append(
+                ModelEntry(settings, source, (lambda target, s=settings: state.deployment(replace(s, target=target))),
+                           tuple(check_items(bool(manifest.get("has_keras")), state.targets, bundle=True)))
+            )
+            continue
         source = parse_source(text, state.rootdir)
         path = source.path if source.path is not None else factory_module_file(source)
         settings = replace(state.base, model=text)
         entries.setdefault(path.resolve(), []).append(
             ModelEntry(settings, source, (lambda target, s=settings: state.deployment(replace(s, target=target))),
-                       tuple(check_items(not source.is_onnx, state.targets, state.base.fix)))
+                       tuple(check_items(not source.is_onnx, state.targets, state.base.fix,
+                                         state.base.save_bundle is not None)))
         )
     return entries
 

@@ -158,6 +158,8 @@ class ModelSettings:
     target: str | None = None  # None: the cv2 installed here
     fix: bool = False  # always run the remedy search (--cvdnn-fix)
     repro: str | None = None  # where repro folders go (--cvdnn-repro)
+    save_bundle: str | None = None  # --cvdnn-save-bundle DIR
+    bundle: str | None = None  # this "model" is a bundle folder (--cvdnn-bundle)
 
     @property
     def effective_spec(self) -> InputSpec:

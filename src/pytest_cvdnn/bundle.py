@@ -1,0 +1,289 @@
+"""Golden bundles: everything the cv2.dnn checks need, runnable where only OpenCV is installed.
+
+``save_bundle`` writes, per model, the ONNX to ship (and its logits probe), the inputs, the
+Keras and onnxruntime reference outputs, real photos with Keras' preprocessing of them, the
+input spec and the OpenCV call it implies, tolerances, the environment, and a manifest with
+SHA-256 checksums.  ``BundleDeployment`` replays the checks from a bundle with nothing but
+pytest, numpy and OpenCV: no TensorFlow, tf2onnx, onnx or onnxruntime is imported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cache import Cache, sha256_bytes, sha256_file
+from .compare import Tolerance
+from .convert import Conversion
+from .deployment import Deployment
+from .errors import CvdnnError, StageSkipped
+from .graph import GraphInfo, TensorInfo
+from .settings import ModelSettings
+from .spec import InputSpec
+
+__all__ = ["save_bundle", "BundleDeployment", "find_bundles", "BUNDLE_FORMAT", "BUNDLE_CHECKS"]
+
+BUNDLE_FORMAT = 1
+BUNDLE_CHECKS = ("verify", "load", "input_spec", "preprocessing", "output_spec", "parity[onnxruntime-cv2dnn]",
+                 "parity[keras-cv2dnn]", "batch", "determinism")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in Path(text).name or text)
+
+
+def _npz(arrays: Sequence[np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
+    return buf.getvalue()
+
+
+def _load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"a{i}"] for i in range(len(data.files))]
+
+
+def save_bundle(dep: Deployment, root: Path) -> Path:
+    """Write the bundle of ``dep`` under ``root``; never replaces another model's bundle."""
+    folder = Path(root) / _slug(dep.label)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("model_hash") != dep.model_hash:
+            raise CvdnnError(
+                f"{folder} already holds a bundle of another model ({old.get('model', '?')}, "
+                f"hash {str(old.get('model_hash'))[:12]}); refusing to overwrite it",
+                fix="pass another --cvdnn-save-bundle folder, or delete that bundle yourself",
+            )
+    files: dict[str, bytes] = {"model.onnx": dep.onnx_path.read_bytes()}
+    references: list[dict[str, Any]] = []
+
+    def reference(runner: str, inputs: Sequence[np.ndarray], logits: bool = False) -> None:
+        outputs = dep.run(runner, inputs, logits=logits)
+        name = f"ref-{runner}-{len(references)}.npz"
+        files[name] = _npz(outputs)
+        references.append({"runner": runner, "logits": logits, "inputs": dep.inputs_hash(inputs), "file": name})
+
+    inputs = dep.inputs
+    files["inputs.npz"] = _npz(inputs)
+    runners = (["keras"] if dep.has_keras else []) + ["onnxruntime"]
+    first = [x[:1] for x in inputs]
+    for runner in runners:
+        reference(runner, inputs)
+        reference(runner, first)
+        if dep.logit_names:
+            reference(runner, inputs, logits=True)
+    if dep.logit_names:
+        files["probe.onnx"] = dep.probe_path.read_bytes()
+    preprocessing = None
+    if dep.has_keras and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
+        photos = dep.photos()
+        expected = dep.preprocessing_reference_spec()
+        tensor = dep.reference_tensor(photos, expected)
+        files["photos.npz"] = _npz(photos)
+        files["reference_tensor.npz"] = _npz([tensor])
+        for runner in runners:
+            reference(runner, [tensor])
+        preprocessing = {"photos": dep.inputs_hash(photos), "expected_spec": expected.as_dict(),
+                         "expected_note": expected.note}
+    from .preprocess import cv2_call
+
+    graph = dep.graph
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "model": dep.label,
+        "model_hash": dep.model_hash,
+        "has_keras": dep.has_keras,
+        "keras_meta": dep.keras_meta if dep.has_keras else None,
+        "graph": {
+            "inputs": [i.as_dict() for i in graph.inputs],
+            "outputs": [o.as_dict() for o in graph.outputs],
+            "softmax_outputs": list(graph.softmax_outputs),
+            "opset": graph.opset,
+            "op_types": list(graph.op_types),
+        },
+        "softmax_logits": [list(x) for x in dep.softmax_logits],
+        "settings": {"atol": dep.settings.tolerance.atol, "rtol": dep.settings.tolerance.rtol,
+                     "opset": dep.settings.opset, "layout": dep.settings.layout, "engine": dep.settings.engine,
+                     "samples": dep.settings.samples, "seed": dep.settings.seed},
+        "spec": dep.spec.as_dict(),
+        "cv2_code": cv2_call(dep.spec) if len(graph.inputs[0].shape) == 4 else None,
+        "preprocessing": preprocessing,
+        "references": references,
+        "environment": dep.environment(),
+        "files": {name: sha256_bytes(data) for name, data in files.items()},
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        shutil.rmtree(folder, ignore_errors=True)  # same model: regenerate
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def find_bundles(path: Path) -> list[Path]:
+    """Bundle folders at ``path``: the folder itself, or its sub-folders with a manifest."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if (p / "manifest.json").is_file())
+    return []
+
+
+def _spec(data: dict[str, Any]) -> InputSpec:
+    fields = {k: v for k, v in data.items() if k in InputSpec.__dataclass_fields__}
+    return InputSpec(**fields)
+
+
+class BundleDeployment(Deployment):
+    """A deployment replayed from a bundle folder: cv2.dnn runs, references are read from files."""
+
+    can_convert = False
+
+    def __init__(self, settings: ModelSettings, folder: Path, cache: Cache) -> None:
+        self.folder = Path(folder)
+        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        stored = self.manifest["settings"]
+        settings = replace(
+            settings, model=str(self.folder), spec=_spec(self.manifest["spec"]),
+            tolerance=Tolerance(stored["atol"], stored["rtol"]) if settings.tolerance == Tolerance() else settings.tolerance,
+            opset=stored["opset"], layout=stored["layout"], samples=stored["samples"], seed=stored["seed"],
+        )
+        super().__init__(settings, cache, self.folder.parent)
+
+    # -- what the bundle replaces ----------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def has_keras(self) -> bool:
+        return bool(self.manifest["has_keras"])
+
+    @property
+    def model_hash(self) -> str:  # type: ignore[override]
+        return str(self.manifest["model_hash"])
+
+    @property
+    def keras_meta(self) -> dict[str, Any]:
+        if not self.has_keras:
+            raise StageSkipped("the bundle holds no Keras model")
+        return dict(self.manifest["keras_meta"])
+
+    def verify(self) -> list[str]:
+        """Files whose checksum differs from the manifest (or that are missing)."""
+        bad = []
+        for name, digest in self.manifest["files"].items():
+            path = self.folder / name
+            if not path.is_file():
+                bad.append(f"{name} is missing")
+            elif sha256_file(path) != digest:
+                bad.append(f"{name} has changed (checksum {sha256_file(path)[:12]}, manifest {digest[:12]})")
+        return bad
+
+    @property
+    def conversion(self) -> Conversion:
+        def run() -> Conversion:
+            bad = self.verify()
+            if bad:
+                raise CvdnnError(
+                    f"the bundle {self.folder} is corrupted or was changed: " + "; ".join(bad),
+                    fix="regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow",
+                )
+            return Conversion(self.folder / "model.onnx", {"bundle": str(self.folder)}, cached=True, seconds=0.0)
+
+        return self.stage("convert", run)
+
+    @property
+    def graph(self) -> GraphInfo:
+        g = self.manifest["graph"]
+
+        def info(d: dict[str, Any]) -> TensorInfo:
+            return TensorInfo(d["name"], tuple(d["shape"]), d["dtype"])
+
+        return GraphInfo(tuple(info(d) for d in g["inputs"]), tuple(info(d) for d in g["outputs"]),
+                         tuple(g["softmax_outputs"]), g["opset"], tuple(g["op_types"]))
+
+    @property
+    def softmax_logits(self) -> list[tuple[int, str]]:
+        return [(int(k), str(n)) for k, n in self.manifest["softmax_logits"]]
+
+    @property
+    def probe_path(self) -> Path:
+        return self.folder / "probe.onnx"
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        return self.stage("inputs", lambda: _load_npz(self.folder / "inputs.npz"))
+
+    @property
+    def expected_spec(self) -> InputSpec:
+        pre = self.manifest.get("preprocessing") or {}
+        if not pre:
+            raise StageSkipped("the bundle has no preprocessing reference (not a single-image Keras model)")
+        return replace(_spec(pre["expected_spec"]), note=pre.get("expected_note", ""))
+
+    def preprocessing_reference_spec(self) -> InputSpec:
+        return self.expected_spec
+
+    def photos(self) -> list[np.ndarray]:
+        if not (self.folder / "photos.npz").is_file():
+            raise StageSkipped("the bundle has no photos")
+        return _load_npz(self.folder / "photos.npz")
+
+    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
+        return _load_npz(self.folder / "reference_tensor.npz")[0]
+
+    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
+            logits: bool = False) -> list[np.ndarray]:
+        if runner == "cv2dnn":
+            return super().run(runner, inputs, per_sample=per_sample, logits=logits)
+        wanted = self.inputs_hash(list(self.inputs if inputs is None else inputs))
+        for ref in self.manifest["references"]:
+            if ref["runner"] == runner and ref["logits"] == logits and ref["inputs"] == wanted:
+                return _load_npz(self.folder / ref["file"])
+        raise StageSkipped(f"the bundle has no stored {runner} outputs for these inputs")
+
+    def require_runner(self, name: str) -> None:
+        if name == "cv2dnn":
+            super().require_runner(name)
+            return
+        self.require("conversion")  # the checksums
+        if not any(ref["runner"] == name for ref in self.manifest["references"]):
+            raise StageSkipped(f"the bundle has no stored {name} outputs")
+
+    def variant(self, settings: ModelSettings) -> Deployment:
+        raise StageSkipped("a bundle cannot be converted again (no TensorFlow here)")
+
+    def environment(self) -> dict[str, Any]:
+        from importlib import metadata
+
+        env = {"bundle": str(self.folder), "bundle_environment": self.manifest.get("environment", {})}
+        for dist in ("opencv-python-headless", "opencv-python", "numpy"):
+            try:
+                env[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        env.update(opencv=env.get("opencv-python-headless") or env.get("opencv-python", "?"),
+                   engine=self.settings.engine, opset=self.settings.opset, layout=self.settings.layout,
+                   target=self.target_label)
+        return env

@@ -1,0 +1,88 @@
+"""Golden bundles: written where TensorFlow is, checked where only pytest, numpy and OpenCV are."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import ROOT, Run
+
+
+@pytest.fixture(scope="session")
+def opencv_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtual environment with pytest, numpy, OpenCV and this package (no deps): no TF, onnx, onnxruntime."""
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "pytest", "numpy", "opencv-python-headless", "filelock"], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=900)
+    return venv / "bin" / "python"
+
+
+def _save(run_cvdnn: Callable[..., Run], model: str, folder: str = "bundles") -> Run:
+    run = run_cvdnn(f"--cvdnn-model={model}", f"--cvdnn-save-bundle={folder}", "-k", "convert or bundle")
+    assert run.ret == 0, run.text
+    return run
+
+
+def test_bundle_runs_where_only_opencv_is_installed(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                    copy_model: Callable[..., Path], pytester: pytest.Pytester,
+                                                    opencv_only_venv: Path) -> None:
+    copy_model(models["cnn"], "m.keras")
+    run = _save(run_cvdnn, "m.keras")
+    assert "pytest --cvdnn-bundle=" in run.checks()["bundle"]["message"]
+    folder = pytester.path / "bundles" / "m.keras"
+    assert {"manifest.json", "model.onnx", "probe.onnx", "inputs.npz", "photos.npz", "reference_tensor.npz"} <= \
+        {p.name for p in folder.iterdir()}
+    probe = subprocess.run([str(opencv_only_venv), "-c", "import importlib.util as u; print([m for m in "
+                            "('tensorflow', 'onnx', 'onnxruntime', 'tf2onnx', 'keras') if u.find_spec(m)])"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"  # the venv truly lacks them
+    proc = subprocess.run([str(opencv_only_venv), "-m", "pytest", "--cvdnn-bundle=bundles", "-v", "-p",
+                           "no:cacheprovider"], cwd=pytester.path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for check in ("verify", "load", "input_spec", "preprocessing", "output_spec", "parity[onnxruntime-cv2dnn]",
+                  "parity[keras-cv2dnn]", "batch", "determinism"):
+        assert f"manifest.json::{check} PASSED" in out, check
+
+
+def test_tampered_bundle_is_reported(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                     copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
+    copy_model(models["cnn"], "m.keras")
+    _save(run_cvdnn, "m.keras")
+    onnx_file = pytester.path / "bundles" / "m.keras" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-10] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    run = run_cvdnn("--cvdnn-bundle=bundles")
+    assert run.ret == 1
+    checks = run.checks()
+    assert checks["verify"]["outcome"] == "failed"
+    assert "model.onnx has changed (checksum" in checks["verify"]["message"]
+    assert checks["load"]["outcome"] == "skipped" and "corrupted or was changed" in checks["load"]["message"]
+
+
+def test_regenerating_never_overwrites_another_models_bundle(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                             copy_model: Callable[..., Path],
+                                                             pytester: pytest.Pytester) -> None:
+    copy_model(models["cnn"], "m.keras")
+    _save(run_cvdnn, "m.keras")
+    manifest = (pytester.path / "bundles" / "m.keras" / "manifest.json").read_text()
+    _save(run_cvdnn, "m.keras")  # same model: regenerated in place
+    copy_model(models["other"], "m.keras")  # another model under the same name
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-save-bundle=bundles", "-k", "bundle")
+    assert run.ret == 1
+    assert "already holds a bundle of another model" in run.checks()["bundle"]["message"]
+    assert (pytester.path / "bundles" / "m.keras" / "manifest.json").read_text() == manifest
+
+
+def test_missing_bundle_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "empty").mkdir()
+    result = pytester.runpytest_subprocess("--cvdnn-bundle=empty")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cvdnn-bundle=empty: no bundle there*--cvdnn-save-bundle*"])
