@@ -1,0 +1,137 @@
+"""Cold gate, warm gate and xdist scale of `pytest --cvdnn-model=...`, as ratios measured in one run.
+
+    python benchmarks/bench_gate.py            # prints a markdown table, writes benchmarks/results.json
+
+* plain: a script doing the same core work by hand (tf2onnx conversion, Keras, onnxruntime and
+  cv2.dnn on the same 4 inputs, compare) — what a user would write without the plugin;
+* cold: the plugin on DenseNet121(weights=None) with an empty cache;
+* warm: the same command again (nothing changed): no conversion, no TensorFlow import;
+* scale: four small models with -n 2 against -n 0 (fresh caches both times).
+Peak RSS is GNU time's %M of each command's main process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+PLAIN = r"""
+import os, sys, numpy as np
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf, keras, tf2onnx, onnxruntime as ort, cv2
+model = keras.models.load_model(sys.argv[1], compile=False)
+sig = (tf.TensorSpec((None, 224, 224, 3), tf.float32, name="input"),)
+tf2onnx.convert.from_keras(model, input_signature=sig, opset=13, output_path=sys.argv[2], inputs_as_nchw=["input"])
+x = np.random.default_rng(0).uniform(-2, 2, (4, 224, 224, 3)).astype(np.float32)
+ref = model(x, training=False).numpy()
+nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+sess = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+o = sess.run(None, {sess.get_inputs()[0].name: nchw})[0]
+net = cv2.dnn.readNetFromONNX(sys.argv[2])
+c = []
+for i in range(4):
+    net.setInput(nchw[i:i + 1]); c.append(net.forward())
+c = np.concatenate(c)
+print("max abs", float(np.abs(ref - o).max()), float(np.abs(ref - c).max()))
+"""
+
+TF_PROBE = """
+import json, sys
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        json.dump("tensorflow" in sys.modules, open("tf-imported.json", "w"))
+"""
+
+SMALL = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+for i in range(4):
+    keras.utils.set_random_seed(i)
+    inp = keras.Input((128, 128, 3))
+    x = inp
+    for f in (16, 32, 64):
+        x = keras.layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x), name=f"small{i}").save(f"small{i}.keras")
+"""
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """(seconds, peak RSS in MiB of the command's main process, result); RSS via GNU time if present."""
+    rss_file = cwd / ".rss"
+    wrapper = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
+    start = time.perf_counter()
+    proc = subprocess.run([*wrapper, *cmd], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    rss = float(rss_file.read_text().split()[-1]) / 1024 if wrapper else float("nan")
+    return seconds, rss, proc
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="cvdnn-bench-"))
+    env_py = sys.executable
+    subprocess.run([env_py, "-c", "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\nimport keras\n"
+                    "keras.utils.set_random_seed(121)\n"
+                    "keras.applications.DenseNet121(weights=None).save('densenet121.keras')"], cwd=work, check=True)
+    (work / "conftest.py").write_text(TF_PROBE)
+    pytest = [env_py, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    results: dict[str, float | str | bool] = {}
+
+    plain_s, plain_rss, _ = timed([env_py, "-c", PLAIN, "densenet121.keras", "plain.onnx"], work)
+    cold_s, cold_rss, _ = timed([*pytest, "--cvdnn-model=densenet121.keras", "--cvdnn-cache-dir=cache"], work)
+    cold_tf = json.loads((work / "tf-imported.json").read_text())
+    warm_s, warm_rss, _ = timed([*pytest, "--cvdnn-model=densenet121.keras", "--cvdnn-cache-dir=cache"], work)
+    warm_tf = json.loads((work / "tf-imported.json").read_text())
+    conversions = len((work / "cache" / "events.jsonl").read_text().splitlines())
+
+    subprocess.run([env_py, "-c", SMALL], cwd=work, check=True)
+    models = [f"--cvdnn-model=small{i}.keras" for i in range(4)]
+    serial_s, _, _ = timed([*pytest, *models, "--cvdnn-cache-dir=scale0", "-n", "0"], work)
+    par_s, _, _ = timed([*pytest, *models, "--cvdnn-cache-dir=scale2", "-n", "2"], work)
+    par_conversions = len((work / "scale2" / "events.jsonl").read_text().splitlines())
+
+    results.update(
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        plain_s=round(plain_s, 1), cold_s=round(cold_s, 1), warm_s=round(warm_s, 1),
+        cold_over_plain=round(cold_s / plain_s, 2), warm_over_cold=round(warm_s / cold_s, 3),
+        cold_imports_tf=cold_tf, warm_imports_tf=warm_tf, densenet_conversions=conversions,
+        scale_serial_s=round(serial_s, 1), scale_n2_s=round(par_s, 1), scale_speedup=round(serial_s / par_s, 2),
+        scale_conversions=par_conversions,
+        peak_rss_plain_mib=round(plain_rss), peak_rss_cold_mib=round(cold_rss), peak_rss_warm_mib=round(warm_rss),
+    )
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    print("| measure | value | goal |\n| --- | --- | --- |")
+    rows = [
+        ("plain script (s)", results["plain_s"], ""),
+        ("cold gate (s)", results["cold_s"], ""),
+        ("cold / plain", results["cold_over_plain"], "<= 1.15"),
+        ("warm gate (s)", results["warm_s"], ""),
+        ("warm / cold", results["warm_over_cold"], "<= 0.1"),
+        ("warm run imports TensorFlow", results["warm_imports_tf"], "False"),
+        ("4 models -n 0 (s)", results["scale_serial_s"], ""),
+        ("4 models -n 2 (s)", results["scale_n2_s"], ""),
+        ("speed-up -n 2", results["scale_speedup"], ">= 1.6"),
+        ("conversions with -n 2", results["scale_conversions"], "4"),
+        ("peak RSS plain / cold / warm (MiB)",
+         f"{results['peak_rss_plain_mib']} / {results['peak_rss_cold_mib']} / {results['peak_rss_warm_mib']}", ""),
+    ]
+    for name, value, goal in rows:
+        print(f"| {name} | {value} | {goal} |")
+    print(f"\nmachine: {results['machine']}")
+
+
+if __name__ == "__main__":
+    main()
