@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import Cache, sha256_bytes, sha256_file
+from .cache import Cache, sha256_bytes, sha256_file, slug
 from .compare import Tolerance
 from .convert import Conversion
 from .deployment import Deployment
@@ -36,10 +36,6 @@ BUNDLE_CHECKS = ("verify", "load", "input_spec", "preprocessing", "output_spec",
                  "parity[keras-cv2dnn]", "batch", "determinism")
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in Path(text).name or text)
-
-
 def _npz(arrays: Sequence[np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
@@ -53,7 +49,7 @@ def _load_npz(path: Path) -> list[np.ndarray]:
 
 def save_bundle(dep: Deployment, root: Path) -> Path:
     """Write the bundle of ``dep`` under ``root``; never replaces another model's bundle."""
-    folder = Path(root) / _slug(dep.label)
+    folder = Path(root) / slug(Path(dep.label).name or dep.label)
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
         try:

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["Cache", "sha256_file", "sha256_path", "sha256_bytes", "default_user_cache"]
+__all__ = ["Cache", "sha256_file", "sha256_path", "sha256_bytes", "default_user_cache", "slug"]
 
 _CHUNK = 1 << 20
 
@@ -53,6 +53,11 @@ def sha256_path(path: Path) -> str:
         h.update(str(sub.relative_to(path).as_posix()).encode() + b"\0")
         h.update(sha256_file(sub).encode())
     return h.hexdigest()
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label (model names, targets)."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
 
 
 def default_user_cache() -> Path:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .cache import slug
 from .compare import compare, compare_arrays
 from .errors import CvdnnError, StageSkipped
 from .deployment import Deployment
@@ -115,7 +116,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     repro = None
     if info["node"]:
         try:
-            repro = write_repro(dep, repro_root(dep, dep.settings.repro) / _slug(f"load-{dep.target_label}"),
+            repro = write_repro(dep, repro_root(dep, dep.settings.repro) / slug(f"load-{dep.target_label}"),
                                 info["node"], str(exc))
         except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
             repro = None
@@ -130,10 +131,6 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
                                        f"repro folder: {repro}" if repro else "") if x)
     return CheckFailed(message, fix=exc.fix, details=details,
                        data={**info, "stage": "load", "remedies": remedies, "repro": str(repro) if repro else None})
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
 
 
 def check_ops(dep: Deployment) -> CheckResult:
@@ -321,12 +318,10 @@ def _changed(a: InputSpec, b: InputSpec) -> list[str]:
 
 
 def _top1_text(result: Any) -> str:
-    tops = [t for o in result.outputs for t in o.topk if t.k == 1]
-    if not tops:
-        return ""
-    agree = sum(t.agree for t in tops)
-    ties = sum(t.ambiguous for t in tops)
-    return f", top-1 agreement {agree}/{agree + sum(t.disagree for t in tops)}" + (f" ({ties} near-tie)" if ties else "")
+    from .compare import top1_text
+
+    text = top1_text([o.as_dict() for o in result.outputs])
+    return f", top-1 agreement {text}" if text else ""
 
 
 def _preprocessing_effect(dep: Deployment, declared: InputSpec, photos: list[np.ndarray], ref: np.ndarray) -> Any:
@@ -474,7 +469,7 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
     data["first_divergent_text"] = div.describe()
     repro = None
     try:
-        repro = write_repro(dep, repro_root(dep, dep.settings.repro) / _slug(f"parity-{expected}-{obtained}-"
+        repro = write_repro(dep, repro_root(dep, dep.settings.repro) / slug(f"parity-{expected}-{obtained}-"
                             f"{dep.target_label}"), div.node, div.describe())
     except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
         repro = None

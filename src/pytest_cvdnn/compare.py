@@ -31,6 +31,7 @@ __all__ = [
     "ParityResult",
     "compare",
     "compare_arrays",
+    "top1_text",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -190,12 +191,9 @@ class ParityResult:
             f"cos={self.min_cosine:.6f}",
             f"mismatch={self.mismatches}",
         ]
-        tops = [t for o in self.outputs for t in o.topk if t.k == 1]
-        if tops:
-            agree = sum(t.agree for t in tops)
-            judged = agree + sum(t.disagree for t in tops)
-            amb = sum(t.ambiguous for t in tops)
-            parts.append(f"top1={agree}/{judged}" + (f" ({amb} near-tie)" if amb else ""))
+        top1 = top1_text([o.as_dict() for o in self.outputs])
+        if top1:
+            parts.append(f"top1={top1}")
         return " ".join(parts)
 
     def format_failure(self, max_rows: int = 10) -> str:
@@ -209,9 +207,20 @@ class ParityResult:
         return "\n".join(lines)
 
 
+def top1_text(outputs: Sequence[dict[str, Any]]) -> str:
+    """"agree/judged (n near-tie)" over the top-1 results of output statistics (``ArrayStats.as_dict()``)."""
+    tops = [t for o in outputs for t in o.get("topk", []) if t["k"] == 1]
+    if not tops:
+        return ""
+    agree = sum(t["agree"] for t in tops)
+    judged = agree + sum(t["disagree"] for t in tops)
+    ties = sum(t["ambiguous"] for t in tops)
+    return f"{agree}/{judged}" + (f" ({ties} near-tie)" if ties else "")
+
+
 def _format_stats(out: ArrayStats, expected: str, obtained: str, max_rows: int) -> list[str]:
     status = "ok" if out.ok else "MISMATCH"
-    lines = [f"", f"output {out.name!r}: {status}"]
+    lines = ["", f"output {out.name!r}: {status}"]
     if not out.shape_ok:
         lines.append(
             f"  shape: {obtained} {out.shape} ({out.dtype}) vs {expected} {out.expected_shape} ({out.expected_dtype})"

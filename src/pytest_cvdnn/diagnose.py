@@ -24,7 +24,7 @@ import numpy as np
 
 from .compare import Tolerance, compare_arrays
 from .errors import CvdnnError, StageSkipped
-from .graph import keras_layer_for, keras_layer_of
+from .graph import keras_layer_of
 
 if TYPE_CHECKING:
     from .deployment import Deployment
@@ -79,7 +79,9 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
     for node in model.graph.node:
         groups.setdefault(_pattern(node, inits), []).append(node)
     version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
-    cache_name = f"ops-{version_key.replace('/', '_')}-{dep.settings.engine}.json"
+    from .cache import slug
+
+    cache_name = f"ops-{slug(version_key)}-{dep.settings.engine}.json"
     known = dep.cache.get_json("ops", cache_name) or {}
     results, fresh = [], {}
     with tempfile.TemporaryDirectory(prefix="cvdnn-ops-") as tmp:
@@ -350,4 +352,6 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -
 
 def repro_root(dep: "Deployment", configured: str | None) -> Path:
     base = Path(configured) if configured else dep.cache.root / "repro"
-    return base / f"{Path(dep.label).name.replace(':', '_')}-{os.getpid()}"
+    from .cache import slug
+
+    return base / f"{slug(Path(dep.label).name)}-{os.getpid()}"

@@ -148,31 +148,29 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = ()) -> None:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
-        text = str(exc).strip().splitlines()
-        node_match = re.search(r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)", str(exc), re.IGNORECASE)
-        node_name = node_match.group(1) if node_match else None
-        layer = keras_layer_for(node_name, layer_names) if node_name else None
-        raise CvdnnError(
-            f"onnx.checker rejects the converted graph {path.name}: {text[0][:300] if text else exc}"
-            + (f" (node {node_name!r}" + (f", Keras layer {layer!r})" if layer else ")") if node_name else ""),
-            fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
-            node=node_name,
-        ) from exc
+        raise _rejected(f"onnx.checker rejects the converted graph {path.name}", exc,
+                        r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)", layer_names) from exc
     import onnxruntime as ort
 
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip()
-        node_match = re.search(r"[Nn]ode(?: name)?[:\s]+['\"]?([\w/.:-]+)", msg)
-        node_name = node_match.group(1) if node_match else None
-        layer = keras_layer_for(node_name, layer_names) if node_name else None
-        raise CvdnnError(
-            f"onnxruntime cannot load the converted graph {path.name}: {msg.splitlines()[0][:300] if msg else exc}"
-            + (f" (node {node_name!r}" + (f", Keras layer {layer!r})" if layer else ")") if node_name else ""),
-            fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
-            node=node_name,
-        ) from exc
+        raise _rejected(f"onnxruntime cannot load the converted graph {path.name}", exc,
+                        r"[Nn]ode(?: name)?[:\s]+['\"]?([\w/.:-]+)", layer_names) from exc
+
+
+def _rejected(what: str, exc: BaseException, node_pattern: str, layer_names: Sequence[str]) -> CvdnnError:
+    """A validator's error as a CvdnnError naming the node (found with ``node_pattern``) and its layer."""
+    text = str(exc).strip()
+    match = re.search(node_pattern, text, re.IGNORECASE)
+    node = match.group(1) if match else None
+    layer = keras_layer_for(node, layer_names) if node else None
+    where = f" (node {node!r}" + (f", Keras layer {layer!r})" if layer else ")") if node else ""
+    return CvdnnError(
+        f"{what}: {text.splitlines()[0][:300] if text else type(exc).__name__}{where}",
+        fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
+        node=node,
+    )
 
 
 def softmax_inputs(path: Path) -> list[tuple[int, str]]:

@@ -138,10 +138,7 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _top1(data: dict[str, Any]) -> str:
-    tops = [t for o in data.get("outputs", []) for t in o.get("topk", []) if t["k"] == 1]
-    if not tops:
-        return ""
-    agree = sum(t["agree"] for t in tops)
-    judged = agree + sum(t["disagree"] for t in tops)
-    amb = sum(t["ambiguous"] for t in tops)
-    return f"  top1 {agree}/{judged}" + (f" (+{amb} near-tie)" if amb else "")
+    from .compare import top1_text
+
+    text = top1_text(data.get("outputs", []))
+    return f"  top1 {text}" if text else ""

@@ -192,15 +192,16 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
             return ModelSource(raw, kinds[suffix], candidate.resolve())
         if candidate.name == "saved_model.pb":
             raise CvdnnError(
-                f"{candidate} is a SavedModel's graph file, not a model on its own",
-                fix=f"pass the folder {candidate.parent} instead",
+                f"{candidate} is a SavedModel's graph file, not a model on its own (and not a frozen graph: "
+                "cv2.dnn.readNetFromTensorflow cannot read it either, whatever blog posts say)",
+                fix=f"pass the folder {candidate.parent} instead; for readNetFromTensorflow, freeze the model with "
+                "convert_variables_to_constants_v2",
             )
         raise CvdnnError(
             f"{candidate} has an unknown model extension {suffix!r}",
             fix="use a .keras, .h5, .onnx file, a SavedModel folder, or a factory 'package.module:function'",
         )
     if _FACTORY.match(raw):
-        module_name = raw.split(":")[0]
         if rootdir is not None and str(rootdir) not in sys.path:
             sys.path.insert(0, str(rootdir))
         return ModelSource(raw, "factory", None, raw)

@@ -87,8 +87,6 @@ def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequen
                    "output_names": list(output_names), "n_inputs": len(feeds), "repeat": repeat}
         Path(tmp, "request.json").write_text(json.dumps(request))
         env = dict(target.env) if target.env is not None else None
-        if env is not None:
-            env["PYTHONPATH"] = env.get("PYTHONPATH", "") + ":" + package_root
         code = f"import sys; sys.path.append({package_root!r})\n" + _CHILD
         try:
             proc = subprocess.run([target.python, "-c", code, tmp], capture_output=True, text=True,
