@@ -270,3 +270,17 @@ def test_user_inputs_folder(run_cvdnn: Callable[..., Run], models: dict[str, Pat
     assert run.ret == 0, run.text
     out = run.report["models"][0]["parity"]["keras-cv2dnn"]["outputs"][0]
     assert out["shape"] == [4, 10]  # three photos and one tensor
+
+
+def test_lambda_layer_is_refused_in_safe_mode_with_the_way_out(run_cvdnn: Callable[..., Run],
+                                                               pytester: pytest.Pytester) -> None:
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inp)
+    keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x)).save(pytester.path / "lam.keras")
+    run = run_cvdnn("--cvdnn-model=lam.keras", "-k", "convert")
+    message = run.checks()["convert"]["message"]
+    assert "contains a Lambda layer, which Keras refuses to deserialize in safe mode" in message
+    assert "safe_mode=False) in a factory 'module:function' you trust" in message
+    assert "INTERNALERROR" not in run.text

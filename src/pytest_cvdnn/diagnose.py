@@ -70,9 +70,6 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
     import onnx
     from onnx import utils as onnx_utils
 
-    from .runners.cv2dnn import opencv_error_line
-    from .runners.isolated import child_call
-
     model = onnx.load(str(dep.onnx_path))
     inits = {i.name for i in model.graph.initializer}
     groups: dict[str, list[Any]] = {}
@@ -94,9 +91,7 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
                 try:
                     onnx_utils.extract_model(str(dep.onnx_path), str(sub), inputs or [], list(node.output),
                                              check_model=False)
-                    resp, _ = child_call(dep.target, sub, dep.settings.engine, inputs, list(node.output))
-                    fresh[key] = {"ok": bool(resp.get("ok")),
-                                  "error": "" if resp.get("ok") else opencv_error_line(Exception(resp.get("error", "")))}
+                    fresh[key] = _probe_load(dep, sub, inputs, list(node.output))
                 except Exception as exc:  # noqa: BLE001 - a pattern that cannot be extracted is not judged
                     fresh[key] = {"ok": True, "error": f"not probed ({type(exc).__name__})"}
                 known[key] = fresh[key]
@@ -105,6 +100,21 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
     if fresh:
         dep.cache.put_json(known, "ops", cache_name)
     return results
+
+
+def _probe_load(dep: "Deployment", path: Path, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
+    """Does cv2.dnn of the target import this one-node model?  In-process for the local OpenCV."""
+    from .runners.cv2dnn import opencv_error_line, read_net
+    from .runners.isolated import child_call
+
+    if dep.target.is_local:
+        try:
+            read_net(path, dep.settings.engine)
+        except Exception as exc:  # noqa: BLE001 - cv2.error
+            return {"ok": False, "error": opencv_error_line(exc)}
+        return {"ok": True, "error": ""}
+    resp, _ = child_call(dep.target, path, dep.settings.engine, inputs, outputs)
+    return {"ok": bool(resp.get("ok")), "error": "" if resp.get("ok") else opencv_error_line(Exception(resp.get("error", "")))}
 
 
 def _local_version() -> str:
