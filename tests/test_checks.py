@@ -266,10 +266,12 @@ def test_user_inputs_folder(run_cvdnn: Callable[..., Run], models: dict[str, Pat
         cv2.imwrite(str(folder / f"{name}.png"), getattr(data, name)()[..., ::-1])
     np.save(folder / "tensor.npy", np.zeros((32, 32, 3), np.float32))
     model = copy_model(models["cnn"])
-    run = run_cvdnn(f"--cvdnn-model={model.name}", f"--cvdnn-inputs={folder.name}", "-k", "parity")
+    run = run_cvdnn(f"--cvdnn-model={model.name}", f"--cvdnn-inputs={folder.name}", f"--cvdnn-images={folder.name}",
+                    "-k", "parity or preprocessing")
     assert run.ret == 0, run.text
     out = run.report["models"][0]["parity"]["keras-cv2dnn"]["outputs"][0]
     assert out["shape"] == [4, 10]  # three photos and one tensor
+    assert run.checks()["preprocessing"]["data"]["photos"] == 3  # the user's photos (the .npy is not a photo)
 
 
 def test_lambda_layer_is_refused_in_safe_mode_with_the_way_out(run_cvdnn: Callable[..., Run],

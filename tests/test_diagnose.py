@@ -193,3 +193,15 @@ def test_opencv_side_divergence_is_localised_in_cv2(run_cvdnn: Callable[..., Run
     proc = subprocess.run([sys.executable, "repro.py"], cwd=repro, capture_output=True, text=True, timeout=120)
     error = float(proc.stdout.strip().splitlines()[-1].split(":")[-1])
     assert error > 0.1, proc.stdout  # the repro reproduces the OpenCV divergence on its own
+
+
+def test_fix_option_adds_a_remedies_item(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                         copy_model: Callable[..., Path]) -> None:
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies")
+    assert run.ret == 0, run.text
+    check = run.checks()["remedies"]
+    tried = {(r["opset"], r["layout"]) for r in check["data"]["remedies"]}
+    assert tried == {(o, lay) for o in (17, 13, 11, 10) for lay in ("nchw", "nhwc")}
+    assert all(r["outcome"] == "works" for r in check["data"]["remedies"])  # OpenCV 5 takes every variant
+    assert "Ship this one: --cvdnn-opset=13 --cvdnn-layout=nchw" in check["message"]  # the current settings work

@@ -121,6 +121,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
         except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
             repro = None
     working = [r for r in remedies if r["outcome"] == "works"]
+    working.sort(key=lambda r: r["layout"] != dep.settings.layout)  # keep the user's layout if possible
     message = exc.message
     if working:
         message += (f"; remedy: --cvdnn-opset={working[0]['opset']} --cvdnn-layout={working[0]['layout']} "

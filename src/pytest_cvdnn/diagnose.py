@@ -181,7 +181,9 @@ def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str
         lines.append(f"  opset {r.opset:<2} {r.layout.upper()}: {r.outcome}" + (f" ({r.detail})" if r.detail else ""))
     working = [r for r in remedies if r.works]
     if working:
-        best = working[0]
+        # the user's own settings if they work, else the same layout at the highest opset, else any
+        current = (dep.settings.opset, dep.settings.layout)
+        best = min(working, key=lambda r: ((r.opset, r.layout) != current, r.layout != current[1]))
         names = [i["name"] for i in dep.keras_meta["inputs"]]
         lines.append(
             f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. "
