@@ -188,14 +188,19 @@ def opencv_4_5_5() -> Path:
     return provision_opencv("4.5.5", default_user_cache())
 
 
+def save_application(factory: pytest.TempPathFactory, name: str, seed: int, size: int, filename: str) -> Path:
+    """keras.applications.<name>(weights=None), seeded, at size x size, saved as .keras (no download)."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    path = factory.mktemp(filename.split(".")[0]) / filename
+    getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3)).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """keras.applications.DenseNet121(weights=None), seeded, at 64x64 (conversion ~10 s)."""
-    keras = _keras()
-    keras.utils.set_random_seed(121)
-    path = tmp_path_factory.mktemp("densenet") / "densenet121.keras"
-    keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3)).save(path)
-    return path
+    """DenseNet121 at 64x64 (conversion ~10 s)."""
+    return save_application(tmp_path_factory, "DenseNet121", 121, 64, "densenet121.keras")
 
 
 def resize_ceil_onnx(path: Path) -> Path:

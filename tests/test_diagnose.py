@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Run, perturb_first_conv
+from conftest import Run, perturb_first_conv, save_application
 
 
 def test_perturbed_convolution_is_named_as_first_divergent_node(
@@ -91,12 +91,7 @@ def test_opset13_on_opencv_4_5_5_names_squeeze_and_finds_opset11(
 
 @pytest.fixture(scope="session")
 def mobilenet_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(2)
-    path = tmp_path_factory.mktemp("mnv2") / "mobilenetv2.keras"
-    keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3)).save(path)
-    return path
+    return save_application(tmp_path_factory, "MobileNetV2", 2, 96, "mobilenetv2.keras")
 
 
 @pytest.mark.zoo
@@ -135,12 +130,7 @@ def test_python_interpreter_target(run_cvdnn: Callable[..., Run], models: dict[s
 
 @pytest.fixture(scope="session")
 def convnext_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(3)
-    path = tmp_path_factory.mktemp("convnext") / "convnext.keras"
-    keras.applications.ConvNeXtTiny(weights=None, input_shape=(64, 64, 3)).save(path)
-    return path
+    return save_application(tmp_path_factory, "ConvNeXtTiny", 3, 64, "convnext.keras")
 
 
 @pytest.mark.zoo
