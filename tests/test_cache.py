@@ -81,9 +81,13 @@ def test_xdist_two_models_one_conversion_each(run_cvdnn: Callable[..., Run], mod
     cache = tmp_path / "cache"
     a = copy_model(models["cnn"])
     b = copy_model(models["other"])
-    run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", cache=cache)
+    run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", "-v", cache=cache)
     assert run.ret == 0, run.text
     assert run.outcomes() == {"passed": 22}
+    # without an explicit --dist, all checks of a model run on one worker (loadgroup)
+    for name in (a.name, b.name):
+        workers = {line.split("]")[0] for line in run.text.splitlines() if line.startswith("[gw") and f"{name}::" in line}
+        assert len(workers) == 1, (name, workers)
     conversions = _conversions(cache)
     assert sorted(e["model"] for e in conversions) == sorted({e["model"] for e in conversions})
     assert len(conversions) == 2

@@ -96,6 +96,8 @@ class CheckItem(pytest.Item):
         self.check = check
         self.target = target
         self.add_marker(pytest.mark.cvdnn_check)
+        # with xdist --dist loadgroup, all checks of a model run on one worker (one model in memory)
+        self.add_marker(pytest.mark.xdist_group(name=self.parent.nodeid if self.parent else self.name))
 
     @property
     def entry(self) -> ModelEntry:

@@ -165,9 +165,28 @@ def pytest_configure(config: pytest.Config) -> None:
     except CvdnnError as exc:
         raise pytest.UsageError(f"--cvdnn-model: {exc}") from None
     config.pluginmanager.register(ResultsPlugin(state, config), "cvdnn-results")
+    _group_models_on_workers(config, state)
     # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks
     paths = [str(p) for p in state.entries]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
+
+
+def _group_models_on_workers(config: pytest.Config, state: CvdnnState) -> None:
+    """Under `-n N` without an explicit --dist, send all checks of a model to one xdist worker.
+
+    xdist's default (load) spreads one model's items over every worker, so each loads the model and
+    its runners again; loadgroup keeps them together (items carry an xdist_group mark per model).
+    """
+    explicit = any(str(a).startswith(("--dist", "-d")) for a in config.invocation_params.args)
+    if not state.entries or explicit:
+        return
+    if hasattr(config, "workerinput"):  # a worker: xdist decided loadgroup before our configure ran
+        config.option.loadgroup = getattr(config.option, "numprocesses", None) is None and any(
+            str(a) in ("-n", "--numprocesses") or str(a).startswith(("-n", "--numprocesses="))
+            for a in config.invocation_params.args
+        )
+    elif getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
 
 
 BUNDLE_PREFIX = "bundle:"
