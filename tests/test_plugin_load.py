@@ -83,3 +83,18 @@ def test_unknown_extension_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--cvdnn-model=model.pt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*model.pt has an unknown model extension '.pt'*"])
+
+
+def test_model_items_work_without_xdist_under_strict_markers(pytester: pytest.Pytester) -> None:
+    """The README's main command runs where pytest-xdist is not installed (the keras extra lacks it)."""
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(pytester.path / "relu.onnx"))
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:randomly", "--strict-markers",
+                                           "--cvdnn-model=relu.onnx", "-k", "convert or load")
+    result.assert_outcomes(passed=2)
