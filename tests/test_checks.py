@@ -286,3 +286,22 @@ def test_lambda_layer_is_refused_in_safe_mode_with_the_way_out(run_cvdnn: Callab
     assert "contains a Lambda layer, which Keras refuses to deserialize in safe mode" in message
     assert "safe_mode=False) in a factory 'module:function' you trust" in message
     assert "INTERNALERROR" not in run.text
+
+
+def test_artifact_with_other_outputs_fails_output_spec(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                       copy_model: Callable[..., Path],
+                                                       pytester: pytest.Pytester) -> None:
+    import keras
+
+    from conftest import convert
+
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    convert(keras.Model(inp, keras.layers.Dense(7)(x)), pytester.path / "seven.onnx")
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-onnx=seven.onnx", "-k", "output_spec or batch")
+    check = run.checks()["output_spec"]
+    assert check["outcome"] == "failed"
+    assert check["message"].startswith("the runners disagree on the outputs: output 0 ")
+    assert "onnxruntime (1, 7) vs keras (1, 10)" in check["message"], check["message"]
+    assert run.checks()["batch"]["outcome"] == "passed"  # the artifact itself batches fine
