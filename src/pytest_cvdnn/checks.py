@@ -90,7 +90,7 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
 
     graph = onnx.load(str(dep.onnx_path), load_external_data=False).graph
     found = next((n for n in graph.node if n.name == node or node in n.output), None)
-    layers = [x["name"] for x in dep.keras_meta["layers"]] if dep.has_keras else []
+    layers = dep.keras_layer_names
     if found is None:
         return {"node": node, "op_type": None, "keras_layer": keras_layer_for(node, layers)}
     inits = {i.name for i in graph.initializer}

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .cache import Cache, sha256_bytes
 from .errors import CvdnnError
 from .graph import validate_onnx
+from .inputs import fill_spatial
 
 __all__ = ["ConversionOptions", "Conversion", "convert_keras", "conversion_key", "tool_versions", "cached_convert"]
 
@@ -75,20 +76,7 @@ def conversion_key(model_hash: str, opts: ConversionOptions) -> str:
 
 
 def _signature_shapes(keras_meta: dict[str, Any], opts: ConversionOptions) -> list[list[int | None]]:
-    shapes = []
-    for inp in keras_meta["inputs"]:
-        shape = list(inp["shape"])
-        shape[0] = None
-        if len(shape) == 4 and (shape[1] is None or shape[2] is None):
-            if opts.size is None:
-                raise CvdnnError(
-                    f"the model input {inp['name']!r} has an undefined spatial size {tuple(shape)}",
-                    fix="give the size in the input spec, e.g. --cvdnn-preprocess='none,size=224x224' "
-                    "or @pytest.mark.cvdnn(input_spec=InputSpec(size=(224, 224)))",
-                )
-            shape[1], shape[2] = opts.size[1], opts.size[0]
-        shapes.append(shape)
-    return shapes
+    return [[None, *fill_spatial(i["shape"], opts.size, i["name"])[1:]] for i in keras_meta["inputs"]]
 
 
 def _safe_name(name: str, index: int) -> str:

@@ -23,7 +23,7 @@ from .compare import ParityResult, compare
 from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
-from .inputs import load_inputs, random_inputs, to_layout
+from .inputs import fill_spatial, load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec
@@ -92,6 +92,11 @@ class Deployment:
         return self.source.content_hash()
 
     @property
+    def keras_layer_names(self) -> list[str]:
+        """Names of the Keras model's layers (to map ONNX nodes back); empty for an ONNX source."""
+        return [x["name"] for x in self.keras_meta["layers"]] if self.has_keras else []
+
+    @property
     def keras_model(self) -> Any:
         """The Keras model (loads TensorFlow)."""
         if not self.has_keras:
@@ -130,11 +135,13 @@ class Deployment:
         """What the model expects: detected from the Keras model (see InputSpec.from_model), in the ONNX layout."""
         layout = self.onnx_layouts[0] if self.graph.inputs and len(self.graph.inputs[0].shape) == 4 else self.settings.layout
         if self.has_keras:
-            found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
-            spec = InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout)
-        else:
-            spec = InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 assumed")
-        return self._sized(spec)
+            return self._detected_spec(layout)
+        return self._sized(InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 assumed"))
+
+    def _detected_spec(self, layout: str) -> InputSpec:
+        """The spec of the preprocessing detected from the Keras model (cached in its metadata)."""
+        found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
+        return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout))
 
     @property
     def declared(self) -> bool:
@@ -146,8 +153,7 @@ class Deployment:
         if self.settings.spec is not None:
             return self._sized(self.settings.spec)
         if self.has_keras:
-            found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
-            return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=self.settings.layout))
+            return self._detected_spec(self.settings.layout)
         return self._sized(self.settings.effective_spec)
 
     def _sized(self, spec: InputSpec) -> InputSpec:
@@ -171,8 +177,7 @@ class Deployment:
                 assert path is not None
                 self.source.check_readable()
                 read_graph(path)  # a clear error if the file is not ONNX
-                layers = [layer["name"] for layer in self.keras_meta["layers"]] if self.has_keras else []
-                validate_onnx(path, layers)
+                validate_onnx(path, self.keras_layer_names)
                 return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
             opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
             meta = self.keras_meta
@@ -237,18 +242,17 @@ class Deployment:
             raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
         return raw
 
+    def _input_names(self) -> list[str]:
+        """Input names in the order of :meth:`_raw_input_shapes`."""
+        if self.has_keras:
+            return [i["name"] for i in self.keras_meta["inputs"]]
+        return [i.name for i in self.graph.inputs]
+
     def input_shapes(self) -> list[list[int]]:
         """Concrete per-input shapes in the Keras layout (NHWC for images), batch 1."""
         shapes = []
-        for n, shape in enumerate(self._raw_input_shapes()):
-            shape = list(shape)
-            if len(shape) == 4 and (shape[1] is None or shape[2] is None):
-                if self.spec.size is None:
-                    raise CvdnnError(
-                        f"input {n} of {self.label} has an undefined spatial size {tuple(shape)}",
-                        fix="give the size in the input spec, e.g. --cvdnn-preprocess='none,size=224x224'",
-                    )
-                shape[1], shape[2] = self.spec.size[1], self.spec.size[0]
+        for n, (raw, name) in enumerate(zip(self._raw_input_shapes(), self._input_names())):
+            shape = fill_spatial(raw, self.spec.size, name)
             if any(d is None for d in shape[1:]):
                 raise CvdnnError(
                     f"input {n} of {self.label} has undefined dimensions {tuple(shape)}",
@@ -332,7 +336,7 @@ class Deployment:
             found = opencv_node(Exception(raw))
             layer = None
             if found and self.has_keras:
-                layer = keras_layer_for(found[0], [x["name"] for x in self.keras_meta["layers"]])
+                layer = keras_layer_for(found[0], self.keras_layer_names)
             raise CvdnnError(
                 f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read "
                 f"{self.onnx_path.name}: {opencv_error_line(Exception(raw))}"

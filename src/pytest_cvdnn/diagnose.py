@@ -47,10 +47,6 @@ def _pattern(node: Any, initializers: set[str]) -> str:
     return f"{node.op_type}/{data}d{const}c/{attrs}"
 
 
-def _layers(dep: "Deployment") -> list[str]:
-    return [x["name"] for x in dep.keras_meta["layers"]] if dep.has_keras else []
-
-
 # -- op support scan ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpResult:
@@ -289,7 +285,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
                 checked += 1
                 stats = compare_arrays(expected[name], got[name], tol, name=name)
                 if not stats.ok:
-                    return Divergence(node.name, node.op_type, name, keras_layer_of(node, inits, _layers(dep)),
+                    return Divergence(node.name, node.op_type, name, keras_layer_of(node, inits, dep.keras_layer_names),
                                       stats, checked)
     return None
 
@@ -355,7 +351,7 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -
         if name in values:
             np.save(folder / f"expected{k}.npy", values[name])
     info = {"problem": problem, "node": node.name, "op_type": node.op_type, "inputs": inputs, "outputs": outputs,
-            "keras_layer": keras_layer_of(node, inits, _layers(dep)), "model": dep.label,
+            "keras_layer": keras_layer_of(node, inits, dep.keras_layer_names), "model": dep.label,
             "versions": dep.environment()}
     (folder / "repro.json").write_text(json.dumps(info, indent=2, default=str))
     (folder / "repro.py").write_text(REPRO_SCRIPT)

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "to_layout", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,6 +21,20 @@ def to_layout(x: np.ndarray, src: str, dst: str) -> np.ndarray:
         return x
     axes = (0, 3, 1, 2) if (src, dst) == ("nhwc", "nchw") else (0, 2, 3, 1)
     return np.ascontiguousarray(np.transpose(x, axes))
+
+
+def fill_spatial(shape: Sequence[int | None], size: tuple[int, int] | None, name: str) -> list[int | None]:
+    """An NHWC shape with undefined H/W taken from the input spec's (width, height); a clear error without one."""
+    shape = list(shape)
+    if len(shape) == 4 and (shape[1] is None or shape[2] is None):
+        if size is None:
+            raise CvdnnError(
+                f"the model input {name!r} has an undefined spatial size {tuple(shape)}",
+                fix="give the size in the input spec, e.g. --cvdnn-preprocess='none,size=224x224' "
+                "or @pytest.mark.cvdnn(input_spec=InputSpec(size=(224, 224)))",
+            )
+        shape[1], shape[2] = size[1], size[0]
+    return shape
 
 
 def _is_image(shape: Sequence[int | None]) -> bool:
