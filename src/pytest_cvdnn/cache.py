@@ -99,10 +99,11 @@ class Cache:
     def onnx_dir(self, key: str) -> Path:
         return self.root / "onnx" / key
 
-    def get_onnx(self, key: str) -> tuple[Path, dict[str, Any]] | None:
-        """The cached ONNX and its metadata, or None if absent or corrupt (then removed)."""
+    def get_onnx(self, key: str, filename: str = "model.onnx") -> tuple[Path, dict[str, Any]] | None:
+        """The cached artifact (ONNX, TFLite, frozen graph) and its metadata, or None if absent or corrupt
+        (then removed)."""
         entry = self.onnx_dir(key)
-        meta_path, model_path = entry / "meta.json", entry / "model.onnx"
+        meta_path, model_path = entry / "meta.json", entry / filename
         if not (meta_path.is_file() and model_path.is_file()):
             return None
         try:
@@ -114,21 +115,22 @@ class Cache:
             return None
         return model_path, meta
 
-    def put_onnx(self, key: str, produced: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-        """Copy a freshly produced ONNX into the cache atomically; returns its path and metadata."""
+    def put_onnx(self, key: str, produced: Path, meta: dict[str, Any],
+                 filename: str = "model.onnx") -> tuple[Path, dict[str, Any]]:
+        """Copy a freshly produced artifact into the cache atomically; returns its path and metadata."""
         entry = self.onnx_dir(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
         try:
-            shutil.copyfile(produced, staging / "model.onnx")
-            meta = dict(meta, sha256=sha256_file(staging / "model.onnx"))
+            shutil.copyfile(produced, staging / filename)
+            meta = dict(meta, sha256=sha256_file(staging / filename))
             (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             shutil.rmtree(entry, ignore_errors=True)
             os.replace(staging, entry)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return entry / "model.onnx", meta
+        return entry / filename, meta
 
     # -- event log (one JSON line per conversion; O_APPEND keeps lines whole across processes) --
     def log_event(self, event: dict[str, Any]) -> None:

@@ -49,6 +49,13 @@ def check_convert(dep: Deployment) -> CheckResult:
     if dep.settings.onnx:
         return CheckResult(f"using the provided ONNX {conv.onnx_path} (valid; not converted)", data)
     how = "cache hit (not converted)" if conv.cached else f"converted in {conv.seconds:.2f} s"
+    if dep.settings.format != "onnx":
+        from .formats import format_label
+
+        rewritten = conv.meta.get("constants_rewritten")
+        return CheckResult(f"{how}: {format_label(dep.settings.format)} -> {conv.onnx_path}"
+                           + (f" ({rewritten} constants stored as tensor_content for OpenCV's importer)"
+                              if rewritten else ""), data)
     return CheckResult(
         f"{how}: opset {dep.settings.opset}, layout {dep.settings.layout} -> {conv.onnx_path}", data
     )
@@ -110,6 +117,9 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     """The load error, with the node's op type and Keras layer, the remedies that work, and a repro."""
     from .diagnose import blocking_text, repro_root, write_repro
 
+    if dep.settings.format != "onnx":  # no ONNX graph: no node lookup, remedy search or repro
+        return CheckFailed(exc.message, fix=exc.fix, details=exc.details,
+                           data={"stage": "load", "format": dep.settings.format})
     info = _node_info(dep, exc.node)
     blocking = blocking_text(info["node"], info["op_type"], info["keras_layer"])
     remedy_text, remedies = _remedies(dep, blocking)
@@ -363,18 +373,25 @@ def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray],
 
 
 def _runners(dep: Deployment) -> list[str]:
-    return (["keras"] if dep.has_keras else []) + ["onnxruntime", "cv2dnn"]
+    return [r for r in dep.runners if dep.has_keras or r != "keras"]
 
 
 def check_output_spec(dep: Deployment) -> CheckResult:
     dep.require("cv2net")
+    from .compare import align_outputs
+
     sample = [x[:1] for x in dep.inputs]
     results = {name: dep.run(name, sample) for name in _runners(dep)}
+    ref_outs = results[_runners(dep)[0]]
+    notes: list[str] = []
+    for name, outs in results.items():
+        results[name], moved = align_outputs([o.shape for o in ref_outs], outs, dep.output_names)
+        notes += moved
     table = {name: [(tuple(o.shape), str(o.dtype)) for o in outs] for name, outs in results.items()}
     data = {"outputs": {name: [{"shape": list(s), "dtype": d} for s, d in rows] for name, rows in table.items()}}
     ref_name = _runners(dep)[0]
     ref = table[ref_name]
-    problems, notes = [], []
+    problems: list[str] = []
     for name, rows in table.items():
         if len(rows) != len(ref):
             problems.append(f"{name} returns {len(rows)} output(s), {ref_name} {len(ref)}")
@@ -413,6 +430,8 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     result = dep.parity(expected, obtained)
     data = result.as_dict()
     if not result:
+        if dep.settings.format != "onnx":
+            raise _artifact_parity_failure(dep, result, data)
         blame = _BLAME[(expected, obtained)]
         where, extra = _localise(dep, expected, obtained, data)
         if where:
@@ -429,6 +448,28 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     return CheckResult(result.summary_line(), data)
 
 
+def _artifact_parity_failure(dep: Deployment, result: Any, data: dict[str, Any]) -> CheckFailed:
+    """A TFLite / frozen graph disagrees with Keras: say whether only the final Softmax differs."""
+    from .formats import format_label
+
+    label = format_label(dep.settings.format)
+    by_name = {o["name"]: o for o in data.get("outputs", [])}
+    softmax_only = [n for n, o in by_name.items()
+                    if not o["ok"] and by_name.get(f"{n} (logits)", {}).get("ok")]
+    failing = [n for n, o in by_name.items() if not o["ok"]]
+    message = (f"cv2.dnn runs the {label} differently from Keras beyond {result.tolerance} "
+               f"(max abs error {result.max_abs:.3g}, {result.mismatches} mismatching element(s), "
+               f"cosine {result.min_cosine:.6f})")
+    if softmax_only and softmax_only == failing:
+        message += (f"; the logits agree, only the final Softmax of {', '.join(map(repr, softmax_only))} differs: "
+                    f"OpenCV's importer applies it over another axis (a Softmax over the channels of an NHWC map)")
+        fix = ("apply the softmax yourself after net.forward() (export the model without its final Softmax), "
+               "or ship the ONNX if its parity items pass")
+    else:
+        fix = "ship the ONNX if its parity items pass; otherwise report the repro to OpenCV"
+    return CheckFailed(message, fix=fix, details=result.format_failure(), data=data)
+
+
 _PARITY_FIX = {
     "opencv": "report it to OpenCV with the repro folder; meanwhile try --cvdnn-engine=classic or new (OpenCV 5), "
     "another opset (--cvdnn-fix), or a different layer; if the error is small and expected (e.g. FP16), raise "
@@ -443,6 +484,9 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
     """Name the first divergent node (and write a repro); returns (blame, extra text)."""
     from .diagnose import first_divergence, repro_root, write_repro
 
+    if dep.settings.format != "onnx":
+        return None, ("not localised: node-by-node localisation needs the ONNX graph; compare with this model's "
+                      "ONNX parity items")
     in_opencv = (expected, obtained) == ("onnxruntime", "cv2dnn")
     if (expected, obtained) == ("keras", "cv2dnn"):
         try:
@@ -603,8 +647,10 @@ def item_name(check: str, label: str) -> str:
 
 
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
-                bundle: bool = False) -> list[tuple[str, str, str | None]]:
-    """(item name, check, target) for a model: every check here, the cv2 checks again per target."""
+                bundle: bool = False, formats: tuple[str, ...] = ("onnx",)) -> list[tuple[str, str, str | None, str]]:
+    """(item name, check, target, format) for a model: every check here, the cv2 checks again per target,
+    and the cv2 checks of each other artifact format (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
+    from .formats import FORMAT_CHECKS
     from .settings import target_label
 
     if bundle:
@@ -613,11 +659,17 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
         local = [c for c in BUNDLE_CHECKS if has_keras or "keras" not in c]
     else:
         local = check_names(has_keras, fix, save_bundle)
-    items: list[tuple[str, str, str | None]] = [(name, name, None) for name in local]
+    items: list[tuple[str, str, str | None, str]] = [(name, name, None, "onnx") for name in local]
     for target in targets:
         per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
         per_target = tuple(c for c in per_target if not bundle or c != "ops")
-        items += [(item_name(c, target_label(target)), c, target) for c in per_target if c in local]
+        items += [(item_name(c, target_label(target)), c, target, "onnx") for c in per_target if c in local]
+    for fmt in () if bundle or not has_keras else formats:
+        if fmt == "onnx":
+            continue
+        items += [(f"{fmt}:{c}", c, None, fmt) for c in FORMAT_CHECKS]
+        items += [(f"{fmt}:{item_name(c, target_label(t))}", c, t, fmt)
+                  for t in targets for c in FORMAT_CHECKS if c != "convert"]
     return items
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "compare",
     "compare_arrays",
     "top1_text",
+    "align_outputs",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -389,3 +390,47 @@ def compare(
     for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp)):
         stats.append(compare_arrays(e, o, tol, name=name, classifier=is_softmax))
     return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))
+
+
+def _nchw_of(shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The NCHW shape of an NHWC 4-D shape (None for other ranks)."""
+    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else None
+
+
+def align_outputs(expected_shapes: Sequence[Sequence[int]], obtained: Sequence[np.ndarray],
+                  names: Sequence[str] = ()) -> tuple[list[np.ndarray], list[str]]:
+    """Obtained outputs lined up with the expected (Keras, NHWC) ones, and what had to be done.
+
+    cv2.dnn may return a 4-D output in NCHW where Keras has NHWC (an importer that works in NCHW,
+    a converter run with ``outputs_as_nchw``), and a TFLite/TensorFlow importer may list outputs in
+    another order.  Each expected output takes the first unused obtained output of the same shape,
+    else of its NCHW shape (transposed back to NHWC, with a note: the deployed code must transpose
+    too).  Outputs that match neither are left where they are, for the comparison to report.
+    """
+    obtained = list(obtained)
+    if len(obtained) != len(expected_shapes):
+        return obtained, []
+    label = [names[k] if k < len(names) else f"output {k}" for k in range(len(expected_shapes))]
+    used: set[int] = set()
+    result: list[np.ndarray | None] = [None] * len(obtained)
+    notes: list[str] = []
+    for k, shape in enumerate(expected_shapes):
+        shape = tuple(shape)
+        same = [j for j, o in enumerate(obtained) if j not in used and o.shape == shape]
+        pick = k if k in same else (same[0] if same else None)
+        if pick is None and shape != _nchw_of(shape):
+            nchw = [j for j, o in enumerate(obtained) if j not in used and o.shape == _nchw_of(shape)]
+            if nchw:
+                pick = k if k in nchw else nchw[0]
+                notes.append(f"{label[k]}: cv2.dnn returns NCHW {obtained[pick].shape} where Keras has NHWC "
+                             f"{shape}; compared after transposing (0, 2, 3, 1), which your post-processing "
+                             "must do too")
+        if pick is None:
+            continue
+        if pick != k:
+            notes.append(f"{label[k]} is output {pick} of the deployed model, not output {k}")
+        used.add(pick)
+        result[k] = obtained[pick] if obtained[pick].shape == shape else obtained[pick].transpose(0, 2, 3, 1)
+    if any(r is None for r in result):  # could not line everything up: compare as given
+        return obtained, []
+    return [r for r in result if r is not None], notes

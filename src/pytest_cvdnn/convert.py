@@ -18,7 +18,8 @@ from .errors import CvdnnError
 from .graph import validate_onnx
 from .inputs import fill_spatial
 
-__all__ = ["ConversionOptions", "Conversion", "convert_keras", "conversion_key", "tool_versions", "cached_convert"]
+__all__ = ["ConversionOptions", "Conversion", "convert_keras", "conversion_key", "tool_versions", "cached_convert",
+           "cached_artifact", "signature_specs"]
 
 
 def _version(*dists: str) -> str:
@@ -61,11 +62,12 @@ class Conversion:
     seconds: float
 
 
-def conversion_key(model_hash: str, opts: ConversionOptions) -> str:
+def conversion_key(model_hash: str, opts: ConversionOptions, artifact: str = "onnx") -> str:
     versions = tool_versions()
     payload = json.dumps(
         {
             "model": model_hash,
+            "artifact": artifact,
             "options": opts.as_dict(),
             "tools": {k: versions[k] for k in ("tensorflow", "keras", "tf2onnx", "onnx")},
             "format": 1,
@@ -84,18 +86,23 @@ def _safe_name(name: str, index: int) -> str:
     return cleaned or f"input_{index}"
 
 
+def signature_specs(keras_meta: dict[str, Any], shapes: list[list[int | None]]) -> tuple[list[str], tuple[Any, ...]]:
+    """(input names, tf.TensorSpec per Keras input) for an explicit input signature."""
+    import tensorflow as tf
+
+    names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
+    specs = tuple(tf.TensorSpec(shape, tf.as_dtype(i["dtype"]), name=name)
+                  for shape, i, name in zip(shapes, keras_meta["inputs"], names))
+    return names, specs
+
+
 def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOptions, out_path: Path) -> dict[str, Any]:
     """Convert with tf2onnx; returns metadata.  Raises CvdnnError with the layer at fault."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
     import tf2onnx
 
     shapes = _signature_shapes(keras_meta, opts)
-    names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
-    signature = tuple(
-        tf.TensorSpec(shape, tf.as_dtype(i["dtype"]), name=name)
-        for shape, i, name in zip(shapes, keras_meta["inputs"], names)
-    )
+    names, signature = signature_specs(keras_meta, shapes)
     nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
     log = io.StringIO()
     try:
@@ -154,26 +161,39 @@ def cached_convert(
     opts: ConversionOptions,
     load: Callable[[], tuple[Any, dict[str, Any]]],
 ) -> Conversion:
-    """Return the cached conversion, or convert once (under a file lock) and cache it.
+    """Return the cached ONNX conversion, or convert once (under a file lock) and cache it.
 
     ``load`` returns ``(keras_model, keras_meta)``; it is called only on a cache miss.
     """
-    key = conversion_key(model_hash, opts)
-    hit = cache.get_onnx(key)
+    return cached_artifact(cache, model_hash, conversion_key(model_hash, opts), "model.onnx", load,
+                           lambda model, meta, out: convert_keras(model, meta, opts, out), opts.as_dict())
+
+
+def cached_artifact(
+    cache: Cache,
+    model_hash: str,
+    key: str,
+    filename: str,
+    load: Callable[[], tuple[Any, dict[str, Any]]],
+    produce: Callable[[Any, dict[str, Any], Path], dict[str, Any]],
+    options: dict[str, Any],
+) -> Conversion:
+    """The cached artifact ``key``, or ``produce(model, keras_meta, out_path)`` once under a lock, cached atomically."""
+    hit = cache.get_onnx(key, filename)
     if hit is not None:
         return Conversion(hit[0], hit[1], cached=True, seconds=0.0)
     with cache.lock(key):
-        hit = cache.get_onnx(key)  # another worker may have finished meanwhile
+        hit = cache.get_onnx(key, filename)  # another worker may have finished meanwhile
         if hit is not None:
             return Conversion(hit[0], hit[1], cached=True, seconds=0.0)
         model, keras_meta = load()
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="cvdnn-convert-") as tmp:
-            produced = Path(tmp) / "model.onnx"
-            meta = convert_keras(model, keras_meta, opts, produced)
+            produced = Path(tmp) / filename
+            meta = produce(model, keras_meta, produced)
             seconds = time.perf_counter() - start
             meta["convert_seconds"] = seconds
-            path, meta = cache.put_onnx(key, produced, meta)
-        cache.log_event({"event": "converted", "key": key, "model": model_hash[:16], "seconds": round(seconds, 3),
-                         "pid": os.getpid(), "options": opts.as_dict()})
+            path, meta = cache.put_onnx(key, produced, meta, filename)
+        cache.log_event({"event": "converted", "key": key, "model": model_hash[:16], "artifact": filename,
+                         "seconds": round(seconds, 3), "pid": os.getpid(), "options": options})
         return Conversion(path, meta, cached=False, seconds=seconds)

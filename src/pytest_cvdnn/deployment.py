@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .cache import Cache, sha256_bytes
-from .compare import ParityResult, compare
+from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
@@ -37,6 +37,7 @@ class Deployment:
     """A Keras (or ONNX) model on its way to cv2.dnn."""
 
     can_convert = True  # False for a bundle replayed without TensorFlow
+    runners: tuple[str, ...] = ("keras", "onnxruntime", "cv2dnn")  # what can run this deployment's artifact
 
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
                  memo: dict[str, Any] | None = None) -> None:
@@ -328,7 +329,8 @@ class Deployment:
             try:
                 return self._cv2_runner(self.onnx_path, self.output_names)
             except ChildError as exc:
-                raw, version = exc.raw, exc.opencv or "?"
+                raw = exc.raw.strip() or exc.message
+                version = exc.opencv or (opencv_version() if self.target.is_local else "?")
             except CvdnnError:
                 raise
             except Exception as exc:  # noqa: BLE001 - cv2.error
@@ -341,12 +343,16 @@ class Deployment:
                 f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read "
                 f"{self.onnx_path.name}: {opencv_error_line(Exception(raw))}"
                 + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
-                fix="try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, or a newer OpenCV",
+                fix=self.load_fix,
                 details=raw.strip(),
                 node=found[0] if found else None,
             )
 
         return self.stage("load", load)
+
+    @property
+    def load_fix(self) -> str:
+        return "try another --cvdnn-opset (11 or 10 for OpenCV 4.5) or --cvdnn-layout, or a newer OpenCV"
 
     @property
     def net(self) -> Any:
@@ -498,7 +504,7 @@ class Deployment:
         exp = self.run(expected, inputs, per_sample=expected == "cv2dnn")
         obt = self.run(obtained, inputs, per_sample=obtained == "cv2dnn")
         names, softmax = list(self.output_names), list(self.softmax_outputs)
-        notes: list[str] = []
+        obt, notes = align_outputs([e.shape for e in exp], obt, names)  # NCHW vs NHWC, output order
         if self.logit_names and len(exp) == len(obt):
             try:
                 exp_l = self.run(expected, inputs, per_sample=expected == "cv2dnn", logits=True)
@@ -507,6 +513,7 @@ class Deployment:
                 notes.append(f"logits not compared: {exc}")
             else:
                 if len(exp_l) == len(obt_l) == len(self.logit_names):
+                    obt_l, _ = align_outputs([e.shape for e in exp_l], obt_l)
                     outs = [k for k, _ in self.softmax_logits]
                     exp, obt = exp + exp_l, obt + obt_l
                     names += [f"{self.output_names[k]} (logits)" for k in outs]
@@ -536,5 +543,5 @@ class Deployment:
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
-                   target=self.target_label)
+                   target=self.target_label, format=self.settings.format)
         return env

@@ -29,16 +29,16 @@ class ModelEntry:
 
     settings: "ModelSettings"
     source: "ModelSource"
-    deployment: Callable[[str | None], "Deployment"]  # by target (None: the cv2 installed here)
-    checks: tuple[tuple[str, str, str | None], ...]  # (item name, check, target)
+    deployment: Callable[[str | None, str], "Deployment"]  # by target (None: the cv2 installed here) and format
+    checks: tuple[tuple[str, str, str | None, str], ...]  # (item name, check, target, artifact format)
 
 
 class _ChecksMixin:
     entry: ModelEntry
 
     def _items(self) -> Iterator["CheckItem"]:
-        for name, check, target in self.entry.checks:
-            yield CheckItem.from_parent(self, name=name, check=check, target=target)  # type: ignore[arg-type]
+        for name, check, target, fmt in self.entry.checks:
+            yield CheckItem.from_parent(self, name=name, check=check, target=target, fmt=fmt)  # type: ignore[arg-type]
 
 
 class ModelCollector(_ChecksMixin, pytest.Collector):
@@ -91,10 +91,11 @@ def _spec_dict(dep: "Deployment") -> dict[str, Any] | None:
 class CheckItem(pytest.Item):
     """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
 
-    def __init__(self, *, check: str, target: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, check: str, target: str | None = None, fmt: str = "onnx", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.target = target
+        self.fmt = fmt
         self.add_marker(pytest.mark.cvdnn_check)
         # with xdist --dist loadgroup, all checks of a model run on one worker (one model in memory);
         # only where xdist is installed: its marker is unknown (an error under --strict-markers) otherwise
@@ -106,11 +107,12 @@ class CheckItem(pytest.Item):
         return self.parent.entry  # type: ignore[union-attr,no-any-return]
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
-        dep = self.entry.deployment(self.target)
+        dep = self.entry.deployment(self.target, self.fmt)
         payload = {
             "model": self.entry.settings.model,
             "check": self.name,
             "target": dep.target_label,
+            "format": self.fmt,
             "outcome": outcome,
             "message": message,
             "seconds": round(seconds, 4),
@@ -124,7 +126,7 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         from .checks import CheckFailed, run_check
 
-        dep = self.entry.deployment(self.target)
+        dep = self.entry.deployment(self.target, self.fmt)
         start = time.perf_counter()
         try:
             result, seconds = run_check(dep, self.check)

@@ -53,6 +53,10 @@ class CvdnnState:
                 from .bundle import BundleDeployment
 
                 self.deployments[key] = BundleDeployment(settings, Path(settings.bundle), self.cache)
+            elif settings.format != "onnx":
+                from .formats import ArtifactDeployment
+
+                self.deployments[key] = ArtifactDeployment(settings, self.cache, self.rootdir, memo=self.memo)
             else:
                 self.deployments[key] = Deployment(settings, self.cache, self.rootdir, memo=self.memo)
         return self.deployments[key]
@@ -129,6 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
         opset=values["opset"],
         layout=values["layout"],
         engine=values["engine"],
+        formats=values["formats"],
         inputs=values["inputs"],
         images=values["images"],
         samples=values["samples"],
@@ -226,6 +231,15 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 
 # -- collection ------------------------------------------------------------------------------
+def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
+    """A model's deployment by target and artifact format (memoised in the session state)."""
+
+    def deployment(target: str | None, fmt: str = "onnx") -> Any:
+        return state.deployment(replace(settings, target=target, format=fmt))
+
+    return deployment
+
+
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     """Configured models by the path pytest collects them from (factories: their module file)."""
     from .checks import check_items
@@ -239,7 +253,7 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
             settings = replace(state.base, model=str(folder), bundle=str(folder))
             source = ModelSource(str(folder), "bundle", folder / "manifest.json")
             entries.setdefault((folder / "manifest.json").resolve(), []).append(
-                ModelEntry(settings, source, (lambda target, s=settings: state.deployment(replace(s, target=target))),
+                ModelEntry(settings, source, _deployer(state, settings),
                            tuple(check_items(bool(manifest.get("has_keras")), state.targets, bundle=True)))
             )
             continue
@@ -247,9 +261,9 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
         path = source.path if source.path is not None else factory_module_file(source)
         settings = replace(state.base, model=text)
         entries.setdefault(path.resolve(), []).append(
-            ModelEntry(settings, source, (lambda target, s=settings: state.deployment(replace(s, target=target))),
+            ModelEntry(settings, source, _deployer(state, settings),
                        tuple(check_items(not source.is_onnx, state.targets, state.base.fix,
-                                         state.base.save_bundle is not None)))
+                                         state.base.save_bundle is not None, formats=state.base.formats)))
         )
     return entries
 

@@ -33,6 +33,7 @@ class Results:
         model["checks"][record["check"]] = {
             "nodeid": nodeid,
             "target": record.get("target", "local"),
+            "format": record.get("format", "onnx"),
             "outcome": record["outcome"],
             "message": record["message"],
             "seconds": record["seconds"],
@@ -54,7 +55,8 @@ class Results:
             )
             by_target: dict[str, dict[str, int]] = {}
             for c in checks.values():
-                cell = by_target.setdefault(c.get("target", "local"), {})
+                fmt = c.get("format", "onnx")
+                cell = by_target.setdefault(c.get("target", "local") + ("" if fmt == "onnx" else f" {fmt}"), {})
                 cell[c["outcome"]] = cell.get(c["outcome"], 0) + 1
             if len(by_target) > 1:  # the models x targets matrix, one cell per target
                 cells = [f"{t}: " + ("OK" if set(cell) <= {"passed"} else "FAIL" if "failed" in cell else "SKIP")
@@ -63,11 +65,13 @@ class Results:
                 lines.append("  targets  " + " | ".join(cells))
             for name in sorted(checks):
                 c = checks[name]
-                if name.startswith("parity[") and c["outcome"] != "skipped" and "max_abs" in c["data"]:
+                fmt, _, base = name.rpartition(":")
+                if base.startswith("parity[") and c["outcome"] != "skipped" and "max_abs" in c["data"]:
                     d = c["data"]
                     verdict = "ok  " if c["outcome"] == "passed" else "FAIL"
+                    pair = f"{fmt}:{base[7:-1]}" if fmt else base[7:-1]
                     lines.append(
-                        f"  {verdict} {name[7:-1]:<22} max|Δ| {d['max_abs']:.3g}  max rel {d['max_rel']:.3g}  "
+                        f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max rel {d['max_rel']:.3g}  "
                         f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"
                     )
                 elif c["outcome"] != "passed":
@@ -81,8 +85,8 @@ class Results:
         models = []
         for model in self.models.values():
             parity = {
-                name[7:-1]: c["data"] for name, c in model["checks"].items()
-                if name.startswith("parity[") and "max_abs" in c["data"]
+                name.replace("parity[", "")[:-1]: c["data"] for name, c in model["checks"].items()
+                if name.rpartition(":")[2].startswith("parity[") and "max_abs" in c["data"]
             }
             models.append(
                 {
@@ -118,7 +122,7 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     def rank(item: tuple[str, Any]) -> int:
-        base = item[0].split("[")[0]
+        base = item[0].rpartition(":")[2].split("[")[0]
         return _STAGE_ORDER.index(base) if base in _STAGE_ORDER else len(_STAGE_ORDER)
 
     name, check = min(failed, key=rank)

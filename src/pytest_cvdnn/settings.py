@@ -14,10 +14,11 @@ from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from .spec import InputSpec, SpecError
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec",
-           "parse_target", "target_label"]
+           "parse_target", "target_label", "parse_formats", "FORMATS"]
 
 LAYOUTS = ("nchw", "nhwc")
 ENGINES = ("auto", "classic", "new")
+FORMATS = ("onnx", "tflite", "tf")
 
 
 def parse_opset(value: str) -> int:
@@ -87,6 +88,18 @@ def parse_target(value: str) -> str:
     )
 
 
+def parse_formats(value: str) -> tuple[str, ...]:
+    """``onnx,tflite,tf`` → ("onnx", "tflite", "tf"); ONNX is always checked (it comes first)."""
+    names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: unknown format {', '.join(unknown) or '(empty)'}; use a comma list of onnx, tflite "
+            "(cv2.dnn.readNetFromTFLite, OpenCV >= 4.8) and tf (a frozen graph for cv2.dnn.readNetFromTensorflow)"
+        )
+    return tuple(dict.fromkeys(["onnx", *names]))
+
+
 def target_label(target: str | None) -> str:
     if target is None:
         return "local"
@@ -125,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("preprocess", "--cvdnn-preprocess", "cvdnn_preprocess", parse_spec, None,
            "input spec: a Keras mode (caffe, tf, torch, none) or key=value pairs, "
            "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'", "SPEC"),
+    Option("formats", "--cvdnn-format", "cvdnn_format", parse_formats, ("onnx",),
+           "artifacts to check besides the ONNX: tflite (readNetFromTFLite), tf (frozen graph for "
+           "readNetFromTensorflow); e.g. onnx,tflite,tf", "LIST"),
     Option("inputs", "--cvdnn-inputs", "cvdnn_inputs", str, None,
            "folder of images or .npy tensors to use instead of seeded random inputs", "DIR"),
     Option("images", "--cvdnn-images", "cvdnn_images", str, None,
@@ -156,6 +172,8 @@ class ModelSettings:
     samples: int = 4
     seed: int = 0
     target: str | None = None  # None: the cv2 installed here
+    formats: tuple[str, ...] = ("onnx",)  # --cvdnn-format: the artifacts checked
+    format: str = "onnx"  # the artifact of this deployment
     fix: bool = False  # always run the remedy search (--cvdnn-fix)
     repro: str | None = None  # where repro folders go (--cvdnn-repro)
     save_bundle: str | None = None  # --cvdnn-save-bundle DIR
@@ -167,7 +185,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.images, self.samples, self.seed, self.target)
+                self.inputs, self.images, self.samples, self.seed, self.target, self.format)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""

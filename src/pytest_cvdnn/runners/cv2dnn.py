@@ -1,4 +1,5 @@
-"""The cv2.dnn runner: ``readNetFromONNX`` (engine selectable on OpenCV 5)."""
+"""The cv2.dnn runner: ``readNetFromONNX``, ``readNetFromTFLite`` or ``readNetFromTensorflow`` by file type
+(engine selectable on OpenCV 5)."""
 
 from __future__ import annotations
 
@@ -59,13 +60,29 @@ def opencv_error_line(exc: BaseException) -> str:
     return cleaned or repr(exc)
 
 
-def read_net(onnx_path: Path, engine: str = "auto") -> Any:
+#: cv2.dnn reader of each artifact type, and the OpenCV release that brought it
+READERS = {".onnx": ("readNetFromONNX", "3.4"), ".tflite": ("readNetFromTFLite", "4.8"),
+           ".pb": ("readNetFromTensorflow", "3.3")}
+
+
+def read_net(path: Path, engine: str = "auto") -> Any:
+    """A cv2.dnn.Net for an ONNX, TFLite or frozen TensorFlow graph (chosen by the file's suffix)."""
     import cv2
 
+    reader, since = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])
+    read = getattr(cv2.dnn, reader, None)
+    if read is None:
+        raise cv2.error(f"OpenCV {opencv_version()} has no cv2.dnn.{reader} (it arrived in OpenCV {since}): "
+                        f"this OpenCV cannot read {Path(path).name}")
     flag = engine_flag(engine)
-    net = cv2.dnn.readNetFromONNX(str(onnx_path)) if flag is None else cv2.dnn.readNetFromONNX(str(onnx_path), flag)
+    if flag is None:
+        net = read(str(path))
+    elif reader == "readNetFromTensorflow":
+        net = read(str(path), "", flag)
+    else:
+        net = read(str(path), flag)
     if net.empty():
-        raise cv2.error("readNetFromONNX returned an empty network")
+        raise cv2.error(f"{reader} returned an empty network")
     return net
 
 
@@ -88,6 +105,8 @@ class Cv2DnnRunner:
                 net.setInput(np.ascontiguousarray(x), name)
         # OpenCV 5's new engine wants all outputs requested at once; pick ours by name after.
         known = list(net.getUnconnectedOutLayersNames())
+        if not self.output_names:  # TFLite / frozen graphs: every output, in OpenCV's order
+            return [np.array(o, copy=True) for o in net.forward(known)]
         if set(self.output_names) <= set(known):
             by_name = dict(zip(known, net.forward(known)))
             outs = [by_name[n] for n in self.output_names]

@@ -38,7 +38,9 @@ try:
         feeds = [np.load(f"{folder}/in{i}.npy") for i in range(req["n_inputs"])]
         if not feeds:
             break
-        for k, out in enumerate(runner.infer(feeds)):
+        outs = runner.infer(feeds)
+        resp["n_outputs"] = len(outs)
+        for k, out in enumerate(outs):
             np.save(f"{folder}/out{r}-{k}.npy", out)
     resp["ok"] = True
 except BaseException as exc:
@@ -109,7 +111,7 @@ def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequen
         outs = []
         if resp.get("ok") and feeds:
             for r in range(repeat):
-                outs.append([np.load(f"{tmp}/out{r}-{k}.npy") for k in range(len(output_names))])
+                outs.append([np.load(f"{tmp}/out{r}-{k}.npy") for k in range(resp.get("n_outputs", len(output_names)))])
         return resp, outs
 
 

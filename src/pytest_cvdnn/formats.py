@@ -1,0 +1,209 @@
+"""Other artifacts cv2.dnn reads: TFLite (``readNetFromTFLite``) and frozen TensorFlow graphs
+(``readNetFromTensorflow``), exported from the Keras model and checked like the ONNX.
+
+``--cvdnn-format=onnx,tflite,tf`` adds items such as ``tflite:load`` and
+``tf:parity[keras-cv2dnn@opencv-4.5.5]`` so a user sees which format works on which OpenCV.
+Exports are cached by content hash like the ONNX (a warm run imports no TensorFlow).
+
+Two things measured here shape the export:
+
+* ``convert_variables_to_constants_v2`` writes small constants (a ``Rescaling`` layer's scalars)
+  in ``float_val`` form; OpenCV's TensorFlow importer (4.5.5 and 5.0) only reads
+  ``tensor_content`` and fails with ``!field.empty() in function 'getTensorContentRef_'``.
+  :func:`constants_as_tensor_content` rewrites them, after which the graph loads and matches.
+* both importers take an NCHW blob (what ``blobFromImage`` gives) for an NHWC model, and
+  return 4-D outputs in NCHW; outputs are lined up with Keras' by shape (see ``align_outputs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .deployment import Deployment
+from .errors import CvdnnError, StageSkipped
+from .graph import GraphInfo, TensorInfo
+
+__all__ = ["FILENAMES", "FORMAT_CHECKS", "export_keras", "constants_as_tensor_content", "ArtifactDeployment",
+           "format_label"]
+
+FILENAMES = {"tflite": "model.tflite", "tf": "frozen_graph.pb"}
+_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "tf": "TensorFlow frozen graph"}
+_READERS = {"onnx": "readNetFromONNX", "tflite": "readNetFromTFLite", "tf": "readNetFromTensorflow"}
+
+#: the checks run on a non-ONNX artifact (onnxruntime and the ONNX graph tools do not apply)
+FORMAT_CHECKS = ("convert", "load", "output_spec", "parity[keras-cv2dnn]")
+
+
+def format_label(fmt: str) -> str:
+    return _NAMES.get(fmt, fmt)
+
+
+def constants_as_tensor_content(graph_def: Any) -> int:
+    """Rewrite numeric Const tensors stored as ``float_val``/``int_val`` into ``tensor_content``
+    (the only form OpenCV's TensorFlow importer reads); returns how many were rewritten."""
+    import tensorflow as tf
+
+    rewritten = 0
+    for node in graph_def.node:
+        if node.op != "Const":
+            continue
+        tensor = node.attr["value"].tensor
+        if tensor.tensor_content or tensor.dtype in (tf.string.as_datatype_enum, tf.resource.as_datatype_enum):
+            continue
+        array = tf.make_ndarray(tensor)
+        for name in ("float_val", "double_val", "int_val", "int64_val", "half_val", "bool_val"):
+            tensor.ClearField(name)
+        tensor.tensor_content = np.ascontiguousarray(array).tobytes()
+        rewritten += 1
+    return rewritten
+
+
+def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[int, int] | None,
+                 out_path: Path) -> dict[str, Any]:
+    """Export the Keras model as a TFLite flatbuffer or a frozen graph (batch 1); returns metadata."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from .convert import signature_specs, tool_versions
+    from .inputs import fill_spatial
+
+    shapes = [[1, *fill_spatial(i["shape"], size, i["name"])[1:]] for i in keras_meta["inputs"]]
+    names, signature = signature_specs(keras_meta, shapes)
+
+    @tf.function(input_signature=signature)
+    def serve(*args: Any) -> Any:
+        return model(list(args) if len(args) > 1 else args[0], training=False)
+
+    rewritten = 0
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        # frozen first: a TFLite made from the live function keeps VAR_HANDLE/READ_VARIABLE ops,
+        # which cv2.dnn (5.0) rejects as PLACEHOLDER_FOR_GREATER_OP_CODES
+        frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+        with contextlib.redirect_stdout(io.StringIO()):
+            if fmt == "tflite":
+                out_path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+            else:
+                graph_def = frozen.graph.as_graph_def()
+                rewritten = constants_as_tensor_content(graph_def)
+                out_path.write_bytes(graph_def.SerializeToString())
+    except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CvdnnError(
+            f"TensorFlow could not export the Keras model as a {format_label(fmt)}: {type(exc).__name__}: {first}",
+            fix="drop this format from --cvdnn-format, or replace the layer TensorFlow cannot export",
+        ) from exc
+    outputs = [{"name": n, "shape": [1, *o["shape"][1:]]}
+               for n, o in zip(keras_meta.get("output_names") or [o["name"] for o in keras_meta["outputs"]],
+                               keras_meta["outputs"])]
+    return {"format": fmt, "inputs": [{"name": n, "shape": s} for n, s in zip(names, shapes)], "outputs": outputs,
+            "constants_rewritten": rewritten, "versions": tool_versions()}
+
+
+def _nchw(shape: Sequence[int]) -> tuple[int, ...]:
+    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape)
+
+
+class ArtifactDeployment(Deployment):
+    """The Keras model exported as TFLite or a frozen graph, run by cv2.dnn and compared with Keras."""
+
+    runners = ("keras", "cv2dnn")
+
+    @property
+    def fmt(self) -> str:
+        return self.settings.format
+
+    @property
+    def conversion(self) -> Any:
+        return self.stage("convert", lambda: self._export(logits=False))
+
+    def _export(self, logits: bool) -> Any:
+        """The artifact (cached by content hash); ``logits=True``: its twin without the final Softmax."""
+        from .convert import ConversionOptions, cached_artifact, conversion_key
+
+        if not self.has_keras:
+            raise StageSkipped(f"{self.label} is an ONNX model: a {format_label(self.fmt)} is exported from a "
+                               "Keras model")
+        opts = ConversionOptions(0, "nhwc", self.spec.size)
+        meta = self.keras_meta
+        if logits:
+            soft = meta.get("softmax_outputs") or []
+            meta = {**meta, "outputs": [o for o, s in zip(meta["outputs"], soft) if s],
+                    "output_names": [n for n, s in zip(meta.get("output_names") or [], soft) if s]}
+
+        def load() -> tuple[Any, dict[str, Any]]:
+            if not logits:
+                return self.keras_model, meta
+            from .runners.keras import keras_logits_model
+
+            model = self.keras_model
+            return self.stage("keras_logits", lambda: keras_logits_model(model)), meta
+
+        artifact = f"{self.fmt}-logits" if logits else self.fmt
+        conv = cached_artifact(
+            self.cache, self.model_hash, conversion_key(self.model_hash, opts, artifact=artifact),
+            FILENAMES[self.fmt], load, lambda m, km, out: export_keras(m, km, self.fmt, opts.size, out),
+            {**opts.as_dict(), "format": artifact},
+        )
+        if not logits:
+            self.events.append("cache-hit" if conv.cached else "converted")
+        return conv
+
+    @property
+    def graph(self) -> GraphInfo:
+        def read() -> GraphInfo:
+            meta = self.conversion.meta
+            dtypes = [i["dtype"] for i in self.keras_meta["inputs"]]
+            inputs = tuple(TensorInfo(i["name"], _nchw(i["shape"]), d) for i, d in zip(meta["inputs"], dtypes))
+            outputs = tuple(TensorInfo(o["name"], tuple(o["shape"]), "float32") for o in meta["outputs"])
+            return GraphInfo(inputs, outputs, tuple(False for _ in outputs), 0, ())
+
+        return self.stage("graph", read)
+
+    @property
+    def onnx_layouts(self) -> list[str]:
+        """cv2.dnn's TFLite and TensorFlow importers take 4-D inputs as NCHW blobs."""
+        return ["nchw" if len(i.shape) == 4 else "nhwc" for i in self.graph.inputs]
+
+    @property
+    def softmax_logits(self) -> list[tuple[int, str]]:
+        """Final Softmax outputs: their logits come from a twin artifact exported without the Softmax."""
+        soft = self.keras_meta.get("softmax_outputs") or []
+        return [(k, f"{name} (logits)") for k, (name, s) in enumerate(zip(self.output_names, soft)) if s]
+
+    @property
+    def probe_path(self) -> Path:
+        return self.stage("probe", lambda: self._export(logits=True).onnx_path)
+
+    @property
+    def ort(self) -> Any:
+        raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
+
+    def require_runner(self, name: str) -> None:
+        if name == "onnxruntime":
+            raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
+        super().require_runner(name)
+
+    def _cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
+        """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
+        model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's
+        order (lined up with Keras' by shape when compared)."""
+        from .runners.isolated import RemoteCv2Runner
+
+        names = [i.name for i in self.graph.inputs]
+        return RemoteCv2Runner(path, names, [], self.settings.engine, self.target)
+
+    @property
+    def load_fix(self) -> str:
+        return (f"ship the ONNX instead (see the load item without the {self.fmt}: prefix), or use an OpenCV "
+                f"whose cv2.dnn.{_READERS[self.fmt]} reads this model")
+
+    def environment(self) -> dict[str, Any]:
+        return {**super().environment(), "format": self.fmt}
