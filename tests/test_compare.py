@@ -102,3 +102,26 @@ def test_failure_message_reads_like_a_regression_table() -> None:
 def test_tolerance_is_validated(atol: float) -> None:
     with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
         Tolerance(atol=atol)
+
+
+def test_align_outputs_transposes_nchw_back_and_says_so() -> None:
+    from pytest_cvdnn.compare import align_outputs
+
+    nhwc = np.random.default_rng(0).normal(size=(2, 8, 6, 4)).astype(np.float32)
+    aligned, notes = align_outputs([nhwc.shape], [nhwc.transpose(0, 3, 1, 2)], ["mask"])
+    np.testing.assert_array_equal(aligned[0], nhwc)
+    assert len(notes) == 1 and notes[0].startswith("mask: cv2.dnn returns NCHW (2, 4, 8, 6)")
+
+
+def test_align_outputs_reorders_by_shape_and_leaves_mismatches_to_the_comparison() -> None:
+    from pytest_cvdnn.compare import align_outputs, compare
+
+    probs, box = np.ones((1, 5), np.float32), np.zeros((1, 4), np.float32)
+    aligned, notes = align_outputs([(1, 5), (1, 4)], [box, probs], ["probs", "box"])
+    assert aligned[0] is probs and aligned[1] is box
+    assert notes == ["probs is output 1 of the deployed model, not output 0",
+                     "box is output 0 of the deployed model, not output 1"]
+    wrong = [np.ones((1, 3), np.float32), box]
+    same, notes = align_outputs([(1, 5), (1, 4)], wrong)
+    assert same == wrong and notes == []
+    assert not compare([probs, box], same)

@@ -114,6 +114,7 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
                      "opset": dep.settings.opset, "layout": dep.settings.layout, "engine": dep.settings.engine,
                      "samples": dep.settings.samples, "seed": dep.settings.seed},
         "spec": dep.spec.as_dict(),
+        "input_specs": [[name, spec.as_dict()] for name, spec in dep.settings.input_specs],
         "cv2_code": cv2_call(dep.spec) if len(graph.inputs[0].shape) == 4 else None,
         "preprocessing": preprocessing,
         "references": references,
@@ -161,6 +162,7 @@ class BundleDeployment(Deployment):
         stored = self.manifest["settings"]
         settings = replace(
             settings, model=str(self.folder), spec=_spec(self.manifest["spec"]),
+            input_specs=tuple((str(n), _spec(d)) for n, d in self.manifest.get("input_specs", [])),
             tolerance=Tolerance(stored["atol"], stored["rtol"]) if settings.tolerance == Tolerance() else settings.tolerance,
             opset=stored["opset"], layout=stored["layout"], samples=stored["samples"], seed=stored["seed"],
         )
@@ -238,8 +240,16 @@ class BundleDeployment(Deployment):
             raise StageSkipped("the bundle has no preprocessing reference (not a single-image Keras model)")
         return replace(_spec(pre["expected_spec"]), note=pre.get("expected_note", ""))
 
-    def preprocessing_reference_spec(self) -> InputSpec:
+    def expected_spec_for(self, index: int) -> InputSpec:
         return self.expected_spec
+
+    def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
+        return self.expected_spec
+
+    @property
+    def image_inputs(self) -> list[int]:
+        """The bundle stores the preprocessing reference of the first image input only."""
+        return super().image_inputs[:1]
 
     def photos(self) -> list[np.ndarray]:
         if not (self.folder / "photos.npz").is_file():

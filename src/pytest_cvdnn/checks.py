@@ -189,19 +189,27 @@ def _local_opencv() -> str:
 
 # -- specs -----------------------------------------------------------------------------------
 def check_input_spec(dep: Deployment) -> CheckResult:
+    """Each input's spec builds a blob of the model input's shape, layout and dtype that cv2.dnn accepts."""
     dep.require("cv2net")
+    results = [_input_spec_one(dep, n) for n in range(len(dep.graph.inputs))]
+    if len(results) == 1:
+        return results[0]
+    return CheckResult("; ".join(r.message for r in results), {"inputs": [r.data for r in results]})
+
+
+def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
     from .preprocess import cv2_call, make_blob
 
-    spec = dep.spec
+    spec = dep.spec_for(n)
     graph = dep.graph
-    info, layout = graph.inputs[0], dep.onnx_layouts[0]
+    info, layout = graph.inputs[n], dep.onnx_layouts[n]
     data: dict[str, Any] = {"spec": spec.as_dict(), "expected": info.as_dict() | {"layout": layout}}
     if len(info.shape) != 4:
         if info.dtype != "float32":
             raise CheckFailed(f"input {info.name!r} is {info.dtype}; the deployment feeds float32",
                               fix="cast the input in the model, or feed the right dtype", data=data)
         return CheckResult(f"non-image input {info.name!r} {_shape(info.shape)} {info.dtype}: no blob to check", data)
-    height, width = dep.input_shapes()[0][1:3]
+    height, width = dep.input_shapes()[n][1:3]
     image = np.random.default_rng(dep.settings.seed).integers(0, 256, (height + 7, width + 5, 3), dtype=np.uint8)
     blob = make_blob([image], spec)
     code = cv2_call(spec)
@@ -235,7 +243,7 @@ def check_input_spec(dep: Deployment) -> CheckResult:
     from .runners.cv2dnn import opencv_error_line
 
     feeds = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
-    feeds[0] = blob  # the other inputs (if any) keep their sample values
+    feeds[n] = blob  # the other inputs (if any) keep their sample values
     try:
         dep.cv2net.infer(feeds)
     except Exception as exc:  # noqa: BLE001 - cv2.error
@@ -255,15 +263,33 @@ def check_preprocessing(dep: Deployment) -> CheckResult:
             f"{dep.label} is an ONNX model: the preprocessing it expects is unknown; check it from its Keras "
             "source (--cvdnn-model=model.keras --cvdnn-onnx=model.onnx)"
         )
-    shapes = [i.shape for i in dep.graph.inputs]
-    if len(shapes) != 1 or len(shapes[0]) != 4:
-        raise StageSkipped(
-            f"the preprocessing check needs a single image input; {dep.label} has inputs "
-            + ", ".join(_shape(s) for s in shapes) + " (one spec per input is not supported yet)"
-        )
+    images = dep.image_inputs
+    if not images:
+        raise StageSkipped(f"{dep.label} has no image input (inputs "
+                           + ", ".join(_shape(i.shape) for i in dep.graph.inputs) + "): no photos to preprocess")
+    if len(images) == 1:
+        return _preprocessing_one(dep, images[0])
+    names = [i.name for i in dep.graph.inputs]
+    results, failures = [], []
+    for n in images:
+        try:
+            results.append(_preprocessing_one(dep, n))
+        except CheckFailed as exc:
+            failures.append((names[n], exc))
+    if failures:
+        raise CheckFailed("; ".join(f"input {name!r}: {exc.message}" for name, exc in failures),
+                          fix="; ".join(f"input {name!r}: {exc.fix}" for name, exc in failures),
+                          details="\n\n".join(exc.details or "" for _, exc in failures),
+                          data={"inputs": {name: exc.data for name, exc in failures}})
+    return CheckResult("; ".join(f"input {names[n]!r}: {r.message}" for n, r in zip(images, results)),
+                       {"inputs": {names[n]: r.data for n, r in zip(images, results)}})
+
+
+def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
+    """The preprocessing check of image input ``n``."""
     from . import preprocess as pp
 
-    declared, expected = dep.spec, dep.preprocessing_reference_spec()
+    declared, expected = dep.spec_for(n), dep.preprocessing_reference_spec(n)
     model = dep.keras_meta["name"]
     photos = dep.photos()
     ref = dep.reference_tensor(photos, expected)
@@ -282,9 +308,9 @@ def check_preprocessing(dep: Deployment) -> CheckResult:
     ok, stats = matches(declared)
     if stats is not None:
         data["tensor"] = stats.as_dict()
-    effect = _preprocessing_effect(dep, declared, photos, ref)
+    effect = _preprocessing_effect(dep, declared, photos, ref, n)
     data["effect"] = effect.as_dict() if effect is not None else None
-    notes = _resize_note(dep, expected, photos, ref, data)
+    notes = _resize_note(dep, expected, photos, ref, data, n)
     if ok:
         return CheckResult(
             f"the blob equals Keras' reference ({expected.note or expected.describe()}) on {len(photos)} photos: "
@@ -335,25 +361,31 @@ def _top1_text(result: Any) -> str:
     return f", top-1 agreement {text}" if text else ""
 
 
-def _preprocessing_effect(dep: Deployment, declared: InputSpec, photos: list[np.ndarray], ref: np.ndarray) -> Any:
+def _feeding(dep: Deployment, n: int, tensor: np.ndarray) -> list[np.ndarray]:
+    """The model's inputs with ``tensor`` at input ``n``; the other inputs repeat their first sample."""
+    return [tensor if k == n else np.repeat(x[:1], len(tensor), axis=0) for k, x in enumerate(dep.inputs)]
+
+
+def _preprocessing_effect(dep: Deployment, declared: InputSpec, photos: list[np.ndarray], ref: np.ndarray,
+                          n: int = 0) -> Any:
     """cv2.dnn on the deployment's blob vs Keras on the reference tensor (None if the blob cannot run)."""
     from . import preprocess as pp
 
-    if declared.layout != dep.onnx_layouts[0] or declared.size != dep.expected_spec.size:
+    if declared.layout != dep.onnx_layouts[n] or declared.size != dep.expected_spec_for(n).size:
         return None
     try:
         dep.require("cv2net")
     except StageSkipped:
         return None
     blob_nhwc = pp.to_nhwc(declared.blob(photos), declared.layout)
-    exp = dep.run("keras", [ref])
-    obt = dep.run("cv2dnn", [blob_nhwc], per_sample=True)
+    exp = dep.run("keras", _feeding(dep, n, ref))
+    obt = dep.run("cv2dnn", _feeding(dep, n, blob_nhwc), per_sample=True)
     return compare(exp, obt, dep.settings.tolerance, expected_name="keras(reference)", obtained_name="cv2dnn(blob)",
                    output_names=dep.output_names, softmax=dep.softmax_outputs)
 
 
 def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray], ref: np.ndarray,
-                 data: dict[str, Any]) -> str:
+                 data: dict[str, Any], n: int = 0) -> str:
     """How much a keras.utils.load_img pipeline (PIL nearest) would move the outputs vs OpenCV bilinear."""
     from . import preprocess as pp
 
@@ -361,8 +393,8 @@ def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray],
         return ""
     try:
         pil = pp.pil_nearest_tensor(photos, expected)
-        a = dep.run("onnxruntime", [ref])
-        b = dep.run("onnxruntime", [pil])
+        a = dep.run("onnxruntime", _feeding(dep, n, ref))
+        b = dep.run("onnxruntime", _feeding(dep, n, pil))
     except (StageSkipped, ImportError):  # e.g. a bundle replayed without PIL/onnxruntime
         return ""
     moved = compare(a, b, dep.settings.tolerance, output_names=dep.output_names, softmax=dep.softmax_outputs)

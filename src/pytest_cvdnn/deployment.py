@@ -132,35 +132,70 @@ class Deployment:
 
     # -- conversion -------------------------------------------------------------------------
     @property
+    def image_inputs(self) -> list[int]:
+        """Indices of the image (4-D) inputs, in the Keras order."""
+        return [n for n, shape in enumerate(self._raw_input_shapes()) if len(shape) == 4]
+
+    @property
+    def _first_image(self) -> int:
+        return (self.image_inputs or [0])[0]
+
+    @property
     def expected_spec(self) -> InputSpec:
         """What the model expects: detected from the Keras model (see InputSpec.from_model), in the ONNX layout."""
-        layout = self.onnx_layouts[0] if self.graph.inputs and len(self.graph.inputs[0].shape) == 4 else self.settings.layout
-        if self.has_keras:
-            return self._detected_spec(layout)
-        return self._sized(InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 assumed"))
+        return self.expected_spec_for(self._first_image)
 
-    def _detected_spec(self, layout: str) -> InputSpec:
+    def expected_spec_for(self, index: int) -> InputSpec:
+        """The spec detected for input ``index`` (one detection per model), in that input's layout."""
+        layout = self.onnx_layouts[index] if len(self.graph.inputs[index].shape) == 4 else self.settings.layout
+        if self.has_keras:
+            return self._detected_spec(layout, index)
+        return self._sized(InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 "
+                                     "assumed"), index)
+
+    def _detected_spec(self, layout: str, index: int = 0) -> InputSpec:
         """The spec of the preprocessing detected from the Keras model (cached in its metadata)."""
         found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
-        return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout))
+        return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout), index)
 
     @property
     def declared(self) -> bool:
-        return self.settings.spec is not None
+        return self.settings.spec is not None or bool(self.settings.input_specs)
+
+    def declared_for(self, index: int) -> bool:
+        return self.settings.spec is not None or self._named_spec(index) is not None
 
     @property
     def spec(self) -> InputSpec:
-        """The deployment's input spec: the declared one, else the one detected from the model."""
-        if self.settings.spec is not None:
-            return self._sized(self.settings.spec)
-        if self.has_keras:
-            return self._detected_spec(self.settings.layout)
-        return self._sized(self.settings.effective_spec)
+        """The deployment's input spec (of the first image input): the declared one, else the detected one."""
+        return self.spec_for(self._first_image)
 
-    def _sized(self, spec: InputSpec) -> InputSpec:
-        """The spec with the model's input size when it has none."""
+    def _named_spec(self, index: int) -> InputSpec | None:
+        """The spec given for input ``index`` by name (its Keras or its graph name); an unknown name is an error."""
+        if not self.settings.input_specs:
+            return None
+        names = self._input_names()
+        unknown = [n for n, _ in self.settings.input_specs if n not in names]
+        if unknown:
+            raise CvdnnError(f"the input spec names {', '.join(map(repr, unknown))} but {self.label} has the inputs "
+                             f"{', '.join(map(repr, names))}", fix="write NAME:SPEC with the model's input names")
+        return dict(self.settings.input_specs).get(names[index])
+
+    def spec_for(self, index: int) -> InputSpec:
+        """The spec of input ``index``: named for it, else the default declared one, else the detected one."""
+        named = self._named_spec(index)
+        if named is not None:
+            return self._sized(named, index)
+        if self.settings.spec is not None:
+            return self._sized(self.settings.spec, index)
+        if self.has_keras:
+            return self._detected_spec(self.settings.layout, index)
+        return self._sized(self.settings.effective_spec, index)
+
+    def _sized(self, spec: InputSpec, index: int = 0) -> InputSpec:
+        """The spec with the size of model input ``index`` when it has none."""
         if spec.size is None:
-            shape = self._raw_input_shapes()[0]
+            shape = self._raw_input_shapes()[index]
             if len(shape) == 4 and shape[1] and shape[2]:
                 spec = spec.with_size(shape[2], shape[1])
         return spec
@@ -253,7 +288,7 @@ class Deployment:
         """Concrete per-input shapes in the Keras layout (NHWC for images), batch 1."""
         shapes = []
         for n, (raw, name) in enumerate(zip(self._raw_input_shapes(), self._input_names())):
-            shape = fill_spatial(raw, self.spec.size, name)
+            shape = fill_spatial(raw, self.spec_for(n).size, name)
             if any(d is None for d in shape[1:]):
                 raise CvdnnError(
                     f"input {n} of {self.label} has undefined dimensions {tuple(shape)}",
@@ -268,9 +303,10 @@ class Deployment:
 
         def make() -> list[np.ndarray]:
             shapes = self.input_shapes()
+            specs = [self.spec_for(n) for n in range(len(shapes))]
             if self.settings.inputs:
-                return load_inputs(Path(self.settings.inputs), shapes, self.spec)
-            return random_inputs(shapes, self.spec, self.settings.samples, self.settings.seed)
+                return load_inputs(Path(self.settings.inputs), shapes, specs)
+            return random_inputs(shapes, specs, self.settings.samples, self.settings.seed)
 
         return self.stage("inputs", make)
 
@@ -446,12 +482,13 @@ class Deployment:
 
         return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
 
-    def preprocessing_reference_spec(self) -> InputSpec:
-        """What Keras feeds the model; the declared spec when the model's own cannot be detected."""
-        expected = self.expected_spec
+    def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
+        """What Keras feeds input ``index``; the declared spec when the model's own cannot be detected."""
+        index = self._first_image if index is None else index
+        expected = self.expected_spec_for(index)
         found = self.keras_meta.get("preprocessing", {})
-        if self.declared and not found.get("confident", False):
-            return replace(self.spec, note=found.get("note", ""))  # trust the user's spec
+        if self.declared_for(index) and not found.get("confident", False):
+            return replace(self.spec_for(index), note=found.get("note", ""))  # trust the user's spec
         return expected
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:

@@ -41,18 +41,23 @@ def _is_image(shape: Sequence[int | None]) -> bool:
     return len(shape) == 4 and shape[-1] in (1, 3, 4)
 
 
-def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` samples per input (NHWC for images): random pixels 0..255 through the spec.
+def _per_input(spec: InputSpec | Sequence[InputSpec], n: int) -> list[InputSpec]:
+    return [spec] * n if isinstance(spec, InputSpec) else list(spec)
+
+
+def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[InputSpec], count: int,
+                  seed: int) -> list[np.ndarray]:
+    """``count`` samples per input (NHWC for images): random pixels 0..255 through the input's spec.
 
     Non-image inputs get uniform values in [-1, 1].  The same seed gives the same arrays.
     """
     rng = np.random.default_rng(seed)
     out = []
-    for shape in shapes:
+    for shape, one in zip(shapes, _per_input(spec, len(shapes))):
         full = (count, *[int(d) for d in shape[1:]])
         if _is_image(shape):
             pixels = rng.integers(0, 256, size=full).astype(np.float32)
-            out.append(spec.normalize(pixels))
+            out.append(one.normalize(pixels))
         else:
             out.append(rng.uniform(-1.0, 1.0, size=full).astype(np.float32))
     return out
@@ -78,8 +83,10 @@ def _read_image(path: Path, spec: InputSpec, width: int, height: int, channels: 
     return spec.normalize(img[None].astype(np.float32))
 
 
-def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec, limit: int = 16) -> list[np.ndarray]:
+def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[InputSpec],
+                limit: int = 16) -> list[np.ndarray]:
     """Images (resized + normalised by the spec) or ``.npy`` tensors (NHWC) from a folder."""
+    spec = _per_input(spec, len(shapes))[0]
     folder = Path(folder)
     if not folder.is_dir():
         raise CvdnnError(f"--cvdnn-inputs={folder} is not a folder", fix="pass a folder of images or .npy files")

@@ -128,7 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
     base = ModelSettings(
         model="",
         onnx=config.getoption("cvdnn_onnx"),
-        spec=values["preprocess"],
+        spec=values["preprocess"][0] if values["preprocess"] else None,
+        input_specs=values["preprocess"][1] if values["preprocess"] else (),
         tolerance=Tolerance(values["atol"], values["rtol"]),
         opset=values["opset"],
         layout=values["layout"],

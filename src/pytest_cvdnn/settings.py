@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
-from .spec import InputSpec, SpecError
+from .spec import InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec",
            "parse_target", "target_label", "parse_formats", "FORMATS"]
@@ -106,9 +106,10 @@ def target_label(target: str | None) -> str:
     return target.replace("==", "-") if target.startswith("opencv==") else target
 
 
-def parse_spec(value: str) -> InputSpec:
+def parse_spec(value: str) -> tuple[InputSpec | None, NamedSpecs]:
+    """A default spec and/or ``NAME:SPEC`` parts per input (see :func:`~pytest_cvdnn.spec.parse_specs`)."""
     try:
-        return InputSpec.parse(value)
+        return parse_specs(value)
     except SpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -137,7 +138,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", parse_tol, DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
     Option("preprocess", "--cvdnn-preprocess", "cvdnn_preprocess", parse_spec, None,
            "input spec: a Keras mode (caffe, tf, torch, none) or key=value pairs, "
-           "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'", "SPEC"),
+           "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'; one per input of a multi-input model: "
+           "'image:caffe;thumb:tf,size=64x64'", "SPEC"),
     Option("formats", "--cvdnn-format", "cvdnn_format", parse_formats, ("onnx",),
            "artifacts to check besides the ONNX: tflite (readNetFromTFLite), tf (frozen graph for "
            "readNetFromTensorflow); e.g. onnx,tflite,tf", "LIST"),
@@ -162,7 +164,8 @@ class ModelSettings:
 
     model: str
     onnx: str | None = None
-    spec: InputSpec | None = None
+    spec: InputSpec | None = None  # the default spec (every image input without a named one)
+    input_specs: NamedSpecs = ()  # (input name, spec) for named inputs
     tolerance: Tolerance = field(default_factory=Tolerance)
     opset: int = 13
     layout: str = "nchw"
@@ -184,7 +187,7 @@ class ModelSettings:
         return self.spec if self.spec is not None else InputSpec(layout=self.layout)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.model, self.onnx, self.spec, self.tolerance, self.opset, self.layout, self.engine,
+        return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
                 self.inputs, self.images, self.samples, self.seed, self.target, self.format)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
@@ -201,7 +204,8 @@ class ModelSettings:
             if key in ("model", "onnx"):
                 changes[key] = None if value is None else str(value)
             elif key == "input_spec":
-                changes["spec"] = InputSpec.coerce(value)
+                default, named = coerce_specs(value)
+                changes["spec"], changes["input_specs"] = default, named
             elif key in ("atol", "rtol"):
                 changes["tolerance"] = replace(changes.get("tolerance", self.tolerance), **{key: float(value)})
             elif key == "opset":

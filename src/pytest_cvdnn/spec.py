@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["InputSpec", "SpecError", "KERAS_MODES", "detect_keras_mode"]
+__all__ = ["InputSpec", "SpecError", "KERAS_MODES", "detect_keras_mode", "parse_specs", "coerce_specs", "NamedSpecs"]
 
 Triple = tuple[float, float, float]
 
@@ -312,3 +312,42 @@ def _parse_value(key: str, value: str, text: str) -> Any:
         f"unknown key {key!r} in input spec {text!r}; known keys: scale, mean, std, swap_rb, size, "
         "crop, layout, channel_order, interpolation, dtype, batch"
     )
+
+
+#: ``(input name, spec)`` pairs: the spec of each named input of a multi-input model
+NamedSpecs = tuple[tuple[str, InputSpec], ...]
+
+_NAMED = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*:(.*)$", re.S)
+
+
+def parse_specs(text: str) -> tuple[InputSpec | None, NamedSpecs]:
+    """A default spec and/or one spec per input name: ``caffe``, ``image:caffe;thumb:tf,size=64x64``.
+
+    Parts are separated by ``;``; a part ``NAME:SPEC`` applies to the model input NAME, a part
+    without a name to every image input that has none.
+    """
+    default: InputSpec | None = None
+    named: list[tuple[str, InputSpec]] = []
+    for part in (p for p in str(text).split(";") if p.strip()):
+        m = _NAMED.match(part)
+        if m and "=" not in m.group(1):
+            try:
+                named.append((m.group(1), InputSpec.parse(m.group(2))))
+            except SpecError as exc:
+                raise SpecError(f"input {m.group(1)!r}: {exc}") from None
+        elif default is not None:
+            raise SpecError(f"{text!r} has two specs without an input name; write NAME:SPEC for each input")
+        else:
+            default = InputSpec.parse(part)
+    if default is None and not named:
+        raise SpecError("empty input spec; use a Keras mode (caffe, tf, torch, none) or key=value pairs")
+    return default, tuple(named)
+
+
+def coerce_specs(value: Any) -> tuple[InputSpec | None, NamedSpecs]:
+    """The marker's ``input_spec=``: one spec (InputSpec, string, dict of fields) or ``{input name: spec}``."""
+    if isinstance(value, str):
+        return parse_specs(value)
+    if isinstance(value, Mapping) and value and not set(value) & (set(InputSpec.__dataclass_fields__) | {"mode"}):
+        return None, tuple((str(k), InputSpec.coerce(v)) for k, v in value.items())
+    return InputSpec.coerce(value), ()

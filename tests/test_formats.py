@@ -1,0 +1,137 @@
+"""Other deployment formats (TFLite, frozen graph) and outputs in NHWC vs cv2.dnn's NCHW."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, Run
+from test_cache import TF_PROBE, _conversions
+
+
+def _failed(checks: dict) -> dict:
+    return {n: c["message"] for n, c in checks.items() if c["outcome"] == "failed"}
+
+
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmentation model: NHWC map out, softmax over the classes (the channel axis)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = layers.Rescaling(1 / 255.0)(inp)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(4, 1, name="classes")(x)
+    path = tmp_path_factory.mktemp("seg") / "segmenter.keras"
+    keras.Model(inp, layers.Softmax(axis=-1, name="mask")(x), name="segmenter").save(path)
+    return path
+
+
+def test_formats_on_two_opencv_versions(run_cvdnn: Callable[..., Run], opencv_4_5_5: Path,
+                                        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """One session: which artifact works on which OpenCV (FIELD.md: opset-13 ONNX fails on 4.5.5)."""
+    cache = tmp_path / "cache"
+    (pytester.path / "tiny_cnn.keras").write_bytes((ROOT / "examples" / "tiny_cnn.keras").read_bytes())
+    pytester.makeconftest(TF_PROBE)
+    args = ("--cvdnn-model=tiny_cnn.keras", "--cvdnn-format=tflite,tf", "--cvdnn-target=opencv==4.5.5")
+    run = run_cvdnn(*args, cache=cache)
+    checks = run.checks()
+    # installed OpenCV 5: every artifact loads and matches Keras, logits included
+    for fmt in ("tflite", "tf"):
+        assert checks[f"{fmt}:load"]["outcome"] == "passed", checks[f"{fmt}:load"]["message"]
+        parity = checks[f"{fmt}:parity[keras-cv2dnn]"]
+        assert parity["outcome"] == "passed", parity["message"]
+        assert [o["name"] for o in parity["data"]["outputs"]] == ["probs", "probs (logits)"]
+    assert "tensor_content" in checks["tf:convert"]["message"]  # the rewrite OpenCV's TF importer needs
+    # OpenCV 4.5.5: the frozen graph works, the opset-13 ONNX does not, TFLite cannot be read at all
+    assert checks["tf:parity[keras-cv2dnn@opencv-4.5.5]"]["outcome"] == "passed"
+    assert checks["load[opencv-4.5.5]"]["outcome"] == "failed"
+    tfl = checks["tflite:load[opencv-4.5.5]"]
+    assert tfl["outcome"] == "failed" and "no cv2.dnn.readNetFromTFLite" in tfl["message"]
+    assert "(it arrived in OpenCV 4.8)" in tfl["message"] and "Fix:" in tfl["message"]
+    assert "opencv-4.5.5 tf: OK" in run.text and "opencv-4.5.5 tflite: FAIL" in run.text
+    assert {e["artifact"] for e in _conversions(cache)} >= {"model.onnx", "model.tflite", "frozen_graph.pb"}
+
+    warm = run_cvdnn(*args, cache=cache)
+    converted = len(_conversions(cache))
+    assert warm.checks()["tflite:convert"]["message"].startswith("cache hit")
+    assert json.loads((pytester.path / "tf-imported-main.json").read_text()) is False
+    assert len(_conversions(cache)) == converted
+    assert _failed(warm.checks()).keys() == _failed(checks).keys()
+
+
+def test_segmentation_map_in_every_format(run_cvdnn: Callable[..., Run], segmenter: Path,
+                                          copy_model: Callable[..., Path]) -> None:
+    copy_model(segmenter)
+    run = run_cvdnn("--cvdnn-model=segmenter.keras", "--cvdnn-format=tflite,tf")
+    checks = run.checks()
+    onnx = {n: c for n, c in checks.items() if ":" not in n}
+    assert not _failed(onnx), _failed(onnx)  # tf2onnx keeps the NHWC output: the ONNX deployment is right
+    # OpenCV's TFLite importer returns the map in NCHW and takes the channel softmax over another axis:
+    # the logits agree, the probabilities do not, and the item says so
+    spec = checks["tflite:output_spec"]
+    assert spec["outcome"] == "passed" and "NCHW (1, 4, 32, 32)" in spec["message"]
+    parity = checks["tflite:parity[keras-cv2dnn]"]
+    assert parity["outcome"] == "failed"
+    assert "the logits agree, only the final Softmax of 'mask' differs" in parity["message"]
+    assert "apply the softmax yourself" in parity["message"]
+    # the frozen graph crashed OpenCV 5.0's importer here: it must fail one item, not the session
+    load = checks["tf:load"]
+    assert load["outcome"] in ("passed", "failed")
+    if load["outcome"] == "failed":
+        assert "frozen_graph.pb" in load["message"] and "Fix:" in load["message"]
+    assert run.report is not None and "Fatal Python error" not in run.text
+
+
+def test_an_onnx_with_nchw_outputs_is_compared_after_transposing(
+    run_cvdnn: Callable[..., Run], segmenter: Path, copy_model: Callable[..., Path], pytester: pytest.Pytester,
+) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    import keras
+
+    copy_model(segmenter)
+    model = keras.models.load_model(segmenter)
+    sig = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"),)
+    onnx_path = pytester.path / "segmenter_nchw.onnx"
+    tf2onnx.convert.from_keras(model, input_signature=sig, opset=13, output_path=str(onnx_path),
+                               inputs_as_nchw=["image"], outputs_as_nchw=[model.output_names[0]])
+    run = run_cvdnn("--cvdnn-model=segmenter.keras", f"--cvdnn-onnx={onnx_path.name}", "-k", "parity or output_spec")
+    checks = run.checks()
+    assert not _failed(checks), _failed(checks)
+    assert "where Keras has NHWC" in checks["output_spec"]["message"]
+    notes = checks["parity[keras-cv2dnn]"]["data"]["notes"]
+    assert any("compared after transposing (0, 2, 3, 1)" in n for n in notes), notes
+
+
+def test_unknown_format_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--cvdnn-format=onnx,coreml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown format coreml*tflite*"])
+
+
+def test_constants_are_rewritten_as_tensor_content() -> None:
+    import tensorflow as tf
+
+    from pytest_cvdnn.formats import constants_as_tensor_content
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.constant(0.5, name="scalar")
+        tf.constant(np.arange(3, dtype=np.float32), name="vector")
+        tf.constant("text", name="string")
+    graph_def = graph.as_graph_def()
+    before = {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph_def.node}
+    assert constants_as_tensor_content(graph_def) >= 1
+    for node in graph_def.node:
+        tensor = node.attr["value"].tensor
+        if node.name != "string":
+            assert tensor.tensor_content and not tensor.float_val
+        np.testing.assert_array_equal(tf.make_ndarray(tensor), before[node.name])
