@@ -194,8 +194,8 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
             raise CvdnnError(
                 f"{candidate} is a SavedModel's graph file, not a model on its own (and not a frozen graph: "
                 "cv2.dnn.readNetFromTensorflow cannot read it either, whatever blog posts say)",
-                fix=f"pass the folder {candidate.parent} instead; for readNetFromTensorflow, freeze the model with "
-                "convert_variables_to_constants_v2",
+                fix=f"pass the folder {candidate.parent} instead; for readNetFromTensorflow, add --cvdnn-format=tf "
+                "(a frozen graph made with convert_variables_to_constants_v2, checked in cv2.dnn)",
             )
         raise CvdnnError(
             f"{candidate} has an unknown model extension {suffix!r}",
