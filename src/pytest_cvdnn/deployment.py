@@ -48,6 +48,7 @@ class Deployment:
         self._stages: dict[str, tuple[bool, Any]] = {}
         self.timings: dict[str, float] = {}
         self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
+        self._outputs: dict[tuple[Any, ...], list[np.ndarray]] = {}  # runner outputs by inputs (runners are pure)
 
     # -- stage machinery ----------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -441,31 +442,47 @@ class Deployment:
         if runner == "keras":
             return self.keras_outputs(inputs, logits=logits)
         target = self._runner(runner, logits)
-        feeds = self.to_onnx_inputs(inputs)
-        if not per_sample and not self.fixed_batch_of_one:
-            return target.infer(feeds)
-        rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
-        return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+        per_sample = per_sample or self.fixed_batch_of_one
+        key = (runner, logits, per_sample, self.inputs_hash(inputs))
+        if key not in self._outputs:  # the checks share one forward pass per runner and inputs
+            feeds = self.to_onnx_inputs(inputs)
+            if not per_sample:
+                self._outputs[key] = target.infer(feeds)
+            else:
+                rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
+                self._outputs[key] = [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+        return [o.copy() for o in self._outputs[key]]
 
     def keras_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
-        """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm)."""
-        from .runners.keras import KerasRunner, keras_logits_model
+        """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm).
 
-        kind = "-logits" if logits else ""
-        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz"
-        cached = self.cache.get_arrays("ref", name)
+        Outputs and logits (the inputs of final softmaxes) come from one forward pass and are cached together.
+        """
+        from .runners.keras import KerasRunner, import_keras, keras_logits_model
+
+        names = {kind: f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz" for kind in ("", "-logits")}
+        cached = self.cache.get_arrays("ref", names["-logits" if logits else ""])
         if cached is not None:
             return cached
         model = self.require("keras_model")
-        if logits:
-            model = self.stage("keras_logits", lambda: keras_logits_model(model))
-            if model is None:
-                raise CvdnnError("the Keras model has no final softmax whose input could be compared")
-        outputs = KerasRunner(model).infer(inputs)
-        if not logits:
-            outputs = self._in_graph_order(outputs)
-        self.cache.put_arrays(outputs, "ref", name)
-        return outputs
+        try:
+            logit_model = self.stage("keras_logits", lambda: keras_logits_model(model))
+        except CvdnnError:
+            if logits:
+                raise
+            logit_model = None  # e.g. a subclassed model: its outputs alone
+        if logit_model is None and logits:
+            raise CvdnnError("the Keras model has no final softmax whose input could be compared")
+        count = None if logit_model is None else len(model.outputs)
+        both = model if logit_model is None else self.stage(
+            "keras_both", lambda: import_keras().Model(model.inputs, list(model.outputs) + list(logit_model.outputs)))
+        results = KerasRunner(both).infer(inputs)
+        outputs = self._in_graph_order(results[:count])
+        logit_outputs = results[count:] if count is not None else []
+        self.cache.put_arrays(outputs, "ref", names[""])
+        if logit_model is not None:
+            self.cache.put_arrays(logit_outputs, "ref", names["-logits"])
+        return logit_outputs if logits else outputs
 
     def _in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         """Keras outputs reordered as the ONNX graph lists them (tf2onnx names outputs after the layers)."""
@@ -477,10 +494,19 @@ class Deployment:
         return outputs
 
     def photos(self) -> list[np.ndarray]:
-        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's."""
+        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's (cached: importing
+        skimage.io costs a warm run a third of a second)."""
+        from .convert import package_version
         from .preprocess import load_photos
 
-        return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
+        if self.settings.images:
+            return [img for _, img in load_photos(Path(self.settings.images))]
+        name = f"skimage-{package_version('scikit-image')}.npz"
+        cached = self.cache.get_arrays("photos", name)
+        if cached is None:
+            cached = [img for _, img in load_photos(None)]
+            self.cache.put_arrays(cached, "photos", name)
+        return cached
 
     def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
         """What Keras feeds input ``index``; the declared spec when the model's own cannot be detected."""

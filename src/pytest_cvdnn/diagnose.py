@@ -71,6 +71,13 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
     groups: dict[str, list[Any]] = {}
     for node in model.graph.node:
         groups.setdefault(_pattern(node, inits), []).append(node)
+    try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
+        dep.cv2net
+    except (CvdnnError, StageSkipped):
+        pass
+    else:
+        return [OpResult(pattern, nodes[0].op_type, True, tuple(n.name for n in nodes), "")
+                for pattern, nodes in groups.items()]
     version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
     from .cache import slug
 
