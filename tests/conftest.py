@@ -230,3 +230,37 @@ def resize_ceil_onnx(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def two_in_two_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    image = keras.Input((32, 32, 3), name="image")
+    meta = keras.Input((8,), name="meta")
+    x = layers.Conv2D(8, 3, activation="relu")(image)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Concatenate()([x, layers.Dense(8, activation="relu")(meta)])
+    probs = layers.Dense(5, activation="softmax", name="probs")(x)
+    box = layers.Dense(4, name="box")(x)
+    path = tmp_path_factory.mktemp("multi") / "two_in_two_out.keras"
+    keras.Model([image, meta], [probs, box], name="two_in_two_out").save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmentation model: NHWC map out, softmax over the classes (the channel axis)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = layers.Rescaling(1 / 255.0)(inp)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(4, 1, name="classes")(x)
+    path = tmp_path_factory.mktemp("seg") / "segmenter.keras"
+    keras.Model(inp, layers.Softmax(axis=-1, name="mask")(x), name="segmenter").save(path)
+    return path

@@ -17,22 +17,6 @@ def _failed(checks: dict) -> dict:
     return {n: c["message"] for n, c in checks.items() if c["outcome"] == "failed"}
 
 
-@pytest.fixture(scope="session")
-def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny segmentation model: NHWC map out, softmax over the classes (the channel axis)."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(8)
-    inp = keras.Input((32, 32, 3), name="image")
-    x = layers.Rescaling(1 / 255.0)(inp)
-    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(4, 1, name="classes")(x)
-    path = tmp_path_factory.mktemp("seg") / "segmenter.keras"
-    keras.Model(inp, layers.Softmax(axis=-1, name="mask")(x), name="segmenter").save(path)
-    return path
-
-
 def test_formats_on_two_opencv_versions(run_cvdnn: Callable[..., Run], opencv_4_5_5: Path,
                                         pytester: pytest.Pytester, tmp_path: Path) -> None:
     """One session: which artifact works on which OpenCV (FIELD.md: opset-13 ONNX fails on 4.5.5)."""

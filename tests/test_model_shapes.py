@@ -11,24 +11,6 @@ from conftest import Run
 
 
 @pytest.fixture(scope="session")
-def two_in_two_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(5)
-    image = keras.Input((32, 32, 3), name="image")
-    meta = keras.Input((8,), name="meta")
-    x = layers.Conv2D(8, 3, activation="relu")(image)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Concatenate()([x, layers.Dense(8, activation="relu")(meta)])
-    probs = layers.Dense(5, activation="softmax", name="probs")(x)
-    box = layers.Dense(4, name="box")(x)
-    path = tmp_path_factory.mktemp("multi") / "two_in_two_out.keras"
-    keras.Model([image, meta], [probs, box], name="two_in_two_out").save(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def sequence_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import keras
     from keras import layers

@@ -415,16 +415,37 @@ def _runners(dep: Deployment) -> list[str]:
     return [r for r in dep.runners if dep.has_keras or r != "keras"]
 
 
+def _check_finite(dep: Deployment, outputs: dict[str, list[np.ndarray]]) -> None:
+    """NaN or Inf in any runner's outputs is a broken model (or runtime), whatever the parity says."""
+    bad = []
+    for runner, outs in outputs.items():
+        for k, out in enumerate(outs):
+            if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+                name = dep.output_names[k] if k < len(dep.output_names) else str(k)
+                bad.append(f"{runner} output {name!r}: {int(np.isnan(out).sum())} NaN, {int(np.isinf(out).sum())} Inf "
+                           f"of {out.size}")
+    if bad:
+        raise CheckFailed(
+            f"the outputs of {dep.label} are not finite on the check inputs: " + "; ".join(bad),
+            fix="look for overflowing weights (inf/huge values), log/sqrt/division of values that reach 0 or "
+            "negatives, or an input range the model was not trained on (check the input spec's scale)",
+            data={"not_finite": bad},
+        )
+
+
 def check_output_spec(dep: Deployment) -> CheckResult:
     dep.require("cv2net")
     from .compare import align_outputs
 
     # the same inputs as the parity items: each runner's forward pass is shared with them
-    results = {name: [o[:1] for o in dep.run(name, per_sample=name == "cv2dnn")] for name in _runners(dep)}
+    full = {name: dep.run(name, per_sample=name == "cv2dnn") for name in _runners(dep)}
+    _check_finite(dep, full)
+    results = {name: [o[:1] for o in outs] for name, outs in full.items()}
     ref_outs = results[_runners(dep)[0]]
     notes: list[str] = []
     for name, outs in results.items():
-        results[name], moved = align_outputs([o.shape for o in ref_outs], outs, dep.output_names)
+        results[name], moved = align_outputs([o.shape for o in ref_outs], outs, dep.output_names,
+                                             dep.reorder_outputs)
         notes += moved
     table = {name: [(tuple(o.shape), str(o.dtype)) for o in outs] for name, outs in results.items()}
     data = {"outputs": {name: [{"shape": list(s), "dtype": d} for s, d in rows] for name, rows in table.items()}}

@@ -398,14 +398,16 @@ def _nchw_of(shape: Sequence[int]) -> tuple[int, ...] | None:
 
 
 def align_outputs(expected_shapes: Sequence[Sequence[int]], obtained: Sequence[np.ndarray],
-                  names: Sequence[str] = ()) -> tuple[list[np.ndarray], list[str]]:
+                  names: Sequence[str] = (), reorder: bool = False) -> tuple[list[np.ndarray], list[str]]:
     """Obtained outputs lined up with the expected (Keras, NHWC) ones, and what had to be done.
 
     cv2.dnn may return a 4-D output in NCHW where Keras has NHWC (an importer that works in NCHW,
-    a converter run with ``outputs_as_nchw``), and a TFLite/TensorFlow importer may list outputs in
-    another order.  Each expected output takes the first unused obtained output of the same shape,
-    else of its NCHW shape (transposed back to NHWC, with a note: the deployed code must transpose
-    too).  Outputs that match neither are left where they are, for the comparison to report.
+    a converter run with ``outputs_as_nchw``); with ``reorder`` (TFLite/TensorFlow importers, which
+    list outputs in their own order) each expected output takes the first unused obtained output of
+    the same shape, else of its NCHW shape.  A transposition comes with a note (the deployed code
+    must transpose too).  Without ``reorder`` an output is only ever compared with the output at its
+    own index (an ONNX whose outputs are swapped is a fault, not something to smooth over).
+    Outputs that match neither are left where they are, for the comparison to report.
     """
     obtained = list(obtained)
     if len(obtained) != len(expected_shapes):
@@ -416,10 +418,11 @@ def align_outputs(expected_shapes: Sequence[Sequence[int]], obtained: Sequence[n
     notes: list[str] = []
     for k, shape in enumerate(expected_shapes):
         shape = tuple(shape)
-        same = [j for j, o in enumerate(obtained) if j not in used and o.shape == shape]
+        candidates = [j for j in range(len(obtained)) if j not in used and (reorder or j == k)]
+        same = [j for j in candidates if obtained[j].shape == shape]
         pick = k if k in same else (same[0] if same else None)
         if pick is None and shape != _nchw_of(shape):
-            nchw = [j for j, o in enumerate(obtained) if j not in used and o.shape == _nchw_of(shape)]
+            nchw = [j for j in candidates if obtained[j].shape == _nchw_of(shape)]
             if nchw:
                 pick = k if k in nchw else nchw[0]
                 notes.append(f"{label[k]}: cv2.dnn returns NCHW {obtained[pick].shape} where Keras has NHWC "

@@ -38,6 +38,7 @@ class Deployment:
 
     can_convert = True  # False for a bundle replayed without TensorFlow
     runners: tuple[str, ...] = ("keras", "onnxruntime", "cv2dnn")  # what can run this deployment's artifact
+    reorder_outputs = False  # True where the importer, not the artifact, decides the order of the outputs
 
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
                  memo: dict[str, Any] | None = None) -> None:
@@ -567,7 +568,7 @@ class Deployment:
         exp = self.run(expected, inputs, per_sample=expected == "cv2dnn")
         obt = self.run(obtained, inputs, per_sample=obtained == "cv2dnn")
         names, softmax = list(self.output_names), list(self.softmax_outputs)
-        obt, notes = align_outputs([e.shape for e in exp], obt, names)  # NCHW vs NHWC, output order
+        obt, notes = align_outputs([e.shape for e in exp], obt, names, self.reorder_outputs)  # NCHW vs NHWC
         if self.logit_names and len(exp) == len(obt):
             try:
                 exp_l = self.run(expected, inputs, per_sample=expected == "cv2dnn", logits=True)
@@ -576,7 +577,7 @@ class Deployment:
                 notes.append(f"logits not compared: {exc}")
             else:
                 if len(exp_l) == len(obt_l) == len(self.logit_names):
-                    obt_l, _ = align_outputs([e.shape for e in exp_l], obt_l)
+                    obt_l, _ = align_outputs([e.shape for e in exp_l], obt_l, reorder=self.reorder_outputs)
                     outs = [k for k, _ in self.softmax_logits]
                     exp, obt = exp + exp_l, obt + obt_l
                     names += [f"{self.output_names[k]} (logits)" for k in outs]

@@ -115,6 +115,7 @@ class ArtifactDeployment(Deployment):
     """The Keras model exported as TFLite or a frozen graph, run by cv2.dnn and compared with Keras."""
 
     runners = ("keras", "cv2dnn")
+    reorder_outputs = True  # cv2.dnn's TFLite/TensorFlow importers list outputs in their own order
 
     @property
     def fmt(self) -> str:

@@ -53,6 +53,7 @@ def read_graph(path: Path) -> GraphInfo:
             fix="re-export the model (tf2onnx, or let pytest-cvdnn convert the Keras source)",
         ) from exc
     graph = model.graph
+    _check_external_data(path, model)
     initializers = {i.name for i in graph.initializer}
     inputs = tuple(
         TensorInfo(i.name, _dims(i.type), helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
@@ -72,6 +73,43 @@ def read_graph(path: Path) -> GraphInfo:
     opset = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
     op_types = tuple(sorted({n.op_type for n in graph.node}))
     return GraphInfo(inputs, outputs, softmax, opset, op_types)
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor of a graph: initializers and tensors in node attributes (Constant), subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def _check_external_data(path: Path, model: Any) -> None:
+    """Refuse external-data references that leave the model's folder (``../x``, absolute paths):
+    loading the model would read files the model's author chose, anywhere on the machine."""
+    from onnx import TensorProto
+
+    folder = Path(path).resolve().parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise CvdnnError(
+                f"{path} refers to external data outside its folder: tensor {tensor.name!r} is stored in "
+                f"{location!r}; it is not read",
+                fix="keep the external data files beside the .onnx (onnx.save_model(..., save_as_external_data=True, "
+                "location='weights.bin')), or save the model as one file",
+            )
+        if not target.is_file():
+            raise CvdnnError(f"{path}: the external data file {location!r} of tensor {tensor.name!r} is missing",
+                             fix="copy it next to the .onnx file")
 
 
 def guess_layout(onnx_shape: Sequence[int | None], keras_shape: Sequence[int | None] | None, default: str) -> str:

@@ -1,0 +1,202 @@
+"""The fault corpus: planted deployment faults are caught by the right item with the right explanation,
+and correct deployments (small custom models and keras.applications with weights=None) raise no alarm.
+
+Every case records ``corpus_kind`` (fault / correct), ``corpus_case``, ``corpus_item`` and
+``corpus_detected`` with ``record_property``; ``python benchmarks/fault_corpus.py`` runs this module
+(and the planted preprocessing mistakes of test_preprocessing.py) and prints the detection and
+false-alarm rates kept in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, Run, build_small_cnn, convert, save_application
+
+pytestmark = pytest.mark.zoo
+
+Recorder = Callable[[str, object], None]
+
+
+# -- faults planted in the shipped artifact ------------------------------------------------------------
+def _arch(bn_eps: float = 1e-3, act1: str = "relu", drop_relu2: bool = False, relu_before_bn1: bool = False) -> Any:
+    """The small CNN of conftest.build_small_cnn with one architectural change (weights copied by name)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    first = [layers.BatchNormalization(name="bn1"), layers.Activation(act1, name="relu1")]
+    for layer in reversed(first) if relu_before_bn1 else first:
+        x = layer(x)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    x = layers.BatchNormalization(epsilon=bn_eps, name="bn2")(x)
+    if not drop_relu2:
+        x = layers.ReLU(name="relu2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(10, name="fc")(x)
+    return keras.Model(inputs, layers.Softmax(name="probs")(x), name="small_cnn")
+
+
+def _faulty_model(fault: str) -> Any:
+    base = build_small_cnn(seed=0)
+    kwargs = {"bn_epsilon": {"bn_eps": 0.5}, "layer_dropped": {"drop_relu2": True},
+              "layers_swapped": {"relu_before_bn1": True}, "activation_replaced": {"act1": "elu"}}.get(fault, {})
+    model = _arch(**kwargs)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(base.get_layer(layer.name).get_weights())
+    if fault == "weights_perturbed":
+        kernel, bias = model.get_layer("conv2").get_weights()
+        noise = np.random.default_rng(1).normal(0, 0.05, kernel.shape).astype(kernel.dtype)
+        model.get_layer("conv2").set_weights([kernel + noise, bias])
+    if fault == "bn_statistics":
+        gamma, beta, mean, var = model.get_layer("bn1").get_weights()
+        model.get_layer("bn1").set_weights([gamma, beta, mean + 0.5, var * 4])
+    return model
+
+
+@dataclass(frozen=True)
+class ModelFault:
+    name: str
+    description: str
+    layers: tuple[str, ...]  # Keras layers the first divergent node may belong to
+
+
+MODEL_FAULTS = [
+    ModelFault("weights_perturbed", "weights of one convolution perturbed (σ=0.05)", ("conv2",)),
+    ModelFault("bn_statistics", "BatchNorm moving mean/variance changed", ("bn1", "conv1")),
+    ModelFault("bn_epsilon", "BatchNorm epsilon 1e-3 → 0.5", ("bn2", "conv2")),
+    ModelFault("layer_dropped", "a ReLU layer dropped", ("relu2", "bn2", "gap", "conv2")),
+    ModelFault("layers_swapped", "BatchNorm and ReLU swapped", ("bn1", "relu1", "conv1")),
+    ModelFault("activation_replaced", "ReLU replaced by ELU", ("relu1", "bn1")),
+]
+
+
+@pytest.mark.parametrize("fault", MODEL_FAULTS, ids=[f.name for f in MODEL_FAULTS])
+def test_model_fault_is_caught_and_localised(fault: ModelFault, run_cvdnn: Callable[..., Run],
+                                            models: dict[str, Path], copy_model: Callable[..., Path],
+                                            pytester: pytest.Pytester, record_property: Recorder) -> None:
+    copy_model(models["cnn"])
+    convert(_faulty_model(fault.name), pytester.path / "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=small_cnn.keras", "--cvdnn-onnx=shipped.onnx", "-k", "parity")
+    checks = run.checks()
+    parity = checks["parity[keras-cv2dnn]"]
+    record_property("corpus_kind", "fault")
+    record_property("corpus_case", fault.description)
+    record_property("corpus_item", "parity[keras-cv2dnn], parity[keras-onnxruntime]")
+    record_property("corpus_detected", parity["outcome"] == "failed")
+    assert parity["outcome"] == "failed", parity["message"]
+    assert checks["parity[keras-onnxruntime]"]["outcome"] == "failed"
+    assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"  # OpenCV runs the wrong graph faithfully
+    assert parity["message"].startswith("the provided ONNX does not reproduce Keras")
+    first = parity["data"]["first_divergent"]
+    record_property("corpus_explanation", f"first divergent node in Keras layer {first['keras_layer']!r}")
+    assert first["keras_layer"] in fault.layers, first
+
+
+def test_missing_transpose_is_caught_by_input_spec(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                  copy_model: Callable[..., Path],
+                                                  record_property: Recorder) -> None:
+    """The shipped ONNX takes NHWC, the deployment builds blobFromImage's NCHW blob."""
+    copy_model(models["cnn"])
+    copy_model(models["onnx_nhwc"], "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=small_cnn.keras", "--cvdnn-onnx=shipped.onnx", "--cvdnn-preprocess=none,layout=nchw",
+                    "-k", "input_spec")
+    check = run.checks()["input_spec"]
+    record_property("corpus_kind", "fault")
+    record_property("corpus_case", "layout: NHWC artifact fed blobFromImage's NCHW blob (transpose missing)")
+    record_property("corpus_item", "input_spec")
+    record_property("corpus_detected", check["outcome"] == "failed")
+    assert check["outcome"] == "failed"
+    assert "expects (?, 32, 32, 3) NHWC but the spec's blob is (1, 3, 32, 32) NCHW" in check["message"]
+    assert "datalayout=DNN_LAYOUT_NHWC" in check["message"]
+
+
+def _crossed_outputs(model_path: Path, out: Path) -> None:
+    """Convert a two-output model, then wire each graph output to the other's tensor (names kept)."""
+    import keras
+    import onnx
+    from onnx import helper
+
+    model = keras.models.load_model(model_path)
+    import tensorflow as tf
+    import tf2onnx
+
+    sig = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"), tf.TensorSpec((None, 8), tf.float32, name="meta"))
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=13, inputs_as_nchw=["image"])
+    graph = proto.graph
+    a, b = graph.output[0].name, graph.output[1].name
+    for node in graph.node:
+        node.output[:] = [{a: f"{a}_raw", b: f"{b}_raw"}.get(o, o) for o in node.output]
+    graph.node.extend([helper.make_node("Identity", [f"{b}_raw"], [a], name="crossed_a"),
+                       helper.make_node("Identity", [f"{a}_raw"], [b], name="crossed_b")])
+    shapes = {o.name: o for o in graph.output}
+    fixed = [helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None),
+             helper.make_tensor_value_info(b, onnx.TensorProto.FLOAT, None)]
+    del shapes
+    graph.ClearField("output")
+    graph.output.extend(fixed)
+    onnx.save(proto, str(out))
+
+
+def test_swapped_outputs_are_caught_by_output_spec(run_cvdnn: Callable[..., Run], two_in_two_out: Path,
+                                                  copy_model: Callable[..., Path], pytester: pytest.Pytester,
+                                                  record_property: Recorder) -> None:
+    copy_model(two_in_two_out)
+    _crossed_outputs(two_in_two_out, pytester.path / "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=two_in_two_out.keras", "--cvdnn-onnx=shipped.onnx", "-k",
+                    "output_spec or parity")
+    checks = run.checks()
+    spec = checks["output_spec"]
+    record_property("corpus_kind", "fault")
+    record_property("corpus_case", "outputs of a two-output model swapped in the artifact")
+    record_property("corpus_item", "output_spec, parity[keras-cv2dnn]")
+    record_property("corpus_detected", spec["outcome"] == "failed")
+    assert spec["outcome"] == "failed"
+    assert "the runners disagree on the outputs" in spec["message"] and "reordered" in spec["message"]
+    assert checks["parity[keras-cv2dnn]"]["outcome"] == "failed"
+
+
+# -- correct deployments: no false alarms --------------------------------------------------------------------
+APPLICATIONS = [("MobileNetV2", 96), ("ResNet50", 64), ("EfficientNetB0", 64), ("MobileNetV3Small", 64)]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], two_in_two_out: Path,
+        segmenter: Path, densenet_small: Path) -> dict[str, Path]:
+    found = {"small CNN (Conv/BN/ReLU/Dropout/Softmax)": models["cnn"],
+             "the shipped example tiny_cnn.keras (Rescaling, trained)": ROOT / "examples" / "tiny_cnn.keras",
+             "two inputs, two outputs": two_in_two_out,
+             "segmentation map (NHWC softmax)": segmenter,
+             "DenseNet121 weights=None 64x64": densenet_small}
+    for n, (name, size) in enumerate(APPLICATIONS):
+        found[f"{name} weights=None {size}x{size}"] = save_application(tmp_path_factory, name, 10 + n, size,
+                                                                      f"{name.lower()}.keras")
+    return found
+
+
+ZOO_CASES = ["small CNN (Conv/BN/ReLU/Dropout/Softmax)", "the shipped example tiny_cnn.keras (Rescaling, trained)",
+             "two inputs, two outputs", "segmentation map (NHWC softmax)", "DenseNet121 weights=None 64x64",
+             *[f"{name} weights=None {size}x{size}" for name, size in APPLICATIONS]]
+
+
+@pytest.mark.parametrize("case", ZOO_CASES)
+def test_correct_deployment_raises_no_alarm(case: str, zoo: dict[str, Path], run_cvdnn: Callable[..., Run],
+                                            copy_model: Callable[..., Path], record_property: Recorder) -> None:
+    model = copy_model(zoo[case])
+    run = run_cvdnn(f"--cvdnn-model={model.name}")
+    checks = run.checks()
+    failed = {n: c["message"][:300] for n, c in checks.items() if c["outcome"] == "failed"}
+    record_property("corpus_kind", "correct")
+    record_property("corpus_case", case)
+    record_property("corpus_item", f"all {len(checks)} items")
+    record_property("corpus_detected", bool(failed))  # for a correct deployment, a detection is a false alarm
+    assert not failed, failed
+    assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"

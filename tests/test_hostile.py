@@ -1,0 +1,153 @@
+"""Hostile and broken inputs: each gives a failed item or a usage error that names the file and the fix —
+never an internal error, a hang or a dead session — and the user's files are left as they were.
+
+(More of the reliability table lives elsewhere: invalid options and a missing file in test_plugin_load.py,
+empty/corrupt .keras and .onnx and the Lambda layer in test_checks.py, a corrupted cache entry and
+racing xdist workers in test_cache.py, a segfaulting importer in test_formats.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from conftest import Run
+from test_cache import _conversions
+
+
+def _assert_clean_failure(run: Run, item: str, filename: str) -> dict:
+    assert run.ret == 1, run.text
+    assert "INTERNALERROR" not in run.text and "Traceback" not in run.text.split("cvdnn deployment summary")[-1]
+    check = run.checks()[item]
+    assert check["outcome"] == "failed", check
+    assert filename in check["message"] and "Fix:" in check["message"], check["message"]
+    return check
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+@pytest.mark.parametrize("kind", ["keras", "h5", "onnx"])
+def test_damaged_model_file_fails_convert_naming_the_file(kind: str, damage: str, run_cvdnn: Callable[..., Run],
+                                                          models: dict[str, Path], pytester: pytest.Pytester) -> None:
+    source = {"keras": models["cnn"], "h5": models["h5"], "onnx": models["onnx"]}[kind]
+    good = source.read_bytes()
+    content = {"empty": b"", "truncated": good[: len(good) // 2],
+               "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()}[damage]
+    path = pytester.path / f"damaged.{kind}"
+    path.write_bytes(content)
+    run = run_cvdnn(f"--cvdnn-model={path.name}")
+    _assert_clean_failure(run, "convert", path.name)
+    assert all(c["outcome"] == "skipped" for n, c in run.checks().items() if n != "convert")
+    assert path.read_bytes() == content  # untouched
+
+
+def _external_data_onnx(folder: Path, location: str) -> Path:
+    """A one-node ONNX whose weight lives in an external file at ``location`` (relative to the model)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/hostname"])
+def test_external_data_outside_the_models_folder_is_refused(location: str, run_cvdnn: Callable[..., Run],
+                                                            pytester: pytest.Pytester) -> None:
+    folder = pytester.path / "models"
+    folder.mkdir()
+    (pytester.path / "outside.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
+    model = _external_data_onnx(folder, location)
+    run = run_cvdnn("--cvdnn-model=models/model.onnx")
+    check = _assert_clean_failure(run, "convert", "model.onnx")
+    assert "external data outside its folder" in check["message"] and "'w'" in check["message"]
+    assert location in check["message"]
+    assert model.is_file()
+
+
+def test_external_data_inside_the_folder_is_fine(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    folder = pytester.path / "models"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
+    _external_data_onnx(folder, "weights.bin")
+    run = run_cvdnn("--cvdnn-model=models/model.onnx", "-k", "convert or load or parity")
+    checks = run.checks()
+    assert checks["convert"]["outcome"] == "passed", checks["convert"]["message"]
+    assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
+
+
+def test_nan_and_inf_outputs_fail_the_validity_check(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    dense = keras.layers.Dense(4, name="head")
+    model = keras.Model(inp, dense(x))
+    kernel, bias = dense.get_weights()
+    kernel[:, 0] = np.inf  # +inf * positive pixels, and inf - inf = NaN in the next column sums
+    kernel[:, 1] = np.where(np.arange(3) % 2 == 0, np.inf, -np.inf)
+    dense.set_weights([kernel, bias])
+    model.save(pytester.path / "blowup.keras")
+    run = run_cvdnn("--cvdnn-model=blowup.keras", "-k", "output_spec")
+    check = _assert_clean_failure(run, "output_spec", "blowup.keras")
+    assert "not finite" in check["message"] and "NaN" in check["message"] and "Inf" in check["message"]
+
+
+# A conftest for the run's folder: SIGKILL the pytest process at the moment the converted model is being
+# committed to the cache (after tf2onnx finished, before the atomic rename) - a CI job killed mid-way.
+KILL_DURING_COMMIT = """
+import os, signal
+import pytest_cvdnn.cache as cache_module
+
+real_replace = os.replace
+
+class _Os:
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def replace(src, dst):
+        if os.environ.get("CVDNN_KILL") and os.path.basename(os.path.dirname(str(dst))) == "onnx":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+cache_module.os = _Os()
+"""
+
+
+def test_conversion_killed_mid_way_leaves_no_corrupt_entry(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                          copy_model: Callable[..., Path], pytester: pytest.Pytester,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    copy_model(models["cnn"])
+    pytester.makeconftest(KILL_DURING_COMMIT)
+    monkeypatch.setenv("CVDNN_KILL", "1")
+    killed = run_cvdnn("--cvdnn-model=small_cnn.keras", "-k", "convert", cache=cache, report=False)
+    assert killed.ret not in (0, 1)  # the process died
+    entries = [p for p in (cache / "onnx").iterdir()] if (cache / "onnx").is_dir() else []
+    assert all(p.name.startswith(".") for p in entries), entries  # only an uncommitted staging folder
+    assert _conversions(cache) == []
+
+    monkeypatch.delenv("CVDNN_KILL")
+    again = run_cvdnn("--cvdnn-model=small_cnn.keras", "-k", "convert or parity", cache=cache)
+    assert again.ret == 0, again.text
+    assert "converted in" in again.checks()["convert"]["message"]
+    assert len(_conversions(cache)) == 1
+    committed = [p for p in (cache / "onnx").iterdir() if not p.name.startswith(".")]
+    assert len(committed) == 1
+    meta = json.loads((committed[0] / "meta.json").read_text())
+    assert meta["sha256"]
