@@ -143,12 +143,19 @@ MISTAKES = [
 @pytest.mark.zoo
 @pytest.mark.parametrize("planted, diagnosis", MISTAKES, ids=[m[0] for m in MISTAKES])
 def test_planted_mistake_is_diagnosed(planted: str, diagnosis: str, run_cvdnn: Callable[..., Run],
-                                      densenet_small: Path, copy_model: Callable[..., Path]) -> None:
+                                      densenet_small: Path, copy_model: Callable[..., Path],
+                                      record_property: Callable[[str, object], None]) -> None:
     model = copy_model(densenet_small)
     run = run_cvdnn(f"--cvdnn-model={model.name}", "--cvdnn-layout=nchw", f"--cvdnn-preprocess={planted}",
                     "-k", "preprocessing")
-    assert run.ret == 1, run.text
     check = run.checks()["preprocessing"]
+    # part of the fault corpus (benchmarks/fault_corpus.py)
+    record_property("corpus_kind", "fault")
+    record_property("corpus_case", f"preprocessing: {diagnosis.split(':')[0]} (--cvdnn-preprocess={planted})")
+    record_property("corpus_item", "preprocessing")
+    record_property("corpus_detected", check["outcome"] == "failed" and diagnosis in check["message"])
+    record_property("corpus_explanation", diagnosis)
+    assert run.ret == 1, run.text
     assert check["outcome"] == "failed"
     assert diagnosis in check["message"], check["message"]
     assert "Fix: blob = cv2.dnn.blobFromImageWithParams(" in check["message"]

@@ -236,6 +236,47 @@ def _ort_tensors(path: Path, names: Sequence[str], feeds: dict[str, np.ndarray],
     return dict(zip(wanted, sess.run(wanted, feeds)))
 
 
+def _match_tensors(ref_model: Any, obt_model: Any) -> dict[str, str]:
+    """Tensor of ``obt_model`` → the same tensor of ``ref_model``: by name, else by structure.
+
+    tf2onnx names fused nodes with a counter (``Conv__22`` holds conv2 + its BatchNorm), so the same
+    tensor can carry different names in two conversions; a node with the same op type fed by the same
+    (matched) tensors and initializer names is the same computation.
+    """
+    ref_outputs = {o for node in ref_model.graph.node for o in node.output if o}
+    by_signature: dict[tuple[str, tuple[str, ...]], Any] = {}
+    for node in ref_model.graph.node:
+        by_signature.setdefault((node.op_type, tuple(node.input)), node)
+    mapping: dict[str, str] = {}
+    for node in obt_model.graph.node:
+        twin = by_signature.get((node.op_type, tuple(mapping.get(i, i) for i in node.input)))
+        for k, out in enumerate(node.output):
+            if out in ref_outputs:
+                mapping[out] = out
+            elif twin is not None and k < len(twin.output):
+                mapping[out] = twin.output[k]
+    return mapping
+
+
+def _origin(model: Any, node: Any, mapping: dict[str, str], inits: set[str]) -> Any | None:
+    """The earliest node upstream of ``node`` with no counterpart in the reference graph (where the graphs
+    part), or None when every input of ``node`` has one."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    origin, frontier, seen = None, [node], set()
+    while frontier:
+        current = frontier.pop()
+        for tensor in current.input:
+            if not tensor or tensor in mapping or tensor in inits or tensor in graph_inputs or tensor in seen:
+                continue
+            seen.add(tensor)
+            producer = producers.get(tensor)
+            if producer is not None and producer.op_type not in ("Constant",):
+                origin = producer
+                frontier.append(producer)
+    return origin
+
+
 @dataclass(frozen=True)
 class Divergence:
     node: str
@@ -244,16 +285,23 @@ class Divergence:
     keras_layer: str | None
     stats: Any
     checked: int
+    origin: dict[str, Any] | None = None  # a node upstream that has no counterpart in the reference graph
 
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "tensor": self.tensor, "keras_layer": self.keras_layer,
-                "stats": self.stats.as_dict(), "tensors_checked": self.checked}
+                "stats": self.stats.as_dict(), "tensors_checked": self.checked, "origin": self.origin}
 
     def describe(self) -> str:
         layer = f", Keras layer {self.keras_layer!r}" if self.keras_layer else ""
-        return (f"first divergent node: {self.node!r} (op {self.op_type}{layer}), output {self.tensor!r}: "
+        text = (f"first divergent node: {self.node!r} (op {self.op_type}{layer}), output {self.tensor!r}: "
                 f"max abs error {self.stats.max_abs:.3g}, {self.stats.mismatches}/{self.stats.size} elements "
                 f"beyond tolerance (checked {self.checked} intermediate tensors in graph order)")
+        if self.origin:
+            o = self.origin
+            olayer = f", Keras layer {o['keras_layer']!r}" if o.get("keras_layer") else ""
+            text += (f"; it is computed from {o['node']!r} (op {o['op_type']}{olayer}), which has no counterpart "
+                     "in the reference graph: the graphs differ there")
+        return text
 
 
 def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtained_runner: str,
@@ -261,17 +309,17 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
     """The first node of ``obtained`` whose output differs from the same tensor of ``reference``.
 
     ``reference`` runs in onnxruntime; ``obtained`` runs in onnxruntime or the target's cv2.dnn.
-    Both graphs must share tensor names (tf2onnx keeps them).  Tensors are compared in graph
-    order, ``chunk`` at a time, stopping at the first chunk with a divergence.
+    Tensors are paired by name or, for renamed fused nodes, by structure (:func:`_match_tensors`),
+    compared in graph order ``chunk`` at a time, stopping at the first chunk with a divergence.
     """
     import onnx
 
     ref_model = onnx.load(str(reference), load_external_data=False)
     obt_model = onnx.load(str(obtained), load_external_data=False)
-    ref_names = {n for n, _ in _topological_outputs(ref_model)}
+    mapping = _match_tensors(ref_model, obt_model)
     inits = {i.name for i in obt_model.graph.initializer}
-    order = [(n, node) for n, node in _topological_outputs(obt_model) if n in ref_names]
-    graph_inputs = [i.name for i in obt_model.graph.input if i.name not in {x.name for x in obt_model.graph.initializer}]
+    order = [(n, node) for n, node in _topological_outputs(obt_model) if n in mapping]
+    graph_inputs = [i.name for i in obt_model.graph.input if i.name not in inits]
     feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
     ref_inputs = [i.name for i in ref_model.graph.input if i.name not in {x.name for x in ref_model.graph.initializer}]
     ref_feeds = dict(zip(ref_inputs, feeds.values()))
@@ -281,19 +329,23 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
             names = [n for n, _ in part]
-            expected = _ort_tensors(reference, names, ref_feeds, tmp)
+            expected = _ort_tensors(reference, [mapping[n] for n in names], ref_feeds, tmp)
             if obtained_runner == "onnxruntime":
                 got = _ort_tensors(obtained, names, feeds, tmp)
             else:
                 got = _cv2_tensors(dep, obtained, names, feeds, tmp)
             for name, node in part:
-                if name not in expected or name not in got:
+                if mapping[name] not in expected or name not in got:
                     continue
                 checked += 1
-                stats = compare_arrays(expected[name], got[name], tol, name=name)
+                stats = compare_arrays(expected[mapping[name]], got[name], tol, name=name)
                 if not stats.ok:
+                    origin = _origin(obt_model, node, mapping, inits)
+                    where = None if origin is None else {
+                        "node": origin.name, "op_type": origin.op_type,
+                        "keras_layer": keras_layer_of(origin, inits, dep.keras_layer_names)}
                     return Divergence(node.name, node.op_type, name, keras_layer_of(node, inits, dep.keras_layer_names),
-                                      stats, checked)
+                                      stats, checked, where)
     return None
 
 

@@ -1,0 +1,56 @@
+"""Detection and false-alarm rates of the fault corpus, measured by running it.
+
+    python benchmarks/fault_corpus.py        # ~6 minutes on 2 cores; prints the README's table
+
+Runs tests/test_corpus.py and the planted preprocessing mistakes of tests/test_preprocessing.py
+(with pytest-xdist when installed) and reads what each case recorded (``corpus_*`` properties in
+the JUnit XML): a fault counts as detected when the right item failed with the right explanation;
+a correct deployment counts as a false alarm when any of its items failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from importlib.util import find_spec
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "corpus.xml"
+        parallel = ["-n", "2"] if find_spec("xdist") else []
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *parallel, "tests/test_corpus.py",
+               "tests/test_preprocessing.py::test_planted_mistake_is_diagnosed", f"--junitxml={xml}"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if not xml.is_file():
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+            return 1
+        rows = []
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            props = {p.get("name"): p.get("value") for p in case.iter("property")}
+            if "corpus_kind" in props:
+                rows.append(props)
+    faults = [r for r in rows if r["corpus_kind"] == "fault"]
+    correct = [r for r in rows if r["corpus_kind"] == "correct"]
+    detected = sum(r["corpus_detected"] == "True" for r in faults)
+    alarms = sum(r["corpus_detected"] == "True" for r in correct)
+    print("| case | kind | item | outcome |\n| --- | --- | --- | --- |")
+    for r in faults + correct:
+        if r["corpus_kind"] == "fault":
+            outcome = ("caught" if r["corpus_detected"] == "True" else "**missed**") + (
+                f" — {r['corpus_explanation']}" if r.get("corpus_explanation") else "")
+        else:
+            outcome = "**false alarm**" if r["corpus_detected"] == "True" else "all pass"
+        print(f"| {r['corpus_case']} | {r['corpus_kind']} | {r['corpus_item']} | {outcome} |")
+    print(f"\ndetection rate: {detected}/{len(faults)} ({100 * detected / max(len(faults), 1):.0f} %); "
+          f"false-alarm rate: {alarms}/{len(correct)} ({100 * alarms / max(len(correct), 1):.0f} %)")
+    return 0 if proc.returncode == 0 else proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
