@@ -151,3 +151,25 @@ def test_conversion_killed_mid_way_leaves_no_corrupt_entry(run_cvdnn: Callable[.
     assert len(committed) == 1
     meta = json.loads((committed[0] / "meta.json").read_text())
     assert meta["sha256"]
+
+
+def test_a_savedmodels_graph_file_is_explained(pytester: pytest.Pytester) -> None:
+    """The blog recipe: feed saved_model.pb to readNetFromTensorflow. It is not a frozen graph."""
+    folder = pytester.path / "exported"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"\x08\x01")
+    result = pytester.runpytest_subprocess("--cvdnn-model=exported/saved_model.pb")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*saved_model.pb is a SavedModel's graph file*not a frozen graph*"
+                                 "Fix: pass the folder exported instead*--cvdnn-format=tf*"])
+
+
+def test_an_opencv_that_cannot_be_installed_fails_its_items_not_the_session(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path]) -> None:
+    copy_model(models["onnx"])
+    run = run_cvdnn("--cvdnn-model=small_cnn.onnx", "--cvdnn-target=opencv==3.0.0", "-k", "load")
+    checks = run.checks()
+    assert checks["load"]["outcome"] == "passed"
+    load = checks["load[opencv-3.0.0]"]
+    assert load["outcome"] == "failed" and "3.0.0" in load["message"] and "Fix:" in load["message"], load
+    assert "INTERNALERROR" not in run.text
