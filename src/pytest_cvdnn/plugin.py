@@ -16,7 +16,7 @@ import pytest
 from .cache import Cache, default_user_cache
 from .compare import ParityResult, Tolerance, compare
 from .errors import CvdnnError
-from .items import RECORD_KEY, ModelDirectory, ModelEntry, ModelFile
+from .items import RECORD_KEY, CheckItem, ModelDirectory, ModelEntry, ModelFile
 from .report import Results
 from .settings import OPTIONS, ModelSettings, parse_target
 
@@ -193,6 +193,30 @@ def _group_models_on_workers(config: pytest.Config, state: CvdnnState) -> None:
         )
     elif getattr(config.option, "dist", None) == "load":
         config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Where xdist could not put the group into the node ids, do it for our items.
+
+    Under ``--dist loadgroup`` xdist's worker appends ``@<group>`` to each grouped item's nodeid by
+    assigning ``item._nodeid``; pytest >= 9.2 derives ``nodeid`` from ``item._id`` instead, so the
+    assignment is lost and the controller spreads one model's checks over every worker.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9.2
+    except ImportError:
+        return
+    for item in items:
+        if not isinstance(item, CheckItem):
+            continue
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = coerce_node_id(item.nodeid + suffix)
 
 
 BUNDLE_PREFIX = "bundle:"
