@@ -6,11 +6,12 @@ deployment converts between layouts.  Each module imports its framework lazily.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["Runner", "RUNNER_NAMES"]
+__all__ = ["Runner", "RUNNER_NAMES", "thread_share"]
 
 RUNNER_NAMES = ("keras", "onnxruntime", "cv2dnn")
 
@@ -21,3 +22,9 @@ class Runner(Protocol):
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one forward pass on a batch; returns the outputs in model order."""
         ...
+
+
+def thread_share() -> int | None:
+    """Threads per runner when pytest-xdist workers share the cores (set by the plugin), else None."""
+    value = os.environ.get("CVDNN_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -69,6 +69,11 @@ def read_net(path: Path, engine: str = "auto") -> Any:
     """A cv2.dnn.Net for an ONNX, TFLite or frozen TensorFlow graph (chosen by the file's suffix)."""
     import cv2
 
+    from . import thread_share
+
+    threads = thread_share()
+    if threads:
+        cv2.setNumThreads(threads)
     reader, since = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])
     read = getattr(cv2.dnn, reader, None)
     if read is None:

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import thread_share
+
 __all__ = ["OrtRunner"]
 
 
@@ -18,6 +20,9 @@ class OrtRunner:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        threads = thread_share()
+        if threads:
+            opts.intra_op_num_threads = threads
         self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = outputs or [o.name for o in self.session.get_outputs()]
