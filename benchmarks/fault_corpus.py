@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "corpus.xml"
-        parallel = ["-n", "2"] if find_spec("xdist") else []
+        # pytest-benchmark (if installed) turns xdist into a warning, an error under filterwarnings=error
+        parallel = ["-n", "2", "-p", "no:benchmark"] if find_spec("xdist") else []
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *parallel, "tests/test_corpus.py",
                "tests/test_preprocessing.py::test_planted_mistake_is_diagnosed", f"--junitxml={xml}"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

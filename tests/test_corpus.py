@@ -99,8 +99,10 @@ def test_model_fault_is_caught_and_localised(fault: ModelFault, run_cvdnn: Calla
     assert parity["message"].startswith("the provided ONNX does not reproduce Keras")
     first = parity["data"]["first_divergent"]
     # where the graphs part: the first divergent node, or the node upstream of it that has no counterpart
-    layer = (first.get("origin") or {}).get("keras_layer") or first["keras_layer"]
-    record_property("corpus_explanation", f"localised to Keras layer {layer!r} ({first['op_type']})")
+    origin = first.get("origin") or {}
+    layer, op = (origin["keras_layer"], origin["op_type"]) if origin.get("keras_layer") else \
+        (first["keras_layer"], first["op_type"])
+    record_property("corpus_explanation", f"localised to Keras layer {layer!r} (ONNX {op} node)")
     assert layer in fault.layers, first
 
 

@@ -56,6 +56,12 @@ def test_fixtures_and_marker(run_cvdnn: Callable[..., Run], models: dict[str, Pa
             wrong = cvdnn_model.run("cv2dnn", [x[..., ::-1].copy()], logits=True)  # channels swapped
             assert_parity(ref, wrong)
 
+        @pytest.mark.cvdnn(model="m.keras")
+        def test_other_format(cvdnn_model):
+            tflite = cvdnn_model.as_format("tflite")
+            assert tflite.onnx_path.suffix == ".tflite"
+            assert tflite.check("parity[keras-cv2dnn]").data["outputs"][1]["name"] == "probs (logits)"
+
         def test_arrays_only(assert_parity):
             a = np.ones((2, 3), np.float32)
             assert assert_parity(a, a + 1e-6).max_abs < 1e-5
@@ -63,7 +69,7 @@ def test_fixtures_and_marker(run_cvdnn: Callable[..., Run], models: dict[str, Pa
     )
     run = run_cvdnn("test_deploy.py", "-v", "--strict-markers", report=False)
     outcomes = run.outcomes()
-    assert outcomes == {"passed": 4, "failed": 2}, run.text
+    assert outcomes == {"passed": 5, "failed": 2}, run.text
     assert "test_wrong_artifact_fails FAILED" in run.text
     assert "test_wrong_preprocessing_fails FAILED" in run.text
     assert "parity keras-onnxruntime failed (atol=0.0001, rtol=0.001" in run.text

@@ -591,8 +591,21 @@ class Deployment:
         return replace(result, notes=result.notes + tuple(notes)) if notes else result
 
     def variant(self, settings: ModelSettings) -> "Deployment":
-        """Another deployment of the same model (other opset/layout), sharing cache and loaded models."""
+        """Another deployment of the same model (other opset/layout/format), sharing cache and loaded models."""
+        if settings.format != "onnx":
+            from .formats import ArtifactDeployment
+
+            return ArtifactDeployment(settings, self.cache, self.rootdir, memo=self.memo)
         return Deployment(settings, self.cache, self.rootdir, memo=self.memo)
+
+    def as_format(self, fmt: str) -> "Deployment":
+        """The same model exported as ``"tflite"`` or ``"tf"`` (a frozen graph), or ``"onnx"``: e.g.
+        ``cvdnn_model.as_format("tflite").check("parity[keras-cv2dnn]")`` in a project's own test."""
+        from .settings import FORMATS
+
+        if fmt not in FORMATS:
+            raise CvdnnError(f"unknown format {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
+        return self.variant(replace(self.settings, format=fmt))
 
     def check(self, name: str) -> Any:
         """Run one of the generated checks (e.g. "preprocessing") from a project's own test.
