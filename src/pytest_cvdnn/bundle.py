@@ -126,7 +126,7 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         shutil.rmtree(folder, ignore_errors=True)  # same model: regenerate
         os.replace(staging, folder)
