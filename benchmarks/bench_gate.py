@@ -130,8 +130,8 @@ def main() -> None:
             serial.append(timed([*pytest, *models, f"--cvdnn-cache-dir={label}0", "-n", "0"], work)[0])
             par.append(timed([*pytest, "-p", "no:benchmark", *models, f"--cvdnn-cache-dir={label}2", "-n", "2"],
                              work)[0])
-        conversions = len((work / f"{label}2" / "events.jsonl").read_text().splitlines())
-        scale[label] = (min(serial), min(par), conversions)
+        par_count = len((work / f"{label}2" / "events.jsonl").read_text().splitlines())
+        scale[label] = (min(serial), min(par), par_count)
     serial_s, par_s, par_conversions = scale["mnv2"]
     small_serial_s, small_par_s, _ = scale["small"]
 
