@@ -19,10 +19,10 @@ from .graph import validate_onnx
 from .inputs import fill_spatial
 
 __all__ = ["ConversionOptions", "Conversion", "convert_keras", "conversion_key", "tool_versions", "cached_convert",
-           "cached_artifact", "signature_specs", "package_version"]
+           "cached_artifact", "signature_specs"]
 
 
-def package_version(*dists: str) -> str:
+def _version(*dists: str) -> str:
     for dist in dists:
         try:
             return metadata.version(dist)
@@ -34,13 +34,13 @@ def package_version(*dists: str) -> str:
 def tool_versions() -> dict[str, str]:
     """Versions from package metadata (no imports: cheap, and TensorFlow stays unloaded)."""
     return {
-        "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tf-nightly"),
-        "keras": package_version("keras"),
-        "tf2onnx": package_version("tf2onnx"),
-        "onnx": package_version("onnx"),
-        "onnxruntime": package_version("onnxruntime"),
-        "opencv": package_version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
-        "numpy": package_version("numpy"),
+        "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly"),
+        "keras": _version("keras"),
+        "tf2onnx": _version("tf2onnx"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "opencv": _version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+        "numpy": _version("numpy"),
     }
 
 

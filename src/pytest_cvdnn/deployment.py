@@ -495,19 +495,10 @@ class Deployment:
         return outputs
 
     def photos(self) -> list[np.ndarray]:
-        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's (cached: importing
-        skimage.io costs a warm run a third of a second)."""
-        from .convert import package_version
+        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's."""
         from .preprocess import load_photos
 
-        if self.settings.images:
-            return [img for _, img in load_photos(Path(self.settings.images))]
-        name = f"skimage-{package_version('scikit-image')}.npz"
-        cached = self.cache.get_arrays("photos", name)
-        if cached is None:
-            cached = [img for _, img in load_photos(None)]
-            self.cache.put_arrays(cached, "photos", name)
-        return cached
+        return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
 
     def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
         """What Keras feeds input ``index``; the declared spec when the model's own cannot be detected."""
