@@ -28,7 +28,7 @@ from .settings import ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "build_deployment"]
 
 _STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
 
@@ -583,11 +583,7 @@ class Deployment:
 
     def variant(self, settings: ModelSettings) -> "Deployment":
         """Another deployment of the same model (other opset/layout/format), sharing cache and loaded models."""
-        if settings.format != "onnx":
-            from .formats import ArtifactDeployment
-
-            return ArtifactDeployment(settings, self.cache, self.rootdir, memo=self.memo)
-        return Deployment(settings, self.cache, self.rootdir, memo=self.memo)
+        return build_deployment(settings, self.cache, self.rootdir, self.memo)
 
     def as_format(self, fmt: str) -> "Deployment":
         """The same model exported as ``"tflite"`` or ``"tf"`` (a frozen graph), or ``"onnx"``: e.g.
@@ -613,3 +609,17 @@ class Deployment:
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
                    target=self.target_label, format=self.settings.format)
         return env
+
+
+def build_deployment(settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
+                     memo: dict[str, Any] | None = None) -> Deployment:
+    """The deployment for ``settings``: a replayed bundle, an exported TFLite/frozen graph, or the ONNX."""
+    if settings.bundle is not None:
+        from .bundle import BundleDeployment
+
+        return BundleDeployment(settings, Path(settings.bundle), cache)
+    if settings.format != "onnx":
+        from .formats import ArtifactDeployment
+
+        return ArtifactDeployment(settings, cache, rootdir, memo=memo)
+    return Deployment(settings, cache, rootdir, memo=memo)

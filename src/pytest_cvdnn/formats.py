@@ -187,11 +187,6 @@ class ArtifactDeployment(Deployment):
     def ort(self) -> Any:
         raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
 
-    def require_runner(self, name: str) -> None:
-        if name == "onnxruntime":
-            raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
-        super().require_runner(name)
-
     def _cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
         """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
         model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's
@@ -205,6 +200,3 @@ class ArtifactDeployment(Deployment):
     def load_fix(self) -> str:
         return (f"ship the ONNX instead (see the load item without the {self.fmt}: prefix), or use an OpenCV "
                 f"whose cv2.dnn.{_READERS[self.fmt]} reads this model")
-
-    def environment(self) -> dict[str, Any]:
-        return {**super().environment(), "format": self.fmt}
