@@ -56,3 +56,21 @@ def test_coerce_accepts_dicts_and_strings() -> None:
     assert InputSpec.coerce("none,size=8x8").size == (8, 8)
     with pytest.raises(SpecError, match="unknown input spec field"):
         InputSpec.coerce({"scal": 1})
+
+
+def test_specs_per_input_name() -> None:
+    from pytest_cvdnn.spec import SpecError, coerce_specs, parse_specs
+
+    default, named = parse_specs("image:caffe;thumb:mean=1:2:3,scale=0.5")
+    assert default is None and [n for n, _ in named] == ["image", "thumb"]
+    assert named[0][1].mode == "caffe" and named[1][1].mean == (1.0, 2.0, 3.0) and named[1][1].scale == 0.5
+    default, named = parse_specs("mean=1:2:3,swap_rb=1")  # a colon inside a value is not a name
+    assert default is not None and default.mean == (1.0, 2.0, 3.0) and named == ()
+    default, named = parse_specs("tf;thumb:caffe")
+    assert default is not None and default.mode == "tf" and named[0][0] == "thumb"
+    with pytest.raises(SpecError, match="input 'thumb'"):
+        parse_specs("thumb:bogus")
+    with pytest.raises(SpecError, match="two specs without an input name"):
+        parse_specs("tf;caffe")
+    assert coerce_specs({"image": "caffe", "thumb": {"mode": "tf"}})[1][1][1].mode == "tf"
+    assert coerce_specs({"mode": "tf"})[0].mode == "tf"  # a dict of fields is one spec
