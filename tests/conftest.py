@@ -97,6 +97,20 @@ def mvn_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _frameworks_outlive_pytester() -> None:
+    """Import TensorFlow, Keras, tf2onnx and onnx once per session, before any test runs.
+
+    ``pytester`` restores ``sys.modules`` after each test that uses it, so a framework first imported
+    inside such a test is dropped again, and importing onnx's C extension a second time aborts the
+    process (seen under ``-n 2``: an xdist worker died importing onnx after test_formats.py).
+    """
+    import keras  # noqa: F401
+    import onnx  # noqa: F401
+    import tensorflow  # noqa: F401
+    import tf2onnx  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real small models on disk, built once per session (and per xdist worker)."""

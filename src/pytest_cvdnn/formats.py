@@ -164,7 +164,9 @@ class ArtifactDeployment(Deployment):
             dtypes = [i["dtype"] for i in self.keras_meta["inputs"]]
             inputs = tuple(TensorInfo(i["name"], _nchw(i["shape"]), d) for i, d in zip(meta["inputs"], dtypes))
             outputs = tuple(TensorInfo(o["name"], tuple(o["shape"]), "float32") for o in meta["outputs"])
-            return GraphInfo(inputs, outputs, tuple(False for _ in outputs), 0, ())
+            soft = list(self.keras_meta.get("softmax_outputs") or [])
+            return GraphInfo(inputs, outputs, tuple(bool(x) for x in (soft + [False] * len(outputs))[: len(outputs)]),
+                             0, ())
 
         return self.stage("graph", read)
 
@@ -176,8 +178,7 @@ class ArtifactDeployment(Deployment):
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:
         """Final Softmax outputs: their logits come from a twin artifact exported without the Softmax."""
-        soft = self.keras_meta.get("softmax_outputs") or []
-        return [(k, f"{name} (logits)") for k, (name, s) in enumerate(zip(self.output_names, soft)) if s]
+        return [(k, f"{name} (logits)") for k, (name, s) in enumerate(zip(self.output_names, self.softmax_outputs)) if s]
 
     @property
     def probe_path(self) -> Path:
