@@ -33,6 +33,7 @@ __all__ = [
     "compare_arrays",
     "top1_text",
     "align_outputs",
+    "nchw_shape",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -392,7 +393,7 @@ def compare(
     return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))
 
 
-def _nchw_of(shape: Sequence[int]) -> tuple[int, ...] | None:
+def nchw_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
     """The NCHW shape of an NHWC 4-D shape (None for other ranks)."""
     return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else None
 
@@ -421,8 +422,8 @@ def align_outputs(expected_shapes: Sequence[Sequence[int]], obtained: Sequence[n
         candidates = [j for j in range(len(obtained)) if j not in used and (reorder or j == k)]
         same = [j for j in candidates if obtained[j].shape == shape]
         pick = k if k in same else (same[0] if same else None)
-        if pick is None and shape != _nchw_of(shape):
-            nchw = [j for j in candidates if obtained[j].shape == _nchw_of(shape)]
+        if pick is None and shape != nchw_shape(shape):
+            nchw = [j for j in candidates if obtained[j].shape == nchw_shape(shape)]
             if nchw:
                 pick = k if k in nchw else nchw[0]
                 notes.append(f"{label[k]}: cv2.dnn returns NCHW {obtained[pick].shape} where Keras has NHWC "

@@ -25,16 +25,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .compare import nchw_shape
 from .deployment import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, TensorInfo
+from .runners.cv2dnn import READERS
 
 __all__ = ["FILENAMES", "FORMAT_CHECKS", "export_keras", "constants_as_tensor_content", "ArtifactDeployment",
            "format_label"]
 
 FILENAMES = {"tflite": "model.tflite", "tf": "frozen_graph.pb"}
 _NAMES = {"onnx": "ONNX", "tflite": "TFLite", "tf": "TensorFlow frozen graph"}
-_READERS = {"onnx": "readNetFromONNX", "tflite": "readNetFromTFLite", "tf": "readNetFromTensorflow"}
 
 #: the checks run on a non-ONNX artifact (onnxruntime and the ONNX graph tools do not apply)
 FORMAT_CHECKS = ("convert", "load", "output_spec", "parity[keras-cv2dnn]")
@@ -107,10 +108,6 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
             "constants_rewritten": rewritten, "versions": tool_versions()}
 
 
-def _nchw(shape: Sequence[int]) -> tuple[int, ...]:
-    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape)
-
-
 class ArtifactDeployment(Deployment):
     """The Keras model exported as TFLite or a frozen graph, run by cv2.dnn and compared with Keras."""
 
@@ -162,7 +159,8 @@ class ArtifactDeployment(Deployment):
         def read() -> GraphInfo:
             meta = self.conversion.meta
             dtypes = [i["dtype"] for i in self.keras_meta["inputs"]]
-            inputs = tuple(TensorInfo(i["name"], _nchw(i["shape"]), d) for i, d in zip(meta["inputs"], dtypes))
+            inputs = tuple(TensorInfo(i["name"], nchw_shape(i["shape"]) or tuple(i["shape"]), d)
+                           for i, d in zip(meta["inputs"], dtypes))
             outputs = tuple(TensorInfo(o["name"], tuple(o["shape"]), "float32") for o in meta["outputs"])
             soft = list(self.keras_meta.get("softmax_outputs") or [])
             return GraphInfo(inputs, outputs, tuple(bool(x) for x in (soft + [False] * len(outputs))[: len(outputs)]),
@@ -200,4 +198,4 @@ class ArtifactDeployment(Deployment):
     @property
     def load_fix(self) -> str:
         return (f"ship the ONNX instead (see the load item without the {self.fmt}: prefix), or use an OpenCV "
-                f"whose cv2.dnn.{_READERS[self.fmt]} reads this model")
+                f"whose cv2.dnn.{READERS[Path(FILENAMES[self.fmt]).suffix][0]} reads this model")
