@@ -25,7 +25,7 @@ from .compare import Tolerance
 from .convert import Conversion
 from .deployment import Deployment
 from .errors import CvdnnError, StageSkipped
-from .graph import GraphInfo, TensorInfo
+from .graph import GraphInfo
 from .settings import ModelSettings
 from .spec import InputSpec
 
@@ -102,13 +102,7 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
         "model_hash": dep.model_hash,
         "has_keras": dep.has_keras,
         "keras_meta": dep.keras_meta if dep.has_keras else None,
-        "graph": {
-            "inputs": [i.as_dict() for i in graph.inputs],
-            "outputs": [o.as_dict() for o in graph.outputs],
-            "softmax_outputs": list(graph.softmax_outputs),
-            "opset": graph.opset,
-            "op_types": list(graph.op_types),
-        },
+        "graph": graph.as_dict(),
         "softmax_logits": [list(x) for x in dep.softmax_logits],
         "settings": {"atol": dep.settings.tolerance.atol, "rtol": dep.settings.tolerance.rtol,
                      "opset": dep.settings.opset, "layout": dep.settings.layout, "engine": dep.settings.engine,
@@ -213,13 +207,7 @@ class BundleDeployment(Deployment):
 
     @property
     def graph(self) -> GraphInfo:
-        g = self.manifest["graph"]
-
-        def info(d: dict[str, Any]) -> TensorInfo:
-            return TensorInfo(d["name"], tuple(d["shape"]), d["dtype"])
-
-        return GraphInfo(tuple(info(d) for d in g["inputs"]), tuple(info(d) for d in g["outputs"]),
-                         tuple(g["softmax_outputs"]), g["opset"], tuple(g["op_types"]))
+        return GraphInfo.from_dict(self.manifest["graph"])
 
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:

@@ -68,7 +68,9 @@ def check_load(dep: Deployment) -> CheckResult:
     except CvdnnError as exc:
         raise _load_failure(dep, exc) from exc
     graph = dep.graph
-    outs = runner.infer([x[:1] for x in dep.to_onnx_inputs(dep.inputs)])
+    outs = dep.run("cv2dnn", [x[:1] for x in dep.inputs])  # shared with the parity items (row 0)
+    if {"batch", "determinism"} & dep.upcoming:
+        dep.isolated_forwards()  # starts the child now: it runs while the next checks do
     inputs = [f"{i.name} {_shape(i.shape)} {lay.upper()} {i.dtype}" for i, lay in zip(graph.inputs, dep.onnx_layouts)]
     outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs)]
     version = getattr(runner, "opencv", None) or _local_opencv()
@@ -584,11 +586,8 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
 
 # -- batch / determinism -----------------------------------------------------------------------
 def check_batch(dep: Deployment) -> CheckResult:
-    runner = dep.require("cv2net")
-    from .runners.isolated import forward_isolated
-
-    feeds = dep.to_onnx_inputs(dep.inputs)
-    n = len(feeds[0])
+    dep.require("cv2net")
+    n = len(dep.inputs[0])
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
     if dep.fixed_batch_of_one:
@@ -596,8 +595,7 @@ def check_batch(dep: Deployment) -> CheckResult:
                            "cv2.dnn must run one image per net.forward(); re-export with a dynamic batch to batch")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
-        batched = forward_isolated(dep.onnx_path, dep.settings.engine, runner.input_names, runner.output_names, feeds,
-                                   dep.target)
+        batched = dep.isolated_forwards().outputs(1)
     except CvdnnError as exc:
         verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({exc.message}): "
                    "it needs a fixed batch of 1; call net.forward() once per image")
@@ -621,16 +619,18 @@ def check_batch(dep: Deployment) -> CheckResult:
 
 def check_determinism(dep: Deployment) -> CheckResult:
     runner = dep.require("cv2net")
-    feeds = [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]
-    if hasattr(runner, "infer_repeat"):  # a target: two forwards in one child, then a fresh child
-        first, second = runner.infer_repeat(feeds, 2)
-        fresh = runner.infer(feeds)
-    else:
-        from .runners.cv2dnn import Cv2DnnRunner
-
-        first = runner.infer(feeds)
-        second = runner.infer(feeds)
-        fresh = Cv2DnnRunner(dep.onnx_path, runner.input_names, runner.output_names, dep.settings.engine).infer(feeds)
+    sample = [x[:1] for x in dep.inputs]
+    if hasattr(runner, "infer_repeat"):  # a target: two forwards in one child
+        first, second = runner.infer_repeat(dep.to_onnx_inputs(sample), 2)
+    else:  # the forward the load and parity checks shared, then the same net again
+        first = dep.run("cv2dnn", sample)
+        second = runner.infer(dep.to_onnx_inputs(sample))
+    try:
+        fresh = dep.isolated_forwards().outputs(0)  # a net loaded afresh in a child process
+    except CvdnnError as exc:
+        raise CheckFailed(f"a freshly loaded net (in a child process) could not forward sample 0: {exc.message}",
+                          fix="see the load and batch items; the child's OpenCV output is below",
+                          details=exc.details or getattr(exc, "raw", None)) from exc
     for label, other in (("a second forward of the same net", second), ("a freshly loaded net", fresh)):
         for k, (a, b) in enumerate(zip(first, other)):
             if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):

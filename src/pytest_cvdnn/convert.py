@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -32,7 +33,12 @@ def _version(*dists: str) -> str:
 
 
 def tool_versions() -> dict[str, str]:
-    """Versions from package metadata (no imports: cheap, and TensorFlow stays unloaded)."""
+    """Versions from package metadata (no imports, and TensorFlow stays unloaded); a fresh copy."""
+    return dict(_tool_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _tool_versions() -> dict[str, str]:
     return {
         "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly"),
         "keras": _version("keras"),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cache import Cache, sha256_bytes
+from .cache import Cache, sha256_bytes, slug
 from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
 from .errors import CvdnnError, StageSkipped
@@ -30,6 +30,7 @@ from .spec import InputSpec
 
 __all__ = ["Deployment", "build_deployment"]
 
+GRAPH_SUMMARY_VERSION = 1
 _STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
 
 
@@ -50,6 +51,7 @@ class Deployment:
         self.timings: dict[str, float] = {}
         self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
         self._outputs: dict[tuple[Any, ...], list[np.ndarray]] = {}  # runner outputs by inputs (runners are pure)
+        self.upcoming: set[str] = set()  # checks this session will run (the plugin sets it): work can start early
 
     # -- stage machinery ----------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -243,8 +245,31 @@ class Deployment:
         return self.conversion.onnx_path
 
     @property
+    def onnx_digest(self) -> str:
+        """SHA-256 of the deployed ONNX (a cached conversion's is in its metadata, verified on every read)."""
+        from .cache import sha256_file
+
+        return self.conversion.meta.get("sha256") or self.stage("onnx_digest", lambda: sha256_file(self.onnx_path))
+
+    @property
+    def graph_summary(self) -> dict[str, Any]:
+        """What the checks read from the graph (:func:`~pytest_cvdnn.graph.summarize`), cached by content hash."""
+        from .graph import summarize
+
+        def make() -> dict[str, Any]:
+            name = f"{self.onnx_digest[:40]}.json"
+            found = self.cache.get_json("graph", name)
+            if found is not None and found.get("version") == GRAPH_SUMMARY_VERSION:
+                return found
+            data = {**summarize(self.onnx_path), "version": GRAPH_SUMMARY_VERSION}
+            self.cache.put_json(data, "graph", name)
+            return data
+
+        return self.stage("graph_summary", make)
+
+    @property
     def graph(self) -> GraphInfo:
-        return self.stage("graph", lambda: read_graph(self.onnx_path))
+        return self.stage("graph", lambda: GraphInfo.from_dict(self.graph_summary["graph"]))
 
     @property
     def onnx_layouts(self) -> list[str]:
@@ -319,9 +344,15 @@ class Deployment:
     # -- runners ----------------------------------------------------------------------------
     @property
     def ort(self) -> Any:
+        """onnxruntime on the graph that also outputs the logits (outputs and logits in one pass); its
+        session is created on the first forward."""
         from .runners.onnxruntime import OrtRunner
 
-        return self.stage("ort", lambda: OrtRunner(self.onnx_path))
+        def make() -> Any:
+            path = self.probe_path if self.logit_names else self.onnx_path
+            return OrtRunner(path, outputs=self.output_names + self.logit_names)
+
+        return self.stage("ort", make)
 
     @property
     def target_label(self) -> str:
@@ -403,6 +434,30 @@ class Deployment:
         self.require("cv2net")
         return read_net(self.onnx_path, self.settings.engine)
 
+    def isolated_forwards(self) -> Any:
+        """A :class:`~pytest_cvdnn.runners.isolated.ChildRun`: a freshly loaded net in a child process
+        forwards sample 0 alone, then the whole batch.  The determinism check's fresh net and the batch
+        check (a batch that crashes OpenCV cannot take the session down) share it; the load check
+        starts it when those checks are upcoming, so it runs while the other checks do."""
+        from .runners.isolated import ChildRun
+
+        def start() -> Any:
+            runner = self.require("cv2net")
+            feeds = self.to_onnx_inputs(self.inputs)
+            runs = [[x[:1] for x in feeds]]
+            if len(feeds[0]) > 1 and not self.fixed_batch_of_one:
+                runs.append(feeds)
+            return ChildRun(self.target, self.onnx_path, self.settings.engine, runner.input_names,
+                            runner.output_names, runs)
+
+        return self.stage("isolated_forwards", start)
+
+    def close(self) -> None:
+        """Stop what still runs in the background (the session ends)."""
+        ok, child = self._stages.get("isolated_forwards", (False, None))
+        if ok:
+            child.close()
+
     def to_onnx_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
         return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
@@ -417,21 +472,6 @@ class Deployment:
         elif name == "keras" and not self.has_keras:
             raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras reference")
 
-    def _runner(self, name: str, logits: bool) -> Any:
-        from .runners.onnxruntime import OrtRunner
-
-        if name == "onnxruntime":
-            base = self.require("ort")
-            if not logits:
-                return base
-            return self.stage("ort_logits", lambda: OrtRunner(self.probe_path, outputs=self.logit_names))
-        if name == "cv2dnn":
-            base = self.require("cv2net")
-            if not logits:
-                return base
-            return self.stage("cv2_logits", lambda: self._cv2_runner(self.probe_path, self.logit_names))
-        raise ValueError(f"unknown runner {name!r}; use keras, onnxruntime or cv2dnn")
-
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
         """Outputs of ``runner`` ("keras", "onnxruntime" or "cv2dnn") on inputs in the Keras layout.
@@ -442,17 +482,50 @@ class Deployment:
         inputs = list(self.inputs if inputs is None else inputs)
         if runner == "keras":
             return self.keras_outputs(inputs, logits=logits)
-        target = self._runner(runner, logits)
-        per_sample = per_sample or self.fixed_batch_of_one
-        key = (runner, logits, per_sample, self.inputs_hash(inputs))
-        if key not in self._outputs:  # the checks share one forward pass per runner and inputs
-            feeds = self.to_onnx_inputs(inputs)
-            if not per_sample:
-                self._outputs[key] = target.infer(feeds)
-            else:
-                rows = [target.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
-                self._outputs[key] = [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
-        return [o.copy() for o in self._outputs[key]]
+        if runner == "onnxruntime":
+            return self.ort_outputs(inputs, logits=logits)
+        if runner != "cv2dnn":
+            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime or cv2dnn")
+        if logits:
+            net = self.stage("cv2_logits", lambda: self._cv2_runner(self.probe_path, self.logit_names))
+        else:
+            net = self.require("cv2net")
+        if not (per_sample or self.fixed_batch_of_one):
+            return [o.copy() for o in self._forward(net, logits, inputs)]
+        rows = [self._forward(net, logits, [x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
+        return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+
+    def _forward(self, net: Any, logits: bool, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One cv2.dnn forward, shared by the checks (a sample forwarded alone is one row of a per-sample run)."""
+        key = ("cv2dnn", logits, self.inputs_hash(inputs))
+        if key not in self._outputs:
+            self._outputs[key] = net.infer(self.to_onnx_inputs(inputs))
+        return self._outputs[key]
+
+    def ort_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
+        """onnxruntime's outputs (or logits), cached on disk by ONNX hash + inputs hash + onnxruntime version:
+        a reference like Keras', so a warm run creates no session."""
+        if logits and not self.logit_names:
+            raise CvdnnError("the graph has no final Softmax whose input could be compared")
+        runner = self.require("ort")
+        digest = self.inputs_hash(inputs)
+        key = ("onnxruntime", digest)
+        if key not in self._outputs:
+            version = tool_versions()["onnxruntime"]
+            name = f"{self.onnx_digest[:24]}-{digest[:24]}-{slug(version)}.npz"
+            found = self.cache.get_arrays("ort", name)
+            if found is None:
+                feeds = self.to_onnx_inputs(inputs)
+                if self.fixed_batch_of_one:
+                    rows = [runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
+                    found = [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+                else:
+                    found = runner.infer(feeds)
+                self.cache.put_arrays(found, "ort", name)
+            self._outputs[key] = found
+        count = len(self.output_names)
+        both = self._outputs[key]
+        return [o.copy() for o in (both[count:] if logits else both[:count])]
 
     def keras_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
         """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm).
@@ -525,9 +598,7 @@ class Deployment:
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:
         """(output index, logits tensor) for each graph output made by a Softmax node."""
-        from .graph import softmax_inputs
-
-        return self.stage("softmax_logits", lambda: softmax_inputs(self.onnx_path))
+        return [(int(k), str(name)) for k, name in self.graph_summary["softmax_inputs"]]
 
     @property
     def logit_names(self) -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .compare import Tolerance, compare_arrays
 from .errors import CvdnnError, StageSkipped
-from .graph import keras_layer_of
+from .graph import keras_layer_of, op_pattern
 
 if TYPE_CHECKING:
     from .deployment import Deployment
@@ -37,14 +37,6 @@ KNOWN_IMPORTERS = {
     "Clip": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 10 (min/max as attributes)",
     "Slice": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0)",
 }
-
-
-def _pattern(node: Any, initializers: set[str]) -> str:
-    """An op pattern: op type, how many inputs are data vs constants, and the attribute names."""
-    data = sum(1 for i in node.input if i and i not in initializers)
-    const = sum(1 for i in node.input if i and i in initializers)
-    attrs = ",".join(sorted(a.name for a in node.attribute))
-    return f"{node.op_type}/{data}d{const}c/{attrs}"
 
 
 # -- op support scan ---------------------------------------------------------------------------------
@@ -63,6 +55,13 @@ class OpResult:
 
 def op_scan(dep: "Deployment") -> list[OpResult]:
     """Probe each distinct op pattern in the target's cv2.dnn; results cached per OpenCV version."""
+    try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
+        dep.cv2net
+    except (CvdnnError, StageSkipped):
+        pass
+    else:
+        return [OpResult(pattern, op_type, True, tuple(names), "")
+                for pattern, (op_type, names) in dep.graph_summary["patterns"].items()]
     import onnx
     from onnx import utils as onnx_utils
 
@@ -70,14 +69,7 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
     inits = {i.name for i in model.graph.initializer}
     groups: dict[str, list[Any]] = {}
     for node in model.graph.node:
-        groups.setdefault(_pattern(node, inits), []).append(node)
-    try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
-        dep.cv2net
-    except (CvdnnError, StageSkipped):
-        pass
-    else:
-        return [OpResult(pattern, nodes[0].op_type, True, tuple(n.name for n in nodes), "")
-                for pattern, nodes in groups.items()]
+        groups.setdefault(op_pattern(node, inits), []).append(node)
     version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
     from .cache import slug
 

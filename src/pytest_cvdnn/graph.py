@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from .errors import CvdnnError
 
-__all__ = ["TensorInfo", "GraphInfo", "read_graph", "keras_layer_for", "guess_layout", "validate_onnx"]
+__all__ = ["TensorInfo", "GraphInfo", "read_graph", "summarize", "op_pattern", "keras_layer_for", "guess_layout",
+           "validate_onnx"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class TensorInfo:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorInfo":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
 
 @dataclass(frozen=True)
 class GraphInfo:
@@ -33,16 +38,24 @@ class GraphInfo:
     opset: int
     op_types: tuple[str, ...]
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"inputs": [i.as_dict() for i in self.inputs], "outputs": [o.as_dict() for o in self.outputs],
+                "softmax_outputs": list(self.softmax_outputs), "opset": self.opset, "op_types": list(self.op_types)}
+
+    @classmethod
+    def from_dict(cls, g: dict[str, Any]) -> "GraphInfo":
+        return cls(tuple(TensorInfo.from_dict(d) for d in g["inputs"]), tuple(TensorInfo.from_dict(d) for d in g["outputs"]),
+                   tuple(g["softmax_outputs"]), int(g["opset"]), tuple(g["op_types"]))
+
 
 def _dims(type_proto: Any) -> tuple[int | None, ...]:
     dims = type_proto.tensor_type.shape.dim
     return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims)
 
 
-def read_graph(path: Path) -> GraphInfo:
-    """The interface of an ONNX file, with a clear error if it is not one."""
+def _load(path: Path) -> Any:
+    """The ModelProto (external data not loaded), with a clear error if the file is not ONNX."""
     import onnx
-    from onnx import helper
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -52,8 +65,19 @@ def read_graph(path: Path) -> GraphInfo:
             "it is truncated, corrupt or another format",
             fix="re-export the model (tf2onnx, or let pytest-cvdnn convert the Keras source)",
         ) from exc
-    graph = model.graph
     _check_external_data(path, model)
+    return model
+
+
+def read_graph(path: Path) -> GraphInfo:
+    """The interface of an ONNX file, with a clear error if it is not one."""
+    return _graph_info(path, _load(path))
+
+
+def _graph_info(path: Path, model: Any) -> GraphInfo:
+    from onnx import helper
+
+    graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = tuple(
         TensorInfo(i.name, _dims(i.type), helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
@@ -73,6 +97,26 @@ def read_graph(path: Path) -> GraphInfo:
     opset = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
     op_types = tuple(sorted({n.op_type for n in graph.node}))
     return GraphInfo(inputs, outputs, softmax, opset, op_types)
+
+
+def op_pattern(node: Any, initializers: set[str]) -> str:
+    """An op pattern: op type, how many inputs are data vs constants, and the attribute names."""
+    data = sum(1 for i in node.input if i and i not in initializers)
+    const = sum(1 for i in node.input if i and i in initializers)
+    attrs = ",".join(sorted(a.name for a in node.attribute))
+    return f"{node.op_type}/{data}d{const}c/{attrs}"
+
+
+def summarize(path: Path) -> dict[str, Any]:
+    """What the checks read from an ONNX graph, as JSON (cached by content hash: a warm run does not
+    import onnx): its interface, the inputs of final Softmax nodes, and its nodes grouped by op pattern."""
+    model = _load(path)
+    inits = {i.name for i in model.graph.initializer}
+    patterns: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        patterns.setdefault(op_pattern(node, inits), [node.op_type, []])[1].append(node.name)
+    return {"graph": _graph_info(path, model).as_dict(), "softmax_inputs": _softmax_inputs(model.graph),
+            "patterns": patterns}
 
 
 def _tensors(graph: Any) -> Any:
@@ -211,11 +255,8 @@ def _rejected(what: str, exc: BaseException, node_pattern: str, layer_names: Seq
     )
 
 
-def softmax_inputs(path: Path) -> list[tuple[int, str]]:
+def _softmax_inputs(graph: Any) -> list[tuple[int, str]]:
     """(output index, tensor name) of the input of each graph output produced by a Softmax."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
     producers = {o: n for n in graph.node for o in n.output}
     found = []
     for k, out in enumerate(graph.output):

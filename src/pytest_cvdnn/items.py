@@ -127,6 +127,9 @@ class CheckItem(pytest.Item):
         from .checks import CheckFailed, run_check
 
         dep = self.entry.deployment(self.target, self.fmt)
+        if self.check == "load":  # what else runs on this deployment: the load check starts some of it early
+            dep.upcoming.update(i.check for i in self.session.items if isinstance(i, CheckItem)
+                                and i.parent is self.parent and (i.target, i.fmt) == (self.target, self.fmt))
         start = time.perf_counter()
         try:
             result, seconds = run_check(dep, self.check)

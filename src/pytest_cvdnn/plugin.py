@@ -228,6 +228,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item._id = coerce_node_id(item.nodeid + suffix)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the deployments' background work (a child process the session did not collect)."""
+    state = session.config.stash.get(STATE, None)
+    for dep in state.deployments.values() if state is not None else ():
+        dep.close()
+
+
 BUNDLE_PREFIX = "bundle:"
 
 

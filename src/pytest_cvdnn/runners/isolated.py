@@ -1,13 +1,17 @@
 """cv2.dnn in a child process: another OpenCV version (a target), or protection from crashes.
 
 The child gets files in and writes files out: the ONNX path, ``.npy`` inputs and a JSON
-request; it answers with a JSON file and ``.npy`` outputs.  A crash (signal) of OpenCV in
-the child fails one check with a clear message instead of killing the pytest session.
+request naming the inputs of each forward; it answers with ``.npy`` outputs, a marker per
+finished forward and a JSON file.  A crash (signal) of OpenCV in the child fails one check
+with a clear message instead of killing the pytest session, and the forwards finished before
+the crash still count.  :class:`ChildRun` starts the child and collects it later, so the
+session goes on meanwhile.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +24,7 @@ import numpy as np
 
 from ..errors import CvdnnError
 
-__all__ = ["Target", "LOCAL", "forward_isolated", "child_call", "RemoteCv2Runner", "ChildError"]
+__all__ = ["Target", "LOCAL", "ChildRun", "forward_isolated", "child_call", "RemoteCv2Runner", "ChildError"]
 
 _CHILD = r"""
 import json, sys, traceback
@@ -34,14 +38,11 @@ try:
     from pytest_cvdnn.runners.cv2dnn import Cv2DnnRunner
     runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"])
     resp["stage"] = "forward"
-    for r in range(req["repeat"]):
-        feeds = [np.load(f"{folder}/in{i}.npy") for i in range(req["n_inputs"])]
-        if not feeds:
-            break
-        outs = runner.infer(feeds)
-        resp["n_outputs"] = len(outs)
+    for r, names in enumerate(req["runs"]):
+        outs = runner.infer([np.load(f"{folder}/{name}") for name in names])
         for k, out in enumerate(outs):
             np.save(f"{folder}/out{r}-{k}.npy", out)
+        open(f"{folder}/done{r}", "w").write(str(len(outs)))
     resp["ok"] = True
 except BaseException as exc:
     resp["error"] = str(exc)
@@ -77,42 +78,101 @@ class ChildError(CvdnnError):
         self.raw = raw
 
 
+class ChildRun:
+    """cv2.dnn of ``target`` in a child process, started now: it loads the ONNX, then runs one forward
+    per entry of ``runs`` (none: load only).  :meth:`result` waits for it; :meth:`outputs` gives one
+    forward's outputs or raises why there are none (a crash, an OpenCV error, a timeout)."""
+
+    def __init__(self, target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
+                 output_names: Sequence[str], runs: Sequence[Sequence[np.ndarray]] = (),
+                 timeout: float = 600.0) -> None:
+        self.target, self.timeout, self.n_runs = target, timeout, len(runs)
+        self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-child-"))
+        self._result: tuple[dict[str, Any], list[list[np.ndarray] | None]] | CvdnnError | None = None
+        saved: dict[int, list[str]] = {}  # a feed list given twice (repeated forwards) is written once
+        for r, feeds in enumerate(runs):
+            if id(feeds) not in saved:
+                saved[id(feeds)] = [f"in{r}-{i}.npy" for i in range(len(feeds))]
+                for name, x in zip(saved[id(feeds)], feeds):
+                    np.save(self.folder / name, np.ascontiguousarray(x))
+        request = {"onnx": str(onnx_path), "engine": engine, "input_names": list(input_names),
+                   "output_names": list(output_names), "runs": [saved[id(feeds)] for feeds in runs]}
+        (self.folder / "request.json").write_text(json.dumps(request))
+        package_root = str(Path(__file__).resolve().parents[2])
+        code = f"import sys; sys.path.append({package_root!r})\n" + _CHILD
+        env = dict(target.env) if target.env is not None else None
+        try:  # output to files: a pipe nobody reads until the end could fill up and block the child
+            with open(self.folder / "stderr.txt", "wb") as err:
+                self.proc = subprocess.Popen([target.python, "-c", code, str(self.folder)], stdout=subprocess.DEVNULL,
+                                             stderr=err, env=env)
+        except OSError as exc:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise CvdnnError(f"cannot start the Python of target {target.name}: {target.python} ({exc})",
+                             fix="check the interpreter path given with --cvdnn-target") from exc
+
+    def result(self) -> tuple[dict[str, Any], list[list[np.ndarray] | None]]:
+        """(the child's response, the outputs of each forward or None where it did not finish)."""
+        if self._result is None:
+            try:
+                self._result = self._collect()
+            except CvdnnError as exc:
+                self._result = exc
+            finally:
+                self.close()
+        if isinstance(self._result, CvdnnError):
+            raise self._result
+        return self._result
+
+    def _collect(self) -> tuple[dict[str, Any], list[list[np.ndarray] | None]]:
+        try:
+            code = self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise CvdnnError(f"cv2.dnn ({self.target.name}) did not finish within {self.timeout:.0f} s") from exc
+        stderr = (self.folder / "stderr.txt").read_text(errors="replace")
+        outs: list[list[np.ndarray] | None] = []
+        for r in range(self.n_runs):
+            done = self.folder / f"done{r}"
+            outs.append([np.load(self.folder / f"out{r}-{k}.npy") for k in range(int(done.read_text()))]
+                        if done.is_file() else None)
+        resp_path = self.folder / "response.json"
+        if code < 0:
+            resp = {"ok": False, "stage": "forward", "signal": signal.Signals(-code).name, "stderr": stderr[-2000:]}
+        elif resp_path.is_file():
+            resp = json.loads(resp_path.read_text())
+        else:
+            last = (stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise CvdnnError(f"the cv2.dnn child process of target {self.target.name} failed: {last}",
+                             fix="check that the target's Python has cv2 and numpy")
+        return resp, outs
+
+    def outputs(self, run: int) -> list[np.ndarray]:
+        resp, outs = self.result()
+        if run < len(outs) and outs[run] is not None:
+            return outs[run]  # type: ignore[return-value]
+        if resp.get("signal"):
+            raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward",
+                             opencv=resp.get("opencv"), raw=resp.get("stderr", ""))
+        _raise_for(resp)
+        raise CvdnnError("the cv2.dnn child process returned no outputs")
+
+    def close(self) -> None:
+        """Stop the child if it still runs and remove its folder (the session ends without collecting it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                output_names: Sequence[str], feeds: Sequence[np.ndarray] = (), repeat: int = 1,
                timeout: float = 600.0) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
     """Load (and forward ``feeds`` ``repeat`` times) in a child; returns (response, outputs per repeat)."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    with tempfile.TemporaryDirectory(prefix="cvdnn-child-") as tmp:
-        for i, x in enumerate(feeds):
-            np.save(f"{tmp}/in{i}.npy", np.ascontiguousarray(x))
-        request = {"onnx": str(onnx_path), "engine": engine, "input_names": list(input_names),
-                   "output_names": list(output_names), "n_inputs": len(feeds), "repeat": repeat}
-        Path(tmp, "request.json").write_text(json.dumps(request))
-        env = dict(target.env) if target.env is not None else None
-        code = f"import sys; sys.path.append({package_root!r})\n" + _CHILD
-        try:
-            proc = subprocess.run([target.python, "-c", code, tmp], capture_output=True, text=True,
-                                  timeout=timeout, env=env)
-        except subprocess.TimeoutExpired as exc:
-            raise CvdnnError(f"cv2.dnn ({target.name}) did not finish within {timeout:.0f} s") from exc
-        except OSError as exc:
-            raise CvdnnError(f"cannot start the Python of target {target.name}: {target.python} ({exc})",
-                             fix="check the interpreter path given with --cvdnn-target") from exc
-        if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
-            raise ChildError(f"cv2.dnn crashed the process ({name})", stage="forward", opencv=None,
-                             raw=proc.stderr[-2000:])
-        resp_path = Path(tmp, "response.json")
-        if not resp_path.is_file():
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise CvdnnError(f"the cv2.dnn child process of target {target.name} failed: {last}",
-                             fix="check that the target's Python has cv2 and numpy")
-        resp = json.loads(resp_path.read_text())
-        outs = []
-        if resp.get("ok") and feeds:
-            for r in range(repeat):
-                outs.append([np.load(f"{tmp}/out{r}-{k}.npy") for k in range(resp.get("n_outputs", len(output_names)))])
-        return resp, outs
+    resp, outs = ChildRun(target, onnx_path, engine, input_names, output_names, [feeds] * repeat if feeds else [],
+                          timeout).result()
+    if resp.get("signal"):
+        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward", opencv=None,
+                         raw=resp.get("stderr", ""))
+    return resp, [o for o in outs if o is not None] if resp.get("ok") else []
 
 
 def _raise_for(resp: dict[str, Any]) -> None:

@@ -13,19 +13,35 @@ __all__ = ["OrtRunner"]
 
 
 class OrtRunner:
+    """An onnxruntime session, created on the first forward (a warm run whose outputs are cached needs none)."""
+
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, outputs: list[str] | None = None) -> None:
-        import onnxruntime as ort
+        self.onnx_path = Path(onnx_path)
+        self.outputs = list(outputs or [])
+        self._session: Any = None
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        threads = thread_share()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = outputs or [o.name for o in self.session.get_outputs()]
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            threads = thread_share()
+            if threads:
+                opts.intra_op_num_threads = threads
+            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        return self._session
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.outputs or [o.name for o in self.session.get_outputs()]
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
