@@ -136,7 +136,8 @@ def test_conversion_killed_mid_way_leaves_no_corrupt_entry(run_cvdnn: Callable[.
     copy_model(models["cnn"])
     pytester.makeconftest(KILL_DURING_COMMIT)
     monkeypatch.setenv("CVDNN_KILL", "1")
-    killed = run_cvdnn("--cvdnn-model=small_cnn.keras", "-k", "convert", cache=cache, report=False)
+    killed = run_cvdnn("--cvdnn-model=small_cnn.keras", "-k", "convert", "--cvdnn-tf-in-process", cache=cache,
+                       report=False)
     assert killed.ret not in (0, 1)  # the process died
     entries = [p for p in (cache / "onnx").iterdir()] if (cache / "onnx").is_dir() else []
     assert all(p.name.startswith(".") for p in entries), entries  # only an uncommitted staging folder
@@ -151,6 +152,31 @@ def test_conversion_killed_mid_way_leaves_no_corrupt_entry(run_cvdnn: Callable[.
     assert len(committed) == 1
     meta = json.loads((committed[0] / "meta.json").read_text())
     assert meta["sha256"]
+
+
+def test_helper_killed_mid_commit_leaves_no_corrupt_entry_and_the_run_goes_on(
+    run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """The TensorFlow helper process is SIGKILLed while it commits the conversion (the fault is planted by
+    the factory's module, which the helper imports); the pytest process converts again and passes."""
+    cache = tmp_path / "cache"
+    pytester.makeconftest("import os\nos.environ['CVDNN_TEST_MAIN_PID'] = str(os.getpid())\n")
+    pytester.makepyfile(planted=KILL_DURING_COMMIT.replace(
+        'os.environ.get("CVDNN_KILL")', 'os.getpid() != int(os.environ["CVDNN_TEST_MAIN_PID"])') + """
+def make():
+    import keras
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+""")
+    run = run_cvdnn("--cvdnn-model=planted:make", "-k", "convert or parity", cache=cache)
+    assert run.ret == 0, run.text
+    assert "in the TensorFlow helper process" not in run.checks()["convert"]["message"]  # converted in-process
+    entries = list((cache / "onnx").iterdir())
+    committed = [p for p in entries if not p.name.startswith(".")]
+    assert len(committed) == 1 and len(_conversions(cache)) == 1
+    assert [p for p in entries if p.name.startswith(".")]  # the helper's uncommitted staging folder
 
 
 def test_a_savedmodels_graph_file_is_explained(pytester: pytest.Pytester) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -170,7 +171,7 @@ class Cache:
             with np.load(path, allow_pickle=False) as data:
                 count = int(data["__count__"])
                 return [data[f"a{i}"] for i in range(count)]
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # corrupt: rebuilt
             path.unlink(missing_ok=True)
             return None
 

@@ -66,6 +66,7 @@ class Conversion:
     meta: dict[str, Any]
     cached: bool
     seconds: float
+    where: str = ""  # "in the TensorFlow helper process" when it was made there
 
 
 def conversion_key(model_hash: str, opts: ConversionOptions, artifact: str = "onnx") -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import Cache, sha256_bytes, slug
 from .compare import ParityResult, align_outputs, compare
-from .convert import Conversion, ConversionOptions, cached_convert, tool_versions
+from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
 from .inputs import fill_spatial, load_inputs, random_inputs, to_layout
@@ -124,6 +124,8 @@ class Deployment:
             self.source.check_readable()
             key = f"{self.model_hash[:40]}.json"
             cached = self.cache.get_json("keras", key)
+            if cached is None and self._tf_elsewhere("converted", lambda: self.cache.get_json("keras", key) is not None):
+                cached = self.cache.get_json("keras", key)
             if cached is not None:
                 return cached
             from .runners.keras import keras_metadata
@@ -221,15 +223,54 @@ class Deployment:
                 return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
             opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
             meta = self.keras_meta
+            entry = self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx"
+            elsewhere = self._tf_elsewhere("converted", entry.is_file)
 
             def load() -> tuple[Any, dict[str, Any]]:
                 return self.keras_model, meta
 
-            conv = cached_convert(self.cache, self.model_hash, opts, load)
+            conv = self.by_helper(cached_convert(self.cache, self.model_hash, opts, load), elsewhere)
             self.events.append("cache-hit" if conv.cached else "converted")
             return conv
 
         return self.stage("convert", run)
+
+    # -- the TensorFlow helper (see helper.py) -------------------------------------------------
+    def _tf_elsewhere(self, phase: str, present: Callable[[], bool]) -> bool:
+        """On a cold cache, have the helper process do this deployment's TensorFlow work (queued once)
+        and wait until it reached ``phase``; True if it made what ``present`` looks for."""
+        from . import helper
+
+        key = ("tf-helper", self.settings.key())
+        if not self.has_keras or not helper.helper_wanted(self.settings):
+            return False
+        if present():
+            return key in self.memo  # made by the helper if it was asked to in this session
+        if key not in self.memo:
+            self.memo[key] = helper.submit(self.settings, self.cache.root, self.rootdir)
+        helper.wait(self.memo[key], phase)
+        return present()
+
+    @staticmethod
+    def by_helper(conv: Conversion, elsewhere: bool) -> Conversion:
+        """A conversion the helper made in this session is reported as converted, not as a cache hit."""
+        if not elsewhere:
+            return conv
+        return replace(conv, cached=False, seconds=float(conv.meta.get("convert_seconds", 0.0)),
+                       where="in the TensorFlow helper process")
+
+    def prepare(self, notify: Callable[[str], None] = lambda phase: None) -> None:
+        """Everything a cold run needs TensorFlow for, into the cache (what the helper process runs), in
+        the order the checks need it: the conversion (and the logits probe), Keras' preprocessing of the
+        photos, then Keras' outputs and logits on the check inputs."""
+        self.conversion  # (the stages raise what went wrong)
+        if self.logit_names:
+            self.probe_path
+        notify("converted")
+        for n in self.image_inputs:
+            self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n))
+        notify("references")
+        self.keras_outputs(self.inputs)
 
     def _user_onnx(self) -> Path:
         raw = Path(str(self.settings.onnx)).expanduser()
@@ -535,7 +576,10 @@ class Deployment:
         from .runners.keras import KerasRunner, import_keras, keras_logits_model
 
         names = {kind: f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz" for kind in ("", "-logits")}
-        cached = self.cache.get_arrays("ref", names["-logits" if logits else ""])
+        name = names["-logits" if logits else ""]
+        cached = self.cache.get_arrays("ref", name)
+        if cached is None and self._tf_elsewhere("done", (self.cache.root / "ref" / name).is_file):
+            cached = self.cache.get_arrays("ref", name)
         if cached is not None:
             return cached
         model = self.require("keras_model")
@@ -588,6 +632,8 @@ class Deployment:
 
         key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode())[:32]
         cached = self.cache.get_arrays("ref", f"prep-{key}.npz")
+        if cached is None and self._tf_elsewhere("references", (self.cache.root / "ref" / f"prep-{key}.npz").is_file):
+            cached = self.cache.get_arrays("ref", f"prep-{key}.npz")
         if cached is not None:
             return cached[0]
         tensor = keras_reference(photos, expected)

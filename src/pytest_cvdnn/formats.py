@@ -145,11 +145,13 @@ class ArtifactDeployment(Deployment):
             return self.stage("keras_logits", lambda: keras_logits_model(model)), meta
 
         artifact = f"{self.fmt}-logits" if logits else self.fmt
-        conv = cached_artifact(
-            self.cache, self.model_hash, conversion_key(self.model_hash, opts, artifact=artifact),
+        key = conversion_key(self.model_hash, opts, artifact=artifact)
+        elsewhere = self._tf_elsewhere("converted", (self.cache.onnx_dir(key) / FILENAMES[self.fmt]).is_file)
+        conv = self.by_helper(cached_artifact(
+            self.cache, self.model_hash, key,
             FILENAMES[self.fmt], load, lambda m, km, out: export_keras(m, km, self.fmt, opts.size, out),
             {**opts.as_dict(), "format": artifact},
-        )
+        ), elsewhere)
         if not logits:
             self.events.append("cache-hit" if conv.cached else "converted")
         return conv

@@ -78,6 +78,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cvdnn-target", action="append", default=[], type=parse_target, metavar="SPEC",
                     help="also run the cv2.dnn checks on this OpenCV: opencv==X.Y.Z (installed side by side into "
                     "the cache) or the path of a Python that has cv2; repeatable")
+    group.addoption("--cvdnn-tf-in-process", action="store_true", default=False,
+                    help="do a cold cache's TensorFlow work (conversion, Keras references) in the pytest process "
+                    "instead of a helper process (the default when TensorFlow is not imported yet)")
     parser.addini("cvdnn_targets", "extra OpenCV targets (one per line, as --cvdnn-target)", type="linelist",
                   default=[])
     parser.addini("cvdnn_models", "models to check in every run (one per line)", type="linelist", default=[])
@@ -151,6 +154,7 @@ def pytest_configure(config: pytest.Config) -> None:
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),
         save_bundle=config.getoption("cvdnn_save_bundle"),
+        tf_helper=not config.getoption("cvdnn_tf_in_process"),
     )
     if base.spec is not None and base.spec.layout != base.layout and config.getoption("cvdnn_layout") is None:
         base = replace(base, layout=base.spec.layout)
@@ -230,9 +234,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the deployments' background work (a child process the session did not collect)."""
+    from . import helper
+
     state = session.config.stash.get(STATE, None)
     for dep in state.deployments.values() if state is not None else ():
         dep.close()
+    helper.close()
 
 
 BUNDLE_PREFIX = "bundle:"

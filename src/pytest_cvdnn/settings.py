@@ -181,6 +181,7 @@ class ModelSettings:
     repro: str | None = None  # where repro folders go (--cvdnn-repro)
     save_bundle: str | None = None  # --cvdnn-save-bundle DIR
     bundle: str | None = None  # this "model" is a bundle folder (--cvdnn-bundle)
+    tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
 
     @property
     def effective_spec(self) -> InputSpec:

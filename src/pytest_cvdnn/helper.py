@@ -1,0 +1,133 @@
+"""The TensorFlow helper: a child process that does a cold deployment's TensorFlow work.
+
+On a cold cache the Keras side of a deployment (load, metadata, tf2onnx conversion, Keras
+reference outputs and preprocessing tensors) runs in one child process per session, which
+writes it into the cache; the pytest process then reads it like a warm run.  So the pytest
+process does not import TensorFlow at all: it stays small, it does not pay TensorFlow's
+teardown at exit (the helper ends with ``os._exit``), and it runs the onnxruntime and cv2.dnn
+checks while the helper still computes the Keras references (two cores at work).
+
+The helper is an accelerator, not a second implementation: it runs the deployment's own
+stages (:meth:`Deployment.prepare`), and whatever it did not finish — an error, a crash — is
+simply done again in the pytest process, which reports it exactly as without the helper.
+It is used when TensorFlow is not imported yet in the pytest process (a project whose
+conftest imports Keras keeps everything in-process) and can be turned off with
+``--cvdnn-tf-in-process``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["helper_wanted", "submit", "wait", "close"]
+
+_CHILD = r"""
+import dataclasses, os, pickle, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+events = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+for line in sys.stdin:
+    job, payload = line.split(" ", 1)
+    try:
+        settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
+        sys.path.extend(p for p in path if p not in sys.path)  # the pytest process's (factories' modules)
+        from pytest_cvdnn.cache import Cache
+        from pytest_cvdnn.deployment import build_deployment
+        settings = dataclasses.replace(settings, tf_helper=False)
+        build_deployment(settings, Cache(root), rootdir).prepare(lambda phase: events.write(f"{job} {phase}\n"))
+    except BaseException as exc:  # the pytest process does it again and reports it
+        events.write(f"{job} failed {type(exc).__name__}\n")
+    events.write(f"{job} done\n")
+events.flush()
+os._exit(0)  # skip TensorFlow's teardown: everything is in the cache
+"""
+
+
+class _Helper:
+    def __init__(self) -> None:
+        read_end, write_end = os.pipe()
+        self.log = tempfile.TemporaryFile()  # the helper's stderr (TensorFlow's chatter), read by nobody
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(write_end)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(write_end,), text=True)
+        finally:
+            os.close(write_end)
+        self.events = os.fdopen(read_end, "r")
+        self.seen: dict[str, set[str]] = {}
+
+    def submit(self, settings: Any, root: Path, rootdir: Path | None) -> str:
+        job = f"j{next(_JOBS)}"  # unique in the process: a job of a helper that died is not confused with a new one
+        payload = pickle.dumps((settings, root, rootdir, list(sys.path))).hex()
+        self.seen[job] = set()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{job} {payload}\n")
+        self.proc.stdin.flush()
+        return job
+
+    def wait(self, job: str, phase: str) -> bool:
+        """Block until ``job`` reached ``phase``; False if it failed first or the helper is gone."""
+        seen = self.seen[job]
+        while phase not in seen and "done" not in seen:
+            line = self.events.readline()
+            if not line:  # the helper died: nothing more will come
+                for other in self.seen.values():
+                    other.add("done")
+                break
+            name, event = line.split()[:2]
+            self.seen.setdefault(name, set()).add(event)
+        return phase in seen
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # idle, or working for nobody: the cache's writes are atomic
+        # reaped in the background: the kernel takes a while to free a TensorFlow-sized process
+        threading.Thread(target=self.proc.wait, daemon=True).start()
+        for stream in (self.proc.stdin, self.events, self.log):
+            try:
+                stream.close()
+            except (OSError, AttributeError):  # a pipe to a killed process
+                pass
+
+
+_HELPER: _Helper | None = None
+_JOBS = itertools.count(1)
+
+
+def helper_wanted(settings: Any) -> bool:
+    """Use the helper for this deployment?  Not when TensorFlow is imported here already."""
+    return bool(settings.tf_helper) and "tensorflow" not in sys.modules
+
+
+def submit(settings: Any, root: Path, rootdir: Path | None) -> str | None:
+    """Queue the TensorFlow work of a deployment; None if the helper cannot start."""
+    global _HELPER
+    try:
+        if _HELPER is None or _HELPER.proc.poll() is not None:
+            _HELPER = _Helper()
+        return _HELPER.submit(settings, root, rootdir)
+    except (OSError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
+        return None
+
+
+def wait(job: str | None, phase: str) -> bool:
+    if job is None or _HELPER is None or job not in _HELPER.seen:
+        return False
+    try:
+        return _HELPER.wait(job, phase)
+    except (OSError, ValueError):
+        return False
+
+
+def close() -> None:
+    """End the helper (the session is over)."""
+    global _HELPER
+    if _HELPER is not None:
+        _HELPER.close()
+        _HELPER = None

@@ -1,0 +1,101 @@
+"""The TensorFlow helper process: a cold run does its TensorFlow work there (the pytest process never
+imports TensorFlow), and whatever the helper did not finish is done again in the pytest process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import Run
+
+# records, at the end, whether the pytest process imported TensorFlow, and its pid
+PROBE = """
+import json, os, sys
+os.environ["CVDNN_TEST_MAIN_PID"] = str(os.getpid())
+def pytest_sessionfinish(session):
+    with open("probe.json", "w") as fh:
+        json.dump({"tf": "tensorflow" in sys.modules, "pid": os.getpid()}, fh)
+"""
+
+
+def _probe(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "probe.json").read_text())
+
+
+def _conversions(cache: Path) -> list[dict]:
+    return [json.loads(line) for line in (cache / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_cold_run_converts_in_the_helper_and_agrees_with_the_in_process_run(
+    run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+    pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    model = copy_model(models["cnn"])
+    pytester.makeconftest(PROBE)
+    cold = run_cvdnn(f"--cvdnn-model={model.name}", cache=tmp_path / "a")
+    assert cold.ret == 0, cold.text
+    probe = _probe(pytester)
+    assert probe["tf"] is False  # the pytest process never imported TensorFlow
+    (event,) = _conversions(tmp_path / "a")
+    assert event["pid"] != probe["pid"]  # converted by another process
+    message = cold.checks()["convert"]["message"]
+    assert message.startswith("converted in ") and "in the TensorFlow helper process" in message
+    assert "converted" in cold.report["models"][0]["events"]
+
+    inproc = run_cvdnn(f"--cvdnn-model={model.name}", "--cvdnn-tf-in-process", cache=tmp_path / "b")
+    assert inproc.ret == 0, inproc.text
+    probe = _probe(pytester)
+    assert probe["tf"] is True
+    (event,) = _conversions(tmp_path / "b")
+    assert event["pid"] == probe["pid"]
+    assert "in the TensorFlow helper process" not in inproc.checks()["convert"]["message"]
+    for pair in ("keras-onnxruntime", "keras-cv2dnn", "onnxruntime-cv2dnn"):
+        assert cold.report["models"][0]["parity"][pair]["max_abs"] == pytest.approx(
+            inproc.report["models"][0]["parity"][pair]["max_abs"], rel=1e-3, abs=1e-9)
+
+
+def test_helper_that_dies_is_replaced_by_the_pytest_process(
+    run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """A real death (the factory ends the helper process with os._exit): the checks still run, in-process."""
+    pytester.makeconftest(PROBE)
+    pytester.makepyfile(dying="""
+        import os
+
+        def make():
+            if os.getpid() != int(os.environ["CVDNN_TEST_MAIN_PID"]):
+                os._exit(3)  # the helper process dies here
+            import keras
+            keras.utils.set_random_seed(0)
+            inp = keras.Input((24, 24, 3))
+            x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+    """)
+    run = run_cvdnn("--cvdnn-model=dying:make", cache=tmp_path / "cache")
+    assert run.ret == 0, run.text
+    assert run.outcomes().get("passed", 0) >= 10
+    assert _probe(pytester)["tf"] is True  # the pytest process did the TensorFlow work itself
+    assert "in the TensorFlow helper process" not in run.checks()["convert"]["message"]
+
+
+def test_failure_in_the_helper_is_reported_as_in_process(
+    run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """Keras refuses the model in the helper; the pytest process tries again and reports it word for word."""
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inp)
+    keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x)).save(pytester.path / "lam.keras")
+    helper = run_cvdnn("--cvdnn-model=lam.keras", "-k", "convert or load", cache=tmp_path / "a")
+    inproc = run_cvdnn("--cvdnn-model=lam.keras", "-k", "convert or load", "--cvdnn-tf-in-process",
+                       cache=tmp_path / "b")
+    assert helper.ret == inproc.ret == 1
+    for check in ("convert", "load"):
+        assert helper.checks()[check]["outcome"] == inproc.checks()[check]["outcome"]
+        assert helper.checks()[check]["message"] == inproc.checks()[check]["message"]
+    assert "Lambda layer" in helper.checks()["convert"]["message"]
