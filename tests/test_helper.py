@@ -99,3 +99,28 @@ def test_failure_in_the_helper_is_reported_as_in_process(
         assert helper.checks()[check]["outcome"] == inproc.checks()[check]["outcome"]
         assert helper.checks()[check]["message"] == inproc.checks()[check]["message"]
     assert "Lambda layer" in helper.checks()["convert"]["message"]
+
+
+def test_conversion_error_comes_from_the_helper_without_converting_twice(
+    run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """tf2onnx leaves a TensorFlow-only node (Lgamma): the helper's error is the pytest process's verdict,
+    word for word as in-process, and the pytest process never imports TensorFlow to find it again."""
+    pytester.makeconftest(PROBE)
+    pytester.makepyfile(special="""
+        def make():  # imports inside: pytest imports this module at collection (it is on the command line)
+            import keras
+            import tensorflow as tf
+
+            inp = keras.Input((8,))
+            return keras.Model(inp, keras.layers.Lambda(lambda t: tf.math.lgamma(t))(inp))
+    """)
+    helper = run_cvdnn("--cvdnn-model=special:make", "-k", "convert or load", cache=tmp_path / "a")
+    assert _probe(pytester)["tf"] is False
+    inproc = run_cvdnn("--cvdnn-model=special:make", "-k", "convert or load", "--cvdnn-tf-in-process",
+                       cache=tmp_path / "b")
+    assert helper.ret == inproc.ret == 1
+    message = helper.checks()["convert"]["message"]
+    assert "has op type 'Lgamma', which is not an ONNX operator" in message
+    assert message == inproc.checks()["convert"]["message"]
+    assert helper.checks()["load"] == {**inproc.checks()["load"], "seconds": helper.checks()["load"]["seconds"]}

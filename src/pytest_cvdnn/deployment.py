@@ -249,7 +249,12 @@ class Deployment:
         if key not in self.memo:
             self.memo[key] = helper.submit(self.settings, self.cache.root, self.rootdir)
         helper.wait(self.memo[key], phase)
-        return present()
+        if present():
+            return True
+        failure = helper.error(self.memo[key])  # a conversion that fails there fails here too
+        if failure is not None:
+            raise failure
+        return False
 
     @staticmethod
     def by_helper(conv: Conversion, elsewhere: bool) -> Conversion:
@@ -263,7 +268,9 @@ class Deployment:
         """Everything a cold run needs TensorFlow for, into the cache (what the helper process runs), in
         the order the checks need it: the conversion (and the logits probe), Keras' preprocessing of the
         photos, then Keras' outputs and logits on the check inputs."""
-        self.conversion  # (the stages raise what went wrong)
+        self.keras_meta  # (the stages raise what went wrong)
+        notify("loaded")
+        self.conversion
         if self.logit_names:
             self.probe_path
         notify("converted")

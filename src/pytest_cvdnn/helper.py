@@ -18,6 +18,7 @@ conftest imports Keras keeps everything in-process) and can be turned off with
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pickle
 import subprocess
@@ -27,23 +28,37 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["helper_wanted", "submit", "wait", "close"]
+from .errors import CvdnnError
+
+__all__ = ["helper_wanted", "submit", "wait", "error", "close"]
 
 _CHILD = r"""
-import dataclasses, os, pickle, sys
+import dataclasses, json, os, pickle, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 events = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+from pytest_cvdnn.cache import Cache
+from pytest_cvdnn.deployment import build_deployment
+from pytest_cvdnn.errors import CvdnnError
 for line in sys.stdin:
     job, payload = line.split(" ", 1)
+    reached = []
+
+    def notify(phase):
+        reached.append(phase)
+        events.write(f"{job} {phase}\n")
+
     try:
         settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
         sys.path.extend(p for p in path if p not in sys.path)  # the pytest process's (factories' modules)
-        from pytest_cvdnn.cache import Cache
-        from pytest_cvdnn.deployment import build_deployment
         settings = dataclasses.replace(settings, tf_helper=False)
-        build_deployment(settings, Cache(root), rootdir).prepare(lambda phase: events.write(f"{job} {phase}\n"))
-    except BaseException as exc:  # the pytest process does it again and reports it
-        events.write(f"{job} failed {type(exc).__name__}\n")
+        build_deployment(settings, Cache(root), rootdir).prepare(notify)
+    except BaseException as exc:
+        error = {}
+        # the model loaded but its conversion failed: the pytest process would fail the same way, so it gets
+        # the error instead of converting again; anything else it does again itself and reports
+        if reached == ["loaded"] and type(exc) is CvdnnError:
+            error = {"message": exc.message, "fix": exc.fix, "details": exc.details, "node": exc.node}
+        events.write(f"{job} failed {json.dumps(error)}\n")
     events.write(f"{job} done\n")
 events.flush()
 os._exit(0)  # skip TensorFlow's teardown: everything is in the cache
@@ -55,12 +70,14 @@ class _Helper:
         read_end, write_end = os.pipe()
         self.log = tempfile.TemporaryFile()  # the helper's stderr (TensorFlow's chatter), read by nobody
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(write_end)], stdin=subprocess.PIPE,
+            code = f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r})\n" + _CHILD
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(write_end)], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(write_end,), text=True)
         finally:
             os.close(write_end)
         self.events = os.fdopen(read_end, "r")
         self.seen: dict[str, set[str]] = {}
+        self.errors: dict[str, dict[str, Any]] = {}
 
     def submit(self, settings: Any, root: Path, rootdir: Path | None) -> str:
         job = f"j{next(_JOBS)}"  # unique in the process: a job of a helper that died is not confused with a new one
@@ -80,8 +97,10 @@ class _Helper:
                 for other in self.seen.values():
                     other.add("done")
                 break
-            name, event = line.split()[:2]
+            name, event, *rest = line.rstrip("\n").split(" ", 2)
             self.seen.setdefault(name, set()).add(event)
+            if event == "failed" and rest and rest[0] not in ("", "{}"):
+                self.errors[name] = json.loads(rest[0])
         return phase in seen
 
     def close(self) -> None:
@@ -123,6 +142,14 @@ def wait(job: str | None, phase: str) -> bool:
         return _HELPER.wait(job, phase)
     except (OSError, ValueError):
         return False
+
+
+def error(job: str | None) -> CvdnnError | None:
+    """The conversion error ``job`` ended with, as the pytest process would have raised it (or None)."""
+    found = _HELPER.errors.get(job) if _HELPER is not None and job is not None else None
+    if not found:
+        return None
+    return CvdnnError(found["message"], fix=found.get("fix"), details=found.get("details"), node=found.get("node"))
 
 
 def close() -> None:

@@ -47,8 +47,13 @@ class ModelSource:
         if self.path is not None:
             return sha256_path(self.path)
         module_name, func = (self.factory or "").split(":")
-        module = importlib.import_module(module_name)
-        file = getattr(module, "__file__", None)
+        try:  # found without running the module: it may import TensorFlow, which a warm run avoids
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        file = spec.origin if spec is not None and spec.origin and Path(spec.origin).is_file() else None
+        if file is None:
+            file = getattr(importlib.import_module(module_name), "__file__", None)
         source = Path(file).read_bytes() if file else b""
         return sha256_bytes(source + f"\0{module_name}:{func}".encode())
 
