@@ -89,7 +89,7 @@ class _Helper:
         return job
 
     def wait(self, job: str, phase: str) -> bool:
-        """Block until ``job`` reached ``phase``; False if it failed first or the helper is gone."""
+        """Block until ``job`` reached ``phase`` (True) or ended without reaching it, or the helper is gone."""
         seen = self.seen[job]
         while phase not in seen and "done" not in seen:
             line = self.events.readline()
@@ -117,18 +117,24 @@ class _Helper:
 
 _HELPER: _Helper | None = None
 _JOBS = itertools.count(1)
+_DIED = False  # a helper died in this process: the rest of the session works in-process
 
 
 def helper_wanted(settings: Any) -> bool:
     """Use the helper for this deployment?  Not when TensorFlow is imported here already."""
-    return bool(settings.tf_helper) and "tensorflow" not in sys.modules
+    return bool(settings.tf_helper) and "tensorflow" not in sys.modules and not _DIED
 
 
 def submit(settings: Any, root: Path, rootdir: Path | None) -> str | None:
-    """Queue the TensorFlow work of a deployment; None if the helper cannot start."""
-    global _HELPER
+    """Queue the TensorFlow work of a deployment; None if the helper cannot start (or died before)."""
+    global _HELPER, _DIED
+    if _HELPER is not None and _HELPER.proc.poll() is not None:
+        close()
+        _DIED = True
+    if _DIED:
+        return None
     try:
-        if _HELPER is None or _HELPER.proc.poll() is not None:
+        if _HELPER is None:
             _HELPER = _Helper()
         return _HELPER.submit(settings, root, rootdir)
     except (OSError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
@@ -153,8 +159,9 @@ def error(job: str | None) -> CvdnnError | None:
 
 
 def close() -> None:
-    """End the helper (the session is over)."""
-    global _HELPER
+    """End the helper (the session is over: the next one may start a helper again)."""
+    global _HELPER, _DIED
     if _HELPER is not None:
         _HELPER.close()
         _HELPER = None
+    _DIED = False
