@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from conftest import Run
@@ -75,8 +76,8 @@ def test_corrupted_cache_entry_is_detected_and_rebuilt(run_cvdnn: Callable[..., 
     run = run_cvdnn("--cvdnn-model=m.keras", cache=cache)
     assert run.ret == 0, run.text
     assert len(_conversions(cache)) == 2  # rebuilt, not used
-    # the cached reference outputs (Keras, onnxruntime) and graph summary, damaged: rebuilt too
-    damaged = sorted((cache / "ref").glob("*.npz")) + sorted((cache / "ort").glob("*.npz"))
+    # the cached reference outputs (Keras, onnxruntime), replayed cv2 outputs and graph summary, damaged: rebuilt
+    damaged = [p for kind in ("ref", "ort", "cv2") for p in sorted((cache / kind).glob("*.npz"))]
     summaries = sorted((cache / "graph").glob("*.json"))
     assert damaged and summaries
     for path in damaged:
@@ -143,3 +144,40 @@ def test_default_cache_lives_in_pytests_cache_dir(run_cvdnn: Callable[..., Run],
     run = run_cvdnn("--cvdnn-model=m.keras", "-k", "convert", cache=None)
     assert run.ret == 0, run.text
     assert list((pytester.path / ".pytest_cache" / "d" / "cvdnn" / "onnx").iterdir())
+
+
+def _tamper(path: Path, index: int, delta: float) -> None:
+    """Shift one array of a cached .npz (still a valid file: only a comparison can notice)."""
+    with np.load(path) as data:
+        arrays = [data[f"a{i}"] for i in range(int(data["__count__"]))]
+    arrays[index] = arrays[index] + np.float32(delta)
+    np.savez(path, __count__=np.array(len(arrays)), **{f"a{i}": a for i, a in enumerate(arrays)})
+
+
+def test_warm_run_replays_auxiliary_cv2_outputs_and_still_compares_them(
+    run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path], tmp_path: Path,
+) -> None:
+    """The batch/fresh-net child process and the logits probe graph (which does not ship) are replayed on a
+    warm run; they are compared with this session's forwards of the shipped net, so a difference is caught."""
+    cache = tmp_path / "cache"
+    copy_model(models["cnn"], "m.keras")
+    cold = run_cvdnn("--cvdnn-model=m.keras", cache=cache)
+    assert cold.ret == 0, cold.text
+    assert "replayed" not in cold.checks()["determinism"]["message"]
+    warm = run_cvdnn("--cvdnn-model=m.keras", cache=cache)
+    assert warm.ret == 0, warm.text
+    for check in ("batch", "determinism"):
+        assert "replayed from the cache" in warm.checks()[check]["message"]
+    assert warm.report["models"][0]["parity"] == cold.report["models"][0]["parity"]
+
+    (child,) = [p for p in (cache / "cv2").glob("*.npz") if not p.name.startswith("logits-")]
+    _tamper(child, 1, 1e-3)  # the fresh net's output (stored as [counts, fresh..., batch...])
+    for logits in (cache / "cv2").glob("logits-*.npz"):
+        _tamper(logits, 0, 0.5)
+    bad = run_cvdnn("--cvdnn-model=m.keras", "-k", "determinism or batch or parity", cache=cache)
+    checks = bad.checks()
+    assert checks["determinism"]["outcome"] == "failed"
+    assert "output 0 of a freshly loaded net differs from the first forward" in checks["determinism"]["message"]
+    assert checks["batch"]["outcome"] == "passed"
+    assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "failed"
+    assert "(logits)" in bad.text

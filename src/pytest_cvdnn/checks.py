@@ -614,8 +614,8 @@ def check_batch(dep: Deployment) -> CheckResult:
             details=result.format_failure(),
             data=result.as_dict(),
         )
-    return CheckResult(f"batch of {n} agrees with {n} single runs (max abs error {result.max_abs:.3g})",
-                       result.as_dict())
+    return CheckResult(f"batch of {n} agrees with {n} single runs (max abs error {result.max_abs:.3g})"
+                       + _replayed(dep), result.as_dict() | {"replayed": bool(_replayed(dep))})
 
 
 def check_determinism(dep: Deployment) -> CheckResult:
@@ -643,7 +643,17 @@ def check_determinism(dep: Deployment) -> CheckResult:
                     "and compare with a tolerance instead of bit-exactly",
                     data={"max_abs": diff},
                 )
-    return CheckResult("two forwards and a fresh net give bit-identical outputs", {"bit_identical": True})
+    return CheckResult("two forwards and a fresh net give bit-identical outputs" + _replayed(dep),
+                       {"bit_identical": True, "replayed": bool(_replayed(dep))})
+
+
+def _replayed(dep: Deployment) -> str:
+    from .runners.isolated import ReplayedRun
+
+    if not isinstance(dep.isolated_forwards(), ReplayedRun):
+        return ""
+    return ("; the child process's forwards (batch, fresh net) replayed from the cache: same graph, inputs, "
+            "OpenCV build and threads, compared with this session's forwards")
 
 
 def check_verify(dep: Deployment) -> CheckResult:

@@ -22,6 +22,18 @@ def opencv_version() -> str:
     return str(cv2.__version__)
 
 
+def opencv_build() -> str:
+    """What decides cv2.dnn's numbers here: version, build information and thread count (a digest)."""
+    import hashlib
+
+    import cv2
+
+    from . import thread_share
+
+    info = f"{cv2.__version__}|{thread_share() or cv2.getNumThreads()}|{cv2.getBuildInformation()}"
+    return hashlib.sha256(info.encode()).hexdigest()
+
+
 def engine_flag(engine: str) -> int | None:
     """The ``cv2.dnn.ENGINE_*`` constant for ``engine``, or None where OpenCV has no engines (4.x)."""
     import cv2

@@ -18,13 +18,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import CvdnnError
 
-__all__ = ["Target", "LOCAL", "ChildRun", "forward_isolated", "child_call", "RemoteCv2Runner", "ChildError"]
+__all__ = ["Target", "LOCAL", "ChildRun", "ReplayedRun", "forward_isolated", "child_call", "RemoteCv2Runner", "ChildError"]
 
 _CHILD = r"""
 import json, sys, traceback
@@ -85,8 +85,8 @@ class ChildRun:
 
     def __init__(self, target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                  output_names: Sequence[str], runs: Sequence[Sequence[np.ndarray]] = (),
-                 timeout: float = 600.0) -> None:
-        self.target, self.timeout, self.n_runs = target, timeout, len(runs)
+                 timeout: float = 600.0, store: Callable[[list[list[np.ndarray]]], None] | None = None) -> None:
+        self.target, self.timeout, self.n_runs, self.store = target, timeout, len(runs), store
         self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-child-"))
         self._result: tuple[dict[str, Any], list[list[np.ndarray] | None]] | CvdnnError | None = None
         saved: dict[int, list[str]] = {}  # a feed list given twice (repeated forwards) is written once
@@ -115,6 +115,9 @@ class ChildRun:
         if self._result is None:
             try:
                 self._result = self._collect()
+                resp, outs = self._result
+                if self.store is not None and resp.get("ok") and all(o is not None for o in outs):
+                    self.store(outs)  # type: ignore[arg-type]
             except CvdnnError as exc:
                 self._result = exc
             finally:
@@ -161,6 +164,19 @@ class ChildRun:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ReplayedRun:
+    """The outputs of an earlier :class:`ChildRun` of the same graph, inputs and OpenCV build (from the cache)."""
+
+    def __init__(self, outs: list[list[np.ndarray]]) -> None:
+        self._outs = outs
+
+    def outputs(self, run: int) -> list[np.ndarray]:
+        return self._outs[run]
+
+    def close(self) -> None:
+        pass
 
 
 def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
