@@ -48,8 +48,7 @@ def check_convert(dep: Deployment) -> CheckResult:
         return CheckResult(f"ONNX model {conv.onnx_path.name} is valid (onnx.checker + onnxruntime); no conversion", data)
     if dep.settings.onnx:
         return CheckResult(f"using the provided ONNX {conv.onnx_path} (valid; not converted)", data)
-    how = "cache hit (not converted)" if conv.cached else " ".join(filter(None, (f"converted in {conv.seconds:.2f} s",
-                                                                               conv.where)))
+    how = "cache hit (not converted)" if conv.cached else f"converted in {conv.seconds:.2f} s {conv.where}".rstrip()
     if dep.settings.format != "onnx":
         from .formats import format_label
 
