@@ -121,8 +121,9 @@ _DIED = False  # a helper died in this process: the rest of the session works in
 
 
 def helper_wanted(settings: Any) -> bool:
-    """Use the helper for this deployment?  Not when TensorFlow is imported here already."""
-    return bool(settings.tf_helper) and "tensorflow" not in sys.modules and not _DIED
+    """Use the helper for this deployment?  Not when TensorFlow is imported here already (nor on Windows,
+    where the event pipe cannot be handed to the child)."""
+    return bool(settings.tf_helper) and "tensorflow" not in sys.modules and not _DIED and os.name == "posix"
 
 
 def submit(settings: Any, root: Path, rootdir: Path | None) -> str | None:
@@ -137,7 +138,7 @@ def submit(settings: Any, root: Path, rootdir: Path | None) -> str | None:
         if _HELPER is None:
             _HELPER = _Helper()
         return _HELPER.submit(settings, root, rootdir)
-    except (OSError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
+    except (OSError, ValueError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
         return None
 
 
