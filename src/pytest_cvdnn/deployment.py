@@ -123,9 +123,7 @@ class Deployment:
         def meta() -> dict[str, Any]:
             self.source.check_readable()
             key = f"{self.model_hash[:40]}.json"
-            cached = self.cache.get_json("keras", key)
-            if cached is None and self._tf_elsewhere("converted", lambda: self.cache.get_json("keras", key) is not None):
-                cached = self.cache.get_json("keras", key)
+            cached = self._from_cache(lambda: self.cache.get_json("keras", key), "keras", key, "converted")
             if cached is not None:
                 return cached
             from .runners.keras import keras_metadata
@@ -255,6 +253,13 @@ class Deployment:
         if failure is not None:
             raise failure
         return False
+
+    def _from_cache(self, read: Callable[[], Any], folder: str, name: str, phase: str) -> Any:
+        """``read()`` of a cache entry; on a miss, once the helper reached ``phase`` (None: do it here)."""
+        found = read()
+        if found is None and self._tf_elsewhere(phase, (self.cache.root / folder / name).is_file):
+            found = read()
+        return found
 
     @staticmethod
     def by_helper(conv: Conversion, elsewhere: bool) -> Conversion:
@@ -623,9 +628,7 @@ class Deployment:
 
         names = {kind: f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz" for kind in ("", "-logits")}
         name = names["-logits" if logits else ""]
-        cached = self.cache.get_arrays("ref", name)
-        if cached is None and self._tf_elsewhere("done", (self.cache.root / "ref" / name).is_file):
-            cached = self.cache.get_arrays("ref", name)
+        cached = self._from_cache(lambda: self.cache.get_arrays("ref", name), "ref", name, "done")
         if cached is not None:
             return cached
         model = self.require("keras_model")
@@ -677,9 +680,8 @@ class Deployment:
         from .preprocess import keras_reference
 
         key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode())[:32]
-        cached = self.cache.get_arrays("ref", f"prep-{key}.npz")
-        if cached is None and self._tf_elsewhere("references", (self.cache.root / "ref" / f"prep-{key}.npz").is_file):
-            cached = self.cache.get_arrays("ref", f"prep-{key}.npz")
+        cached = self._from_cache(lambda: self.cache.get_arrays("ref", f"prep-{key}.npz"), "ref", f"prep-{key}.npz",
+                                  "references")
         if cached is not None:
             return cached[0]
         tensor = keras_reference(photos, expected)

@@ -152,9 +152,6 @@ class ChildRun:
         resp, outs = self.result()
         if run < len(outs) and outs[run] is not None:
             return outs[run]  # type: ignore[return-value]
-        if resp.get("signal"):
-            raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward",
-                             opencv=resp.get("opencv"), raw=resp.get("stderr", ""))
         _raise_for(resp)
         raise CvdnnError("the cv2.dnn child process returned no outputs")
 
@@ -186,14 +183,17 @@ def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequen
     resp, outs = ChildRun(target, onnx_path, engine, input_names, output_names, [feeds] * repeat if feeds else [],
                           timeout).result()
     if resp.get("signal"):
-        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward", opencv=None,
-                         raw=resp.get("stderr", ""))
+        _raise_for(resp)
     return resp, [o for o in outs if o is not None] if resp.get("ok") else []
 
 
 def _raise_for(resp: dict[str, Any]) -> None:
+    """The ChildError of a response that is not ok: a crash (signal) or OpenCV's error."""
     if resp.get("ok"):
         return
+    if resp.get("signal"):
+        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward", opencv=None,
+                         raw=resp.get("stderr", ""))
     from .cv2dnn import opencv_error_line
 
     raw = resp.get("error", "")
