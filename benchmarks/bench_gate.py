@@ -7,8 +7,8 @@
 * cold: the plugin on DenseNet121(weights=None) with an empty cache;
 * warm: the same command again (nothing changed): no conversion, no TensorFlow import;
 * scale: four MobileNetV2 (224x224, weights=None) with -n 2 against -n 0 (fresh caches, best of three),
-  and four toy CNNs (128x128, 3 convolutions) where the fixed cost of importing TensorFlow in each
-  worker dominates.
+  and four toy CNNs (128x128, 3 convolutions) where the fixed cost (starting the workers, importing
+  TensorFlow) dominates.
 * cold in-process: the cold gate with ``--cvdnn-tf-in-process`` (TensorFlow in the pytest process,
   not in the helper process), to show what the helper buys.
 Peak RSS: GNU time's %M of each command (the largest process of its tree that was reaped before it

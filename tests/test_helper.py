@@ -124,3 +124,43 @@ def test_conversion_error_comes_from_the_helper_without_converting_twice(
     assert "has op type 'Lgamma', which is not an ONNX operator" in message
     assert message == inproc.checks()["convert"]["message"]
     assert helper.checks()["load"] == {**inproc.checks()["load"], "seconds": helper.checks()["load"]["seconds"]}
+
+
+# in the xdist controller, after the plugin's configure: did it start the shared TensorFlow helper?
+CONTROLLER_PROBE = """
+import json, pytest
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):
+        from pytest_cvdnn import helper
+        with open("controller.json", "w") as fh:
+            json.dump({"server": helper.server_address() is not None}, fh)
+"""
+
+
+def test_xdist_workers_share_one_helper_started_by_the_controller(
+    run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+    pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """Cold, `-n 2`: the controller starts one helper (one TensorFlow import) and each worker's conversion
+    runs in a job process forked from it; warm, nobody starts one."""
+    pytester.makeconftest(CONTROLLER_PROBE)
+    a = copy_model(models["cnn"])
+    b = copy_model(models["other"])
+    cache = tmp_path / "cache"
+    cold = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", "-v", cache=cache)
+    assert cold.ret == 0, cold.text
+    assert json.loads((pytester.path / "controller.json").read_text()) == {"server": True}
+    conversions = _conversions(cache)
+    assert len(conversions) == 2
+    assert len({e["pid"] for e in conversions}) == 2  # one job process per worker...
+    assert len({e["ppid"] for e in conversions}) == 1  # ...forked from the same helper
+    workers = {ln.split("]")[0] for ln in cold.text.splitlines() if ln.startswith("[gw")}
+    assert len(workers) == 2  # (both workers had a model)
+    for index in (0, 1):
+        assert "in the TensorFlow helper process" in cold.checks(index)["convert"]["message"]
+
+    warm = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", cache=cache)
+    assert warm.ret == 0, warm.text
+    assert json.loads((pytester.path / "controller.json").read_text()) == {"server": False}
+    assert len(_conversions(cache)) == 2

@@ -202,5 +202,5 @@ def cached_artifact(
             meta["convert_seconds"] = seconds
             path, meta = cache.put_onnx(key, produced, meta, filename)
         cache.log_event({"event": "converted", "key": key, "model": model_hash[:16], "artifact": filename,
-                         "seconds": round(seconds, 3), "pid": os.getpid(), "options": options})
+                         "seconds": round(seconds, 3), "pid": os.getpid(), "ppid": os.getppid(), "options": options})
         return Conversion(path, meta, cached=False, seconds=seconds)

@@ -246,6 +246,8 @@ class Deployment:
             return key in self.memo  # made by the helper if it was asked to in this session
         if key not in self.memo:
             self.memo[key] = helper.submit(self.settings, self.cache.root, self.rootdir)
+            if self.memo[key] is not None:
+                _import_runners()  # while the helper works: what the checks will need next
         helper.wait(self.memo[key], phase)
         if present():
             return True
@@ -253,6 +255,19 @@ class Deployment:
         if failure is not None:
             raise failure
         return False
+
+    def tf_work_pending(self) -> bool:
+        """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache
+        only: no model is loaded and no helper started (the xdist controller asks before its workers start)."""
+        if not self.has_keras or self.settings.onnx or self.settings.bundle is not None:
+            return False
+        try:
+            if self.cache.get_json("keras", f"{self.model_hash[:40]}.json") is None:
+                return True
+            opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+        except (CvdnnError, StageSkipped, OSError):  # an unreadable model: its checks will say so
+            return False
+        return not (self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx").is_file()
 
     def _from_cache(self, read: Callable[[], Any], folder: str, name: str, phase: str) -> Any:
         """``read()`` of a cache entry; on a miss, once the helper reached ``phase`` (None: do it here)."""
@@ -779,6 +794,15 @@ class Deployment:
 def _stacked(rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     """Per-sample outputs (one list per forward) as one batch per output."""
     return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+
+
+def _import_runners() -> None:
+    """Import cv2, onnxruntime and onnx (once; they are imported lazily, so a plugin load stays light)."""
+    for name in ("cv2", "onnxruntime", "onnx"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing or broken one is reported by the check that needs it
+            pass
 
 
 def build_deployment(settings: ModelSettings, cache: Cache, rootdir: Path | None = None,

@@ -1,18 +1,24 @@
-"""The TensorFlow helper: a child process that does a cold deployment's TensorFlow work.
+"""The TensorFlow helper: a server process that does a cold deployment's TensorFlow work.
 
 On a cold cache the Keras side of a deployment (load, metadata, tf2onnx conversion, Keras
-reference outputs and preprocessing tensors) runs in one child process per session, which
-writes it into the cache; the pytest process then reads it like a warm run.  So the pytest
-process does not import TensorFlow at all: it stays small, it does not pay TensorFlow's
-teardown at exit (the helper ends with ``os._exit``), and it runs the onnxruntime and cv2.dnn
-checks while the helper still computes the Keras references (two cores at work).
+reference outputs and preprocessing tensors) runs in a helper process, which writes it into
+the cache; the pytest process then reads it like a warm run.  So the pytest process does not
+import TensorFlow at all: it stays small, it does not pay TensorFlow's teardown at exit, and it
+runs the onnxruntime and cv2.dnn checks while the helper still computes the Keras references.
 
-The helper is an accelerator, not a second implementation: it runs the deployment's own
-stages (:meth:`Deployment.prepare`), and whatever it did not finish — an error, a crash — is
+The helper is a server: it imports TensorFlow once and forks one job process per connection.
+A session without xdist starts it when the first model needs it and is its only client.
+Under ``pytest -n N`` the controller starts it at configure time, when a configured model's
+conversion is not cached, and every worker connects to it: TensorFlow is imported once for the
+session instead of once per worker, and while the workers start up (four processes each
+importing TensorFlow would contend for the same cores).
+
+The helper is an accelerator, not a second implementation: a job process runs the deployment's
+own stages (:meth:`Deployment.prepare`), and whatever it did not finish — an error, a crash — is
 simply done again in the pytest process, which reports it exactly as without the helper.
-It is used when TensorFlow is not imported yet in the pytest process (a project whose
-conftest imports Keras keeps everything in-process) and can be turned off with
-``--cvdnn-tf-in-process``.
+It is used when TensorFlow is not imported yet in the pytest process (a project whose conftest
+imports Keras keeps everything in-process) and can be turned off with ``--cvdnn-tf-in-process``.
+POSIX only (it forks, and passes a listening socket to the server).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import itertools
 import json
 import os
 import pickle
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,62 +39,130 @@ from typing import Any
 
 from .errors import CvdnnError
 
-__all__ = ["helper_wanted", "submit", "wait", "error", "close"]
+__all__ = ["helper_wanted", "start_server", "use_server", "server_address", "submit", "wait", "error", "close"]
 
-_CHILD = r"""
-import dataclasses, json, os, pickle, sys
+# The server: imports TensorFlow (what every job needs) once, then forks a job process per connection.
+# It ends when its owner closes its stdin (or dies); its job processes end when their client goes away.
+_SERVER = r"""
+import os, selectors, signal, socket, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-events = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+listener = socket.socket(fileno=int(sys.argv[1]))
+import dataclasses, json, pickle
+sys.modules.setdefault("IPython", None)  # Keras imports it (0.3 s) if installed, for notebooks: none here
+import tensorflow, keras, tf2onnx.convert  # noqa: F401 - imported once, shared by the job processes
 from pytest_cvdnn.cache import Cache
 from pytest_cvdnn.deployment import build_deployment
 from pytest_cvdnn.errors import CvdnnError
-for line in sys.stdin:
-    job, payload = line.split(" ", 1)
-    reached = []
 
-    def notify(phase):
-        reached.append(phase)
-        events.write(f"{job} {phase}\n")
 
-    try:
-        settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
-        sys.path.extend(p for p in path if p not in sys.path)  # the pytest process's (factories' modules)
-        settings = dataclasses.replace(settings, tf_helper=False)
-        build_deployment(settings, Cache(root), rootdir).prepare(notify)
-    except BaseException as exc:
-        error = {}
-        # the model loaded but its conversion failed: the pytest process would fail the same way, so it gets
-        # the error instead of converting again; anything else it does again itself and reports
-        if reached == ["loaded"] and type(exc) is CvdnnError:
-            error = {"message": exc.message, "fix": exc.fix, "details": exc.details, "node": exc.node}
-        events.write(f"{job} failed {json.dumps(error)}\n")
-    events.write(f"{job} done\n")
-events.flush()
-os._exit(0)  # skip TensorFlow's teardown: everything is in the cache
+def serve(conn):
+    out = conn.makefile("w")
+
+    def tell(job, event):
+        out.write(f"{job} {event}\n")
+        out.flush()
+
+    for line in conn.makefile("r"):
+        job, payload = line.split(" ", 1)
+        reached = []
+
+        def notify(phase):
+            reached.append(phase)
+            tell(job, phase)
+
+        try:
+            settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
+            sys.path.extend(p for p in path if p not in sys.path)  # the client's (factories' modules)
+            settings = dataclasses.replace(settings, tf_helper=False)
+            build_deployment(settings, Cache(root), rootdir).prepare(notify)
+        except BaseException as exc:
+            error = {}
+            # the model loaded but its conversion failed: the client would fail the same way, so it gets
+            # the error instead of converting again; anything else it does again itself and reports
+            if reached == ["loaded"] and type(exc) is CvdnnError:
+                error = {"message": exc.message, "fix": exc.fix, "details": exc.details, "node": exc.node}
+            tell(job, f"failed {json.dumps(error)}")
+        tell(job, "done")
+
+
+import gc
+gc.collect()
+gc.freeze()  # TensorFlow's objects stay out of the job processes' collections (and their pages shared)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the job processes
+watch = selectors.DefaultSelector()
+watch.register(listener, selectors.EVENT_READ)
+watch.register(sys.stdin, selectors.EVENT_READ)  # readable only at EOF: the owner is gone
+while True:
+    for key, _ in watch.select():
+        if key.fileobj is sys.stdin:
+            os._exit(0)
+        conn, _ = listener.accept()
+        if os.fork() == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            listener.close()
+            try:
+                serve(conn)
+            finally:
+                os._exit(0)  # skip TensorFlow's teardown: everything is in the cache
+        conn.close()
 """
 
 
-class _Helper:
-    def __init__(self) -> None:
-        read_end, write_end = os.pipe()
-        self.log = tempfile.TemporaryFile()  # the helper's stderr (TensorFlow's chatter), read by nobody
+class _Server:
+    """The helper server process, started by this process (which ends it)."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-tf-"))
+        if len(str(self.folder)) > 80:  # a socket path has ~100 bytes (a long TMPDIR)
+            shutil.rmtree(self.folder)
+            self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-tf-", dir="/tmp"))
+        self.address = str(self.folder / "tf.sock")
+        self.log = tempfile.TemporaryFile()  # the server's stderr (TensorFlow's chatter), read by nobody
+        # bound here, so that clients can connect (and queue their jobs) while the server imports TensorFlow
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            code = f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r})\n" + _CHILD
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(write_end)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(write_end,), text=True)
+            listener.bind(self.address)
+            listener.listen(64)
+            code = f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r})\n" + _SERVER
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(listener.fileno())], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(listener.fileno(),),
+                                         env=env, start_new_session=True)  # its own process group: the job processes too
         finally:
-            os.close(write_end)
-        self.events = os.fdopen(read_end, "r")
+            listener.close()
+
+    def close(self) -> None:
+        try:  # the server and its job processes: idle, or working for nobody (the cache's writes are atomic)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        # reaped in the background: the kernel takes a while to free a TensorFlow-sized process
+        threading.Thread(target=self.proc.wait, daemon=True).start()
+        for stream in (self.proc.stdin, self.log):
+            try:
+                stream.close()
+            except (OSError, AttributeError):  # a pipe to a killed process
+                pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Connection:
+    """This process's job process in the server: jobs go in, events (job phase) come back."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(address)
+        self.jobs = self.sock.makefile("w")
+        self.events = self.sock.makefile("r")
         self.seen: dict[str, set[str]] = {}
         self.errors: dict[str, dict[str, Any]] = {}
+        self.dead = False
 
     def submit(self, settings: Any, root: Path, rootdir: Path | None) -> str:
         job = f"j{next(_JOBS)}"  # unique in the process: a job of a helper that died is not confused with a new one
         payload = pickle.dumps((settings, root, rootdir, list(sys.path))).hex()
         self.seen[job] = set()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{job} {payload}\n")
-        self.proc.stdin.flush()
+        self.jobs.write(f"{job} {payload}\n")
+        self.jobs.flush()
         return job
 
     def wait(self, job: str, phase: str) -> bool:
@@ -93,7 +170,8 @@ class _Helper:
         seen = self.seen[job]
         while phase not in seen and "done" not in seen:
             line = self.events.readline()
-            if not line:  # the helper died: nothing more will come
+            if not line:  # the job process (or the server, before it forked it) died: nothing more will come
+                self.dead = True
                 for other in self.seen.values():
                     other.add("done")
                 break
@@ -104,65 +182,87 @@ class _Helper:
         return phase in seen
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # idle, or working for nobody: the cache's writes are atomic
-        # reaped in the background: the kernel takes a while to free a TensorFlow-sized process
-        threading.Thread(target=self.proc.wait, daemon=True).start()
-        for stream in (self.proc.stdin, self.events, self.log):
+        for stream in (self.jobs, self.events, self.sock):
             try:
                 stream.close()
-            except (OSError, AttributeError):  # a pipe to a killed process
+            except OSError:  # a connection to a killed process
                 pass
 
 
-_HELPER: _Helper | None = None
+_SERVER_PROC: _Server | None = None  # a server this process started (and ends at close)
+_ADDRESS: str | None = None  # a server the xdist controller started for this worker
+_CONN: _Connection | None = None
 _JOBS = itertools.count(1)
-_DIED = False  # a helper died in this process: the rest of the session works in-process
+_DIED = False  # the helper died in this session: the rest of the session works in-process
 
 
 def helper_wanted(settings: Any) -> bool:
-    """Use the helper for this deployment?  Not when TensorFlow is imported here already (nor on Windows,
-    where the event pipe cannot be handed to the child)."""
+    """Use the helper for this deployment?  Not when TensorFlow is imported here already (nor on Windows)."""
     return bool(settings.tf_helper) and "tensorflow" not in sys.modules and not _DIED and os.name == "posix"
+
+
+def start_server(env: dict[str, str] | None = None) -> str:
+    """Start this session's helper server (once), with the environment ``env`` (default: this one); its address."""
+    global _SERVER_PROC
+    if _SERVER_PROC is None:
+        _SERVER_PROC = _Server(env)
+    return _SERVER_PROC.address
+
+
+def use_server(address: str | None) -> None:
+    """Send this process's jobs to the server at ``address`` (the xdist controller's) instead of starting one."""
+    global _ADDRESS
+    _ADDRESS = address
+
+
+def server_address() -> str | None:
+    """The address of the server this process started, if it did."""
+    return _SERVER_PROC.address if _SERVER_PROC is not None else None
 
 
 def submit(settings: Any, root: Path, rootdir: Path | None) -> str | None:
     """Queue the TensorFlow work of a deployment; None if the helper cannot start (or died before)."""
-    global _HELPER, _DIED
-    if _HELPER is not None and _HELPER.proc.poll() is not None:
-        close()
+    global _CONN, _DIED
+    if _CONN is not None and _CONN.dead:
         _DIED = True
     if _DIED:
         return None
     try:
-        if _HELPER is None:
-            _HELPER = _Helper()
-        return _HELPER.submit(settings, root, rootdir)
-    except (OSError, ValueError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
+        if _CONN is None:
+            _CONN = _Connection(_ADDRESS or start_server())
+        return _CONN.submit(settings, root, rootdir)
+    except OSError:  # no server to connect to, or the job process is gone
+        _DIED = True
+        return None
+    except (ValueError, pickle.PicklingError, AttributeError, TypeError):  # e.g. an unpicklable setting
         return None
 
 
 def wait(job: str | None, phase: str) -> bool:
-    if job is None or _HELPER is None or job not in _HELPER.seen:
+    if job is None or _CONN is None or job not in _CONN.seen:
         return False
     try:
-        return _HELPER.wait(job, phase)
+        return _CONN.wait(job, phase)
     except (OSError, ValueError):
+        _CONN.dead = True
         return False
 
 
 def error(job: str | None) -> CvdnnError | None:
     """The conversion error ``job`` ended with, as the pytest process would have raised it (or None)."""
-    found = _HELPER.errors.get(job) if _HELPER is not None and job is not None else None
+    found = _CONN.errors.get(job) if _CONN is not None and job is not None else None
     if not found:
         return None
     return CvdnnError(found["message"], fix=found.get("fix"), details=found.get("details"), node=found.get("node"))
 
 
 def close() -> None:
-    """End the helper (the session is over: the next one may start a helper again)."""
-    global _HELPER, _DIED
-    if _HELPER is not None:
-        _HELPER.close()
-        _HELPER = None
+    """End this process's use of the helper (the session is over: the next one may start one again)."""
+    global _CONN, _SERVER_PROC, _DIED
+    if _CONN is not None:
+        _CONN.close()
+        _CONN = None
+    if _SERVER_PROC is not None:
+        _SERVER_PROC.close()
+        _SERVER_PROC = None
     _DIED = False

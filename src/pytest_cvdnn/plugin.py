@@ -100,10 +100,15 @@ def _share_cores_between_workers(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if not workerinput:
         return
-    share = max(1, (os.cpu_count() or 1) // max(1, int(workerinput.get("workercount", 1))))
-    for name in ("CVDNN_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(name, str(share))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    for name, value in _thread_share(int(workerinput.get("workercount", 1))).items():
+        os.environ.setdefault(name, value)
+
+
+def _thread_share(workers: int) -> dict[str, str]:
+    """Thread-pool sizes (environment variables) for one of ``workers`` processes sharing this machine."""
+    share = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return {"CVDNN_THREADS": share, "TF_NUM_INTRAOP_THREADS": share, "OMP_NUM_THREADS": share,
+            "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def _setting(config: pytest.Config, opt: Any) -> Any:
@@ -185,6 +190,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--cvdnn-model: {exc}") from None
     config.pluginmanager.register(ResultsPlugin(state, config), "cvdnn-results")
     _group_models_on_workers(config, state)
+    _share_the_tensorflow_helper(config, state)
     # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks
     paths = [str(p) for p in state.entries]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
@@ -206,6 +212,38 @@ def _group_models_on_workers(config: pytest.Config, state: CvdnnState) -> None:
         )
     elif getattr(config.option, "dist", None) == "load":
         config.option.dist = "loadgroup"
+
+
+def _share_the_tensorflow_helper(config: pytest.Config, state: CvdnnState) -> None:
+    """Under `-n N`, start the TensorFlow helper in the controller now if a configured model is not converted.
+
+    Its workers then share it: TensorFlow is imported once, while the workers start, instead of once
+    per worker after they started (see helper.py).  A worker learns its address from its workerinput;
+    without one (a warm cache, or models only named in test files) it starts a helper when it needs one.
+    """
+    from . import helper
+
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        helper.use_server(workerinput.get("cvdnn_tf_server"))
+        return
+    workers = getattr(config.option, "numprocesses", None)
+    if not workers or not helper.helper_wanted(state.base):
+        return
+    if any(entry.deployment(None, "onnx").tf_work_pending() for entries in state.entries.values()
+           for entry in entries if entry.source.kind != "bundle"):
+        # its job processes work for the workers: each gets a worker's share of the cores
+        helper.start_server({**_thread_share(int(workers)), **os.environ})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist) Tell a worker where the controller's TensorFlow helper listens, if it started one."""
+    from . import helper
+
+    address = helper.server_address()
+    if address is not None:
+        node.workerinput["cvdnn_tf_server"] = address
 
 
 @pytest.hookimpl(trylast=True)
