@@ -11,9 +11,9 @@
   TensorFlow) dominates.
 * cold in-process: the cold gate with ``--cvdnn-tf-in-process`` (TensorFlow in the pytest process,
   not in the helper process), to show what the helper buys.
-Peak RSS: GNU time's %M of each command (the largest process of its tree that was reaped before it
-ended: the TensorFlow helper's, when cold, if it was), and the pytest process's own peak
-(``getrusage(RUSAGE_SELF)`` at the end of the session).  Plain, cold and warm are each measured
+Peak RSS: the largest peak (VmHWM) of any process of the command's tree (the pytest process, the
+TensorFlow helper and its job processes), and the pytest process's own peak (``getrusage(RUSAGE_SELF)``
+at the end of the session).  Plain, cold and warm are each measured
 twice (the best of two counts; run-to-run noise here is ~10 %).  Every command runs with bytecode
 caching on (this machine sets PYTHONDONTWRITEBYTECODE=1, which makes every pytest start re-compile
 and re-rewrite its plugins: about a second per command).
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -87,18 +88,56 @@ for i in range(4):
 """
 
 
+def _tree(root: int) -> set[int]:
+    """``root`` and its descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    return tree
+
+
+def _peak_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
-    """(seconds, peak RSS in MiB of the command's main process, result); RSS via GNU time if present."""
-    rss_file = cwd / ".rss"
-    wrapper = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
+    """(seconds, peak RSS in MiB of the largest process of the command's tree, result).
+
+    The tree (the pytest process, the TensorFlow helper and its job processes, xdist workers) is
+    sampled every 0.2 s for each process's VmHWM (its own peak so far: a high-water mark).
+    """
+    peaks: dict[int, int] = {}
     start = time.perf_counter()
-    proc = subprocess.run([*wrapper, *cmd], cwd=cwd, capture_output=True, text=True, env=ENV)
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) as popen:
+        reader = ThreadPoolExecutor(1).submit(popen.communicate)
+        while popen.poll() is None:
+            for pid in _tree(popen.pid) if Path("/proc").is_dir() else ():
+                peaks[pid] = max(peaks.get(pid, 0), _peak_kib(pid))
+            time.sleep(0.2)
+        out, err = reader.result()
     seconds = time.perf_counter() - start
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"command failed: {' '.join(cmd)}")
-    rss = float(rss_file.read_text().split()[-1]) / 1024 if wrapper else float("nan")
-    return seconds, rss, proc
+    return seconds, max(peaks.values(), default=0) / 1024 or float("nan"), proc
 
 
 def main() -> None:
@@ -178,7 +217,7 @@ def main() -> None:
         ("conversions with -n 2", results["scale_conversions"], "4"),
         ("4 toy CNNs -n 0 / -n 2 (s)", f"{results['scale_small_serial_s']} / {results['scale_small_n2_s']}", ""),
         ("speed-up -n 2, toy CNNs", results["scale_small_speedup"], ""),
-        ("peak RSS plain / cold / warm / cold in-process (MiB, GNU time)",
+        ("peak RSS, largest process: plain / cold / warm / cold in-process (MiB)",
          f"{results['peak_rss_plain_mib']} / {results['peak_rss_cold_mib']} / {results['peak_rss_warm_mib']} / "
          f"{results['peak_rss_cold_in_process_mib']}", ""),
         ("peak RSS of the pytest process cold / warm / cold in-process (MiB)",

@@ -164,3 +164,29 @@ def test_xdist_workers_share_one_helper_started_by_the_controller(
     assert warm.ret == 0, warm.text
     assert json.loads((pytester.path / "controller.json").read_text()) == {"server": False}
     assert len(_conversions(cache)) == 2
+
+
+def test_xdist_workers_work_in_process_when_the_shared_helper_is_gone(
+    run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+    pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """The controller's helper is SIGKILLed before the workers connect: each worker does its TensorFlow
+    work itself, and every check passes as it would without the helper."""
+    pytester.makeconftest("""
+        import os, signal, pytest
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            if not hasattr(config, "workerinput"):
+                from pytest_cvdnn import helper
+                os.killpg(helper._SERVER_PROC.proc.pid, signal.SIGKILL)
+                helper._SERVER_PROC.proc.wait()
+    """)
+    a = copy_model(models["cnn"])
+    b = copy_model(models["other"])
+    run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", cache=tmp_path / "cache")
+    assert run.ret == 0, run.text
+    assert run.outcomes() == {"passed": 22}
+    conversions = _conversions(tmp_path / "cache")
+    assert len(conversions) == 2
+    for index in (0, 1):
+        assert "in the TensorFlow helper process" not in run.checks(index)["convert"]["message"]
