@@ -190,3 +190,45 @@ def test_xdist_workers_work_in_process_when_the_shared_helper_is_gone(
     assert len(conversions) == 2
     for index in (0, 1):
         assert "in the TensorFlow helper process" not in run.checks(index)["convert"]["message"]
+
+
+def test_the_helper_converts_the_next_model_while_the_pytest_process_checks_this_one(
+    run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
+) -> None:
+    """Without xdist the session's cold models are queued in the helper at collection, in the order their
+    checks run: the second model is built (its factory called, in the helper) before its first check
+    starts, while the pytest process still checks the first model."""
+    pytester.makeconftest("""
+        import json, time
+        starts = {}
+        def pytest_runtest_logstart(nodeid, location):
+            starts.setdefault(nodeid, time.time())
+        def pytest_sessionfinish(session):
+            json.dump(starts, open("starts.json", "w"))
+    """)
+    for name in ("first", "second"):
+        pytester.makepyfile(**{name: f"""
+            import time
+
+            def make():
+                with open("{name}.called", "w") as fh:
+                    fh.write(repr(time.time()))
+                import keras
+                keras.utils.set_random_seed(0)
+                inp = keras.Input((24, 24, 3))
+                x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+                x = keras.layers.GlobalAveragePooling2D()(x)
+                return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+        """})
+    run = run_cvdnn("--cvdnn-model=first:make", "--cvdnn-model=second:make", cache=tmp_path / "cache")
+    assert run.ret == 0, run.text
+    assert run.outcomes() == {"passed": 22}
+    starts = json.loads((pytester.path / "starts.json").read_text())
+    first_checks = [t for nodeid, t in starts.items() if nodeid.startswith("first.py")]
+    second_checks = [t for nodeid, t in starts.items() if nodeid.startswith("second.py")]
+    assert max(first_checks) < min(second_checks)  # the checks ran model after model
+    built = float((pytester.path / "second.called").read_text())
+    assert built < min(second_checks)  # ...but the helper was already building the second model
+    assert built > min(first_checks)
+    for index in (0, 1):
+        assert "in the TensorFlow helper process" in run.checks(index)["convert"]["message"]

@@ -240,14 +240,10 @@ class Deployment:
         from . import helper
 
         key = ("tf-helper", self.settings.key())
-        if not self.has_keras or not helper.helper_wanted(self.settings):
-            return False
         if present():
             return key in self.memo  # made by the helper if it was asked to in this session
-        if key not in self.memo:
-            self.memo[key] = helper.submit(self.settings, self.cache.root, self.rootdir)
-            if self.memo[key] is not None:
-                _import_runners()  # while the helper works: what the checks will need next
+        if not self.queue_tf_work():
+            return False
         helper.wait(self.memo[key], phase)
         if present():
             return True
@@ -255,6 +251,21 @@ class Deployment:
         if failure is not None:
             raise failure
         return False
+
+    def queue_tf_work(self) -> bool:
+        """Have the helper process do this deployment's TensorFlow work (queued once; the plugin queues a
+        session's cold models in the order their checks run, so the helper converts the next model while
+        the pytest process checks this one).  False if the helper is not used for it."""
+        from . import helper
+
+        key = ("tf-helper", self.settings.key())
+        if key not in self.memo:  # (once queued, it is waited for, even if TensorFlow got imported here since)
+            if not self.has_keras or not helper.helper_wanted(self.settings):
+                return False
+            self.memo[key] = helper.submit(self.settings, self.cache.root, self.rootdir)
+            if self.memo[key] is not None:
+                _import_runners()  # while the helper works: what the checks will need next
+        return self.memo[key] is not None
 
     def tf_work_pending(self) -> bool:
         """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache

@@ -118,6 +118,8 @@ class _Server:
             self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-tf-", dir="/tmp"))
         self.address = str(self.folder / "tf.sock")
         self.log = tempfile.TemporaryFile()  # the server's stderr (TensorFlow's chatter), read by nobody
+        if sys.platform == "darwin":  # forking after Apple frameworks are loaded aborts the child without this
+            env = {**(env if env is not None else os.environ), "OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "YES"}
         # bound here, so that clients can connect (and queue their jobs) while the server imports TensorFlow
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -236,6 +236,27 @@ def _share_the_tensorflow_helper(config: pytest.Config, state: CvdnnState) -> No
         helper.start_server({**_thread_share(int(workers)), **os.environ})
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Queue the helper's work for every model not converted yet, in the order the checks will run.
+
+    The helper then converts the next model while this process checks the current one.  Not on an
+    xdist worker: it collected every model but runs only the ones the controller sends it.
+    """
+    state = session.config.stash.get(STATE, None)
+    option = session.config.option
+    if (state is None or hasattr(session.config, "workerinput") or not state.base.tf_helper
+            or option.collectonly or getattr(option, "setuponly", False) or getattr(option, "setupplan", False)):
+        return
+    seen: set[int] = set()
+    for item in session.items:
+        if isinstance(item, CheckItem) and item.entry.source.kind != "bundle" and id(item.entry) not in seen:
+            seen.add(id(item.entry))
+            dep = item.entry.deployment(None, "onnx")
+            if dep.tf_work_pending():
+                dep.queue_tf_work()
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """(xdist) Tell a worker where the controller's TensorFlow helper listens, if it started one."""
