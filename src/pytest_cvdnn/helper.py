@@ -129,6 +129,10 @@ class _Server:
             self.proc = subprocess.Popen([sys.executable, "-c", code, str(listener.fileno())], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(listener.fileno(),),
                                          env=env, start_new_session=True)  # its own process group: the job processes too
+        except BaseException:
+            self.log.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         finally:
             listener.close()
 
