@@ -44,7 +44,7 @@ __all__ = ["helper_wanted", "start_server", "use_server", "server_address", "sub
 # The server: imports TensorFlow (what every job needs) once, then forks a job process per connection.
 # It ends when its owner closes its stdin (or dies); its job processes end when their client goes away.
 _SERVER = r"""
-import os, selectors, signal, socket, sys
+import gc, os, selectors, signal, socket, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 listener = socket.socket(fileno=int(sys.argv[1]))
 import dataclasses, json, pickle
@@ -85,7 +85,6 @@ def serve(conn):
         tell(job, "done")
 
 
-import gc
 gc.collect()
 gc.freeze()  # TensorFlow's objects stay out of the job processes' collections (and their pages shared)
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the job processes

@@ -252,7 +252,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     seen: set[int] = set()
     for item in session.items:
-        if isinstance(item, CheckItem) and item.entry.source.kind != "bundle" and id(item.entry) not in seen:
+        if (isinstance(item, CheckItem) and item.fmt == "onnx" and item.entry.source.kind != "bundle"
+                and id(item.entry) not in seen):  # (the TFLite/frozen-graph exports are asked for when needed)
             seen.add(id(item.entry))
             dep = item.entry.deployment(None, "onnx")
             if dep.tf_work_pending():
