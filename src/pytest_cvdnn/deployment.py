@@ -234,12 +234,17 @@ class Deployment:
         return self.stage("convert", run)
 
     # -- the TensorFlow helper (see helper.py) -------------------------------------------------
+    @property
+    def _helper_key(self) -> tuple[Any, ...]:
+        """Where ``memo`` keeps this deployment's helper job (None: the helper could not take it)."""
+        return ("tf-helper", self.settings.key())
+
     def _tf_elsewhere(self, phase: str, present: Callable[[], bool]) -> bool:
         """On a cold cache, have the helper process do this deployment's TensorFlow work (queued once)
         and wait until it reached ``phase``; True if it made what ``present`` looks for."""
         from . import helper
 
-        key = ("tf-helper", self.settings.key())
+        key = self._helper_key
         if present():
             return key in self.memo  # made by the helper if it was asked to in this session
         if not self.queue_tf_work():
@@ -258,7 +263,7 @@ class Deployment:
         the pytest process checks this one).  False if the helper is not used for it."""
         from . import helper
 
-        key = ("tf-helper", self.settings.key())
+        key = self._helper_key
         if key not in self.memo:  # (once queued, it is waited for, even if TensorFlow got imported here since)
             if not self.has_keras or not helper.helper_wanted(self.settings):
                 return False
