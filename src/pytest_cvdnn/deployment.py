@@ -219,10 +219,9 @@ class Deployment:
                 read_graph(path)  # a clear error if the file is not ONNX
                 validate_onnx(path, self.keras_layer_names)
                 return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
-            opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+            opts = self._conversion_options()
             meta = self.keras_meta
-            entry = self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx"
-            elsewhere = self._tf_elsewhere("converted", entry.is_file)
+            elsewhere = self._tf_elsewhere("converted", self._onnx_entry(opts).is_file)
 
             def load() -> tuple[Any, dict[str, Any]]:
                 return self.keras_model, meta
@@ -232,6 +231,13 @@ class Deployment:
             return conv
 
         return self.stage("convert", run)
+
+    def _conversion_options(self) -> ConversionOptions:
+        return ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+
+    def _onnx_entry(self, opts: ConversionOptions) -> Path:
+        """Where the cache keeps this model's conversion with ``opts``."""
+        return self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx"
 
     # -- the TensorFlow helper (see helper.py) -------------------------------------------------
     @property
@@ -275,15 +281,14 @@ class Deployment:
     def tf_work_pending(self) -> bool:
         """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache
         only: no model is loaded and no helper started (the xdist controller asks before its workers start)."""
-        if not self.has_keras or self.settings.onnx or self.settings.bundle is not None:
+        if self.settings.bundle is not None or self.settings.onnx or not self.has_keras:
             return False
         try:
             if self.cache.get_json("keras", f"{self.model_hash[:40]}.json") is None:
                 return True
-            opts = ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+            return not self._onnx_entry(self._conversion_options()).is_file()
         except Exception:  # noqa: BLE001 - only a hint (an unreadable model: its checks will say so)
             return False
-        return not (self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx").is_file()
 
     def _from_cache(self, read: Callable[[], Any], folder: str, name: str, phase: str) -> Any:
         """``read()`` of a cache entry; on a miss, once the helper reached ``phase`` (None: do it here)."""

@@ -231,7 +231,7 @@ def _share_the_tensorflow_helper(config: pytest.Config, state: CvdnnState) -> No
     if not workers or not helper.helper_wanted(state.base):
         return
     if any(entry.deployment(None, "onnx").tf_work_pending() for entries in state.entries.values()
-           for entry in entries if entry.source.kind != "bundle"):
+           for entry in entries):
         try:  # its job processes work for the workers: each gets a worker's share of the cores
             helper.start_server({**_thread_share(int(workers)), **os.environ})
         except OSError:  # (no socket here: each worker starts a helper when it needs one)
@@ -252,8 +252,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     seen: set[int] = set()
     for item in session.items:
-        if (isinstance(item, CheckItem) and item.fmt == "onnx" and item.entry.source.kind != "bundle"
-                and id(item.entry) not in seen):  # (the TFLite/frozen-graph exports are asked for when needed)
+        if isinstance(item, CheckItem) and item.fmt == "onnx" and id(item.entry) not in seen:
+            # (the TFLite/frozen-graph exports are asked for when needed)
             seen.add(id(item.entry))
             dep = item.entry.deployment(None, "onnx")
             if dep.tf_work_pending():
