@@ -17,29 +17,47 @@ def _failed(checks: dict) -> dict:
     return {n: c["message"] for n, c in checks.items() if c["outcome"] == "failed"}
 
 
-def test_formats_on_two_opencv_versions(run_cvdnn: Callable[..., Run], opencv_4_5_5: Path,
-                                        pytester: pytest.Pytester, tmp_path: Path) -> None:
-    """One session: which artifact works on which OpenCV (FIELD.md: opset-13 ONNX fails on 4.5.5)."""
+def _has_reader(version: str, fmt: str) -> bool:
+    """OpenCV's readers: readNetFromTFLite arrived in 4.8, readNetFromTensorflow was removed in 5.1."""
+    here = tuple(int(v) for v in version.split(".")[:2])
+    return here >= (4, 8) if fmt == "tflite" else here < (5, 1)
+
+
+def test_formats_on_three_opencv_versions(run_cvdnn: Callable[..., Run], opencv_4_5_5: Path,
+                                          pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """One session: which artifact works on which OpenCV (FIELD.md: opset-13 ONNX fails on 4.5.5, 5.1 has no
+    TensorFlow importer, 4.5.5 no TFLite importer).  An OpenCV without an importer skips those items, saying why."""
+    import cv2
+
     cache = tmp_path / "cache"
     (pytester.path / "tiny_cnn.keras").write_bytes((ROOT / "examples" / "tiny_cnn.keras").read_bytes())
     pytester.makeconftest(TF_PROBE)
-    args = ("--cvdnn-model=tiny_cnn.keras", "--cvdnn-format=tflite,tf", "--cvdnn-target=opencv==4.5.5")
+    other = "5.0.0" if cv2.__version__.startswith("5.1") else "5.1.0"
+    args = ("--cvdnn-model=tiny_cnn.keras", "--cvdnn-format=tflite,tf", "--cvdnn-target=opencv==4.5.5",
+            f"--cvdnn-target=opencv=={other}")
     run = run_cvdnn(*args, cache=cache)
     checks = run.checks()
-    # installed OpenCV 5: every artifact loads and matches Keras, logits included
-    for fmt in ("tflite", "tf"):
-        assert checks[f"{fmt}:load"]["outcome"] == "passed", checks[f"{fmt}:load"]["message"]
-        parity = checks[f"{fmt}:parity[keras-cv2dnn]"]
-        assert parity["outcome"] == "passed", parity["message"]
-        assert [o["name"] for o in parity["data"]["outputs"]] == ["probs", "probs (logits)"]
+    for version, suffix in ((cv2.__version__, ""), ("4.5.5", "@opencv-4.5.5"), (other, f"@opencv-{other}")):
+        for fmt in ("tflite", "tf"):
+            load = checks[f"{fmt}:" + (f"load[{suffix[1:]}]" if suffix else "load")]
+            parity = checks[f"{fmt}:parity[keras-cv2dnn{suffix}]"]
+            if _has_reader(version, fmt):  # the artifact loads and matches Keras, logits included
+                assert load["outcome"] == "passed", (version, fmt, load["message"])
+                assert parity["outcome"] == "passed", (version, fmt, parity["message"])
+                assert [o["name"] for o in parity["data"]["outputs"]] == ["probs", "probs (logits)"]
+            else:  # skipped with the reason, and what to do instead
+                assert load["outcome"] == parity["outcome"] == "skipped", (version, fmt, load["message"])
+                reader = "readNetFromTFLite" if fmt == "tflite" else "readNetFromTensorflow"
+                assert f"has no cv2.dnn.{reader}" in load["message"], load["message"]
+                if fmt == "tf":
+                    assert "OpenCV 5.1 removed its TensorFlow importer" in load["message"]
+                    assert "check the frozen graph on a 4.x target" in load["message"]
+                else:
+                    assert "(it arrived in OpenCV 4.8)" in load["message"] and "ship the ONNX" in load["message"]
+                    assert "arrived" not in checks["tf:" + (f"load[{suffix[1:]}]" if suffix else "load")]["message"]
     assert "tensor_content" in checks["tf:convert"]["message"]  # the rewrite OpenCV's TF importer needs
-    # OpenCV 4.5.5: the frozen graph works, the opset-13 ONNX does not, TFLite cannot be read at all
-    assert checks["tf:parity[keras-cv2dnn@opencv-4.5.5]"]["outcome"] == "passed"
-    assert checks["load[opencv-4.5.5]"]["outcome"] == "failed"
-    tfl = checks["tflite:load[opencv-4.5.5]"]
-    assert tfl["outcome"] == "failed" and "no cv2.dnn.readNetFromTFLite" in tfl["message"]
-    assert "(it arrived in OpenCV 4.8)" in tfl["message"] and "Fix:" in tfl["message"]
-    assert "opencv-4.5.5 tf: OK" in run.text and "opencv-4.5.5 tflite: FAIL" in run.text
+    assert checks["load[opencv-4.5.5]"]["outcome"] == "failed"  # opset-13 Squeeze
+    assert "opencv-4.5.5 tf: OK" in run.text
     assert {e["artifact"] for e in _conversions(cache)} >= {"model.onnx", "model.tflite", "frozen_graph.pb"}
 
     warm = run_cvdnn(*args, cache=cache)
@@ -65,11 +83,14 @@ def test_segmentation_map_in_every_format(run_cvdnn: Callable[..., Run], segment
     assert parity["outcome"] == "failed"
     assert "the logits agree, only the final Softmax of 'mask' differs" in parity["message"]
     assert "apply the softmax yourself" in parity["message"]
-    # the frozen graph crashed OpenCV 5.0's importer here: it must fail one item, not the session
+    # the frozen graph crashed OpenCV 5.0's importer here: it must fail one item, not the session; 5.1 has no
+    # TensorFlow importer at all: skipped with the reason
     load = checks["tf:load"]
-    assert load["outcome"] in ("passed", "failed")
+    assert load["outcome"] in ("passed", "failed", "skipped")
     if load["outcome"] == "failed":
         assert "frozen_graph.pb" in load["message"] and "Fix:" in load["message"]
+    if load["outcome"] == "skipped":
+        assert "has no cv2.dnn.readNetFromTensorflow" in load["message"]
     assert run.report is not None and "Fatal Python error" not in run.text
 
 

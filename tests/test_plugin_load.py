@@ -54,7 +54,7 @@ def test_markers_are_registered_under_strict_markers(pytester: pytest.Pytester) 
         ("--cvdnn-opset=abc", "'abc' is not an integer opset"),
         ("--cvdnn-opset=99", "opset 99 is out of range"),
         ("--cvdnn-layout=nwhc", "'nwhc' is not a layout; use nchw"),
-        ("--cvdnn-engine=fast", "'fast' is not an engine"),
+        ("--cvdnn-engine=fast", "'fast' is not a cv2.dnn engine; use auto, opencv or ort (OpenCV 5.1)"),
         ("--cvdnn-atol=-1", "must be a finite number >= 0"),
         ("--cvdnn-preprocess=scale=x", "bad value 'x' for 'scale'"),
     ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .errors import CvdnnError, StageSkipped
 from .deployment import Deployment
 from .spec import InputSpec
 
-__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "TARGET_CHECKS", "check_names", "check_items", "run_check"]
+__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "TARGET_CHECKS", "check_names", "check_items", "run_check", "ItemSpec"]
 
 
 @dataclass
@@ -81,9 +81,22 @@ def check_load(dep: Deployment) -> CheckResult:
         "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts)],
         "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)} for n, o in zip(dep.output_names, outs)],
     }
+    note = _engine_note(dep)
+    if note:
+        data["engine_note"] = note
     return CheckResult(
-        f"cv2.dnn {version} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}", data
+        f"cv2.dnn {version} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}"
+        + (f"; engine {dep.settings.engine}: {note}" if note else ""), data
     )
+
+
+def _engine_note(dep: Deployment) -> str:
+    """What the engine really is on the cv2 installed here (e.g. ENGINE_ORT without ONNX Runtime)."""
+    if not dep.target.is_local:
+        return ""
+    from .runners.cv2dnn import engine_note
+
+    return engine_note(dep.settings.engine)
 
 
 def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
@@ -533,7 +546,7 @@ def _artifact_parity_failure(dep: Deployment, result: Any, data: dict[str, Any])
 
 
 _PARITY_FIX = {
-    "opencv": "report it to OpenCV with the repro folder; meanwhile try --cvdnn-engine=classic or new (OpenCV 5), "
+    "opencv": "report it to OpenCV with the repro folder; meanwhile try another --cvdnn-engine (OpenCV 5), "
     "another opset (--cvdnn-fix), or a different layer; if the error is small and expected (e.g. FP16), raise "
     "--cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
     "model": "if the ONNX is not this model's, pass the right --cvdnn-onnx (or re-export it from this Keras model); "
@@ -716,10 +729,23 @@ def item_name(check: str, label: str) -> str:
     return f"{check[:-1]}@{label}]" if check.endswith("]") else f"{check}[{label}]"
 
 
+class ItemSpec(NamedTuple):
+    """One generated item: its name, the check it runs, and where: target (None: the cv2 installed here),
+    artifact format, and cv2.dnn engine (None: the session's)."""
+
+    name: str
+    check: str
+    target: str | None = None
+    fmt: str = "onnx"
+    engine: str | None = None
+
+
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
-                bundle: bool = False, formats: tuple[str, ...] = ("onnx",)) -> list[tuple[str, str, str | None, str]]:
-    """(item name, check, target, format) for a model: every check here, the cv2 checks again per target,
-    and the cv2 checks of each other artifact format (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
+                bundle: bool = False, formats: tuple[str, ...] = ("onnx",),
+                engines: tuple[str, ...] = ()) -> list[ItemSpec]:
+    """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
+    per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
+    (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
     from .formats import FORMAT_CHECKS
     from .settings import target_label
 
@@ -729,16 +755,19 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
         local = [c for c in BUNDLE_CHECKS if has_keras or "keras" not in c]
     else:
         local = check_names(has_keras, fix, save_bundle)
-    items: list[tuple[str, str, str | None, str]] = [(name, name, None, "onnx") for name in local]
+    items = [ItemSpec(name, name) for name in local]
+    per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
     for target in targets:
-        per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
-        per_target = tuple(c for c in per_target if not bundle or c != "ops")
-        items += [(item_name(c, target_label(target)), c, target, "onnx") for c in per_target if c in local]
+        items += [ItemSpec(item_name(c, target_label(target)), c, target) for c in per_target
+                  if c in local and not (bundle and c == "ops")]
+    for engine in engines:
+        items += [ItemSpec(item_name(c, f"engine-{engine}"), c, None, "onnx", engine) for c in per_target
+                  if c in local]
     for fmt in () if bundle or not has_keras else formats:
         if fmt == "onnx":
             continue
-        items += [(f"{fmt}:{c}", c, None, fmt) for c in FORMAT_CHECKS]
-        items += [(f"{fmt}:{item_name(c, target_label(t))}", c, t, fmt)
+        items += [ItemSpec(f"{fmt}:{c}", c, None, fmt) for c in FORMAT_CHECKS]
+        items += [ItemSpec(f"{fmt}:{item_name(c, target_label(t))}", c, t, fmt)
                   for t in targets for c in FORMAT_CHECKS if c != "convert"]
     return items
 

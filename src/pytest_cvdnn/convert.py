@@ -93,6 +93,18 @@ def _safe_name(name: str, index: int) -> str:
     return cleaned or f"input_{index}"
 
 
+def tf2onnx_code(keras_meta: dict[str, Any], opts: ConversionOptions, output_path: str = "model.onnx") -> str:
+    """The tf2onnx call that makes this conversion, runnable as printed with ``model`` (the Keras model),
+    ``tf`` (tensorflow) and ``tf2onnx`` imported: what "Ship this one" tells a user to run."""
+    shapes = _signature_shapes(keras_meta, opts)
+    names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
+    specs = ", ".join(f"tf.TensorSpec({tuple(shape)!r}, tf.{i['dtype']}, name={name!r})"
+                      for shape, i, name in zip(shapes, keras_meta["inputs"], names))
+    nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
+    return (f"tf2onnx.convert.from_keras(model, input_signature=({specs},), opset={opts.opset}"
+            + (f", inputs_as_nchw={nchw!r}" if nchw else "") + f", output_path={output_path!r})")
+
+
 def signature_specs(keras_meta: dict[str, Any], shapes: list[list[int | None]]) -> tuple[list[str], tuple[Any, ...]]:
     """(input names, tf.TensorSpec per Keras input) for an explicit input signature."""
     import tensorflow as tf

@@ -53,9 +53,14 @@ class OpResult:
                 "count": len(self.nodes), "error": self.error}
 
 
-def op_scan(dep: "Deployment") -> list[OpResult]:
-    """Probe each distinct op pattern in the target's cv2.dnn; results cached per OpenCV version."""
+def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
+    """Probe each distinct op pattern in the target's cv2.dnn; results cached per OpenCV version and engine.
+
+    ``whole_graph``: first try the whole graph (the load stage, shared with the load item); when it loads,
+    every pattern imports and nothing is probed.  The load stage itself passes False."""
     try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
+        if not whole_graph:
+            raise StageSkipped("probe")
         dep.cv2net
     except (CvdnnError, StageSkipped):
         pass
@@ -99,17 +104,27 @@ def op_scan(dep: "Deployment") -> list[OpResult]:
 
 def _probe_load(dep: "Deployment", path: Path, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
     """Does cv2.dnn of the target import this one-node model?  In-process for the local OpenCV."""
-    from .runners.cv2dnn import opencv_error_line, read_net
+    from .runners.cv2dnn import read_net
     from .runners.isolated import child_call
 
     if dep.target.is_local:
         try:
             read_net(path, dep.settings.engine)
         except Exception as exc:  # noqa: BLE001 - cv2.error
-            return {"ok": False, "error": opencv_error_line(exc)}
+            return {"ok": False, "error": _probe_error(str(exc))}
         return {"ok": True, "error": ""}
     resp, _ = child_call(dep.target, path, dep.settings.engine, inputs, outputs)
-    return {"ok": bool(resp.get("ok")), "error": "" if resp.get("ok") else opencv_error_line(Exception(resp.get("error", "")))}
+    return {"ok": bool(resp.get("ok")), "error": "" if resp.get("ok") else _probe_error(resp.get("error", ""))}
+
+
+def _probe_error(text: str) -> str:
+    """OpenCV's reason for rejecting a one-node probe, in one line."""
+    from .runners.cv2dnn import opencv_error_line, unsupported_ops
+
+    ops = unsupported_ops(text)
+    if ops:
+        return f"unsupported operation: this OpenCV's ONNX importer does not implement {', '.join(ops)}"
+    return opencv_error_line(Exception(text))
 
 
 def _local_version() -> str:
@@ -179,12 +194,10 @@ def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str
         # the user's own settings if they work, else the same layout at the highest opset, else any
         current = (dep.settings.opset, dep.settings.layout)
         best = min(working, key=lambda r: ((r.opset, r.layout) != current, r.layout != current[1]))
-        names = [i["name"] for i in dep.keras_meta["inputs"]]
-        lines.append(
-            f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. "
-            f"tf2onnx.convert.from_keras(model, input_signature=..., opset={best.opset}"
-            + (f", inputs_as_nchw={names!r}" if best.layout == "nchw" else "") + ")"
-        )
+        from .convert import ConversionOptions, tf2onnx_code
+
+        code = tf2onnx_code(dep.keras_meta, ConversionOptions(best.opset, best.layout, dep.spec.size))
+        lines.append(f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. {code}")
     elif blocking:
         lines.append(f"No variant loads: {blocking}")
     return "\n".join(lines)

@@ -188,6 +188,21 @@ class ArtifactDeployment(Deployment):
     def ort(self) -> Any:
         raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
 
+    @property
+    def cv2net(self) -> Any:
+        """The load stage; an OpenCV without this format's importer skips it (and what needs it) with the reason."""
+        try:
+            return super().cv2net
+        except CvdnnError as exc:
+            if "has no cv2.dnn.read" not in str(exc):
+                raise
+            raw = str(exc.details or exc.message)
+            reason = raw[raw.index("OpenCV"):] if "OpenCV" in raw else raw
+            other = ("check the frozen graph on a 4.x target (--cvdnn-target=opencv==4.12.0), or ship the ONNX or "
+                     "TFLite (their items run here)" if self.fmt == "tf"
+                     else "check it on OpenCV >= 4.8 (--cvdnn-target=opencv==4.12.0), or ship the ONNX")
+            raise StageSkipped(f"{reason.rstrip('. ')}; {other}") from None
+
     def _cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
         """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
         model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's

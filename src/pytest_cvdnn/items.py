@@ -13,6 +13,7 @@ import pytest
 from .errors import CvdnnError, StageSkipped
 
 if TYPE_CHECKING:
+    from .checks import ItemSpec
     from .deployment import Deployment
     from .settings import ModelSettings
     from .sources import ModelSource
@@ -29,16 +30,17 @@ class ModelEntry:
 
     settings: "ModelSettings"
     source: "ModelSource"
-    deployment: Callable[[str | None, str], "Deployment"]  # by target (None: the cv2 installed here) and format
-    checks: tuple[tuple[str, str, str | None, str], ...]  # (item name, check, target, artifact format)
+    deployment: Callable[..., "Deployment"]  # (target (None: the cv2 installed here), format, engine=None)
+    checks: tuple["ItemSpec", ...]
 
 
 class _ChecksMixin:
     entry: ModelEntry
 
     def _items(self) -> Iterator["CheckItem"]:
-        for name, check, target, fmt in self.entry.checks:
-            yield CheckItem.from_parent(self, name=name, check=check, target=target, fmt=fmt)  # type: ignore[arg-type]
+        for spec in self.entry.checks:
+            yield CheckItem.from_parent(self, name=spec.name, check=spec.check, target=spec.target,  # type: ignore[arg-type]
+                                        fmt=spec.fmt, engine=spec.engine)
 
 
 class ModelCollector(_ChecksMixin, pytest.Collector):
@@ -91,11 +93,13 @@ def _spec_dict(dep: "Deployment") -> dict[str, Any] | None:
 class CheckItem(pytest.Item):
     """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
 
-    def __init__(self, *, check: str, target: str | None = None, fmt: str = "onnx", **kwargs: Any) -> None:
+    def __init__(self, *, check: str, target: str | None = None, fmt: str = "onnx", engine: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.target = target
         self.fmt = fmt
+        self.engine = engine  # None: the session's engine
         self.add_marker(pytest.mark.cvdnn_check)
         # with xdist --dist loadgroup, all checks of a model run on one worker (one model in memory);
         # only where xdist is installed: its marker is unknown (an error under --strict-markers) otherwise
@@ -107,12 +111,13 @@ class CheckItem(pytest.Item):
         return self.parent.entry  # type: ignore[union-attr,no-any-return]
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
-        dep = self.entry.deployment(self.target, self.fmt)
+        dep = self.entry.deployment(self.target, self.fmt, self.engine)
         payload = {
             "model": self.entry.settings.model,
             "check": self.name,
             "target": dep.target_label,
             "format": self.fmt,
+            "extra_engine": self.engine is not None,
             "outcome": outcome,
             "message": message,
             "seconds": round(seconds, 4),
@@ -126,10 +131,11 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         from .checks import CheckFailed, run_check
 
-        dep = self.entry.deployment(self.target, self.fmt)
+        dep = self.entry.deployment(self.target, self.fmt, self.engine)
         if self.check == "load":  # what else runs on this deployment: the load check starts some of it early
             dep.upcoming.update(i.check for i in self.session.items if isinstance(i, CheckItem)
-                                and i.parent is self.parent and (i.target, i.fmt) == (self.target, self.fmt))
+                                and i.parent is self.parent
+                                and (i.target, i.fmt, i.engine) == (self.target, self.fmt, self.engine))
         start = time.perf_counter()
         try:
             result, seconds = run_check(dep, self.check)

@@ -36,6 +36,7 @@ class CvdnnState:
     restrict: bool
     deployments: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)  # cv2.dnn engines checked besides base.engine
     memo: dict[str, Any] = field(default_factory=dict)
     entries: dict[Path, list[ModelEntry]] = field(default_factory=dict)
     results: Results = field(default_factory=Results)
@@ -150,7 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tolerance=Tolerance(values["atol"], values["rtol"]),
         opset=values["opset"],
         layout=values["layout"],
-        engine=values["engine"],
+        engine=values["engine"][0],
         formats=values["formats"],
         inputs=values["inputs"],
         images=values["images"],
@@ -181,9 +182,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
-        targets=targets,
+        targets=targets, engines=list(values["engine"][1:]),
     )
     state = config.stash[STATE]
+    _validate_engines(list(values["engine"]), models)
     try:
         state.entries = _model_entries(state)
     except CvdnnError as exc:
@@ -194,6 +196,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks
     paths = [str(p) for p in state.entries]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
+
+
+def _validate_engines(engines: list[str], models: list[str]) -> None:
+    """--cvdnn-engine names an engine the installed OpenCV has: a usage error before any conversion otherwise."""
+    if engines == ["auto"] or not models:
+        return
+    from .runners.cv2dnn import engine_error, engines as available
+
+    try:
+        problems = [p for p in map(engine_error, engines) if p]
+    except ImportError:  # no cv2 here (a bundle checked elsewhere): the load items say it
+        return
+    if problems:
+        raise pytest.UsageError(f"--cvdnn-engine={','.join(engines)}: {'; '.join(problems)}. Use one of those "
+                                f"(--cvdnn-engine={'|'.join(available())}), or check another OpenCV with "
+                                "--cvdnn-target=opencv==X.Y.Z")
 
 
 def _group_models_on_workers(config: pytest.Config, state: CvdnnState) -> None:
@@ -344,8 +362,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
     """A model's deployment by target and artifact format (memoised in the session state)."""
 
-    def deployment(target: str | None, fmt: str = "onnx") -> Any:
-        return state.deployment(replace(settings, target=target, format=fmt))
+    def deployment(target: str | None, fmt: str = "onnx", engine: str | None = None) -> Any:
+        return state.deployment(replace(settings, target=target, format=fmt, engine=engine or settings.engine))
 
     return deployment
 
@@ -373,7 +391,8 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
         entries.setdefault(path.resolve(), []).append(
             ModelEntry(settings, source, _deployer(state, settings),
                        tuple(check_items(not source.is_onnx, state.targets, state.base.fix,
-                                         state.base.save_bundle is not None, formats=state.base.formats)))
+                                         state.base.save_bundle is not None, formats=state.base.formats,
+                                         engines=tuple(state.engines))))
         )
     return entries
 

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["make_blob", "cv2_call", "blob_method", "load_photos", "keras_reference", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
+__all__ = ["make_blob", "cv2_call", "numpy_code", "blob_method", "load_photos", "keras_reference", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
 
 _INTERP_NAMES = {"bilinear": "INTER_LINEAR", "nearest": "INTER_NEAREST", "bicubic": "INTER_CUBIC", "area": "INTER_AREA"}
 
@@ -100,8 +100,17 @@ def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
         params.ddepth = cv2.CV_32F
         params.datalayout = _layout_const(spec)[1]
         params.paddingmode = _pad_const(spec)[1]
-        return cv2.dnn.blobFromImagesWithParams(imgs, params)
-    return _numpy_blob(imgs, spec)
+        return _as_dtype(cv2.dnn.blobFromImagesWithParams(imgs, params), spec)
+    return _as_dtype(_numpy_blob(imgs, spec), spec)
+
+
+def _as_dtype(blob: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The blob in the spec's dtype (OpenCV builds float32; see :func:`_dtype_line` for the printed code)."""
+    if spec.dtype == "float16":
+        return blob.astype(np.float16)
+    if spec.dtype == "uint8":
+        return np.clip(np.rint(blob), 0, 255).astype(np.uint8)
+    return blob
 
 
 def _numpy_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -116,31 +125,93 @@ def _tuple(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
-def cv2_call(spec: InputSpec) -> str:
-    """The OpenCV line that builds this blob from ``img`` (a BGR image from cv2.imread)."""
-    size = spec.size or ("W", "H")
-    method = blob_method(spec)
-    if method == "blobFromImage":
+def _exact(values: Sequence[float]) -> str:
+    """A tuple of floats printed so that pasting it gives back the same numbers (repr precision)."""
+    return "(" + ", ".join(repr(float(v)) for v in values) + ")"
+
+
+def _version(opencv: str | None) -> tuple[int, int]:
+    if opencv is None:
+        import cv2
+
+        opencv = str(cv2.__version__)
+    try:
+        major, minor = (int(v) for v in opencv.split(".")[:2])
+    except ValueError:
+        return (99, 0)
+    return major, minor
+
+
+def cv2_call(spec: InputSpec, opencv: str | None = None) -> str:
+    """The deployment code that builds this blob as ``blob`` from ``img`` (a BGR image from cv2.imread), for
+    OpenCV ``opencv`` (default: the installed one).  It runs as printed after ``import cv2, numpy as np``:
+    ``blobFromImage`` where it can express the spec, else ``blobFromImageWithParams`` (OpenCV >= 4.8), else
+    (older OpenCV, or a resize other than bilinear) the same arithmetic in numpy, saying why."""
+    if spec.size is None:
+        raise ValueError("the input spec has no size; set InputSpec(size=(w, h)) or let the model supply it")
+    if opencv is None:
+        import cv2
+
+        opencv = str(cv2.__version__)
+    version, shown = _version(opencv), opencv
+    if _plain_ok(spec):
         return (
-            f"blob = cv2.dnn.blobFromImage(img, scalefactor={float(spec.scale):.9g}, size={tuple(size)}, "
-            f"mean={_tuple(spec.mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
+            f"blob = cv2.dnn.blobFromImage(img, scalefactor={float(spec.scale)!r}, size={tuple(spec.size)}, "
+            f"mean={_exact(spec.mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
         )
-    scale = _effective_scale(spec)
-    if method == "numpy":  # names as OpenCV >= 4.8 spells them
-        layout = "cv2.dnn.DNN_LAYOUT_" + spec.layout.upper()
-        pad = "cv2.dnn.DNN_PMODE_" + {"none": "NULL", "center": "CROP_CENTER", "letterbox": "LETTERBOX"}[spec.crop]
-    else:
-        layout, pad = _layout_const(spec)[0], _pad_const(spec)[0]
+    if spec.interpolation != "bilinear":
+        return (f"# blobFromImage resizes bilinearly only; this spec resizes with {spec.interpolation} interpolation: "
+                "the blob in numpy\n" + numpy_code(spec))
+    if version < (4, 8):
+        return (f"# OpenCV {shown} has no blobFromImageWithParams (it arrived in 4.8), which this spec needs: "
+                "the same blob in numpy\n" + numpy_code(spec))
+    where = "cv2" if version >= (5, 0) else "cv2.dnn"  # DNN_LAYOUT_* moved to the cv2 namespace in OpenCV 5
+    layout = f"{where}.DNN_LAYOUT_{spec.layout.upper()}"
+    pad = "cv2.dnn.DNN_PMODE_" + {"none": "NULL", "center": "CROP_CENTER", "letterbox": "LETTERBOX"}[spec.crop]
     call = (
         f"blob = cv2.dnn.blobFromImageWithParams(img, cv2.dnn.Image2BlobParams("
-        f"scalefactor={_tuple(scale)}, size={tuple(size)}, mean={_tuple(spec.mean)}, swapRB={spec.swap_rb}, "
-        f"ddepth=cv2.CV_32F, datalayout={layout}, paddingmode={pad}))"
+        f"scalefactor={_exact(_effective_scale(spec))}, size={tuple(spec.size)}, mean={_exact(spec.mean)}, "
+        f"swapRB={spec.swap_rb}, ddepth=cv2.CV_32F, datalayout={layout}, mode={pad}))"
+        "  # OpenCV >= 4.8 (InputSpec.to_numpy_code() for older ones)"
     )
-    if method == "numpy":
-        call += "  # needs OpenCV >= 4.8; this OpenCV cannot express the spec (numpy equivalent used)"
+    return call + _dtype_line(spec)
+
+
+def _dtype_line(spec: InputSpec) -> str:
+    if spec.dtype == "float16":
+        return "\nblob = blob.astype(np.float16)"
+    if spec.dtype == "uint8":
+        return "\nblob = np.clip(np.rint(blob), 0, 255).astype(np.uint8)"
+    return ""
+
+
+def numpy_code(spec: InputSpec) -> str:
+    """The blob of ``spec`` in numpy (+ ``cv2.resize``): what :func:`make_blob` computes where OpenCV cannot."""
+    assert spec.size is not None
+    w, h = spec.size
+    interp = f"cv2.{_INTERP_NAMES[spec.interpolation]}"
+    if spec.crop == "center":  # as OpenCV does it: the factor in float32, the offset truncated
+        lines = ["ih, iw = img.shape[:2]", f"r = float(max({w} / np.float32(iw), {h} / np.float32(ih)))",
+                 f"x = cv2.resize(img, None, fx=r, fy=r, interpolation={interp})",
+                 f"y0, x0 = int(0.5 * (x.shape[0] - {h})), int(0.5 * (x.shape[1] - {w}))  # centre crop",
+                 f"x = x[y0 : y0 + {h}, x0 : x0 + {w}]"]
+    elif spec.crop == "letterbox":
+        lines = ["ih, iw = img.shape[:2]", f"r = np.float32(min({w} / np.float32(iw), {h} / np.float32(ih)))",
+                 "rw, rh = int(np.float32(iw) * r), int(np.float32(ih) * r)",
+                 f"top, left = ({h} - rh) // 2, ({w} - rw) // 2  # letterbox: zero borders",
+                 f"x = cv2.copyMakeBorder(cv2.resize(img, (rw, rh), interpolation={interp}), top, {h} - top - rh, "
+                 f"left, {w} - left - rw, cv2.BORDER_CONSTANT, value=0)"]
     else:
-        call += "  # OpenCV >= 4.8: blobFromImage of older OpenCV cannot express this spec"
-    return call
+        lines = [f"x = cv2.resize(img, ({w}, {h}), interpolation={interp})"]
+    if spec.swap_rb:
+        lines.append("x = x[..., ::-1]  # swapRB")
+    std = spec.std or (1.0, 1.0, 1.0)
+    scale = spec.scale if not isinstance(spec.scale, (int, float)) else (spec.scale,) * 3
+    lines.append(f"x = ((x.astype(np.float64) - {_exact(spec.mean)}) * {_exact(scale)} / {_exact(std)})"
+                 ".astype(np.float32)  # (pixel - mean) * scale / std")
+    lines.append("blob = np.ascontiguousarray(" + ("x[None])  # NHWC" if spec.layout == "nhwc"
+                                                  else "x.transpose(2, 0, 1)[None])  # NCHW"))
+    return "\n".join(lines) + _dtype_line(spec)
 
 
 def describe_blob_call(spec: InputSpec) -> dict[str, Any]:
@@ -194,20 +265,20 @@ def _numpy_blob_pixels(images: Sequence[np.ndarray], spec: InputSpec) -> list[np
     interp = getattr(cv2, _INTERP_NAMES[spec.interpolation])
     out = []
     for img in images:
+        # OpenCV's own arithmetic (blobFromImage / blobFromImageWithParams, 4.5.5 … 5.1, measured equal to the
+        # last bit): the factor in float32; crop: resize by the factor, offset truncated; letterbox: sizes truncated
         ih, iw = img.shape[:2]
         if spec.crop == "center":
-            ratio = max(w / iw, h / ih)
-            rs = cv2.resize(img, (round(iw * ratio), round(ih * ratio)), interpolation=interp)
-            y0, x0 = (rs.shape[0] - h) // 2, (rs.shape[1] - w) // 2
+            ratio = float(max(w / np.float32(iw), h / np.float32(ih)))
+            rs = cv2.resize(img, None, fx=ratio, fy=ratio, interpolation=interp)
+            y0, x0 = int(0.5 * (rs.shape[0] - h)), int(0.5 * (rs.shape[1] - w))
             img = rs[y0 : y0 + h, x0 : x0 + w]
         elif spec.crop == "letterbox":
-            ratio = min(w / iw, h / ih)
-            rw, rh = round(iw * ratio), round(ih * ratio)
+            ratio = float(min(w / np.float32(iw), h / np.float32(ih)))
+            rw, rh = int(np.float32(iw) * np.float32(ratio)), int(np.float32(ih) * np.float32(ratio))
             rs = cv2.resize(img, (rw, rh), interpolation=interp)
-            canvas = np.zeros((h, w, img.shape[2]), dtype=img.dtype)
-            y0, x0 = (h - rh) // 2, (w - rw) // 2
-            canvas[y0 : y0 + rh, x0 : x0 + rw] = rs
-            img = canvas
+            top, left = (h - rh) // 2, (w - rw) // 2
+            img = cv2.copyMakeBorder(rs, top, h - top - rh, left, w - left - rw, cv2.BORDER_CONSTANT, value=0)
         else:
             img = cv2.resize(img, (w, h), interpolation=interp)
         out.append(img)

@@ -28,12 +28,15 @@ class Results:
             record["model"], {"model": record["model"], "environment": {}, "spec": None, "checks": {}, "events": []}
         )
         model["events"] = sorted(set(model["events"]) | set(record.get("events", [])))
-        model["environment"] = record.get("environment") or model["environment"]
+        if not record.get("extra_engine"):  # (an item of another --cvdnn-engine keeps the session's settings)
+            model["environment"] = record.get("environment") or model["environment"]
         model["spec"] = record.get("spec") or model["spec"]
         model["checks"][record["check"]] = {
             "nodeid": nodeid,
             "target": record.get("target", "local"),
             "format": record.get("format", "onnx"),
+            "engine": (record.get("environment") or {}).get("engine"),
+            "extra_engine": bool(record.get("extra_engine")),
             "outcome": record["outcome"],
             "message": record["message"],
             "seconds": record["seconds"],
@@ -56,7 +59,8 @@ class Results:
             by_target: dict[str, dict[str, int]] = {}
             for c in checks.values():
                 fmt = c.get("format", "onnx")
-                cell = by_target.setdefault(c.get("target", "local") + ("" if fmt == "onnx" else f" {fmt}"), {})
+                where = c.get("target", "local") + (f" engine-{c['engine']}" if c.get("extra_engine") else "")
+                cell = by_target.setdefault(where + ("" if fmt == "onnx" else f" {fmt}"), {})
                 cell[c["outcome"]] = cell.get(c["outcome"], 0) + 1
             if len(by_target) > 1:  # the models x targets matrix, one cell per target
                 cells = [f"{t}: " + ("OK" if set(cell) <= {"passed"} else "FAIL" if "failed" in cell else "SKIP")

@@ -13,11 +13,13 @@ from typing import Any, Callable, Mapping
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from .spec import InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
-__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_tol", "parse_spec",
+__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
            "parse_target", "target_label", "parse_formats", "FORMATS"]
 
 LAYOUTS = ("nchw", "nhwc")
-ENGINES = ("auto", "classic", "new")
+#: engine names of every OpenCV (5.1: auto/opencv/ort; 5.0: auto/classic/new; 4.x: auto only), checked
+#: against the installed OpenCV when the session starts (see plugin.py)
+ENGINES = ("auto", "opencv", "ort", "classic", "new")
 FORMATS = ("onnx", "tflite", "tf")
 
 
@@ -41,8 +43,19 @@ def parse_layout(value: str) -> str:
 def parse_engine(value: str) -> str:
     v = str(value).strip().lower()
     if v not in ENGINES:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an engine; use auto, classic or new (OpenCV 5)")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a cv2.dnn engine; use auto, opencv or ort (OpenCV 5.1), classic or new (OpenCV 5.0)"
+        )
     return v
+
+
+def parse_engines(value: str) -> tuple[str, ...]:
+    """``opencv,ort`` -> ("opencv", "ort"): the first is the engine of every item; each other one adds the
+    cv2.dnn items again for that engine (``load[engine-ort]``, ``parity[keras-cv2dnn@engine-ort]``)."""
+    names = [parse_engine(v) for v in str(value).split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{value!r}: no engine given; use e.g. auto or opencv,ort")
+    return tuple(dict.fromkeys(names))
 
 
 def parse_tol(value: str) -> float:
@@ -131,8 +144,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("opset", "--cvdnn-opset", "cvdnn_opset", parse_opset, 13, "ONNX opset for tf2onnx (default 13)", "N"),
     Option("layout", "--cvdnn-layout", "cvdnn_layout", parse_layout, "nchw",
            "input layout of the converted model: nchw (what blobFromImage gives, default) or nhwc", "nchw|nhwc"),
-    Option("engine", "--cvdnn-engine", "cvdnn_engine", parse_engine, "auto",
-           "cv2.dnn engine on OpenCV 5: auto (default), classic or new", "auto|classic|new"),
+    Option("engine", "--cvdnn-engine", "cvdnn_engine", parse_engines, ("auto",),
+           "cv2.dnn engine on OpenCV 5: auto (default), opencv or ort on 5.1 (classic or new on 5.0); a comma list "
+           "checks several engines in one session (items per engine)", "ENGINE[,ENGINE]"),
     Option("atol", "--cvdnn-atol", "cvdnn_atol", parse_tol, DEFAULT_ATOL,
            f"absolute tolerance (default {DEFAULT_ATOL:g}); an element fails only if it exceeds atol and rtol", "X"),
     Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", parse_tol, DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),

@@ -192,11 +192,18 @@ class InputSpec:
 
         return make_blob(images if isinstance(images, (list, tuple)) else [images], self)
 
-    def to_cv2_code(self) -> str:
-        """The OpenCV call a user pastes into deployment code, for the installed OpenCV."""
+    def to_cv2_code(self, opencv: str | None = None) -> str:
+        """The deployment code that builds ``blob`` from ``img`` (BGR, from cv2.imread) on OpenCV ``opencv``
+        (default: the installed one); it runs as printed after ``import cv2, numpy as np``."""
         from .preprocess import cv2_call
 
-        return cv2_call(self)
+        return cv2_call(self, opencv)
+
+    def to_numpy_code(self) -> str:
+        """The same blob in numpy and ``cv2.resize`` (for an OpenCV without blobFromImageWithParams, < 4.8)."""
+        from .preprocess import numpy_code
+
+        return numpy_code(self)
 
     def with_size(self, width: int, height: int) -> "InputSpec":
         return replace(self, size=(int(width), int(height)))

@@ -26,7 +26,10 @@ _BUILDS = {"4.5.5": "4.5.5.64", "4.6.0": "4.6.0.66", "4.7.0": "4.7.0.72", "4.8.0
 def pip_spec(version: str) -> str:
     if not re.fullmatch(r"\d+\.\d+\.\d+(\.\d+)?", version):
         raise CvdnnError(f"{version!r} is not an OpenCV version", fix="write it like 4.5.5 or 4.8.1.78")
-    return f"opencv-python-headless=={_BUILDS.get(version, version)}"
+    if version in _BUILDS:
+        return f"opencv-python-headless=={_BUILDS[version]}"
+    # X.Y.Z: the last build of that release (the wheels are versioned X.Y.Z.BUILD)
+    return f"opencv-python-headless=={version}" + (".*" if version.count(".") == 2 else "")
 
 
 def needs_old_numpy(version: str) -> bool:

@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import CvdnnError
 
-__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "opencv_error_line", "opencv_node"]
+__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines", "KNOWN_ENGINES",
+           "opencv_error_line", "opencv_node", "unsupported_ops", "missing_reader", "opencv_log"]
 
-ENGINES = ("auto", "classic", "new")
+#: every engine name of any OpenCV: 5.1 has auto/opencv/ort, 5.0 had auto/classic/new, 4.x has none
+#: (``auto`` there means "no engine argument")
+KNOWN_ENGINES = ("auto", "opencv", "ort", "classic", "new")
 
 
 def opencv_version() -> str:
@@ -34,17 +41,48 @@ def opencv_build() -> str:
     return hashlib.sha256(info.encode()).hexdigest()
 
 
-def engine_flag(engine: str) -> int | None:
-    """The ``cv2.dnn.ENGINE_*`` constant for ``engine``, or None where OpenCV has no engines (4.x)."""
+def has_onnxruntime() -> bool:
+    """Was this OpenCV built with ONNX Runtime (what ENGINE_ORT needs)?  The PyPI wheels are not."""
     import cv2
 
-    const = getattr(cv2.dnn, f"ENGINE_{engine.upper()}", None)
-    if const is None and engine != "auto":
-        raise CvdnnError(
-            f"--cvdnn-engine={engine} needs OpenCV 5 (DNN engines); the installed OpenCV is {opencv_version()}",
-            fix="drop --cvdnn-engine or use --cvdnn-engine=auto",
-        )
-    return None if const is None else int(const)
+    m = re.search(r"ONNX Runtime:\s*(\S+)", cv2.getBuildInformation())
+    return bool(m) and m.group(1).upper() not in ("NO", "OFF")
+
+
+def engines() -> dict[str, int | None]:
+    """The engines this OpenCV has: name -> ``cv2.dnn.ENGINE_*`` (``{"auto": None}`` on 4.x: no engine argument)."""
+    import cv2
+
+    found = {name[len("ENGINE_"):].lower(): int(getattr(cv2.dnn, name))
+             for name in dir(cv2.dnn) if name.startswith("ENGINE_")}
+    return found or {"auto": None}
+
+
+def engine_error(engine: str) -> str | None:
+    """Why this OpenCV cannot run ``engine`` (None: it can)."""
+    have = engines()
+    if engine in have:
+        return None
+    version = opencv_version()
+    if have == {"auto": None}:
+        return f"OpenCV {version} has no DNN engines to choose from (they came with OpenCV 5); only 'auto' applies"
+    return f"OpenCV {version} has no engine {engine!r}; its engines are {', '.join(have)}"
+
+
+def engine_note(engine: str) -> str:
+    """What a user should know about ``engine`` on this OpenCV ("" if nothing)."""
+    if engine == "ort" and "ort" in engines() and not has_onnxruntime():
+        return ("this OpenCV was built without ONNX Runtime (its build information says ONNX Runtime: NO, as in the "
+                "PyPI wheels): cv2.dnn falls back from ENGINE_ORT to ENGINE_OPENCV, so that is what was checked")
+    return ""
+
+
+def engine_flag(engine: str) -> int | None:
+    """The ``cv2.dnn.ENGINE_*`` constant for ``engine``, or None where OpenCV has no engines (4.x)."""
+    problem = engine_error(engine)
+    if problem is not None:
+        raise CvdnnError(problem, fix=f"use --cvdnn-engine={'|'.join(engines())} with this OpenCV")
+    return engines()[engine]
 
 
 _NODE = re.compile(r"Node \[([\w.]+)@[^\]]*\]:\((?:onnx_node!)?([^)]*)\)\s*parse error:?(.*)", re.S)
@@ -72,13 +110,75 @@ def opencv_error_line(exc: BaseException) -> str:
     return cleaned or repr(exc)
 
 
-#: cv2.dnn reader of each artifact type, and the OpenCV release that brought it
-READERS = {".onnx": ("readNetFromONNX", "3.4"), ".tflite": ("readNetFromTFLite", "4.8"),
-           ".pb": ("readNetFromTensorflow", "3.3")}
+#: cv2.dnn reader of each artifact type, the OpenCV release that brought it, and the one that removed it
+READERS = {".onnx": ("readNetFromONNX", "3.4", None), ".tflite": ("readNetFromTFLite", "4.8", None),
+           ".pb": ("readNetFromTensorflow", "3.3", "5.1")}
+
+
+def missing_reader(path: Path | str) -> str | None:
+    """Why the installed OpenCV cannot read this kind of file (None: it has the reader)."""
+    import cv2
+
+    reader, since, removed = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])
+    if hasattr(cv2.dnn, reader):
+        return None
+    version = opencv_version()
+    if removed is not None:
+        return (f"OpenCV {version} has no cv2.dnn.{reader}: OpenCV {removed} removed its TensorFlow importer "
+                f"(it existed from {since} to 5.0), so it cannot read {Path(path).name}")
+    return f"OpenCV {version} has no cv2.dnn.{reader} (it arrived in OpenCV {since}): it cannot read {Path(path).name}"
+
+
+@contextlib.contextmanager
+def opencv_log() -> Iterator[list[str]]:
+    """What OpenCV writes to stderr (file descriptor 2) meanwhile, e.g. 5.1's list of unsupported operations.
+
+    The yielded list receives the text when the block ends.  OpenCV logs from C++, so ``sys.stderr``
+    alone would not see it; the descriptor is restored whatever happens."""
+    text: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 (an embedded interpreter): nothing to capture
+        yield text
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode("utf-8", "replace"))
+
+
+_UNSUPPORTED = re.compile(r"Unsupported operations?:\s*((?:\s*[\w.:/-]+\s*\n?)+)", re.I)
+
+
+def unsupported_ops(text: str) -> list[str]:
+    """Op types in OpenCV 5.1's "Unsupported operations:" log list (empty if it has none)."""
+    found: list[str] = []
+    for m in _UNSUPPORTED.finditer(text):
+        for line in m.group(1).splitlines():
+            word = line.strip().rstrip(",")
+            if re.fullmatch(r"[A-Za-z][\w.:]*", word) and word not in found:
+                found.append(word)
+    return found
+
+
+def _log_summary(log: str) -> str:
+    """OpenCV's log lines without their "[ WARN:0@0.01] global file.cpp:793 function" prefixes, one line."""
+    lines = [re.sub(r"^\[\s*\w+:[^\]]*\]\s*(global\s+\S+\s+\S+\s+)?", "", ln).strip() for ln in log.splitlines()]
+    return " ".join(ln for ln in lines if ln)[:400]
 
 
 def read_net(path: Path, engine: str = "auto") -> Any:
-    """A cv2.dnn.Net for an ONNX, TFLite or frozen TensorFlow graph (chosen by the file's suffix)."""
+    """A cv2.dnn.Net for an ONNX, TFLite or frozen TensorFlow graph (chosen by the file's suffix).
+
+    Raises ``cv2.error`` when OpenCV cannot read it; an empty network (OpenCV 5.1 returns one instead of
+    raising when a node cannot be imported) becomes an error that carries OpenCV's log, which names the
+    unsupported operations."""
     import cv2
 
     from . import thread_share
@@ -86,20 +186,27 @@ def read_net(path: Path, engine: str = "auto") -> Any:
     threads = thread_share()
     if threads:
         cv2.setNumThreads(threads)
-    reader, since = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])
-    read = getattr(cv2.dnn, reader, None)
-    if read is None:
-        raise cv2.error(f"OpenCV {opencv_version()} has no cv2.dnn.{reader} (it arrived in OpenCV {since}): "
-                        f"this OpenCV cannot read {Path(path).name}")
+    reader = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])[0]
+    problem = missing_reader(path)
+    if problem is not None:
+        raise cv2.error(problem)
+    read = getattr(cv2.dnn, reader)
     flag = engine_flag(engine)
-    if flag is None:
-        net = read(str(path))
-    elif reader == "readNetFromTensorflow":
-        net = read(str(path), "", flag)
-    else:
-        net = read(str(path), flag)
+    with opencv_log() as log:
+        if flag is None:
+            net = read(str(path))
+        elif reader == "readNetFromTensorflow":
+            net = read(str(path), "", flag)
+        else:
+            net = read(str(path), flag)
+    text = "".join(log)
     if net.empty():
-        raise cv2.error(f"{reader} returned an empty network")
+        ops = unsupported_ops(text)
+        raise cv2.error(f"{reader} returned an empty network"
+                        + (f"; unsupported operations: {', '.join(ops)}" if ops else "")
+                        + (f"; OpenCV's log: {_log_summary(text)}" if text.strip() else ""))
+    if text.strip():  # a net that loads: its warnings go where they would have gone
+        sys.stderr.write(text)
     return net
 
 

@@ -1,0 +1,139 @@
+"""Everything the plugin prints for a user to paste runs, on every supported OpenCV, and builds the plugin's blob.
+
+The code is executed as a user would paste it (a namespace holding only ``cv2``, ``np`` and ``img``), in a child
+process per OpenCV version (installed side by side, see targets.py), and its blob is compared with
+``spec.blob()`` on scikit-image's photos.  No TensorFlow is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pytest_cvdnn import InputSpec
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+#: the OpenCV versions the plugin supports and tests (pyproject.toml, README "Supported OpenCV")
+SUPPORTED = ("4.5.5", "4.8.1", "4.12.0", "5.0.0", "5.1.0")
+
+#: one spec per code path: blobFromImage, Image2BlobParams (per-channel scale, std, NHWC, letterbox, crop),
+#: the numpy fallback (nearest resize; every spec on OpenCV < 4.8) and the dtype conversions
+SPECS = (
+    "caffe,size=224x224",
+    "tf,size=96x64",
+    "tf,size=96x96,crop=center",
+    "torch,size=224x224",
+    "torch,size=80x80,crop=center",
+    "torch,size=64x64,crop=letterbox",
+    "none,size=64x64",
+    "scale=0.00392,mean=0/0/0,swap_rb=0,size=64x48,layout=nhwc",
+    "caffe,size=64x64,layout=nhwc,crop=letterbox",
+    "caffe,size=33x77,crop=center",
+    "tf,size=64x64,interpolation=nearest",
+    "scale=1,mean=0/0/0,size=32x32,dtype=uint8",
+    "tf,size=32x32,dtype=float16",
+)
+
+
+def _python_path(version: str) -> str:
+    """PYTHONPATH that puts OpenCV ``version`` (and its numpy) first: the installed one, or side by side."""
+    import cv2
+
+    if cv2.__version__ == version:
+        return str(SRC)
+    from pytest_cvdnn.cache import default_user_cache
+    from pytest_cvdnn.targets import provision_opencv
+
+    return f"{provision_opencv(version, default_user_cache())}:{SRC}"
+
+
+def _run_child(version: str, specs: tuple[str, ...] = SPECS) -> list[dict[str, Any]]:
+    import os
+
+    env = dict(os.environ, PYTHONPATH=_python_path(version))
+    proc = subprocess.run([sys.executable, str(HERE / "snippet_child.py"), *specs], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _agrees(entry: dict[str, Any]) -> bool:
+    """The pasted code's blob has the plugin's shape and dtype, and equals it within 1e-6 (relative to the
+    blob's magnitude: float32 arithmetic on values ~150 cannot be closer)."""
+    return bool(entry["shape_ok"] and entry["dtype_ok"] and entry["max_abs"] is not None
+                and entry["max_abs"] <= 1e-6 * max(1.0, entry["scale"]))
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_printed_blob_code_runs_and_reproduces_the_blob(version: str) -> None:
+    results = _run_child(version)
+    assert results and all(r["opencv"] == version for r in results)
+    errors = [(r["spec"], r["error"][-800:]) for r in results if "error" in r]
+    assert not errors, errors
+    for r in results:
+        assert _agrees(r["cv2"]), (r["spec"], r["photo"], r["cv2"])
+        assert _agrees(r["numpy"]), (r["spec"], r["photo"], r["numpy"])
+    codes = {r["spec"]: r["cv2"]["code"] for r in results}
+    per_channel = codes["torch,size=224x224"]
+    assert "paddingmode" not in "".join(codes.values())  # the constructor's keyword is mode=
+    if tuple(int(v) for v in version.split(".")[:2]) < (4, 8):
+        assert per_channel.startswith(f"# OpenCV {version} has no blobFromImageWithParams (it arrived in 4.8)")
+        assert "blobFromImageWithParams(" not in per_channel
+    else:
+        assert per_channel.startswith("blob = cv2.dnn.blobFromImageWithParams(img, cv2.dnn.Image2BlobParams(")
+        assert ", mode=cv2.dnn.DNN_PMODE_NULL))" in per_channel
+    assert codes["caffe,size=224x224"].startswith("blob = cv2.dnn.blobFromImage(img, scalefactor=1.0")
+    assert codes["tf,size=64x64,interpolation=nearest"].startswith("# blobFromImage resizes bilinearly only")
+
+
+def _paste(code: str, img: np.ndarray) -> np.ndarray:
+    sys.path.insert(0, str(HERE))
+    try:
+        from snippet_child import run
+    finally:
+        sys.path.remove(str(HERE))
+    return run(code, img)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    from pytest_cvdnn.preprocess import load_photos
+
+    return load_photos()[1][1]  # chelsea, 300x451: not square
+
+
+def test_the_harness_catches_code_that_crashes_or_builds_another_blob(photo: np.ndarray) -> None:
+    """The comparison above can fail: the 5.1 regression (paddingmode=) raises, a flipped swapRB differs."""
+    import cv2
+
+    spec = InputSpec.parse("torch,size=64x64,crop=center")
+    code = spec.to_cv2_code()
+    expected = spec.blob([photo])
+    assert np.abs(_paste(code, photo) - expected).max() <= 1e-6 * np.abs(expected).max()
+    if hasattr(cv2.dnn, "Image2BlobParams"):
+        with pytest.raises((cv2.error, TypeError), match="paddingmode"):
+            _paste(code.replace("mode=", "paddingmode="), photo)
+    flipped = code.replace("swapRB=True", "swapRB=False").replace("x = x[..., ::-1]  # swapRB\n", "")
+    assert flipped != code
+    assert np.abs(_paste(flipped, photo) - expected).max() > 0.1
+    # the crop this plugin's numpy fallback did before (resize to a rounded size, not by OpenCV's factor)
+    numpy_crop = spec.to_numpy_code().replace("cv2.resize(img, None, fx=r, fy=r,", "cv2.resize(img, (round(iw * r), "
+                                              "round(ih * r)),")
+    assert numpy_crop != spec.to_numpy_code()
+    assert np.abs(_paste(numpy_crop, photo) - expected).max() > 0.01
+
+
+def test_code_for_another_opencv_version_names_the_right_constants() -> None:
+    spec = InputSpec.parse("tf,size=32x32,layout=nhwc")
+    assert "datalayout=cv2.dnn.DNN_LAYOUT_NHWC" in spec.to_cv2_code("4.8.1")
+    assert "datalayout=cv2.DNN_LAYOUT_NHWC" in spec.to_cv2_code("5.1.0")  # moved to cv2 in OpenCV 5
+    assert spec.to_cv2_code("4.5.5").startswith("# OpenCV 4.5.5 has no blobFromImageWithParams")
+    assert spec.to_cv2_code("4.5.5").endswith(spec.to_numpy_code())
