@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from conftest import Run, perturb_first_conv, save_application
@@ -195,3 +196,28 @@ def test_fix_option_adds_a_remedies_item(run_cvdnn: Callable[..., Run], models: 
     assert tried == {(o, lay) for o in (17, 13, 11, 10) for lay in ("nchw", "nhwc")}
     assert all(r["outcome"] == "works" for r in check["data"]["remedies"])  # OpenCV 5 takes every variant
     assert "Ship this one: --cvdnn-opset=13 --cvdnn-layout=nchw" in check["message"]  # the current settings work
+    _ship_this_one_runs_as_printed(check["message"], models["cnn"])
+
+
+def _ship_this_one_runs_as_printed(message: str, keras_path: Path) -> None:
+    """The tf2onnx call after "Ship this one: ..., i.e." converts the model as pasted; cv2.dnn loads the result
+    and it matches Keras on the same input."""
+    import tempfile
+
+    import cv2
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    code = message.split("Ship this one: ", 1)[1].split(", i.e. ", 1)[1].split("; ")[0].split("\n")[0]
+    assert code.startswith("tf2onnx.convert.from_keras(model, input_signature=(tf.TensorSpec(")
+    model = keras.models.load_model(keras_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = code.replace("output_path='model.onnx'", f"output_path={str(Path(tmp) / 'model.onnx')!r}")
+        exec(code, {"model": model, "tf": tf, "tf2onnx": tf2onnx})  # noqa: S102 - what a user pastes
+        net = cv2.dnn.readNetFromONNX(str(Path(tmp) / "model.onnx"))
+        assert not net.empty()
+        x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+        net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if "inputs_as_nchw" in code else x)
+        got = net.forward()
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=1e-3)

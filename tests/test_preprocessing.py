@@ -161,6 +161,17 @@ def test_planted_mistake_is_diagnosed(planted: str, diagnosis: str, run_cvdnn: C
     assert diagnosis in check["message"], check["message"]
     assert "Fix: blob = cv2.dnn.blobFromImageWithParams(" in check["message"]
     assert len(check["data"]["diagnosis"]) == 1
+    # the fix, pasted as printed, builds what Keras feeds DenseNet121 (preprocess_input, torch mode)
+    from snippet_child import run as paste
+
+    from pytest_cvdnn.preprocess import keras_reference, load_photos, to_nhwc
+
+    code = check["data"]["corrected_code"]
+    assert code and check["message"].split("Fix: ", 1)[1].startswith(code.split("  #")[0])
+    photos = [img for _, img in load_photos()]
+    blob = np.concatenate([paste(code, img) for img in photos])
+    reference = keras_reference(photos, InputSpec.from_keras_mode("torch", size=(64, 64)))
+    assert np.abs(to_nhwc(blob, "nchw") - reference).max() < 1e-4
 
 
 @pytest.mark.zoo
