@@ -7,7 +7,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Run
+from conftest import ROOT, Run
 
 ALL_CHECKS = [
     "convert", "ops", "load", "input_spec", "preprocessing", "output_spec", "parity[keras-onnxruntime]",
@@ -21,10 +21,16 @@ def test_all_checks_pass_on_a_correct_model(run_cvdnn: Callable[..., Run], model
     run = run_cvdnn(f"--cvdnn-model={model.name}", "-v")
     assert run.ret == 0, run.text
     for name in ALL_CHECKS:
-        assert f"small_cnn.keras::{name} PASSED" in run.text
+        assert f"small_cnn.keras::{name} {'SKIPPED' if name == 'preprocessing' else 'PASSED'}" in run.text
     checks = run.checks()
     assert sorted(checks) == sorted(ALL_CHECKS)
-    assert all(c["outcome"] == "passed" for c in checks.values())
+    assert all(c["outcome"] == "passed" for n, c in checks.items() if n != "preprocessing")
+    # a plain CNN (no keras.applications name, no Rescaling): its preprocessing cannot be derived, so the
+    # blob cannot be verified: not a pass, and the parity items say what the inputs assumed
+    assert checks["preprocessing"]["outcome"] == "skipped"
+    assert "cannot verify the blob" in checks["preprocessing"]["message"]
+    assert "the checks assumed raw 0..255 RGB pixels" in checks["preprocessing"]["message"]
+    assert "ASSUMED raw 0..255 pixels" in checks["parity[keras-cv2dnn]"]["message"]
     # the load item reports what cv2.dnn sees
     assert "inputs: image (?, 3, 32, 32) NCHW float32" in checks["load"]["message"]
     assert "outputs: probs (1, 10) float32" in checks["load"]["message"]
@@ -35,7 +41,7 @@ def test_all_checks_pass_on_a_correct_model(run_cvdnn: Callable[..., Run], model
     assert parity["max_abs"] < 1e-4
     # the terminal summary: one line per model and per pair, with the numbers
     assert "cvdnn deployment summary" in run.text
-    assert "small_cnn.keras: 11 passed (opencv" in run.text
+    assert "small_cnn.keras: 10 passed, 1 skipped (opencv" in run.text
     assert "ok   keras-cv2dnn" in run.text and "max|Δ|" in run.text
 
 
@@ -197,7 +203,7 @@ def test_h5_and_savedmodel_sources(run_cvdnn: Callable[..., Run], models: dict[s
     h5 = copy_model(models["h5"])
     run = run_cvdnn(f"--cvdnn-model={h5.name}")
     assert run.ret == 0, run.text
-    assert run.outcomes() == {"passed": 11}
+    assert run.outcomes() == {"passed": 10, "skipped": 1}  # (preprocessing: cannot be derived)
     # the h5 model has no softmax: no logits output, no top-k
     parity = run.report["models"][0]["parity"]["keras-cv2dnn"]
     assert [o["name"] for o in parity["outputs"]] == ["fc"] or len(parity["outputs"]) == 1
@@ -211,7 +217,7 @@ def test_savedmodel_source(run_cvdnn: Callable[..., Run], models: dict[str, Path
     model.export(str(pytester.path / "saved"), format="tf_saved_model", verbose=False)
     run = run_cvdnn("--cvdnn-model=saved")
     assert run.ret == 0, run.text
-    assert "saved::parity[keras-cv2dnn] PASSED" in run.text or run.outcomes() == {"passed": 11}
+    assert "saved::parity[keras-cv2dnn] PASSED" in run.text or run.outcomes() == {"passed": 10, "skipped": 1}
 
 
 def test_factory_source(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
@@ -264,13 +270,13 @@ def test_user_inputs_folder(run_cvdnn: Callable[..., Run], models: dict[str, Pat
     folder.mkdir()
     for name in ("astronaut", "chelsea", "coffee"):
         cv2.imwrite(str(folder / f"{name}.png"), getattr(data, name)()[..., ::-1])
-    np.save(folder / "tensor.npy", np.zeros((32, 32, 3), np.float32))
-    model = copy_model(models["cnn"])
+    np.save(folder / "tensor.npy", np.zeros((64, 64, 3), np.float32))
+    model = copy_model(ROOT / "examples" / "tiny_cnn.keras")  # (Rescaling: its preprocessing is known)
     run = run_cvdnn(f"--cvdnn-model={model.name}", f"--cvdnn-inputs={folder.name}", f"--cvdnn-images={folder.name}",
                     "-k", "parity or preprocessing")
     assert run.ret == 0, run.text
     out = run.report["models"][0]["parity"]["keras-cv2dnn"]["outputs"][0]
-    assert out["shape"] == [4, 10]  # three photos and one tensor
+    assert out["shape"] == [4, 3]  # three photos and one tensor
     assert run.checks()["preprocessing"]["data"]["photos"] == 3  # the user's photos (the .npy is not a photo)
 
 
@@ -305,3 +311,34 @@ def test_artifact_with_other_outputs_fails_output_spec(run_cvdnn: Callable[..., 
     assert check["message"].startswith("the runners disagree on the outputs: output 0 ")
     assert "onnxruntime (1, 7) vs keras (1, 10)" in check["message"], check["message"]
     assert run.checks()["batch"]["outcome"] == "passed"  # the artifact itself batches fine
+
+
+def test_check_inputs_follow_the_spec_or_the_declared_range(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                            copy_model: Callable[..., Path],
+                                                            pytester: pytest.Pytester) -> None:
+    """Inputs in the deployed range: the declared spec's, or --cvdnn-input-range's (option, ini, marker)."""
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-preprocess=tf", "-k", "parity")
+    assert run.ret == 0, run.text
+    parity = run.checks()["parity[keras-cv2dnn]"]
+    assert "4 seeded random images in [-1, 1] (the declared input spec)" in parity["message"]
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-input-range=-0.5,2", "-k", "parity")
+    assert "uniform in [-0.5, 2] (--cvdnn-input-range)" in run.checks()["parity[keras-cv2dnn]"]["message"]
+    # and the arrays really are in that range, from a project's own test (marker keyword)
+    pytester.makepyfile(
+        test_range="""
+        import pytest
+
+        @pytest.mark.cvdnn(model="m.keras", input_range=(-1, 1))
+        def test_inputs(cvdnn_model):
+            x = cvdnn_model.inputs[0]
+            assert x.min() >= -1 and x.max() <= 1 and x.max() - x.min() > 1.5
+
+        @pytest.mark.cvdnn(model="m.keras")
+        def test_default(cvdnn_model):
+            assert cvdnn_model.inputs[0].max() > 200  # raw 0..255 assumed (said in the parity items)
+        """
+    )
+    assert run_cvdnn("test_range.py", report=False).ret == 0
+    bad = pytester.runpytest_subprocess("--cvdnn-model=m.keras", "--cvdnn-input-range=1,-1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "LOW < HIGH" in bad.stderr.str()

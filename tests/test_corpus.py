@@ -106,6 +106,93 @@ def test_model_fault_is_caught_and_localised(fault: ModelFault, run_cvdnn: Calla
     assert layer in fault.layers, first
 
 
+def _tiny_model() -> Any:
+    """A model whose every activation and output is ~1e-9 (the scale of random-weight logits, FIELD.md):
+    an absolute tolerance of 1e-4 can never see an error in it."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = layers.Rescaling(1e-11, name="tiny_scale")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(10, name="fc")(x), name="tiny_signal")
+
+
+def _scale_conv(src: Path, dst: Path, layer: str, factor: float) -> str:
+    """Copy an ONNX with the kernel of the Conv made from Keras layer ``layer`` multiplied by ``factor``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and f"/{layer}" in n.name)
+    weight = inits[conv.input[1]]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(factor), weight.name))
+    onnx.save(model, str(dst))
+    return conv.name
+
+
+@pytest.fixture(scope="session")
+def tiny_signal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("tiny")
+    model = _tiny_model()
+    model.save(folder / "tiny_signal.keras")
+    convert(model, folder / "tiny_signal.onnx")
+    _scale_conv(folder / "tiny_signal.onnx", folder / "tiny_faulty.onnx", "conv2", 1.5)
+    return {"keras": folder / "tiny_signal.keras", "faulty": folder / "tiny_faulty.onnx"}
+
+
+def test_tiny_magnitude_fault_is_caught_and_localised(tiny_signal: dict[str, Path], run_cvdnn: Callable[..., Run],
+                                                       copy_model: Callable[..., Path], record_property: Recorder) -> None:
+    """Outputs of ~1e-9 with a 50 % error planted in one layer: caught by the rule relative to the signal,
+    localised to that layer; with that rule switched off (srtol huge) the element-wise rule passes it."""
+    copy_model(tiny_signal["keras"])
+    copy_model(tiny_signal["faulty"], "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=tiny_signal.keras", "--cvdnn-onnx=shipped.onnx", "-k", "parity")
+    checks = run.checks()
+    parity = checks["parity[keras-cv2dnn]"]
+    out = parity["data"]["outputs"][0]
+    record_property("corpus_kind", "fault")
+    record_property("corpus_case", "tiny magnitude: outputs ~1e-9, one convolution's kernel x1.5")
+    record_property("corpus_item", "parity[keras-cv2dnn], parity[keras-onnxruntime]")
+    record_property("corpus_detected", parity["outcome"] == "failed")
+    assert out["scale"] < 1e-7 and out["elementwise_blind"], out  # the signal really is below atol
+    assert parity["outcome"] == "failed", parity["message"]
+    assert checks["parity[keras-onnxruntime]"]["outcome"] == "failed"
+    assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
+    assert out["signal_rel"] > 0.1 and not out["signal_ok"] and out["mismatches"] == 0
+    first = parity["data"]["first_divergent"]
+    record_property("corpus_explanation", f"localised to Keras layer {first['keras_layer']!r} ({first['op_type']})")
+    assert first["keras_layer"] == "conv2" and first["op_type"] == "Conv", first
+    assert "Keras layer 'conv2'" in parity["message"]
+    # the same run with the rule relative to the signal switched off: the element-wise rule alone is blind
+    blind = run_cvdnn("--cvdnn-model=tiny_signal.keras", "--cvdnn-onnx=shipped.onnx", "--cvdnn-srtol=1e9",
+                      "-k", "parity")
+    assert blind.checks()["parity[keras-cv2dnn]"]["outcome"] == "passed"
+
+
+def test_tiny_magnitude_correct_deployment_passes_and_says_what_it_can_detect(
+        tiny_signal: dict[str, Path], run_cvdnn: Callable[..., Run], copy_model: Callable[..., Path],
+        record_property: Recorder) -> None:
+    copy_model(tiny_signal["keras"])
+    run = run_cvdnn("--cvdnn-model=tiny_signal.keras")
+    checks = run.checks()
+    failed = {n: c["message"][:300] for n, c in checks.items() if c["outcome"] == "failed"}
+    record_property("corpus_kind", "correct")
+    record_property("corpus_case", "tiny magnitude: outputs ~1e-9 (Rescaling 1e-11)")
+    record_property("corpus_item", f"all {len(checks)} items")
+    record_property("corpus_detected", bool(failed))
+    assert not failed, failed
+    parity = checks["parity[keras-cv2dnn]"]
+    out = parity["data"]["outputs"][0]
+    assert out["elementwise_blind"] and out["detectable_rel"] == pytest.approx(1e-3)
+    assert "below atol=0.0001, so judged by max|Δ|/max|ref| <= 0.001" in parity["message"]
+    assert "judged by max|Δ|/max|ref| <= 0.001" in run.text  # in the terminal summary too
+
+
 def test_missing_transpose_is_caught_by_input_spec(run_cvdnn: Callable[..., Run], models: dict[str, Path],
                                                   copy_model: Callable[..., Path],
                                                   record_property: Recorder) -> None:
@@ -207,3 +294,6 @@ def test_correct_deployment_raises_no_alarm(case: str, zoo: dict[str, Path], run
     record_property("corpus_detected", bool(failed))  # for a correct deployment, a detection is a false alarm
     assert not failed, failed
     assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"
+    for name, check in checks.items():  # no parity item passes while unable to fail
+        if name.startswith("parity[") and check["outcome"] == "passed":
+            assert all(o["detectable_rel"] <= 1e-3 for o in check["data"]["outputs"]), (name, check["data"])

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cache import Cache, sha256_bytes, sha256_file, slug
-from .compare import Tolerance
+from .compare import DEFAULT_SRTOL, Tolerance
 from .convert import Conversion
 from .deployment import Deployment
 from .errors import CvdnnError, StageSkipped
@@ -105,6 +105,7 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
         "graph": graph.as_dict(),
         "softmax_logits": [list(x) for x in dep.softmax_logits],
         "settings": {"atol": dep.settings.tolerance.atol, "rtol": dep.settings.tolerance.rtol,
+                     "srtol": dep.settings.tolerance.srtol,
                      "opset": dep.settings.opset, "layout": dep.settings.layout, "engine": dep.settings.engine,
                      "samples": dep.settings.samples, "seed": dep.settings.seed},
         "spec": dep.spec.as_dict(),
@@ -157,7 +158,7 @@ class BundleDeployment(Deployment):
         settings = replace(
             settings, model=str(self.folder), spec=_spec(self.manifest["spec"]),
             input_specs=tuple((str(n), _spec(d)) for n, d in self.manifest.get("input_specs", [])),
-            tolerance=Tolerance(stored["atol"], stored["rtol"]) if settings.tolerance == Tolerance() else settings.tolerance,
+            tolerance=Tolerance(stored["atol"], stored["rtol"], stored.get("srtol", DEFAULT_SRTOL)) if settings.tolerance == Tolerance() else settings.tolerance,
             opset=stored["opset"], layout=stored["layout"], samples=stored["samples"], seed=stored["seed"],
         )
         super().__init__(settings, cache, self.folder.parent)

@@ -306,6 +306,16 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
 
     declared, expected = dep.spec_for(n), dep.preprocessing_reference_spec(n)
     model = dep.keras_meta["name"]
+    found = dep.keras_meta.get("preprocessing") or {}
+    if not found.get("confident", False):  # nothing independent to compare the blob with: not a pass
+        what = (f"the declared spec ({declared.describe()}) is used as given" if dep.declared_for(n)
+                else "the checks assumed raw 0..255 RGB pixels")
+        raise StageSkipped(
+            f"cannot verify the blob: the preprocessing {model!r} expects cannot be derived (it is not a "
+            f"keras.applications model and has no Rescaling/Normalization layer at its input); {what}. Declare "
+            "the preprocessing the model was trained with in the model (a Rescaling layer) or check your spec "
+            "against the training pipeline; --cvdnn-input-range sets the range of the check inputs"
+        )
     photos = dep.photos()
     ref = dep.reference_tensor(photos, expected)
     data: dict[str, Any] = {
@@ -504,6 +514,7 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
         dep.require_runner(name)
     result = dep.parity(expected, obtained)
     data = result.as_dict()
+    data["inputs"] = dep.inputs_description
     if not result:
         if dep.settings.format != "onnx":
             raise _artifact_parity_failure(dep, result, data)
@@ -513,14 +524,25 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
             blame = where
         raise CheckFailed(
             f"{blame} beyond {result.tolerance} "
-            f"(max abs error {result.max_abs:.3g}, max rel error {result.max_rel:.3g}, "
+            f"(max abs error {result.max_abs:.3g}, max|Δ|/max|ref| {result.max_signal_rel:.3g}, "
+            f"max rel error {result.max_rel:.3g}, "
             f"{result.mismatches} mismatching element(s), cosine {result.min_cosine:.6f})"
             + (f"; {data['first_divergent_text']}" if data.get("first_divergent_text") else ""),
             fix=_PARITY_FIX["opencv" if blame.startswith("OpenCV") else "model"],
-            details="\n\n".join(x for x in (result.format_failure(), extra) if x),
+            details="\n\n".join(x for x in (result.format_failure(), extra, data["inputs"]) if x),
             data=data,
         )
-    return CheckResult(result.summary_line(), data)
+    return CheckResult(result.summary_line() + _blind_note(result) + f"; {data['inputs']}", data)
+
+
+def _blind_note(result: Any) -> str:
+    """Outputs whose signal is below atol: the verdict rests on the rule relative to the signal; say so."""
+    blind = [o for o in result.outputs if o.elementwise_blind]
+    if not blind:
+        return ""
+    names = ", ".join(f"{o.name!r} (max|ref| {o.scale:.2g})" for o in blind)
+    return (f"; {names}: below atol={result.tolerance.atol:g}, so judged by max|Δ|/max|ref| <= "
+            f"{result.tolerance.srtol:g} (an error of {result.tolerance.srtol:g} of the signal fails)")
 
 
 def _artifact_parity_failure(dep: Deployment, result: Any, data: dict[str, Any]) -> CheckFailed:
@@ -548,10 +570,11 @@ def _artifact_parity_failure(dep: Deployment, result: Any, data: dict[str, Any])
 _PARITY_FIX = {
     "opencv": "report it to OpenCV with the repro folder; meanwhile try another --cvdnn-engine (OpenCV 5), "
     "another opset (--cvdnn-fix), or a different layer; if the error is small and expected (e.g. FP16), raise "
-    "--cvdnn-atol/--cvdnn-rtol to the minimum tolerance shown below",
+    "--cvdnn-atol/--cvdnn-rtol (element-wise) and --cvdnn-srtol (relative to the signal) to the minimum "
+    "tolerance shown below",
     "model": "if the ONNX is not this model's, pass the right --cvdnn-onnx (or re-export it from this Keras model); "
-    "if the error is small and expected (e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol to the minimum tolerance "
-    "shown below",
+    "if the error is small and expected (e.g. FP16), raise --cvdnn-atol/--cvdnn-rtol (element-wise) and "
+    "--cvdnn-srtol (relative to the signal) to the minimum tolerance shown below",
 }
 
 

@@ -1,9 +1,19 @@
 """Pure-numpy comparison of model outputs (no pytest, no OpenCV).
 
-Semantics follow Polygraphy: an element *mismatches* only when its absolute error
-exceeds ``atol`` **and** its relative error exceeds ``rtol`` (relative to the
-reference).  Every comparison returns a :class:`ParityResult` carrying the
-statistics, whatever the verdict; ``bool(result)`` is the verdict.
+Two rules, both must hold for an output to pass:
+
+* element-wise, as Polygraphy: an element *mismatches* only when its absolute error
+  exceeds ``atol`` **and** its relative error exceeds ``rtol`` (relative to the
+  reference element);
+* relative to the signal: ``max|Δ| / max|ref|`` (the largest error over the
+  reference's own magnitude) must not exceed ``srtol`` (default 1e-3; correct FP32
+  deployments measure 1e-7 … 1.5e-5).  This is scale-free: outputs of 1e-11 (the
+  logits of a random-weight model) are judged as strictly as outputs of 1, where the
+  element-wise rule alone could never fail (every error is below atol).
+
+Every comparison returns a :class:`ParityResult` carrying the statistics, including the
+smallest error (relative to the signal) the check could detect, whatever the verdict;
+``bool(result)`` is the verdict.
 
 Classifier awareness:
 
@@ -38,23 +48,27 @@ __all__ = [
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
+#: the largest max|Δ| / max|ref| that passes: ~70x the worst correct FP32 deployment measured (1.5e-5)
+DEFAULT_SRTOL = 1e-3
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Absolute and relative tolerance; an element fails only if it exceeds both."""
+    """Absolute and relative tolerance (an element fails only if it exceeds both), and the tolerance relative
+    to the signal (an output fails if max|Δ| / max|ref| exceeds ``srtol``)."""
 
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    srtol: float = DEFAULT_SRTOL
 
     def __post_init__(self) -> None:
-        for name in ("atol", "rtol"):
+        for name in ("atol", "rtol", "srtol"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     def __str__(self) -> str:
-        return f"atol={self.atol:g}, rtol={self.rtol:g}"
+        return f"atol={self.atol:g}, rtol={self.rtol:g}, srtol={self.srtol:g}"
 
 
 @dataclass(frozen=True)
@@ -96,14 +110,24 @@ class ArrayStats:
     worst: tuple[tuple[tuple[int, ...], float, float, float], ...]
     topk: tuple[TopKResult, ...] = ()
     shape_ok: bool = True
+    scale: float = 0.0  # max |ref|: the signal's magnitude
+    signal_rel: float = 0.0  # max|Δ| / max|ref| (inf where the reference is all zero and the other is not)
+    nrms: float = 0.0  # RMS(Δ) / RMS(ref)
+    srtol: float = DEFAULT_SRTOL
+    detectable_rel: float = DEFAULT_SRTOL  # the smallest max|Δ| / max|ref| this comparison fails on
+    elementwise_blind: bool = False  # atol >= the signal: the element-wise rule alone could not fail
 
+    @property
+    def signal_ok(self) -> bool:
+        return self.signal_rel <= self.srtol
     @property
     def mismatch_pct(self) -> float:
         return 100.0 * self.mismatches / self.size if self.size else 0.0
 
     @property
     def ok(self) -> bool:
-        return self.shape_ok and self.mismatches == 0 and self.nonfinite == 0 and all(t.ok for t in self.topk)
+        return (self.shape_ok and self.mismatches == 0 and self.nonfinite == 0 and self.signal_ok
+                and all(t.ok for t in self.topk))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +148,13 @@ class ArrayStats:
             "nonfinite": self.nonfinite,
             "required_atol": self.required_atol,
             "required_rtol": self.required_rtol,
+            "scale": self.scale,
+            "signal_rel": self.signal_rel,
+            "nrms": self.nrms,
+            "srtol": self.srtol,
+            "signal_ok": self.signal_ok,
+            "detectable_rel": self.detectable_rel,
+            "elementwise_blind": self.elementwise_blind,
             "worst": [
                 {"index": list(i), "obtained": o, "expected": e, "abs_diff": d} for i, o, e, d in self.worst
             ],
@@ -165,6 +196,15 @@ class ParityResult:
         return min((o.cosine for o in self.outputs), default=1.0)
 
     @property
+    def max_signal_rel(self) -> float:
+        return max((o.signal_rel for o in self.outputs), default=0.0)
+
+    @property
+    def blind_outputs(self) -> list[str]:
+        """Outputs whose signal is below atol: only the rule relative to the signal can fail them."""
+        return [o.name for o in self.outputs if o.elementwise_blind]
+
+    @property
     def mismatches(self) -> int:
         return sum(o.mismatches for o in self.outputs)
 
@@ -178,8 +218,11 @@ class ParityResult:
             "rtol": self.tolerance.rtol,
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
+            "srtol": self.tolerance.srtol,
+            "max_signal_rel": self.max_signal_rel,
             "min_cosine": self.min_cosine,
             "mismatches": self.mismatches,
+            "blind_outputs": self.blind_outputs,
             "outputs": [o.as_dict() for o in self.outputs],
             "notes": list(self.notes),
         }
@@ -190,6 +233,7 @@ class ParityResult:
             f"{self.pair}: {verdict}",
             f"max|Δ|={self.max_abs:.3g}",
             f"max rel={self.max_rel:.3g}",
+            f"max|Δ|/max|ref|={self.max_signal_rel:.3g}",
             f"cos={self.min_cosine:.6f}",
             f"mismatch={self.mismatches}",
         ]
@@ -201,7 +245,8 @@ class ParityResult:
     def format_failure(self, max_rows: int = 10) -> str:
         """A readable multi-line report in the spirit of pytest-regressions."""
         lines = [
-            f"parity {self.pair} failed ({self.tolerance}; an element fails only if it exceeds both)",
+            f"parity {self.pair} failed ({self.tolerance}; an element fails only if it exceeds atol and rtol; "
+            "an output fails if max|Δ| / max|ref| exceeds srtol)",
         ]
         for out in self.outputs:
             lines.extend(_format_stats(out, self.expected_name, self.obtained_name, max_rows))
@@ -233,8 +278,14 @@ def _format_stats(out: ArrayStats, expected: str, obtained: str, max_rows: int) 
         f"  Number of differences: {out.mismatches} / {out.size} ({out.mismatch_pct:.2f}%)",
         f"  abs error: max {out.max_abs:.6g}, mean {out.mean_abs:.6g}, median {out.median_abs:.6g}",
         f"  rel error: max {out.max_rel:.6g};  cosine similarity {out.cosine:.8f}",
-        f"  minimum tolerance that would pass: atol={out.required_atol:.3g} (or rtol={out.required_rtol:.3g})",
+        f"  relative to the signal (max|ref| {out.scale:.3g}): max|Δ|/max|ref| {out.signal_rel:.3g} "
+        f"({'ok' if out.signal_ok else 'FAIL'}: srtol {out.srtol:g}), RMS(Δ)/RMS(ref) {out.nrms:.3g}",
+        f"  minimum tolerance that would pass: atol={out.required_atol:.3g} (or rtol={out.required_rtol:.3g}), "
+        f"srtol={out.signal_rel:.3g}",
     ]
+    if out.elementwise_blind:
+        lines.append(f"  the signal ({out.scale:.3g}) is below atol: only the rule relative to the signal can fail "
+                     "this output")
     if out.nonfinite:
         lines.append(f"  {out.nonfinite} element(s) are NaN/Inf in one output but not the other")
     for t in out.topk:
@@ -339,6 +390,15 @@ def compare_arrays(
     if classifier and e.ndim >= 1 and e.shape[-1] > 1 and e.size:
         tops = tuple(_topk(e, o, k, tol) for k in topk if k < e.shape[-1])
     finite_rel = rel[np.isfinite(rel)]
+    scale = float(np.abs(ef).max()) if ef.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    if scale > 0:
+        signal_rel = max_abs / scale
+        nrms = float(np.sqrt(np.mean((ef - of) ** 2)) / np.sqrt(np.mean(ef**2)))
+    else:  # an all-zero reference: any difference is an error the size of the signal
+        signal_rel = nrms = 0.0 if max_abs == 0.0 else math.inf
+    # the smallest max|Δ| / max|ref| that fails: the element-wise rule's, or the rule relative to the signal
+    elementwise = max(tol.atol / scale, tol.rtol) if scale > 0 else math.inf
     return ArrayStats(
         **base,
         max_abs=float(diff.max()) if diff.size else 0.0,
@@ -353,6 +413,12 @@ def compare_arrays(
         required_rtol=float(finite_rel.max()) if finite_rel.size else 0.0,
         worst=worst_rows,
         topk=tops,
+        scale=scale,
+        signal_rel=signal_rel,
+        nrms=nrms,
+        srtol=tol.srtol,
+        detectable_rel=min(elementwise, tol.srtol),
+        elementwise_blind=scale > 0 and tol.atol >= scale,
     )
 
 

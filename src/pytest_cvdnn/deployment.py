@@ -422,9 +422,33 @@ class Deployment:
             specs = [self.spec_for(n) for n in range(len(shapes))]
             if self.settings.inputs:
                 return load_inputs(Path(self.settings.inputs), shapes, specs)
-            return random_inputs(shapes, specs, self.settings.samples, self.settings.seed)
+            return random_inputs(shapes, specs, self.settings.samples, self.settings.seed, self.settings.input_range)
 
         return self.stage("inputs", make)
+
+    @property
+    def inputs_description(self) -> str:
+        """What the checks feed the model, and on what grounds (said with every parity verdict)."""
+        n = self.settings.samples
+        if self.settings.inputs:
+            return f"inputs: the files in {self.settings.inputs} through the input spec"
+        if self.settings.input_range is not None:
+            lo, hi = self.settings.input_range
+            return f"inputs: {n} seeded random samples uniform in [{lo:g}, {hi:g}] (--cvdnn-input-range)"
+        parts = []
+        for k in self.image_inputs:
+            spec = self.spec_for(k)
+            lo, hi = spec.value_range()
+            if self.declared_for(k):
+                why = "the declared input spec"
+            elif self.has_keras and self.keras_meta.get("preprocessing", {}).get("confident"):
+                why = ("raw pixels: the model normalises its input itself" if spec.mode == "none"
+                       else f"the detected Keras {spec.mode!r} preprocessing")
+            else:
+                why = ("ASSUMED raw 0..255 pixels: the model's preprocessing is unknown; set --cvdnn-input-range "
+                       "or declare --cvdnn-preprocess")
+            parts.append(f"{n} seeded random images in [{lo:.4g}, {hi:.4g}] ({why})")
+        return "inputs: " + ("; ".join(parts) if parts else f"{n} seeded random samples in [-1, 1]")
 
     @staticmethod
     def inputs_hash(inputs: Sequence[np.ndarray]) -> str:

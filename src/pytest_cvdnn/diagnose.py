@@ -299,8 +299,8 @@ class Divergence:
     def describe(self) -> str:
         layer = f", Keras layer {self.keras_layer!r}" if self.keras_layer else ""
         text = (f"first divergent node: {self.node!r} (op {self.op_type}{layer}), output {self.tensor!r}: "
-                f"max abs error {self.stats.max_abs:.3g}, {self.stats.mismatches}/{self.stats.size} elements "
-                f"beyond tolerance (checked {self.checked} intermediate tensors in graph order)")
+                f"max abs error {self.stats.max_abs:.3g} ({self.stats.signal_rel:.3g} of its signal "
+                f"{self.stats.scale:.3g}), {self.stats.mismatches}/{self.stats.size} elements beyond atol/rtol (checked {self.checked} intermediate tensors in graph order)")
         if self.origin:
             o = self.origin
             olayer = f", Keras layer {o['keras_layer']!r}" if o.get("keras_layer") else ""

@@ -46,16 +46,18 @@ def _per_input(spec: InputSpec | Sequence[InputSpec], n: int) -> list[InputSpec]
 
 
 def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[InputSpec], count: int,
-                  seed: int) -> list[np.ndarray]:
-    """``count`` samples per input (NHWC for images): random pixels 0..255 through the input's spec.
-
-    Non-image inputs get uniform values in [-1, 1].  The same seed gives the same arrays.
+                  seed: int, value_range: tuple[float, float] | None = None) -> list[np.ndarray]:
+    """``count`` samples per input (NHWC for images): random pixels 0..255 through the input's spec, so the
+    values lie where the deployed blob's do.  Non-image inputs get uniform values in [-1, 1].  ``value_range``
+    (--cvdnn-input-range) replaces both: uniform values in [low, high].  The same seed gives the same arrays.
     """
     rng = np.random.default_rng(seed)
     out = []
     for shape, one in zip(shapes, _per_input(spec, len(shapes))):
         full = (count, *[int(d) for d in shape[1:]])
-        if _is_image(shape):
+        if value_range is not None:
+            out.append(rng.uniform(value_range[0], value_range[1], size=full).astype(np.float32))
+        elif _is_image(shape):
             pixels = rng.integers(0, 256, size=full).astype(np.float32)
             out.append(one.normalize(pixels))
         else:

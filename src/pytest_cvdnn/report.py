@@ -75,9 +75,15 @@ class Results:
                     verdict = "ok  " if c["outcome"] == "passed" else "FAIL"
                     pair = f"{fmt}:{base[7:-1]}" if fmt else base[7:-1]
                     lines.append(
-                        f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max rel {d['max_rel']:.3g}  "
+                        f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max|Δ|/max|ref| "
+                        f"{d.get('max_signal_rel', 0.0):.3g}  max rel {d['max_rel']:.3g}  "
                         f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"
                     )
+                    blind = [o for o in d.get("outputs", []) if o.get("elementwise_blind")]
+                    if blind:  # an element-wise check alone could not have failed these: say what can
+                        lines.append("       " + "; ".join(
+                            f"{o['name']!r}: signal {o['scale']:.2g} < atol {d['atol']:g}, judged by "
+                            f"max|Δ|/max|ref| <= {d.get('srtol', 0):g}" for o in blind))
                 elif c["outcome"] != "passed":
                     first = c["message"].split(". Fix:")[0]
                     if c["outcome"] == "skipped" and " failed: " in first:  # "load failed: <why>": said above

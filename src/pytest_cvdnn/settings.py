@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance
 from .spec import InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
-           "parse_target", "target_label", "parse_formats", "FORMATS"]
+           "parse_range", "parse_target", "target_label", "parse_formats", "FORMATS"]
 
 LAYOUTS = ("nchw", "nhwc")
 #: engine names of every OpenCV (5.1: auto/opencv/ort; 5.0: auto/classic/new; 4.x: auto only), checked
@@ -66,6 +66,18 @@ def parse_tol(value: str) -> float:
     if not math.isfinite(tol) or tol < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be a finite number >= 0")
     return tol
+
+
+def parse_range(value: str) -> tuple[float, float]:
+    """``-1,1`` -> (-1.0, 1.0): the range of the values fed to the model's inputs."""
+    parts = [p for p in re.split(r"[,:/ ]+", str(value).strip()) if p]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a range; write LOW,HIGH, e.g. -1,1 or 0,255") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"{value!r}: the range needs finite LOW < HIGH")
+    return lo, hi
 
 
 def parse_positive(value: str) -> int:
@@ -150,6 +162,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("atol", "--cvdnn-atol", "cvdnn_atol", parse_tol, DEFAULT_ATOL,
            f"absolute tolerance (default {DEFAULT_ATOL:g}); an element fails only if it exceeds atol and rtol", "X"),
     Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", parse_tol, DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
+    Option("srtol", "--cvdnn-srtol", "cvdnn_srtol", parse_tol, DEFAULT_SRTOL,
+           f"tolerance relative to the signal (default {DEFAULT_SRTOL:g}): an output fails if max|Δ| / max|ref| exceeds "
+           "it, however small its values (random-weight logits of 1e-11 included)", "X"),
     Option("preprocess", "--cvdnn-preprocess", "cvdnn_preprocess", parse_spec, None,
            "input spec: a Keras mode (caffe, tf, torch, none) or key=value pairs, "
            "e.g. 'scale=0.00392,mean=0/0/0,swap_rb=1,size=224x224'; one per input of a multi-input model: "
@@ -161,6 +176,9 @@ OPTIONS: tuple[Option, ...] = (
            "folder of images or .npy tensors to use instead of seeded random inputs", "DIR"),
     Option("images", "--cvdnn-images", "cvdnn_images", str, None,
            "folder of your own photos for the preprocessing check (default: scikit-image's photos)", "DIR"),
+    Option("input_range", "--cvdnn-input-range", "cvdnn_input_range", parse_range, None,
+           "range of the values the checks feed the model, e.g. -1,1 (default: what the input spec gives a 0..255 "
+           "image; set it when the model's preprocessing is not known and not declared)", "LOW,HIGH"),
     Option("samples", "--cvdnn-samples", "cvdnn_samples", parse_positive, 4,
            "number of seeded random inputs per check (default 4; also the batch size of the batch check)", "N"),
     Option("seed", "--cvdnn-seed", "cvdnn_seed", parse_seed, 0, "seed of the random inputs (default 0)", "N"),
@@ -169,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 #: marker keywords and what they set
-MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "opset", "layout", "engine", "seed", "samples")
+MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "opset", "layout", "engine", "seed", "samples")
 
 
 @dataclass(frozen=True)
@@ -185,6 +203,7 @@ class ModelSettings:
     layout: str = "nchw"
     engine: str = "auto"
     inputs: str | None = None
+    input_range: tuple[float, float] | None = None  # --cvdnn-input-range: values fed to the model
     images: str | None = None
     samples: int = 4
     seed: int = 0
@@ -203,7 +222,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.images, self.samples, self.seed, self.target, self.format)
+                self.inputs, self.input_range, self.images, self.samples, self.seed, self.target, self.format)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
@@ -221,7 +240,7 @@ class ModelSettings:
             elif key == "input_spec":
                 default, named = coerce_specs(value)
                 changes["spec"], changes["input_specs"] = default, named
-            elif key in ("atol", "rtol"):
+            elif key in ("atol", "rtol", "srtol"):
                 changes["tolerance"] = replace(changes.get("tolerance", self.tolerance), **{key: float(value)})
             elif key == "opset":
                 changes["opset"] = parse_opset(str(value))
@@ -229,6 +248,9 @@ class ModelSettings:
                 changes["layout"] = parse_layout(str(value))
             elif key == "engine":
                 changes["engine"] = parse_engine(str(value))
+            elif key == "input_range":
+                changes["input_range"] = parse_range(",".join(map(str, value)) if isinstance(value, (tuple, list))
+                                                     else str(value))
             elif key in ("seed", "samples"):
                 changes[key] = int(value)
         return replace(self, **changes)

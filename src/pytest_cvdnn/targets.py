@@ -54,8 +54,11 @@ def provision_opencv(version: str, cache_root: Path, timeout: float = 900.0) -> 
         packages = [pip_spec(version)] + (["numpy<2"] if needs_old_numpy(version) else [])
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "--no-warn-conflicts", "--target", str(staging), *packages]
+        # a constraints file of this environment (PIP_CONSTRAINT pins *its* OpenCV/numpy) must not apply
+        # to a side-by-side install of another version
+        env = {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT", "PIP_REQUIRE_VIRTUALENV")}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             shutil.rmtree(staging, ignore_errors=True)
             raise CvdnnError(f"installing OpenCV {version} with pip took longer than {timeout:.0f} s",
