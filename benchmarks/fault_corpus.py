@@ -1,6 +1,7 @@
 """Detection and false-alarm rates of the fault corpus, measured by running it.
 
     python benchmarks/fault_corpus.py        # ~6 minutes on 2 cores; prints the README's table
+    python benchmarks/fault_corpus.py --targets 4.12.0,5.0.0   # the correct zoo on two more OpenCVs too
 
 Runs tests/test_corpus.py and the planted preprocessing mistakes of tests/test_preprocessing.py
 (with pytest-xdist when installed) and reads what each case recorded (``corpus_*`` properties in
@@ -21,13 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    import os
+
+    env = dict(os.environ)
+    if "--targets" in sys.argv:
+        env["CVDNN_CORPUS_TARGETS"] = sys.argv[sys.argv.index("--targets") + 1]
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "corpus.xml"
         # pytest-benchmark (if installed) turns xdist into a warning, an error under filterwarnings=error
         parallel = ["-n", "2", "-p", "no:benchmark"] if find_spec("xdist") else []
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *parallel, "tests/test_corpus.py",
                "tests/test_preprocessing.py::test_planted_mistake_is_diagnosed", f"--junitxml={xml}"]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if not xml.is_file():
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
             return 1

@@ -55,15 +55,18 @@ def test_nan_in_one_output_is_a_mismatch() -> None:
 
 
 def test_near_tie_softmax_does_not_raise_a_false_top1_alarm() -> None:
-    # random-weight softmax: two classes within 1e-7 of each other; runner 2 flips them by rounding
-    ref = np.array([[0.1000001, 0.1, 0.0999999, 0.7 - 0.1 - 0.1000001 - 0.0999999 + 0.3]], np.float32)
-    ref = ref / ref.sum()
+    # random-weight softmax: the top two classes within 1e-7 of each other; runner 2 flips them by rounding
+    ref = np.array([[0.3500001, 0.35, 0.15, 0.1499999]], np.float32)
     out = ref.copy()
     out[0, 0], out[0, 1] = ref[0, 1], ref[0, 0]
+    assert ref.argmax() != out.argmax()  # top-1 really flips
     result = compare([ref], [out], softmax=True)
     top1 = result.outputs[0].topk[0]
-    assert top1.k == 1 and top1.disagree == 0
+    assert top1.k == 1 and top1.disagree == 0 and top1.ambiguous == 1
     assert result  # the swap is within tolerance
+    # the same flip with a real score gap is a disagreement (the exemption is for near-ties only)
+    wide = np.array([[0.45, 0.35, 0.1, 0.1]], np.float32)
+    assert compare([wide], [wide[:, [1, 0, 2, 3]]], softmax=True).outputs[0].topk[0].disagree == 1
 
 
 def test_a_real_top1_flip_is_reported() -> None:

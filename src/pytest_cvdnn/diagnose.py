@@ -381,7 +381,12 @@ import cv2
 here = pathlib.Path(__file__).parent
 info = json.loads((here / "repro.json").read_text())
 print("OpenCV", cv2.__version__, "- recorded with", info["versions"])
-net = cv2.dnn.readNetFromONNX(str(here / "subgraph.onnx"))
+try:
+    net = cv2.dnn.readNetFromONNX(str(here / "subgraph.onnx"))
+except cv2.error as exc:  # OpenCV 4.x / 5.0: the import error names the node
+    raise SystemExit(f"REPRODUCED: readNetFromONNX cannot import the {info['op_type']} node: {exc}")
+if net.empty():  # OpenCV 5.1: an empty network, the reason only in OpenCV's log above
+    raise SystemExit(f"REPRODUCED: readNetFromONNX returned an empty network for the {info['op_type']} node")
 for i, name in enumerate(info["inputs"]):
     net.setInput(np.load(here / f"input{i}.npy"), name)
 outs = net.forward(info["outputs"])
