@@ -3,10 +3,12 @@
     python benchmarks/fault_corpus.py        # ~6 minutes on 2 cores; prints the README's table
     python benchmarks/fault_corpus.py --targets 4.12.0,5.0.0   # the correct zoo on two more OpenCVs too
 
-Runs tests/test_corpus.py and the planted preprocessing mistakes of tests/test_preprocessing.py
-(with pytest-xdist when installed) and reads what each case recorded (``corpus_*`` properties in
-the JUnit XML): a fault counts as detected when the right item failed with the right explanation;
-a correct deployment counts as a false alarm when any of its items failed.
+Runs tests/test_corpus.py, the planted preprocessing mistakes of tests/test_preprocessing.py and
+the crash of tests/test_hostile.py (with pytest-xdist when installed) and reads what each case
+recorded (``corpus_*`` properties in the JUnit XML): a fault counts as caught only when its test
+passed, i.e. every assertion held — the right item failed, with the right explanation and the
+right localisation, fixed in the test before the run; a correct deployment counts as a false
+alarm when any of its items failed, and its skipped items are listed (a skip is not a pass).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def main() -> int:
         # pytest-benchmark (if installed) turns xdist into a warning, an error under filterwarnings=error
         parallel = ["-n", "2", "-p", "no:benchmark"] if find_spec("xdist") else []
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *parallel, "tests/test_corpus.py",
-               "tests/test_preprocessing.py::test_planted_mistake_is_diagnosed", f"--junitxml={xml}"]
+               "tests/test_preprocessing.py::test_planted_mistake_is_diagnosed",
+               "tests/test_hostile.py::test_an_opencv_crash_in_a_child_fails_one_item_not_the_session",
+               f"--junitxml={xml}"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if not xml.is_file():
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -41,9 +45,15 @@ def main() -> int:
         for case in ET.parse(xml).getroot().iter("testcase"):
             props = {p.get("name"): p.get("value") for p in case.iter("property")}
             if "corpus_kind" in props:
+                props["test_passed"] = str(case.find("failure") is None and case.find("error") is None
+                                           and case.find("skipped") is None)
                 rows.append(props)
     faults = [r for r in rows if r["corpus_kind"] == "fault"]
     correct = [r for r in rows if r["corpus_kind"] == "correct"]
+    for r in faults:  # caught = the test passed: item, explanation and localisation all asserted
+        r["corpus_detected"] = r["test_passed"]
+    for r in correct:  # a false alarm = a failed item (the test fails too)
+        r["corpus_detected"] = str(r.get("corpus_detected") == "True" or r["test_passed"] != "True")
     detected = sum(r["corpus_detected"] == "True" for r in faults)
     alarms = sum(r["corpus_detected"] == "True" for r in correct)
     print("| case | kind | item | outcome |\n| --- | --- | --- | --- |")
@@ -52,7 +62,9 @@ def main() -> int:
             outcome = ("caught" if r["corpus_detected"] == "True" else "**missed**") + (
                 f" — {r['corpus_explanation']}" if r.get("corpus_explanation") else "")
         else:
-            outcome = "**false alarm**" if r["corpus_detected"] == "True" else "all pass"
+            skipped = r.get("corpus_skipped") or ""
+            outcome = ("**false alarm**" if r["corpus_detected"] == "True"
+                       else f"no failure; skipped: {skipped}" if skipped else "all pass")
         print(f"| {r['corpus_case']} | {r['corpus_kind']} | {r['corpus_item']} | {outcome} |")
     print(f"\ndetection rate: {detected}/{len(faults)} ({100 * detected / max(len(faults), 1):.0f} %); "
           f"false-alarm rate: {alarms}/{len(correct)} ({100 * alarms / max(len(correct), 1):.0f} %)")

@@ -32,12 +32,12 @@ def _save(run_cvdnn: Callable[..., Run], model: str, folder: str = "bundles") ->
 def test_bundle_runs_where_only_opencv_is_installed(run_cvdnn: Callable[..., Run], models: dict[str, Path],
                                                     copy_model: Callable[..., Path], pytester: pytest.Pytester,
                                                     opencv_only_venv: Path) -> None:
-    copy_model(models["cnn"], "m.keras")
+    copy_model(ROOT / "examples" / "tiny_cnn.keras", "m.keras")  # (Rescaling: its preprocessing is known)
     run = _save(run_cvdnn, "m.keras")
     assert "pytest --cvdnn-bundle=" in run.checks()["bundle"]["message"]
     folder = pytester.path / "bundles" / "m.keras"
-    assert {"manifest.json", "model.onnx", "probe.onnx", "inputs.npz", "photos.npz", "reference_tensor.npz"} <= \
-        {p.name for p in folder.iterdir()}
+    assert {"manifest.json", "model.onnx", "probe.onnx", "inputs.npz", "photos.npz", "reference_tensor.npz",
+            "reference_keras_resize.npz"} <= {p.name for p in folder.iterdir()}
     probe = subprocess.run([str(opencv_only_venv), "-c", "import importlib.util as u; print([m for m in "
                             "('tensorflow', 'onnx', 'onnxruntime', 'tf2onnx', 'keras') if u.find_spec(m)])"],
                            capture_output=True, text=True, check=True)

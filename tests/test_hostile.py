@@ -9,6 +9,7 @@ racing xdist workers in test_cache.py, a segfaulting importer in test_formats.py
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -199,3 +200,54 @@ def test_an_opencv_that_cannot_be_installed_fails_its_items_not_the_session(
     load = checks["load[opencv-3.0.0]"]
     assert load["outcome"] == "failed" and "3.0.0" in load["message"] and "Fix:" in load["message"], load
     assert "INTERNALERROR" not in run.text
+
+
+CRASHING_SITECUSTOMIZE = '''
+# loaded by the target's Python at start-up: every cv2.dnn forward of a batch dies of a real SIGSEGV, as
+# OpenCV's own crashes do (a frozen graph crashed OpenCV 5.0's importer here); single forwards work
+import ctypes
+from pytest_cvdnn.runners import cv2dnn
+
+_infer = cv2dnn.Cv2DnnRunner.infer
+
+
+def infer(self, inputs):
+    if len(inputs[0]) > 1:
+        ctypes.string_at(0)  # reads address 0: the kernel kills the process with SIGSEGV
+    return _infer(self, inputs)
+
+
+cv2dnn.Cv2DnnRunner.infer = infer
+'''
+
+
+def test_an_opencv_crash_in_a_child_fails_one_item_not_the_session(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+        pytester: pytest.Pytester, record_property: Callable[[str, object], None]) -> None:
+    """The crash path of runners/isolated.py, run for real: a target whose cv2.dnn segfaults on batches."""
+    import os
+    import stat
+
+    site = pytester.path / "crashing_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHING_SITECUSTOMIZE)
+    python = pytester.path / "crashing-python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={site}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} \"$@\"\n")
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-target={python}", "--cvdnn-preprocess=none,batch=4",
+                    "-k", "batch or determinism or load")
+    label = str(python)
+    checks = run.checks()
+    batch = checks[f"batch[{label}]"]
+    assert batch["outcome"] == "failed", batch  # the spec asks for batch=4: a crash there is a failure
+    assert "crashed the process (SIGSEGV)" in batch["message"] and "re-export the model with a dynamic batch" in \
+        batch["message"]
+    # the session went on: the same checks on the cv2 installed here, and the target's single forwards, pass
+    for name in ("load", "batch", "determinism", f"load[{label}]", f"determinism[{label}]"):
+        assert checks[name]["outcome"] == "passed", (name, checks[name]["message"])
+    assert run.report is not None and "INTERNALERROR" not in run.text and run.ret == 1
+    record_property("corpus_kind", "fault")  # (benchmarks/fault_corpus.py: caught only if every assert held)
+    record_property("corpus_case", "OpenCV crashes (SIGSEGV) on a batch, in a child process")
+    record_property("corpus_item", "batch")
+    record_property("corpus_explanation", "cv2.dnn crashed the process (SIGSEGV); the session went on")

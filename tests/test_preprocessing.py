@@ -62,13 +62,20 @@ def test_from_model_finds_in_model_normalisation_and_says_when_it_guesses() -> N
 @pytest.mark.parametrize("mode", list(FAMILIES))
 def test_derived_blob_equals_keras_reference_on_real_photos(mode: str, family_models: dict[str, Any],
                                                             photos: list[np.ndarray]) -> None:
-    from pytest_cvdnn.preprocess import blob_method, keras_reference, to_nhwc
+    from pytest_cvdnn.preprocess import (ARITHMETIC_TOL, RESIZE_PIXEL_TOL, blob_method, keras_reference, pixel_error,
+                                         to_nhwc)
 
     spec = InputSpec.from_model(family_models[mode])
-    reference = keras_reference(photos, spec)  # Keras' own preprocess_input
-    blob = spec.blob(photos)
-    assert blob.shape == (3, 3, 96, 96)
-    assert np.abs(to_nhwc(blob, "nchw") - reference).max() < 1e-4
+    reference = keras_reference(photos, spec)  # Keras' own preprocess_input on OpenCV's resized pixels
+    blob = to_nhwc(spec.blob(photos), "nchw")
+    assert blob.shape == (3, 96, 96, 3)
+    relative = np.abs(blob - reference).max() / max(1.0, np.abs(reference).max())
+    print(f"{mode}: arithmetic {relative:.3g} relative")  # (README: the measured numbers)
+    assert relative <= ARITHMETIC_TOL
+    # and the whole pipeline against Keras' own resize (keras.ops.image.resize), in pixel levels
+    pixels = pixel_error(blob, keras_reference(photos, spec, resize="keras"), spec)
+    print(f"{mode}: {pixels:.3f} pixel levels from Keras' resize")
+    assert pixels <= RESIZE_PIXEL_TOL
     assert blob_method(spec) == ("blobFromImageWithParams" if mode == "torch" else "blobFromImage")
     # and a wrong mode does not pass by accident
     other = InputSpec.from_keras_mode("tf" if mode != "tf" else "caffe", size=(96, 96))
@@ -120,8 +127,8 @@ def test_derived_blob_equals_keras_reference_on_opencv_4_5_5(photos: list[np.nda
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["opencv"] == "4.5.5" and result["numpy"].startswith("1.")
-    for mode in FAMILIES:
-        assert result[mode]["max_abs"] < 1e-4, (mode, result[mode])
+    for mode in FAMILIES:  # the same arithmetic as Keras on OpenCV 4.5.5 too (numpy fallback for torch)
+        assert result[mode]["max_abs"] <= 1e-6 * 151, (mode, result[mode])
     assert result["torch"]["method"] == "numpy"
     assert result["torch"]["code"].startswith("# OpenCV 4.5.5 has no blobFromImageWithParams")
     assert result["tf"]["method"] == "blobFromImage"

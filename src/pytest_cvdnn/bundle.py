@@ -83,12 +83,14 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
     if dep.logit_names:
         files["probe.onnx"] = dep.probe_path.read_bytes()
     preprocessing = None
-    if dep.has_keras and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
+    confident = dep.has_keras and dep.keras_meta.get("preprocessing", {}).get("confident", False)
+    if confident and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
         photos = dep.photos()
         expected = dep.preprocessing_reference_spec()
         tensor = dep.reference_tensor(photos, expected)
         files["photos.npz"] = _npz(photos)
         files["reference_tensor.npz"] = _npz([tensor])
+        files["reference_keras_resize.npz"] = _npz([dep.reference_tensor(photos, expected, "keras")])
         for runner in runners:
             reference(runner, [tensor])
         preprocessing = {"photos": dep.inputs_hash(photos), "expected_spec": expected.as_dict(),
@@ -245,8 +247,11 @@ class BundleDeployment(Deployment):
             raise StageSkipped("the bundle has no photos")
         return _load_npz(self.folder / "photos.npz")
 
-    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
-        return _load_npz(self.folder / "reference_tensor.npz")[0]
+    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
+        name = "reference_tensor.npz" if resize == "opencv" else "reference_keras_resize.npz"
+        if not (self.folder / name).is_file():
+            raise StageSkipped(f"the bundle has no {name} (written by an older pytest-cvdnn): regenerate it")
+        return _load_npz(self.folder / name)[0]
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .cache import slug
-from .compare import compare, compare_arrays
+from .compare import Tolerance, compare, compare_arrays
 from .errors import CvdnnError, StageSkipped
 from .deployment import Deployment
 from .spec import InputSpec
@@ -317,29 +317,39 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
             "against the training pipeline; --cvdnn-input-range sets the range of the check inputs"
         )
     photos = dep.photos()
-    ref = dep.reference_tensor(photos, expected)
+    ref = dep.reference_tensor(photos, expected)  # Keras' arithmetic on OpenCV's resized pixels
+    keras_resized = dep.reference_tensor(photos, expected, "keras")  # and on Keras' own resize
     data: dict[str, Any] = {
         "declared": declared.as_dict(), "expected": expected.as_dict(), "expected_note": expected.note,
         "photos": len(photos), "method": pp.blob_method(declared), "code": pp.cv2_call(declared),
     }
+    # the blob's own tolerances (pixels, not the parity outputs'): the arithmetic on the same pixels to
+    # ARITHMETIC_TOL of the tensor's magnitude, and the whole pipeline, resize included, to a pixel level
+    magnitude = max(1.0, float(np.abs(ref).max()))
+    arithmetic = Tolerance(atol=pp.ARITHMETIC_TOL * magnitude, rtol=0.0, srtol=pp.ARITHMETIC_TOL)
 
     def matches(spec: InputSpec) -> tuple[bool, Any]:
         if spec.layout != expected.layout or spec.size != expected.size:
             return False, None
-        stats = compare_arrays(ref, pp.to_nhwc(spec.blob(photos), spec.layout), dep.settings.tolerance,
-                               name="blob")
-        return stats.ok, stats
+        blob = pp.to_nhwc(spec.blob(photos), spec.layout)
+        stats = compare_arrays(ref, blob, arithmetic, name="blob")
+        pixels = pp.pixel_error(blob, keras_resized, expected)
+        return stats.ok and pixels <= pp.RESIZE_PIXEL_TOL, (stats, pixels)
 
-    ok, stats = matches(declared)
-    if stats is not None:
+    ok, found_stats = matches(declared)
+    stats = found_stats[0] if found_stats is not None else None
+    if found_stats is not None:
         data["tensor"] = stats.as_dict()
+        data["keras_resize_pixels"] = found_stats[1]
     effect = _preprocessing_effect(dep, declared, photos, ref, n)
     data["effect"] = effect.as_dict() if effect is not None else None
     notes = _resize_note(dep, expected, photos, ref, data, n)
     if ok:
         return CheckResult(
             f"the blob equals Keras' reference ({expected.note or expected.describe()}) on {len(photos)} photos: "
-            f"max |Δ| {stats.max_abs:.3g}, mean |Δ| {stats.mean_abs:.3g}"
+            f"max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}) against preprocess_input on the same "
+            f"resized pixels, {found_stats[1]:.2f} pixel levels against Keras' own resize (OpenCV rounds to uint8; "
+            f"limit {pp.RESIZE_PIXEL_TOL:g})"
             + (f"; cv2.dnn(blob) vs the model on Keras' tensor: {effect.summary_line()}" if effect is not None else "")
             + f"; deployment code: {pp.cv2_call(declared)}" + notes,
             data,
@@ -355,7 +365,8 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
             confirmed, corrected = mistakes, combined
     data["diagnosis"] = [m.name for m in confirmed]
     data["corrected_code"] = pp.cv2_call(corrected) if confirmed else None
-    tensor = (f"the blob differs from Keras' reference by max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g})"
+    tensor = (f"the blob differs from Keras' reference by max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}; "
+              f"{found_stats[1]:.3g} pixel levels)"
               if stats is not None else f"the blob {declared.size} {declared.layout.upper()} does not fit the "
               f"model input {expected.size} {expected.layout.upper()}")
     outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect else ""

@@ -315,8 +315,10 @@ class Deployment:
         if self.logit_names:
             self.probe_path
         notify("converted")
-        for n in self.image_inputs:
-            self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n))
+        if self.keras_meta.get("preprocessing", {}).get("confident"):  # (else the item is skipped)
+            for n in self.image_inputs:
+                for resize in ("opencv", "keras"):
+                    self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n), resize)
         notify("references")
         self.keras_outputs(self.inputs)
 
@@ -811,16 +813,17 @@ class Deployment:
             return replace(self.spec_for(index), note=found.get("note", ""))  # trust the user's spec
         return expected
 
-    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
-        """Keras' preprocessing of the photos (cached: no TensorFlow when warm)."""
+    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
+        """Keras' preprocessing of the photos, resized by OpenCV or by Keras (see preprocess.keras_reference;
+        cached: no TensorFlow when warm)."""
         from .preprocess import keras_reference
 
-        key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode())[:32]
+        key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode() + resize.encode())[:32]
         cached = self._from_cache(lambda: self.cache.get_arrays("ref", f"prep-{key}.npz"), "ref", f"prep-{key}.npz",
                                   "references")
         if cached is not None:
             return cached[0]
-        tensor = keras_reference(photos, expected)
+        tensor = keras_reference(photos, expected, resize)
         self.cache.put_arrays([tensor], "ref", f"prep-{key}.npz")
         return tensor
 

@@ -285,24 +285,57 @@ def _numpy_blob_pixels(images: Sequence[np.ndarray], spec: InputSpec) -> list[np
     return out
 
 
-def keras_reference(photos_bgr: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
-    """What Keras feeds the model: resize → RGB array → ``preprocess_input(mode)`` (NHWC float32).
+#: how far OpenCV's resize of a uint8 image may be from Keras' float resize, in pixel levels (0..255): OpenCV
+#: interpolates in fixed point and rounds to uint8 (measured on scikit-image's photos, 33x77 … 600x400: <= 0.78)
+RESIZE_PIXEL_TOL = 1.0
+#: the blob's arithmetic (scale, mean, std, channel order) against Keras' on the same resized pixels, relative
+#: to the tensor's magnitude (measured 0 … 2e-8 relative: float32 rounding)
+ARITHMETIC_TOL = 1e-6
 
-    Uses Keras' own ``imagenet_utils.preprocess_input`` for the caffe/tf/torch modes and the raw
-    array for in-model normalisation ("none").  Imports Keras.
-    """
-    rgb = np.stack([img[..., ::-1] for img in _numpy_blob_pixels(photos_bgr, expected)]).astype(np.float32)
-    if expected.mode in ("caffe", "tf", "torch"):
-        from .runners.keras import import_keras
-
-        keras = import_keras()
-        return np.asarray(keras.applications.imagenet_utils.preprocess_input(rgb.copy(), mode=expected.mode),
-                          dtype=np.float32)
-    return _numpy_reference(photos_bgr, expected)  # raw pixels ("none") or a custom spec
+_KERAS_INTERP = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "area"}
 
 
-def _numpy_reference(photos_bgr: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    return to_nhwc(_numpy_blob(photos_bgr, spec), spec.layout)
+def keras_reference(photos_bgr: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
+    """What Keras feeds the model, NHWC float32, computed without the plugin's blob code: the photos resized
+    (``resize="opencv"``: ``cv2.resize``, the pixels a deployment has; ``"keras"``: Keras' own
+    ``keras.ops.image.resize``), converted to RGB with ``cv2.cvtColor``, then Keras'
+    ``imagenet_utils.preprocess_input`` of the mode (caffe/tf/torch), or the RGB array as is for in-model
+    normalisation ("none").  Imports Keras.  Only the Keras modes have a reference: a custom spec has nothing
+    independent to be compared with."""
+    import cv2
+
+    from .runners.keras import import_keras
+
+    if expected.mode not in ("caffe", "tf", "torch", "none") or expected.size is None:
+        raise CvdnnError(f"no Keras reference for the input spec {expected.describe()}",
+                         fix="declare a Keras mode (caffe, tf, torch, none) or let the model's be detected")
+    if expected.crop != "none":
+        raise CvdnnError("Keras' preprocess_input pipeline does not crop", fix="use crop=none for a Keras mode")
+    keras = import_keras()
+    w, h = expected.size
+    rgb = [cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB) for img in photos_bgr]
+    if resize == "keras":
+        arrays = [np.asarray(keras.ops.image.resize(img.astype(np.float32)[None], (h, w), antialias=False,
+                                                    interpolation=_KERAS_INTERP[expected.interpolation]))[0]
+                  for img in rgb]
+    else:
+        interp = getattr(cv2, _INTERP_NAMES[expected.interpolation])
+        arrays = [cv2.resize(img, (w, h), interpolation=interp).astype(np.float32) for img in rgb]
+    batch = np.stack(arrays).astype(np.float32)
+    if expected.mode == "none":
+        return batch
+    return np.asarray(keras.applications.imagenet_utils.preprocess_input(batch, mode=expected.mode),
+                      dtype=np.float32)
+
+
+def pixel_error(blob_nhwc: np.ndarray, reference: np.ndarray, spec: InputSpec) -> float:
+    """The largest difference between two tensors of ``spec``, in pixel levels (0..255): the tensor difference
+    divided by what one pixel level is worth in each channel (scale / std)."""
+    per_level = np.abs(np.asarray(_effective_scale(spec), dtype=np.float64))
+    if blob_nhwc.shape != reference.shape or blob_nhwc.shape[-1] != per_level.size:
+        return float("inf")
+    diff = np.abs(blob_nhwc.astype(np.float64) - reference.astype(np.float64)) / per_level
+    return float(diff.max()) if diff.size else 0.0
 
 
 def to_nhwc(blob: np.ndarray, layout: str) -> np.ndarray:
