@@ -97,14 +97,18 @@ def mvn_onnx(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _frameworks_outlive_pytester() -> None:
-    """Import TensorFlow, Keras, tf2onnx and onnx once per session, before any test runs.
+@pytest.fixture(autouse=True)
+def _frameworks_outlive_pytester(request: pytest.FixtureRequest) -> None:
+    """Import TensorFlow, Keras, tf2onnx and onnx before a test that uses ``pytester`` starts.
 
     ``pytester`` restores ``sys.modules`` after each test that uses it, so a framework first imported
     inside such a test is dropped again, and importing onnx's C extension a second time aborts the
-    process (seen under ``-n 2``: an xdist worker died importing onnx after test_formats.py).
+    process (seen under ``-n 2``: an xdist worker died importing onnx after test_formats.py).  (Autouse
+    fixtures run before the others of their scope, so this runs before pytester takes its snapshot.)
+    Tests without pytester import nothing here: the quick tier (``-m quick``) needs no TensorFlow.
     """
+    if "pytester" not in request.fixturenames:
+        return
     import keras  # noqa: F401
     import onnx  # noqa: F401
     import tensorflow  # noqa: F401
@@ -200,12 +204,19 @@ CORE_MODULES = {"test_snippets.py", "test_opencv_versions.py", "test_formats.py"
 CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 
 
+#: the quick tier (`pytest -m quick`, seconds, no TensorFlow): the pure comparison and spec code, and the
+#: printed snippets executed on every supported OpenCV (what mutation testing runs, benchmarks/README.md)
+QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         test = f"{module}::{item.nodeid.split('::', 1)[-1].split('[')[0]}"
         if (module in CORE_MODULES or test in CORE_TESTS) and item.get_closest_marker("zoo") is None:
             item.add_marker(pytest.mark.core)
+        if module in QUICK_MODULES:
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture(scope="session")
