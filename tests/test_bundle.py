@@ -15,10 +15,17 @@ from conftest import ROOT, Run
 @pytest.fixture(scope="session")
 def opencv_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtual environment with pytest, numpy, OpenCV and this package (no deps): no TF, onnx, onnxruntime."""
+    import os
+
     venv = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "pytest", "numpy", "opencv-python-headless", "filelock"], check=True, timeout=900)
+    proc = subprocess.run([*pip, "pytest", "numpy", "opencv-python-headless<5.2", "filelock"], capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode != 0:  # no package index here: say so (CI, with CVDNN_REQUIRE_TARGETS=1, fails instead)
+        if os.environ.get("CVDNN_REQUIRE_TARGETS"):
+            raise AssertionError(proc.stderr)
+        pytest.skip(f"an OpenCV-only virtual environment cannot be installed here: {proc.stderr.strip()[-300:]}")
     subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=900)
     return venv / "bin" / "python"
 

@@ -342,3 +342,38 @@ def test_check_inputs_follow_the_spec_or_the_declared_range(run_cvdnn: Callable[
     assert run_cvdnn("test_range.py", report=False).ret == 0
     bad = pytester.runpytest_subprocess("--cvdnn-model=m.keras", "--cvdnn-input-range=1,-1")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR and "LOW < HIGH" in bad.stderr.str()
+
+
+def test_samples_and_seed_decide_the_inputs(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                            copy_model: Callable[..., Path]) -> None:
+    copy_model(models["cnn"], "m.keras")
+
+    def worst(seed: int) -> list[float]:
+        run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-samples=2", f"--cvdnn-seed={seed}", "-k",
+                        "parity[keras-cv2dnn] or batch")
+        assert run.ret == 0, run.text
+        out = run.report["models"][0]["parity"]["keras-cv2dnn"]["outputs"][1]  # the logits
+        assert out["shape"] == [2, 10]
+        assert "batch of 2 agrees with 2 single runs" in run.checks()["batch"]["message"]
+        return sorted(w["expected"] for w in out["worst"])
+
+    assert worst(5) == worst(5)  # the same seed, the same inputs
+    assert worst(5) != worst(6)
+
+
+def test_a_graph_fixed_to_batch_one_skips_the_batch_check_saying_why(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+        pytester: pytest.Pytester) -> None:
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    copy_model(models["cnn"], "m.keras")
+    sig = (tf.TensorSpec((1, 32, 32, 3), tf.float32, name="image"),)
+    tf2onnx.convert.from_keras(keras.models.load_model(models["cnn"]), input_signature=sig, opset=13,
+                               output_path=str(pytester.path / "fixed.onnx"), inputs_as_nchw=["image"])
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-onnx=fixed.onnx", "-k", "batch or parity")
+    checks = run.checks()
+    assert checks["batch"]["outcome"] == "skipped"
+    assert "the ONNX graph fixes the batch size to 1 (1, 3, 32, 32)" in checks["batch"]["message"]
+    assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"  # one image per forward, as deployed

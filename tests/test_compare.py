@@ -129,3 +129,29 @@ def test_align_outputs_reorders_by_shape_and_leaves_mismatches_to_the_comparison
     same, notes = align_outputs([(1, 5), (1, 4)], wrong)
     assert same == wrong and notes == []
     assert not compare([probs, box], same)
+
+
+def test_top5_disagreement_is_judged_on_unambiguous_rows_only() -> None:
+    ref = np.array([[0.30, 0.20, 0.15, 0.12, 0.10, 0.08, 0.05], [0.30, 0.20, 0.15, 0.12, 0.10, 0.0999999, 0.05]],
+                   np.float32)
+    out = ref.copy()
+    out[:, [4, 5]] = out[:, [5, 4]]  # the 5th and 6th classes trade places in both rows
+    top5 = compare([ref], [out], softmax=True).outputs[0].topk[1]
+    assert top5.k == 5
+    assert (top5.disagree, top5.ambiguous) == (1, 1)  # row 0 has a real gap (0.02), row 1 a near-tie (1e-7)
+
+
+def test_signal_rule_fails_tiny_outputs_that_atol_cannot_see() -> None:
+    ref = np.array([1e-11, -2e-11, 3e-11], np.float32)
+    stats = compare([ref], [ref * 1.5], Tolerance()).outputs[0]
+    assert stats.elementwise_blind and stats.mismatches == 0  # every element is within atol
+    assert not stats.ok and stats.signal_rel == pytest.approx(0.5, rel=1e-5)
+    assert stats.detectable_rel == pytest.approx(1e-3)
+    assert compare([ref], [ref * 1.0001], Tolerance()).outputs[0].ok  # 1e-4 of the signal passes
+    assert compare([ref], [ref * 1.5], Tolerance(srtol=1.0))  # switched off, it is blind again
+
+
+def test_all_zero_reference_fails_any_difference() -> None:
+    zero = np.zeros(4, np.float32)
+    assert compare([zero], [zero])
+    assert not compare([zero], [np.full(4, 1e-9, np.float32)]).outputs[0].signal_ok

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import ROOT, Run
+from conftest import ROOT, Run, side_by_side
 from test_cache import TF_PROBE, _conversions
 
 
@@ -44,6 +44,7 @@ def test_formats_on_three_opencv_versions(run_cvdnn: Callable[..., Run], opencv_
     (pytester.path / "tiny_cnn.keras").write_bytes((ROOT / "examples" / "tiny_cnn.keras").read_bytes())
     pytester.makeconftest(TF_PROBE)
     other = "5.0.0" if cv2.__version__.startswith("5.1") else "5.1.0"
+    side_by_side(other)
     args = ("--cvdnn-model=tiny_cnn.keras", "--cvdnn-format=tflite,tf", "--cvdnn-target=opencv==4.5.5",
             f"--cvdnn-target=opencv=={other}")
     run = run_cvdnn(*args, cache=cache)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Run
+from conftest import Run, side_by_side
 from test_snippets import _python_path
 
 #: OpenCV 5.1 cannot import ReverseSequence (what tf.reverse becomes) and says so only in its log; onnxruntime
@@ -47,6 +47,8 @@ def test_unimportable_node_is_named_on_every_opencv(run_cvdnn: Callable[..., Run
 
     mvn = copy_model(models["mvn"])
     targets = _other_versions()
+    for version in targets:
+        side_by_side(version)  # (a skip with the reason where it cannot be installed)
     run = run_cvdnn(f"--cvdnn-model={mvn.name}", *(f"--cvdnn-target=opencv=={v}" for v in targets), "-k", "load")
     checks = run.checks()
     for version, name in ((cv2.__version__, "load"), *((v, f"load[opencv-{v}]") for v in targets)):

@@ -49,10 +49,9 @@ def _python_path(version: str) -> str:
 
     if cv2.__version__ == version:
         return str(SRC)
-    from pytest_cvdnn.cache import default_user_cache
-    from pytest_cvdnn.targets import provision_opencv
+    from conftest import side_by_side
 
-    return f"{provision_opencv(version, default_user_cache())}:{SRC}"
+    return f"{side_by_side(version)}:{SRC}"
 
 
 def _run_child(version: str, specs: tuple[str, ...] = SPECS) -> list[dict[str, Any]]:

@@ -624,7 +624,8 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
     repro = None
     try:
         repro = write_repro(dep, repro_root(dep, dep.settings.repro) / slug(f"parity-{expected}-{obtained}-"
-                            f"{dep.target_label}"), div.node, div.describe())
+                            f"{dep.target_label}"), div.node, div.describe(),
+                            div.reference if not in_opencv else None)
     except Exception:  # noqa: BLE001 - a repro is a bonus, never a second failure
         repro = None
     data["repro"] = str(repro) if repro else None

@@ -291,6 +291,7 @@ class Divergence:
     stats: Any
     checked: int
     origin: dict[str, Any] | None = None  # a node upstream that has no counterpart in the reference graph
+    reference: tuple[Path, str] | None = None  # (reference graph, its tensor paired with ``tensor``)
 
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "tensor": self.tensor, "keras_layer": self.keras_layer,
@@ -350,7 +351,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
                         "node": origin.name, "op_type": origin.op_type,
                         "keras_layer": keras_layer_of(origin, inits, dep.keras_layer_names)}
                     return Divergence(node.name, node.op_type, name, keras_layer_of(node, inits, dep.keras_layer_names),
-                                      stats, checked, where)
+                                      stats, checked, where, (Path(reference), mapping[name]))
     return None
 
 
@@ -391,13 +392,20 @@ for i, name in enumerate(info["inputs"]):
     net.setInput(np.load(here / f"input{i}.npy"), name)
 outs = net.forward(info["outputs"])
 for k, (name, out) in enumerate(zip(info["outputs"], outs)):
+    if not (here / f"expected{k}.npy").is_file():
+        continue
     ref = np.load(here / f"expected{k}.npy")
-    print(name, "max abs error vs onnxruntime:", float(np.abs(out.reshape(ref.shape) - ref).max()))
+    print(name, f"max abs error vs {info.get('expected_from', 'onnxruntime')}:",
+          float(np.abs(out.reshape(ref.shape) - ref).max()))
 '''
 
 
-def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -> Path | None:
-    """Extract the node as a subgraph with its real inputs and onnxruntime outputs; returns the folder."""
+def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
+                reference: tuple[Path, str] | None = None) -> Path | None:
+    """Extract the node as a subgraph with its real inputs and onnxruntime outputs; returns the folder.
+
+    ``reference`` (graph, tensor): the expected output is that tensor of another graph (a fresh conversion of
+    the Keras model) instead of onnxruntime on the node itself: an artifact fault then reproduces too."""
     import onnx
     from onnx import utils as onnx_utils
 
@@ -416,10 +424,20 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str) -
         values = _ort_tensors(dep.onnx_path, [*inputs, *outputs], feeds, Path(tmp))
     for i, name in enumerate(inputs):
         np.save(folder / f"input{i}.npy", values.get(name, feeds.get(name)))
+    expected_from = "onnxruntime"
+    if reference is not None:  # the node's first output, as the reference graph computes it
+        for stale in folder.glob("expected*.npy"):
+            stale.unlink()
+        ref_model = onnx.load(str(reference[0]), load_external_data=False)
+        ref_inits = {i.name for i in ref_model.graph.initializer}
+        ref_feeds = dict(zip([i.name for i in ref_model.graph.input if i.name not in ref_inits], feeds.values()))
+        with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
+            values = {outputs[0]: _ort_tensors(reference[0], [reference[1]], ref_feeds, Path(tmp))[reference[1]]}
+        expected_from = "a fresh conversion of the Keras model (onnxruntime)"
     for k, name in enumerate(outputs):
         if name in values:
             np.save(folder / f"expected{k}.npy", values[name])
-    info = {"problem": problem, "node": node.name, "op_type": node.op_type, "inputs": inputs, "outputs": outputs,
+    info = {"problem": problem, "expected_from": expected_from, "node": node.name, "op_type": node.op_type, "inputs": inputs, "outputs": outputs,
             "keras_layer": keras_layer_of(node, inits, dep.keras_layer_names), "model": dep.label,
             "versions": dep.environment()}
     (folder / "repro.json").write_text(json.dumps(info, indent=2, default=str))

@@ -42,10 +42,15 @@ def provision_opencv(version: str, cache_root: Path, timeout: float = 900.0) -> 
     """The folder holding cv2 (and numpy) of ``version``; installed on first use."""
     from filelock import FileLock
 
+    from .cache import default_user_cache
+
     base = Path(cache_root) / "opencv"
     dest = base / version
     if (dest / ".complete").is_file():
         return dest
+    shared = default_user_cache() / "opencv" / version  # one install per machine serves every project cache
+    if (shared / ".complete").is_file():
+        return shared
     base.mkdir(parents=True, exist_ok=True)
     with FileLock(str(base / f"{version}.lock"), timeout=timeout):
         if (dest / ".complete").is_file():
