@@ -100,7 +100,7 @@ def test_xdist_two_models_one_conversion_each(run_cvdnn: Callable[..., Run], mod
     b = copy_model(models["other"])
     run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", "-v", cache=cache)
     assert run.ret == 0, run.text
-    assert run.outcomes() == {"passed": 22}
+    assert run.outcomes() == {"passed": 20, "skipped": 2}  # (preprocessing of two plain CNNs: not derivable)
     # without an explicit --dist, all checks of a model run on one worker (loadgroup; on pytest >= 9.2,
     # where xdist's nodeid rename is lost, the plugin applies the group itself)
     assert f"{a.name}::convert@" in run.text

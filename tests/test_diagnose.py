@@ -88,7 +88,7 @@ def test_opset13_on_opencv_4_5_5_names_squeeze_and_finds_opset11(
     assert outcomes[(13, "nchw")] == "load failed" and outcomes[(11, "nchw")] == "works"
     assert checks["ops[opencv-4.5.5]"]["outcome"] == "failed"
     assert checks["parity[keras-cv2dnn@opencv-4.5.5]"]["outcome"] == "skipped"
-    assert "targets  local: OK" in run.text and "opencv-4.5.5: FAIL" in run.text
+    assert "targets  local: PARTIAL (10 passed, 1 skipped)" in run.text and "opencv-4.5.5: FAIL" in run.text
     # and the remedy, applied, passes on 4.5.5
     run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-target=opencv==4.5.5", "--cvdnn-opset=11", "-k", "4.5.5")
     assert run.ret == 0, run.text

@@ -185,7 +185,7 @@ def test_xdist_workers_work_in_process_when_the_shared_helper_is_gone(
     b = copy_model(models["other"])
     run = run_cvdnn(f"--cvdnn-model={a.name}", f"--cvdnn-model={b.name}", "-n", "2", cache=tmp_path / "cache")
     assert run.ret == 0, run.text
-    assert run.outcomes() == {"passed": 22}
+    assert run.outcomes() == {"passed": 20, "skipped": 2}  # (preprocessing of two plain CNNs: not derivable)
     conversions = _conversions(tmp_path / "cache")
     assert len(conversions) == 2
     for index in (0, 1):
@@ -222,7 +222,7 @@ def test_the_helper_converts_the_next_model_while_the_pytest_process_checks_this
         """})
     run = run_cvdnn("--cvdnn-model=first:make", "--cvdnn-model=second:make", cache=tmp_path / "cache")
     assert run.ret == 0, run.text
-    assert run.outcomes() == {"passed": 22}
+    assert run.outcomes() == {"passed": 20, "skipped": 2}  # (preprocessing of two plain CNNs: not derivable)
     starts = json.loads((pytester.path / "starts.json").read_text())
     first_checks = [t for nodeid, t in starts.items() if nodeid.startswith("first.py")]
     second_checks = [t for nodeid, t in starts.items() if nodeid.startswith("second.py")]

@@ -167,8 +167,8 @@ class Cache:
         path = self.root.joinpath(*parts)
         if not path.is_file():
             return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
+        try:  # (the file is opened here: np.load leaks its handle when the archive is damaged)
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
                 count = int(data["__count__"])
                 return [data[f"a{i}"] for i in range(count)]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # corrupt: rebuilt

@@ -63,7 +63,8 @@ class Results:
                 cell = by_target.setdefault(where + ("" if fmt == "onnx" else f" {fmt}"), {})
                 cell[c["outcome"]] = cell.get(c["outcome"], 0) + 1
             if len(by_target) > 1:  # the models x targets matrix, one cell per target
-                cells = [f"{t}: " + ("OK" if set(cell) <= {"passed"} else "FAIL" if "failed" in cell else "SKIP")
+                cells = [f"{t}: " + ("OK" if set(cell) <= {"passed"} else "FAIL" if "failed" in cell
+                                     else "PARTIAL" if "passed" in cell else "SKIP")
                          + " (" + ", ".join(f"{n} {k}" for k, n in sorted(cell.items())) + ")"
                          for t, cell in by_target.items()]
                 lines.append("  targets  " + " | ".join(cells))
