@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from pytest_cvdnn import Tolerance, compare, compare_arrays
+from pytest_cvdnn.compare import top1_text
 
 
 def test_element_fails_only_if_it_exceeds_both_tolerances() -> None:
@@ -155,3 +158,75 @@ def test_all_zero_reference_fails_any_difference() -> None:
     zero = np.zeros(4, np.float32)
     assert compare([zero], [zero])
     assert not compare([zero], [np.full(4, 1e-9, np.float32)]).outputs[0].signal_ok
+
+
+# -- every statistic, checked by hand on a small case (the report's numbers are what users act on) ------
+REF = np.array([[0.0, 1.0, -2.0, np.nan], [4.0, np.inf, 0.5, 2.0]], np.float32)
+OUT = np.array([[0.0, 1.0005, -2.2, np.nan], [4.0, np.inf, 0.0, np.inf]], np.float32)
+TOL = Tolerance(atol=1e-3, rtol=1e-2, srtol=0.1)
+
+
+def test_every_statistic_of_one_array_by_hand() -> None:
+    d = compare_arrays(REF, OUT, TOL, name="x", worst=3).as_dict()
+    assert (d["name"], d["shape"], d["expected_shape"], d["dtype"], d["expected_dtype"]) == \
+        ("x", [2, 4], [2, 4], "float32", "float32")
+    # |Δ| of the finite pairs: 0, 0.0005, 0.2, 0, 0.5 (NaN==NaN and inf==inf are equal; inf vs 2 is non-finite)
+    assert d["max_abs"] == pytest.approx(0.5) and d["required_atol"] == pytest.approx(0.5)
+    assert d["mean_abs"] == pytest.approx((0.0005 + 0.2 + 0.5) / 8, rel=1e-4) and d["median_abs"] == 0.0
+    assert d["max_rel"] == pytest.approx(1.0) and d["required_rtol"] == pytest.approx(1.0)  # 0.5 / 0.5
+    # mismatches: 0.2 (> 1e-3 and > 1e-2 x 2), 0.5, and the non-finite pair; 0.0005 is within atol
+    assert (d["mismatches"], d["size"], d["nonfinite"], d["mismatch_pct"]) == (3, 8, 1, 37.5)
+    assert d["scale"] == 4.0 and d["signal_rel"] == pytest.approx(0.125) and not d["signal_ok"]
+    assert d["detectable_rel"] == pytest.approx(0.01)  # max(atol/scale, rtol) = 0.01 < srtol
+    assert d["srtol"] == 0.1 and d["elementwise_blind"] is False and d["ok"] is False
+    ef = np.array([0.0, 1.0, -2.0, 4.0, 0.5])
+    of = np.array([0.0, 1.0005, -2.2, 4.0, 0.0])
+    assert d["cosine"] == pytest.approx(ef @ of / np.linalg.norm(ef) / np.linalg.norm(of), rel=1e-6)
+    assert d["nrms"] == pytest.approx(np.sqrt(np.mean((ef - of) ** 2)) / np.sqrt(np.mean(ef**2)), rel=1e-5)
+    assert [(w["index"], w["abs_diff"]) for w in d["worst"]] == [([1, 2], 0.5), ([0, 2], pytest.approx(0.2)),
+                                                                 ([1, 3], 0.0)]  # mismatches first, largest first
+    assert d["worst"][0]["obtained"] == 0.0 and d["worst"][0]["expected"] == 0.5 and d["topk"] == []
+
+
+def test_shape_mismatch_and_squeezable_shapes() -> None:
+    bad = compare_arrays(np.zeros((2, 3)), np.zeros((3, 2)), name="y")
+    assert not bad.ok and not bad.shape_ok and bad.mismatches == 6 and bad.size == 6
+    assert math.isinf(bad.max_abs) and math.isinf(bad.required_atol) and bad.cosine == 0.0 and bad.worst == ()
+    assert (bad.shape, bad.expected_shape, bad.dtype, bad.expected_dtype) == ((3, 2), (2, 3), "float64", "float64")
+    same = compare_arrays(np.ones((1, 10)), np.ones(10))  # (1, 10) vs (10,): the same data
+    assert same.ok and same.shape_ok and same.max_abs == 0.0
+    assert compare_arrays(np.zeros(3), np.zeros(3)).cosine == 1.0
+    assert compare_arrays(np.zeros(3), np.ones(3)).cosine == 0.0
+
+
+def test_the_pair_result_its_summary_and_its_report() -> None:
+    probs_ref = np.array([[0.1, 0.7, 0.2]], np.float32)
+    probs_out = np.array([[0.1, 0.2, 0.7]], np.float32)
+    r = compare([probs_ref, REF], [probs_out, OUT], TOL, expected_name="keras", obtained_name="cv2dnn",
+                output_names=["probs", "x"], softmax=[True, False])
+    d = r.as_dict()
+    assert (d["pair"], d["expected"], d["obtained"], d["ok"], d["atol"], d["rtol"], d["srtol"]) == \
+        ("keras-cv2dnn", "keras", "cv2dnn", False, 1e-3, 1e-2, 0.1)
+    assert d["max_abs"] == pytest.approx(0.5) and d["max_rel"] == pytest.approx(2.5) and d["mismatches"] == 5
+    assert d["max_signal_rel"] == pytest.approx(0.5 / 0.7) and d["blind_outputs"] == [] and d["notes"] == []
+    assert [o["name"] for o in d["outputs"]] == ["probs", "x"]
+    assert d["outputs"][0]["topk"] == [{"k": 1, "agree": 0, "disagree": 1, "ambiguous": 0}]
+    assert r.summary_line() == ("keras-cv2dnn: FAIL max|Δ|=0.5 max rel=2.5 max|Δ|/max|ref|=0.714 cos=0.537037 "
+                                "mismatch=5 top1=0/1")
+    text = r.format_failure(max_rows=2)
+    assert text.splitlines()[0] == ("parity keras-cv2dnn failed (atol=0.001, rtol=0.01, srtol=0.1; an element fails "
+                                    "only if it exceeds atol and rtol; an output fails if max|Δ| / max|ref| exceeds "
+                                    "srtol)")
+    for line in ("output 'probs': MISMATCH", "  Number of differences: 2 / 3 (66.67%)",
+                 "  top-1: 0 agree, 1 disagree, 0 near-tie (not judged)",
+                 "  relative to the signal (max|ref| 4): max|Δ|/max|ref| 0.125 (FAIL: srtol 0.1), RMS(Δ)/RMS(ref) 0.117",
+                 "  minimum tolerance that would pass: atol=0.5 (or rtol=1), srtol=0.125",
+                 "  1 element(s) are NaN/Inf in one output but not the other"):
+        assert line in text.splitlines(), line
+    rows = [ln for ln in text.splitlines() if ln.startswith("  (")]
+    assert len(rows) == 4 and rows[0].split() == ["(0,", "1)", "0.2", "0.7", "0.5"]  # max_rows per output
+    ok = compare([probs_ref], [probs_ref], softmax=True)
+    assert ok and ok.summary_line().startswith("expected-obtained: ok ") and "top1=1/1" in ok.summary_line()
+    assert top1_text([o.as_dict() for o in r.outputs]) == "0/1"
+    assert top1_text([{"topk": [{"k": 1, "agree": 2, "disagree": 1, "ambiguous": 3}]}]) == "2/3 (3 near-tie)"
+    assert top1_text([{"topk": []}]) == ""

@@ -168,3 +168,154 @@ def test_event_log_appends_whole_lines(tmp_path: Path) -> None:
     for n in range(3):
         cache.log_event({"n": n, "pid": os.getpid()})
     assert [e["n"] for e in cache.events()] == [0, 1, 2]
+
+
+# -- input specs ---------------------------------------------------------------------------------------
+from pytest_cvdnn.spec import SpecError, detect_keras_mode  # noqa: E402
+
+FAMILIES = [("vgg16", "caffe", "VGG"), ("resnet101", "caffe", "ResNet"), ("resnet50v2", "tf", "ResNetV2"),
+            ("mobilenet_1.00_224", "tf", "MobileNet"), ("mobilenetv2_1.00_96", "tf", "MobileNetV2"),
+            ("inception_v3", "tf", "InceptionV3"), ("inception_resnet_v2", "tf", "InceptionResNetV2"),
+            ("xception", "tf", "Xception"), ("NASNet_mobile", "tf", "NASNet"), ("densenet169", "torch", "DenseNet"),
+            ("efficientnetb3", "none", "EfficientNet"), ("efficientnetv2-b0", "none", "EfficientNetV2"),
+            ("MobilenetV3small", "none", "MobileNetV3"), ("convnext_tiny", "none", "ConvNeXt"),
+            ("regnetx002", "none", "RegNet")]
+
+
+@pytest.mark.parametrize("name, mode, family", FAMILIES)
+def test_keras_applications_are_recognised_by_name(name: str, mode: str, family: str) -> None:
+    found, why, confident = detect_keras_mode(name, ["InputLayer", "Conv2D"])
+    assert (found, confident) == (mode, True)
+    assert why.startswith(f"model {name!r} is keras.applications {family}, whose preprocess_input uses mode {mode!r}")
+    assert why.endswith("(normalisation inside the model: raw 0..255 RGB)") == (mode == "none")
+
+
+def test_detection_by_normalisation_layer_or_a_guess() -> None:
+    mode, why, confident = detect_keras_mode("my_net", ["InputLayer", "Rescaling", "Conv2D"])
+    assert (mode, confident) == ("none", True) and "starts with Rescaling" in why
+    mode, why, confident = detect_keras_mode("my_net", ["InputLayer", "Normalization"])
+    assert confident and "starts with Normalization" in why
+    mode, why, confident = detect_keras_mode("resnet50_finetuned", ["InputLayer", "Conv2D"])  # not a name match
+    assert (mode, confident) == ("none", False) and "assuming raw 0..255 RGB input" in why
+    assert detect_keras_mode("vgg16x", [])[2] is False and detect_keras_mode("my_vgg16", [])[2] is False
+
+
+def test_from_model_reads_name_layers_and_input_size() -> None:
+    class Layer:
+        pass
+
+    class Rescaling(Layer):
+        pass
+
+    class Model:  # (what from_model reads: a name, the first layers' classes and the input shape)
+        name = "densenet121"
+        layers = [Layer(), Layer()]
+        inputs = [type("T", (), {"shape": (None, 48, 64, 3)})()]
+
+    spec = InputSpec.from_model(Model())
+    assert (spec.mode, spec.size, spec.std) == ("torch", (64, 48), (0.229, 0.224, 0.225))
+    assert "DenseNet" in spec.note
+    Model.name, Model.layers = "mine", [Layer(), Rescaling()]
+    Model.inputs = [type("T", (), {"shape": (None, None, None, 3)})()]
+    spec = InputSpec.from_model(Model(), layout="nhwc")
+    assert (spec.mode, spec.size, spec.layout, spec.scale, spec.swap_rb) == ("none", None, "nhwc", 1.0, True)
+
+
+def test_parse_every_key_and_its_errors() -> None:
+    spec = InputSpec.parse("scale=0.5/0.25/0.125, mean=1:2:3, std=4/5/6, swapRB=no, size=32X16, crop=1, "
+                           "layout=NHWC, channel_order=RGB, interpolation=Nearest, dtype=FLOAT16, batch=2")
+    assert spec == InputSpec(size=(32, 16), layout="nhwc", channel_order="rgb", swap_rb=False,
+                             scale=(0.5, 0.25, 0.125), mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0),
+                             interpolation="nearest", crop="center", dtype="float16", batch=2)
+    assert spec.mode is None and InputSpec.parse("swaprb=true,crop=false").swap_rb is True
+    assert InputSpec.parse("crop=letterbox,size=8*8").crop == "letterbox"
+    assert InputSpec.parse("tf,size=10x20").size == (10, 20) and InputSpec.parse("scale=2").scale == 2.0
+    for bad, match in (("", "empty input spec"), ("bgr", "unknown Keras preprocessing mode 'bgr'"),
+                       ("tf,size", "is not key=value"), ("size=10", "bad value '10' for 'size'"),
+                       ("swap_rb=maybe", "bad value"), ("colour=1", "unknown key 'colour'"),
+                       ("scale=a", "bad value"), ("layout=chw", "layout must be one of"),
+                       ("mean=1/2", "3 values"), ("std=1/0/1", "std must not contain 0"),
+                       ("batch=0", "batch must be >= 1"), ("dtype=int8", "dtype must be"),
+                       ("size=0x4", "positive"), ("crop=diagonal", "crop must be one of"),
+                       ("channel_order=bgra", "channel_order must be"), ("interpolation=lanczos", "interpolation")):
+        with pytest.raises(SpecError, match=match):
+            InputSpec.parse(bad)
+
+
+def test_coerce_describe_as_dict_and_numbers() -> None:
+    spec = InputSpec.coerce({"mode": "caffe", "size": (8, 8)})
+    assert spec.mode == "caffe" and spec.mean == (103.939, 116.779, 123.68) and not spec.swap_rb
+    assert InputSpec.coerce(spec) is spec and InputSpec.coerce("tf").scale == pytest.approx(1 / 127.5)
+    assert InputSpec.coerce({"scale": 2}).scale == 2
+    with pytest.raises(SpecError, match=r"unknown input spec field\(s\) \['scal'\]"):
+        InputSpec.coerce({"scal": 1})
+    with pytest.raises(SpecError, match="got int"):
+        InputSpec.coerce(3)
+    torch = InputSpec.from_keras_mode("torch", size=(4, 2))
+    assert torch.describe() == ("torch mode: 4x2 NCHW float32, BGR source, swap_rb=1, scale=0.00392157, "
+                                "mean=(123.675, 116.28, 103.53), std=(0.229, 0.224, 0.225), bilinear resize, "
+                                "crop=none")
+    assert InputSpec(mode=None).describe().startswith("model size NCHW float32, BGR source, swap_rb=1, scale=1,")
+    d = torch.as_dict()
+    assert d["size"] == [4, 2] and d["mean"] == [123.675, 116.28, 103.53] and d["std"] == [0.229, 0.224, 0.225]
+    assert d["mode"] == "torch" and d["layout"] == "nchw" and isinstance(d["scale"], float)
+    assert torch.with_size(7, 5).size == (7, 5)
+    lo, hi = InputSpec.from_keras_mode("tf").value_range()
+    assert (lo, hi) == (pytest.approx(-1.0), pytest.approx(1.0))
+    lo, hi = InputSpec.from_keras_mode("caffe").value_range()
+    assert lo == pytest.approx(-123.68) and hi == pytest.approx(255 - 103.939)
+    pixels = np.full((1, 1, 1, 3), 255.0)
+    assert np.allclose(torch.normalize(pixels), (255 / 255 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225])
+    gray = InputSpec(scale=0.5, std=(2.0, 1.0, 1.0)).normalize(np.full((1, 1, 1, 1), 8.0))
+    assert gray.dtype == np.float32 and gray.ravel()[0] == pytest.approx(2.0)  # one channel: scale / std[0]
+
+
+# -- preprocessing mistakes, named (pure: the comparison with Keras is in test_preprocessing.py) -------------
+from pytest_cvdnn.preprocess import blob_method, candidate_mistakes, pixel_error  # noqa: E402
+
+TORCH = InputSpec.from_keras_mode("torch", size=(64, 64))
+
+
+@pytest.mark.parametrize("declared, name, message", [
+    ("torch,size=64x64,swap_rb=0", "channels swapped",
+     "the blob is BGR but dn (torch mode) expects RGB: use swapRB=True"),
+    ("torch,size=56x56", "wrong size", "the blob is 56x56 but dn expects 64x64: use size=(64, 64)"),
+    ("torch,size=64x64,layout=nhwc", "NHWC vs NCHW",
+     "the blob is NHWC but the model input is NCHW: use blobFromImage (NCHW)"),
+    ("torch,size=64x64,crop=1", "crop vs stretch",
+     "the blob is centre-cropped but the model expects the image stretched to size (no crop): use crop=False"),
+    ("torch,size=64x64,interpolation=nearest", "nearest vs bilinear",
+     "the image is resized with nearest interpolation but the reference pipeline uses bilinear: resize with "
+     "cv2.INTER_LINEAR (blobFromImage resizes bilinearly)"),
+    ("torch,size=64x64,mean=103.53/116.28/123.675", "mean in wrong channel order",
+     "the mean (103.53, 116.28, 123.675) is given in the wrong channel order for a RGB blob: use "
+     "mean=(123.675, 116.28, 103.53)"),
+    ("torch,size=64x64,mean=0/0/0", "wrong mean", "the mean is (0, 0, 0) but the model expects (123.675, 116.28, "
+     "103.53)"),
+    ("scale=0.00392157,mean=123.675/116.28/103.53,size=64x64", "std missing",
+     "std is missing: dn (torch mode) divides by std (0.229, 0.224, 0.225) after the mean (per-channel scale: "
+     "blobFromImageWithParams, OpenCV >= 4.8)"),
+    ("torch,size=64x64,std=1/1/1", "wrong std", "std is (1, 1, 1) but the model expects (0.229, 0.224, 0.225)"),
+    ("torch,size=64x64,scale=1", "missing scaling",
+     "the blob is 255x too large: the scaling is missing; the model expects scalefactor=0.00392156863"),
+    ("torch,size=64x64,scale=0.0000153787", "double scaling",
+     "the blob is scaled 255x too much (scaled twice?); the model expects scalefactor=0.00392156863"),
+])
+def test_each_usual_mistake_is_named_with_its_fix(declared: str, name: str, message: str) -> None:
+    found = candidate_mistakes(InputSpec.parse(declared), TORCH, "dn")
+    assert [m.name for m in found] == [name]
+    assert found[0].message == message
+    fixed = found[0].corrected
+    assert candidate_mistakes(fixed, TORCH, "dn") == []  # the correction is exactly what was missing
+
+
+def test_no_mistake_when_the_spec_is_right_and_the_ways_a_blob_is_built() -> None:
+    assert candidate_mistakes(TORCH, TORCH, "dn") == []
+    assert blob_method(InputSpec.parse("tf,size=8x8")) == "blobFromImage"
+    assert blob_method(InputSpec.parse("tf,size=8x8,interpolation=nearest")) == "numpy"
+    assert blob_method(InputSpec.parse("tf,size=8x8,dtype=uint8")) != "blobFromImage"
+    blob = np.zeros((1, 2, 2, 3), np.float32)
+    off = blob.copy()
+    off[0, 1, 1, 2] = 2 / (255 * 0.225)  # two pixel levels in the blue channel of a torch blob
+    assert pixel_error(off, blob, TORCH) == pytest.approx(2.0)
+    assert pixel_error(blob[:, :1], blob, TORCH) == float("inf")

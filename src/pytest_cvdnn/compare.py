@@ -361,7 +361,8 @@ def compare_arrays(
     finite = np.isfinite(e) & np.isfinite(o)
     same_nonfinite = (~np.isfinite(e)) & (~np.isfinite(o)) & ((e == o) | (np.isnan(e) & np.isnan(o)))
     nonfinite = int(np.count_nonzero(~finite & ~same_nonfinite))
-    diff = np.where(finite, np.abs(e - o), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where both are infinite: masked out)
+        diff = np.where(finite, np.abs(e - o), 0.0)
     denom = np.abs(e)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(finite, np.where(denom > 0, diff / denom, np.where(diff > 0, np.inf, 0.0)), 0.0)
