@@ -136,3 +136,29 @@ def test_code_for_another_opencv_version_names_the_right_constants() -> None:
     assert "datalayout=cv2.DNN_LAYOUT_NHWC" in spec.to_cv2_code("5.1.0")  # moved to cv2 in OpenCV 5
     assert spec.to_cv2_code("4.5.5").startswith("# OpenCV 4.5.5 has no blobFromImageWithParams")
     assert spec.to_cv2_code("4.5.5").endswith(spec.to_numpy_code())
+
+
+def test_printed_code_in_this_process_too() -> None:
+    """The same check without a child process, on the installed OpenCV (mutation testing sees this one)."""
+    import cv2
+
+    from snippet_child import main
+
+    results = main(list(SPECS))
+    assert not [r for r in results if "error" in r]
+    assert all(_agrees(r["cv2"]) and _agrees(r["numpy"]) for r in results)
+    assert all(r["opencv"] == cv2.__version__ for r in results)
+
+
+@pytest.mark.parametrize("text", SPECS)
+def test_the_numpy_fallback_equals_opencv_where_opencv_can_build_the_blob(text: str, photo: np.ndarray) -> None:
+    """spec.blob() on OpenCV (blobFromImage / blobFromImageWithParams) against the plugin's own numpy path."""
+    from pytest_cvdnn.preprocess import _as_dtype, _numpy_blob, blob_method, to_nhwc
+
+    spec = InputSpec.parse(text)
+    expected = _as_dtype(_numpy_blob([photo], spec), spec)
+    got = spec.blob([photo])
+    assert got.shape == expected.shape and got.dtype == expected.dtype, blob_method(spec)
+    scale = max(1.0, float(np.abs(expected.astype(np.float64)).max()))
+    assert np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() <= 1e-6 * scale
+    assert to_nhwc(got, spec.layout).shape[-1] == 3

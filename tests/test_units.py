@@ -319,3 +319,31 @@ def test_no_mistake_when_the_spec_is_right_and_the_ways_a_blob_is_built() -> Non
     off[0, 1, 1, 2] = 2 / (255 * 0.225)  # two pixel levels in the blue channel of a torch blob
     assert pixel_error(off, blob, TORCH) == pytest.approx(2.0)
     assert pixel_error(blob[:, :1], blob, TORCH) == float("inf")
+
+
+def test_writes_are_atomic_and_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_cvdnn.cache import _atomic_write_bytes, default_user_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_user_cache() == tmp_path / "xdg" / "pytest-cvdnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_user_cache() == Path(os.path.expanduser("~")) / ".cache" / "pytest-cvdnn"
+    target = tmp_path / "deep" / "er" / "f.bin"
+    _atomic_write_bytes(target, b"one")
+    _atomic_write_bytes(target, b"two")  # replaces
+    assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["f.bin"]
+    blocked = tmp_path / "deep" / "dir.bin"
+    blocked.mkdir()  # a directory in the way: os.replace fails, the temporary file is removed
+    with pytest.raises(OSError):
+        _atomic_write_bytes(blocked, b"x")
+    assert sorted(os.listdir(tmp_path / "deep")) == ["dir.bin", "er"]
+    cache = Cache(tmp_path / "c")
+    with cache.lock("k"):
+        assert (tmp_path / "c" / "locks" / "k.lock").exists()
+    produced = tmp_path / "a.tflite"
+    produced.write_bytes(b"flat")
+    path, meta = cache.put_onnx("t", produced, {"x": 1}, filename="model.tflite")
+    assert path.name == "model.tflite" and cache.get_onnx("t", "model.tflite") == (path, meta)
+    assert cache.get_onnx("t") is None  # another artifact name of the same entry
+    stored = json.loads((cache.onnx_dir("t") / "meta.json").read_text())
+    assert stored == {"sha256": sha256_bytes(b"flat"), "x": 1}
