@@ -129,3 +129,16 @@ def test_several_engines_in_one_session(run_cvdnn: Callable[..., Run], models: d
             assert "falls back from ENGINE_ORT to ENGINE_OPENCV" in load["message"]
     assert checks["load"]["engine"] == "auto" and run.report["models"][0]["environment"]["engine"] == "auto"
     assert f"local engine-{extra[-1]}: OK" in run.text  # the summary's matrix has a cell per engine
+
+
+def test_ship_this_one_runs_as_printed_on_this_opencv(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                      copy_model: Callable[..., Path]) -> None:
+    """The remedy search's "Ship this one" tf2onnx call, pasted: the ONNX it writes loads in this OpenCV and
+    matches Keras (on 4.5.5 the search picks opset 11 or 10; on newer ones the current settings)."""
+    from test_diagnose import _ship_this_one_runs_as_printed
+
+    copy_model(models["cnn"], "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies")
+    check = run.checks()["remedies"]
+    assert check["outcome"] == "passed", check["message"]
+    _ship_this_one_runs_as_printed(check["message"], models["cnn"])

@@ -347,3 +347,32 @@ def test_writes_are_atomic_and_a_failed_write_leaves_nothing(tmp_path: Path, mon
     assert cache.get_onnx("t") is None  # another artifact name of the same entry
     stored = json.loads((cache.onnx_dir("t") / "meta.json").read_text())
     assert stored == {"sha256": sha256_bytes(b"flat"), "x": 1}
+
+
+def test_photos_from_a_folder_or_scikit_image_and_their_errors(tmp_path: Path) -> None:
+    import cv2
+
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.preprocess import SKIMAGE_PHOTOS, load_photos
+
+    default = load_photos()
+    assert [name for name, _ in default] == list(SKIMAGE_PHOTOS) == ["astronaut", "chelsea", "coffee"]
+    assert [img.shape for _, img in default] == [(512, 512, 3), (300, 451, 3), (400, 600, 3)]
+    assert all(img.dtype == np.uint8 for _, img in default)
+    from skimage import data
+
+    for name, img in default:  # the same pixels as scikit-image's own reader, in BGR (as cv2.imread gives)
+        assert np.array_equal(img, getattr(data, name)()[..., ::-1]), name
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with pytest.raises(CvdnnError, match="holds no images"):
+        load_photos(folder)
+    for n in range(10):
+        cv2.imwrite(str(folder / f"p{n}.png"), np.full((4, 6, 3), n, np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    found = load_photos(folder, limit=3)
+    assert [name for name, _ in found] == ["p0.png", "p1.png", "p2.png"] and found[2][1].shape == (4, 6, 3)
+    assert found[2][1].max() == 2 and len(load_photos(folder)) == 8  # the default limit
+    (folder / "p00.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(CvdnnError, match=r"has unreadable images: p00.jpg.*Fix: point it at a folder of PNG/JPEG"):
+        load_photos(folder)
