@@ -376,3 +376,36 @@ def test_photos_from_a_folder_or_scikit_image_and_their_errors(tmp_path: Path) -
     (folder / "p00.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CvdnnError, match=r"has unreadable images: p00.jpg.*Fix: point it at a folder of PNG/JPEG"):
         load_photos(folder)
+
+
+def test_option_errors_say_what_is_accepted() -> None:
+    for parse, bad, match in ((parse_opset, "x", r"'x' is not an integer opset; use e.g. 11, 13 or 17"),
+                              (parse_opset, "99", r"opset 99 is out of range; tf2onnx supports 7..18"),
+                              (parse_tol, "x", r"'x' is not a number; use e.g. 1e-4"),
+                              (parse_tol, "-1", r"'-1' must be a finite number >= 0"),
+                              (parse_range, "x", r"'x' is not a range; write LOW,HIGH, e.g. -1,1 or 0,255"),
+                              (parse_range, "2,1", r"'2,1': the range needs finite LOW < HIGH"),
+                              (parse_positive, "x", r"'x' is not an integer"),
+                              (parse_positive, "1", None), (parse_positive, "0", r"'0' must be >= 1"),
+                              (parse_seed, "x", r"'x' is not an integer seed"),
+                              (parse_spec, "bgr", r"unknown Keras preprocessing mode 'bgr'"),
+                              (parse_formats, "x,y", r"unknown format x, y; use a comma list of onnx, tflite "
+                                                     r"\(cv2.dnn.readNetFromTFLite, OpenCV >= 4.8\) and tf"),
+                              (parse_formats, ",", r"unknown format \(empty\)")):
+        if match is None:
+            assert parse(bad) == 1
+            continue
+        with pytest.raises(BAD, match=match):
+            parse(bad)
+    assert target_label("/usr/bin/python3") == "/usr/bin/python3" and target_label("opencv==5.1.0") == "opencv-5.1.0"
+
+
+def test_marker_model_and_onnx(tmp_path: Path) -> None:
+    base = ModelSettings(model="m.keras", onnx="shipped.onnx")
+    changed = base.with_marker({"model": tmp_path / "other.keras", "onnx": None, "rtol": 0.5})
+    assert changed.model == str(tmp_path / "other.keras") and changed.onnx is None  # None clears --cvdnn-onnx
+    assert changed.tolerance.rtol == 0.5 and changed.tolerance.atol == base.tolerance.atol
+    assert base.with_marker({"onnx": tmp_path / "a.onnx"}).onnx == str(tmp_path / "a.onnx")
+    assert base.with_marker({"input_range": "-1,1"}).input_range == (-1.0, 1.0)
+    with pytest.raises(ValueError, match=r"unknown @pytest.mark.cvdnn keyword\(s\) \['x'\]; known: model, onnx, "):
+        base.with_marker({"x": 1, "atol": 1e-3})
