@@ -15,13 +15,8 @@ import numpy as np
 
 from ..errors import CvdnnError
 
-__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines", "KNOWN_ENGINES",
+__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines",
            "opencv_error_line", "opencv_node", "unsupported_ops", "missing_reader", "opencv_log"]
-
-#: every engine name of any OpenCV: 5.1 has auto/opencv/ort, 5.0 had auto/classic/new, 4.x has none
-#: (``auto`` there means "no engine argument")
-KNOWN_ENGINES = ("auto", "opencv", "ort", "classic", "new")
-
 
 def opencv_version() -> str:
     import cv2
