@@ -639,7 +639,7 @@ def check_batch(dep: Deployment) -> CheckResult:
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
     if dep.fixed_batch_of_one:
-        raise StageSkipped(f"the ONNX graph fixes the batch size to 1 ({_shape(dep.graph.inputs[0].shape)}): "
+        raise StageSkipped(f"the ONNX graph fixes the batch size to 1 {_shape(dep.graph.inputs[0].shape)}: "
                            "cv2.dnn must run one image per net.forward(); re-export with a dynamic batch to batch")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
