@@ -106,6 +106,13 @@ def test_nan_and_inf_outputs_fail_the_validity_check(run_cvdnn: Callable[..., Ru
     run = run_cvdnn("--cvdnn-model=blowup.keras", "-k", "output_spec")
     check = _assert_clean_failure(run, "output_spec", "blowup.keras")
     assert "not finite" in check["message"] and "NaN" in check["message"] and "Inf" in check["message"]
+    # the counts, per runner: 4 samples of positive pixels -> column 0 is +inf, column 1 is inf - inf = NaN
+    # (what Keras itself computes on any positive input; columns 2 and 3 stay finite)
+    probe = np.asarray(model.predict(np.full((4, 8, 8, 3), 7.0, np.float32), verbose=0))
+    assert int(np.isnan(probe).sum()) == 4 and int(np.isinf(probe).sum()) == 4
+    bad = check["data"]["not_finite"]
+    assert any(b.startswith("keras output ") and b.endswith(": 4 NaN, 4 Inf of 16") for b in bad), bad
+    assert any(b.startswith("onnxruntime output ") and b.endswith(": 4 NaN, 4 Inf of 16") for b in bad), bad
 
 
 # A conftest for the run's folder: SIGKILL the pytest process at the moment the converted model is being

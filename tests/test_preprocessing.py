@@ -221,8 +221,11 @@ def test_overridden_input_spec_fixture_is_checked(run_cvdnn: Callable[..., Run],
         def test_preprocessing(cvdnn_model):
             with pytest.raises(CheckFailed) as info:
                 cvdnn_model.check("preprocessing")
-            assert "std is missing" in str(info.value) or "scal" in str(info.value)
-            assert "blobFromImageWithParams" in str(info.value)
+            text = str(info.value)  # two mistakes at once: both named, and the fix corrects both
+            assert "the mean is (127.5, 127.5, 127.5) but the model expects (123.675, 116.28, 103.53)" in text
+            assert "std is missing: densenet121 (torch mode) divides by std (0.229, 0.224, 0.225)" in text
+            assert info.value.data["diagnosis"] == ["wrong mean", "std missing"]
+            assert "Fix: blob = cv2.dnn.blobFromImageWithParams(" in text and "mean=(123.675, 116.28, 103.53)" in text
         """
     )
     run = run_cvdnn("test_x.py", report=False)
