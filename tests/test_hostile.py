@@ -236,7 +236,6 @@ def test_an_opencv_crash_in_a_child_fails_one_item_not_the_session(
         run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
         pytester: pytest.Pytester, record_property: Callable[[str, object], None]) -> None:
     """The crash path of runners/isolated.py, run for real: a target whose cv2.dnn segfaults on batches."""
-    import os
     import stat
 
     site = pytester.path / "crashing_site"

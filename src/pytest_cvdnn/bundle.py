@@ -83,8 +83,7 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
     if dep.logit_names:
         files["probe.onnx"] = dep.probe_path.read_bytes()
     preprocessing = None
-    confident = dep.has_keras and dep.keras_meta.get("preprocessing", {}).get("confident", False)
-    if confident and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
+    if dep.preprocessing_known and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
         photos = dep.photos()
         expected = dep.preprocessing_reference_spec()
         tensor = dep.reference_tensor(photos, expected)

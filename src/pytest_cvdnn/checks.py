@@ -306,8 +306,7 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
 
     declared, expected = dep.spec_for(n), dep.preprocessing_reference_spec(n)
     model = dep.keras_meta["name"]
-    found = dep.keras_meta.get("preprocessing") or {}
-    if not found.get("confident", False):  # nothing independent to compare the blob with: not a pass
+    if not dep.preprocessing_known:  # nothing independent to compare the blob with: not a pass
         what = (f"the declared spec ({declared.describe()}) is used as given" if dep.declared_for(n)
                 else "the checks assumed raw 0..255 RGB pixels")
         raise StageSkipped(

@@ -315,7 +315,7 @@ class Deployment:
         if self.logit_names:
             self.probe_path
         notify("converted")
-        if self.keras_meta.get("preprocessing", {}).get("confident"):  # (else the item is skipped)
+        if self.preprocessing_known:  # (else the preprocessing item is skipped: no reference needed)
             for n in self.image_inputs:
                 for resize in ("opencv", "keras"):
                     self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n), resize)
@@ -443,7 +443,7 @@ class Deployment:
             lo, hi = spec.value_range()
             if self.declared_for(k):
                 why = "the declared input spec"
-            elif self.has_keras and self.keras_meta.get("preprocessing", {}).get("confident"):
+            elif self.preprocessing_known:
                 why = ("raw pixels: the model normalises its input itself" if spec.mode == "none"
                        else f"the detected Keras {spec.mode!r} preprocessing")
             else:
@@ -804,14 +804,15 @@ class Deployment:
 
         return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
 
+    @property
+    def preprocessing_known(self) -> bool:
+        """Could the preprocessing the model expects be derived (a keras.applications family, or normalisation
+        layers at its input)?  Only then is there a Keras reference to verify a blob against."""
+        return self.has_keras and bool(self.keras_meta.get("preprocessing", {}).get("confident", False))
+
     def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
-        """What Keras feeds input ``index``; the declared spec when the model's own cannot be detected."""
-        index = self._first_image if index is None else index
-        expected = self.expected_spec_for(index)
-        found = self.keras_meta.get("preprocessing", {})
-        if self.declared_for(index) and not found.get("confident", False):
-            return replace(self.spec_for(index), note=found.get("note", ""))  # trust the user's spec
-        return expected
+        """What Keras feeds input ``index`` (meaningful where :attr:`preprocessing_known`)."""
+        return self.expected_spec_for(self._first_image if index is None else index)
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
         """Keras' preprocessing of the photos, resized by OpenCV or by Keras (see preprocess.keras_reference;

@@ -58,15 +58,14 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
 
     ``whole_graph``: first try the whole graph (the load stage, shared with the load item); when it loads,
     every pattern imports and nothing is probed.  The load stage itself passes False."""
-    try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
-        if not whole_graph:
-            raise StageSkipped("probe")
-        dep.cv2net
-    except (CvdnnError, StageSkipped):
-        pass
-    else:
-        return [OpResult(pattern, op_type, True, tuple(names), "")
-                for pattern, (op_type, names) in dep.graph_summary["patterns"].items()]
+    if whole_graph:
+        try:  # the whole graph loads (the load stage, shared with the load item): every pattern imports
+            dep.cv2net
+        except (CvdnnError, StageSkipped):
+            pass
+        else:
+            return [OpResult(pattern, op_type, True, tuple(names), "")
+                    for pattern, (op_type, names) in dep.graph_summary["patterns"].items()]
     import onnx
     from onnx import utils as onnx_utils
 
@@ -301,7 +300,8 @@ class Divergence:
         layer = f", Keras layer {self.keras_layer!r}" if self.keras_layer else ""
         text = (f"first divergent node: {self.node!r} (op {self.op_type}{layer}), output {self.tensor!r}: "
                 f"max abs error {self.stats.max_abs:.3g} ({self.stats.signal_rel:.3g} of its signal "
-                f"{self.stats.scale:.3g}), {self.stats.mismatches}/{self.stats.size} elements beyond atol/rtol (checked {self.checked} intermediate tensors in graph order)")
+                f"{self.stats.scale:.3g}), {self.stats.mismatches}/{self.stats.size} elements beyond atol/rtol "
+                f"(checked {self.checked} intermediate tensors in graph order)")
         if self.origin:
             o = self.origin
             olayer = f", Keras layer {o['keras_layer']!r}" if o.get("keras_layer") else ""

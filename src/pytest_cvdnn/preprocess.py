@@ -58,8 +58,12 @@ def _layout_const(spec: InputSpec) -> tuple[str, int]:
     return _const("DNN_LAYOUT_NHWC" if spec.layout == "nhwc" else "DNN_LAYOUT_NCHW")
 
 
+#: OpenCV's padding mode of each crop of the spec (cv2.dnn.DNN_PMODE_*, where 4.8 … 5.1 all keep them)
+_PMODES = {"none": "DNN_PMODE_NULL", "center": "DNN_PMODE_CROP_CENTER", "letterbox": "DNN_PMODE_LETTERBOX"}
+
+
 def _pad_const(spec: InputSpec) -> tuple[str, int]:
-    return _const({"none": "DNN_PMODE_NULL", "center": "DNN_PMODE_CROP_CENTER", "letterbox": "DNN_PMODE_LETTERBOX"}[spec.crop])
+    return _const(_PMODES[spec.crop])
 
 
 def blob_method(spec: InputSpec) -> str:
@@ -130,11 +134,7 @@ def _exact(values: Sequence[float]) -> str:
     return "(" + ", ".join(repr(float(v)) for v in values) + ")"
 
 
-def _version(opencv: str | None) -> tuple[int, int]:
-    if opencv is None:
-        import cv2
-
-        opencv = str(cv2.__version__)
+def _version(opencv: str) -> tuple[int, int]:
     try:
         major, minor = (int(v) for v in opencv.split(".")[:2])
     except ValueError:
@@ -150,10 +150,10 @@ def cv2_call(spec: InputSpec, opencv: str | None = None) -> str:
     if spec.size is None:
         raise ValueError("the input spec has no size; set InputSpec(size=(w, h)) or let the model supply it")
     if opencv is None:
-        import cv2
+        from .runners.cv2dnn import opencv_version
 
-        opencv = str(cv2.__version__)
-    version, shown = _version(opencv), opencv
+        opencv = opencv_version()
+    version = _version(opencv)
     if _plain_ok(spec):
         return (
             f"blob = cv2.dnn.blobFromImage(img, scalefactor={float(spec.scale)!r}, size={tuple(spec.size)}, "
@@ -163,11 +163,11 @@ def cv2_call(spec: InputSpec, opencv: str | None = None) -> str:
         return (f"# blobFromImage resizes bilinearly only; this spec resizes with {spec.interpolation} interpolation: "
                 "the blob in numpy\n" + numpy_code(spec))
     if version < (4, 8):
-        return (f"# OpenCV {shown} has no blobFromImageWithParams (it arrived in 4.8), which this spec needs: "
+        return (f"# OpenCV {opencv} has no blobFromImageWithParams (it arrived in 4.8), which this spec needs: "
                 "the same blob in numpy\n" + numpy_code(spec))
     where = "cv2" if version >= (5, 0) else "cv2.dnn"  # DNN_LAYOUT_* moved to the cv2 namespace in OpenCV 5
     layout = f"{where}.DNN_LAYOUT_{spec.layout.upper()}"
-    pad = "cv2.dnn.DNN_PMODE_" + {"none": "NULL", "center": "CROP_CENTER", "letterbox": "LETTERBOX"}[spec.crop]
+    pad = f"cv2.dnn.{_PMODES[spec.crop]}"
     call = (
         f"blob = cv2.dnn.blobFromImageWithParams(img, cv2.dnn.Image2BlobParams("
         f"scalefactor={_exact(_effective_scale(spec))}, size={tuple(spec.size)}, mean={_exact(spec.mean)}, "
