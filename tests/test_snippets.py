@@ -25,7 +25,7 @@ SRC = HERE.parent / "src"
 SUPPORTED = ("4.5.5", "4.8.1", "4.12.0", "5.0.0", "5.1.0")
 
 #: one spec per code path: blobFromImage, Image2BlobParams (per-channel scale, std, NHWC, letterbox, crop),
-#: the numpy fallback (nearest resize; every spec on OpenCV < 4.8) and the dtype conversions
+#: the numpy fallback (nearest resize; every spec on OpenCV < 4.8), the dtype conversions, 1 and 4 channels
 SPECS = (
     "caffe,size=224x224",
     "tf,size=96x64",
@@ -40,6 +40,13 @@ SPECS = (
     "tf,size=64x64,interpolation=nearest",
     "scale=1,mean=0/0/0,size=32x32,dtype=uint8",
     "tf,size=32x32,dtype=float16",
+    # gray (1 channel: the printed code converts cv2.imread's BGR image) and BGRA (4 channels, alpha padded)
+    "tf,size=64x48,channels=1",
+    "scale=0.0039,mean=127,size=40x40,channels=gray,crop=center",
+    "scale=0.5,mean=3,std=2,size=30x20,channels=1,layout=nhwc",
+    "scale=0.00392,mean=10/20/30/40,std=1/2/3/4,size=32x32",
+    "none,size=32x32,channels=4,layout=nhwc,crop=letterbox",
+    "scale=2,mean=1/2/3,size=16x24,channels=4",
 )
 
 
@@ -161,4 +168,4 @@ def test_the_numpy_fallback_equals_opencv_where_opencv_can_build_the_blob(text: 
     assert got.shape == expected.shape and got.dtype == expected.dtype, blob_method(spec)
     scale = max(1.0, float(np.abs(expected.astype(np.float64)).max()))
     assert np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() <= 1e-6 * scale
-    assert to_nhwc(got, spec.layout).shape[-1] == 3
+    assert to_nhwc(got, spec.layout).shape[-1] == spec.n_channels

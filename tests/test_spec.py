@@ -34,7 +34,7 @@ def test_parse_key_values() -> None:
         ("fancy", "unknown Keras preprocessing mode 'fancy'"),
         ("scale=abc", "bad value 'abc' for 'scale'"),
         ("size=224", "bad value '224' for 'size'"),
-        ("mean=1/2", "mean needs 1 or 3 values"),
+        ("mean=1/2", "mean needs 1, 3 or 4 values"),
         ("colour=rgb", "unknown key 'colour'"),
         ("layout=nwch", "layout must be one of nchw, nhwc"),
         ("std=0/1/1", "std must not contain 0"),

@@ -234,7 +234,7 @@ def test_parse_every_key_and_its_errors() -> None:
                        ("tf,size", "is not key=value"), ("size=10", "bad value '10' for 'size'"),
                        ("swap_rb=maybe", "bad value"), ("colour=1", "unknown key 'colour'"),
                        ("scale=a", "bad value"), ("layout=chw", "layout must be one of"),
-                       ("mean=1/2", "3 values"), ("std=1/0/1", "std must not contain 0"),
+                       ("mean=1/2", "1, 3 or 4 values"), ("std=1/0/1", "std must not contain 0"),
                        ("batch=0", "batch must be >= 1"), ("dtype=int8", "dtype must be"),
                        ("size=0x4", "positive"), ("crop=diagonal", "crop must be one of"),
                        ("channel_order=bgra", "channel_order must be"), ("interpolation=lanczos", "interpolation")):
@@ -409,3 +409,53 @@ def test_marker_model_and_onnx(tmp_path: Path) -> None:
     assert base.with_marker({"input_range": "-1,1"}).input_range == (-1.0, 1.0)
     with pytest.raises(ValueError, match=r"unknown @pytest.mark.cvdnn keyword\(s\) \['x'\]; known: model, onnx, "):
         base.with_marker({"x": 1, "atol": 1e-3})
+
+
+# -- channels: gray (1), colour (3), BGRA (4) ------------------------------------------------------------
+def test_channels_are_parsed_validated_and_fitted_to_the_values() -> None:
+    gray = InputSpec.parse("tf,size=8x8,channels=gray")
+    assert (gray.channels, gray.n_channels, gray.swap_rb) == (1, 1, False)  # nothing to swap in gray
+    assert gray.per_channel("mean") == (127.5,) and gray.per_channel("std") == (1.0,)
+    assert "1-channel (gray) source" in gray.describe() and "mean=(127.5)" in gray.describe()
+    assert InputSpec(size=(4, 4)).channels is None and InputSpec().n_channels == 3  # None: the model's
+    rgba = InputSpec.parse("scale=0.5,mean=1/2/3,size=8x8,channels=4")
+    assert rgba.mean == (1.0, 2.0, 3.0, 0.0) and rgba.per_channel("std") == (1.0,) * 4  # alpha: mean 0, std 1
+    assert "BGRA source" in rgba.describe()
+    four = InputSpec.parse("mean=1/2/3/4,std=1/2/3/4")
+    assert four.channels == 4 and four.std == (1.0, 2.0, 3.0, 4.0)  # four values imply 4 channels
+    assert four.per_channel("scale") == (1.0,) * 4
+    px = np.full((1, 1, 1, 4), 9.0)
+    assert np.allclose(four.normalize(px), [[[[8.0, 3.5, 2.0, 1.25]]]])
+    assert np.allclose(gray.normalize(np.full((1, 1, 1, 1), 255.0)), 1.0)
+    for bad, match in (("channels=2", "channels must be 1"), ("channels=1,mean=1/2/3", "takes one mean value"),
+                       ("channels=3,mean=1/2/3/4", "add channels=4"), ("channels=x", "bad value"),
+                       ("torch,channels=1", "takes one mean value")):
+        with pytest.raises(SpecError, match=match):
+            InputSpec.parse(bad)
+    with pytest.raises(SpecError, match="takes one std value"):
+        InputSpec(std=(1, 2, 3)).with_channels(1)
+    assert InputSpec.from_keras_mode("tf").with_channels(1).mean == (127.5, 127.5, 127.5)
+
+
+def test_sources_are_converted_to_the_specs_channels_and_a_wrong_count_is_named() -> None:
+    import cv2
+
+    from pytest_cvdnn.preprocess import source_image
+
+    bgr = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    gray = source_image(bgr, InputSpec(channels=1))
+    assert gray.shape == (6, 5) and np.array_equal(gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    assert source_image(gray, InputSpec(channels=1)) is not None and source_image(gray, InputSpec(channels=1)).shape == (6, 5)
+    bgra = source_image(bgr, InputSpec(channels=4))
+    assert bgra.shape == (6, 5, 4) and (bgra[..., 3] == 255).all() and np.array_equal(bgra[..., :3], bgr)
+    assert source_image(bgr, InputSpec()).shape == (6, 5, 3)
+    assert np.array_equal(source_image(bgra, InputSpec()), bgr)
+    # a gray blob from a colour photo equals blobFromImage on the gray image, whichever path builds it
+    spec = InputSpec.parse("scale=0.5,mean=10,size=4x3,channels=1")
+    blob = spec.blob([bgr])
+    want = (cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (4, 3)).astype(np.float32) - 10) * 0.5
+    assert blob.shape == (1, 1, 3, 4) and np.allclose(blob[0, 0], want)
+    exp = InputSpec.parse("tf,size=64x64,channels=1")
+    found = candidate_mistakes(InputSpec.parse("tf,size=64x64,channels=3"), exp, "emotion")
+    assert [m.name for m in found] == ["channel count"] and "COLOR_BGR2GRAY" in found[0].message
+    assert found[0].corrected == exp

@@ -219,11 +219,12 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
     graph = dep.graph
     info, layout = graph.inputs[n], dep.onnx_layouts[n]
     data: dict[str, Any] = {"spec": spec.as_dict(), "expected": info.as_dict() | {"layout": layout}}
-    if len(info.shape) != 4:
+    if len(info.shape) != 4 or n not in dep.image_inputs:
         if info.dtype != "float32":
             raise CheckFailed(f"input {info.name!r} is {info.dtype}; the deployment feeds float32",
                               fix="cast the input in the model, or feed the right dtype", data=data)
-        return CheckResult(f"non-image input {info.name!r} {_shape(info.shape)} {info.dtype}: no blob to check", data)
+        return CheckResult(f"non-image input {info.name!r} {_shape(info.shape)} {info.dtype}: no blob to check"
+                           + (" (4-D, but not 1, 3 or 4 channels)" if len(info.shape) == 4 else ""), data)
     height, width = dep.input_shapes()[n][1:3]
     image = np.random.default_rng(dep.settings.seed).integers(0, 256, (height + 7, width + 5, 3), dtype=np.uint8)
     blob = make_blob([image], spec)
@@ -244,6 +245,19 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
             data=data,
         )
     bad = [n for n, (b, w) in enumerate(zip(blob.shape[1:], want[1:]), start=1) if w is not None and b != w]
+    axis = 1 if layout == "nchw" else 3
+    if len(blob.shape) == len(want) and axis in bad:
+        channels = want[axis]
+        how = {1: "gray: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) or cv2.imread(path, cv2.IMREAD_GRAYSCALE)",
+               3: "colour: cv2.imread(path, cv2.IMREAD_COLOR)",
+               4: "BGRA: cv2.imread(path, cv2.IMREAD_UNCHANGED) of a PNG with alpha"}.get(channels, "")
+        raise CheckFailed(
+            f"the spec's blob {tuple(blob.shape)} has {blob.shape[axis]} channel(s) but the model input {info.name!r} "
+            f"{_shape(want)} ({layout.upper()}) takes {channels}; spec: {spec.describe()}",
+            fix=(f"set channels={channels} in the input spec (or leave it out: it is taken from the model) and feed "
+                 f"the image {how}" if how else f"the input takes {channels} channels: feed a tensor, not an image blob"),
+            data=data,
+        )
     if bad or len(blob.shape) != len(want):
         raise CheckFailed(
             f"the spec's blob {tuple(blob.shape)} does not fit the model input {info.name!r} {_shape(want)} "
@@ -328,12 +342,12 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
     arithmetic = Tolerance(atol=pp.ARITHMETIC_TOL * magnitude, rtol=0.0, srtol=pp.ARITHMETIC_TOL)
 
     def matches(spec: InputSpec) -> tuple[bool, Any]:
-        if spec.layout != expected.layout or spec.size != expected.size:
+        if (spec.layout, spec.size, spec.n_channels) != (expected.layout, expected.size, expected.n_channels):
             return False, None
         blob = pp.to_nhwc(spec.blob(photos), spec.layout)
         stats = compare_arrays(ref, blob, arithmetic, name="blob")
         pixels = pp.pixel_error(blob, keras_resized, expected)
-        return stats.ok and pixels <= pp.RESIZE_PIXEL_TOL, (stats, pixels)
+        return stats.ok and pixels <= pp.pixel_limit(expected), (stats, pixels)
 
     ok, found_stats = matches(declared)
     stats = found_stats[0] if found_stats is not None else None
@@ -348,7 +362,7 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
             f"the blob equals Keras' reference ({expected.note or expected.describe()}) on {len(photos)} photos: "
             f"max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}) against preprocess_input on the same "
             f"resized pixels, {found_stats[1]:.2f} pixel levels against Keras' own resize (OpenCV rounds to uint8; "
-            f"limit {pp.RESIZE_PIXEL_TOL:g})"
+            f"limit {pp.pixel_limit(expected):g})"
             + (f"; cv2.dnn(blob) vs the model on Keras' tensor: {effect.summary_line()}" if effect is not None else "")
             + f"; deployment code: {pp.cv2_call(declared)}" + notes,
             data,
@@ -366,8 +380,9 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
     data["corrected_code"] = pp.cv2_call(corrected) if confirmed else None
     tensor = (f"the blob differs from Keras' reference by max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}; "
               f"{found_stats[1]:.3g} pixel levels)"
-              if stats is not None else f"the blob {declared.size} {declared.layout.upper()} does not fit the "
-              f"model input {expected.size} {expected.layout.upper()}")
+              if stats is not None else f"the blob {declared.size} {declared.n_channels}-channel "
+              f"{declared.layout.upper()} does not fit the model input {expected.size} {expected.n_channels}-channel "
+              f"{expected.layout.upper()}")
     outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect else ""
     if confirmed:
         raise CheckFailed(

@@ -26,7 +26,7 @@ from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validat
 from .inputs import fill_spatial, load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
-from .spec import InputSpec
+from .spec import InputSpec, SpecError
 
 __all__ = ["Deployment", "build_deployment"]
 
@@ -137,8 +137,8 @@ class Deployment:
     # -- conversion -------------------------------------------------------------------------
     @property
     def image_inputs(self) -> list[int]:
-        """Indices of the image (4-D) inputs, in the Keras order."""
-        return [n for n, shape in enumerate(self._raw_input_shapes()) if len(shape) == 4]
+        """Indices of the image inputs (4-D with 1, 3 or 4 channels), in the Keras order."""
+        return [n for n, shape in enumerate(self._raw_input_shapes()) if len(shape) == 4 and shape[3] in (1, 3, 4)]
 
     @property
     def _first_image(self) -> int:
@@ -197,11 +197,18 @@ class Deployment:
         return self._sized(self.settings.effective_spec, index)
 
     def _sized(self, spec: InputSpec, index: int = 0) -> InputSpec:
-        """The spec with the size of model input ``index`` when it has none."""
-        if spec.size is None:
-            shape = self._raw_input_shapes()[index]
-            if len(shape) == 4 and shape[1] and shape[2]:
-                spec = spec.with_size(shape[2], shape[1])
+        """The spec with the size and channel count of model input ``index`` where it leaves them open."""
+        shape = self._raw_input_shapes()[index]
+        if spec.size is None and len(shape) == 4 and shape[1] and shape[2]:
+            spec = spec.with_size(shape[2], shape[1])
+        if spec.channels is None and len(shape) == 4 and shape[3] in (1, 4):
+            try:
+                spec = spec.with_channels(int(shape[3]))
+            except SpecError as exc:
+                raise CvdnnError(f"the input spec does not fit input {index} of {self.label}, which takes "
+                                 f"{shape[3]} channel(s): {exc}",
+                                 fix="declare the spec of this input with channels=" + str(shape[3])
+                                 + " and one mean/scale value per channel") from None
         return spec
 
     @property

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["make_blob", "cv2_call", "numpy_code", "blob_method", "load_photos", "keras_reference", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
+__all__ = ["make_blob", "source_image", "cv2_call", "numpy_code", "blob_method", "load_photos", "keras_reference", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
 
 _INTERP_NAMES = {"bilinear": "INTER_LINEAR", "nearest": "INTER_NEAREST", "bicubic": "INTER_CUBIC", "area": "INTER_AREA"}
 
@@ -70,36 +70,86 @@ def blob_method(spec: InputSpec) -> str:
     """Which implementation :func:`make_blob` uses for ``spec`` on the installed OpenCV."""
     if _plain_ok(spec):
         return "blobFromImage"
-    if _has_params() and spec.interpolation == "bilinear":
+    if _has_params() and spec.interpolation == "bilinear" and not _params_cannot(spec):
         return "blobFromImageWithParams"
     return "numpy"
 
 
-def _effective_scale(spec: InputSpec) -> tuple[float, float, float]:
-    s = spec.scale
-    scale = (s, s, s) if isinstance(s, (int, float)) else tuple(s)
-    std = spec.std or (1.0, 1.0, 1.0)
-    return tuple(float(a) / float(b) for a, b in zip(scale, std))  # type: ignore[return-value]
+def _params_cannot(spec: InputSpec) -> str:
+    """Why blobFromImageWithParams cannot build this spec's blob on any supported OpenCV ('' if it can)."""
+    if spec.n_channels == 4 and spec.layout == "nhwc":
+        return ("blobFromImageWithParams cannot build a 4-channel NHWC blob (it asserts in copyTo on OpenCV "
+                "4.8 … 5.1)")
+    return ""
+
+
+def _effective_scale(spec: InputSpec) -> tuple[float, ...]:
+    """scale / std per channel of the blob (1, 3 or 4 values)."""
+    return tuple(a / b for a, b in zip(spec.per_channel("scale"), spec.per_channel("std"), strict=True))
+
+
+def _scalar4(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """A cv2.Scalar (4 values) from 1, 3 or 4 per-channel values."""
+    padded = (*values, *(0.0,) * (4 - len(values)))
+    return (float(padded[0]), float(padded[1]), float(padded[2]), float(padded[3]))
+
+
+#: how a BGR image (cv2.imread's default) becomes the source of a 1- or 4-channel spec
+_SOURCE_CONVERSION = {1: "COLOR_BGR2GRAY", 4: "COLOR_BGR2BGRA"}
+
+
+def source_image(img: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``img`` with the channel count the spec's blob is built from: a BGR photo becomes gray (1 channel, what
+    ``cv2.IMREAD_GRAYSCALE`` reads) or BGRA (4 channels, opaque); an image that has it already is unchanged."""
+    import cv2
+
+    img = np.ascontiguousarray(img)
+    have = 1 if img.ndim == 2 else img.shape[2]
+    want = spec.n_channels
+    if have == want or (have == 1 and want == 1):
+        return img
+    if have == 3 and want in _SOURCE_CONVERSION:
+        return cv2.cvtColor(img, getattr(cv2, _SOURCE_CONVERSION[want]))
+    if have == 1 and want == 3:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if have == 4 and want == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    raise CvdnnError(f"an image with {have} channels cannot be the source of a {want}-channel blob",
+                     fix=f"give images with {want} channels (or 3-channel BGR photos)")
+
+
+def _source_lines(spec: InputSpec) -> list[str]:
+    """The line(s) the printed code starts with to turn cv2.imread's BGR image into the spec's source."""
+    if spec.n_channels == 1:
+        return ["if img.ndim == 3:  # the model takes 1 channel: gray, as cv2.imread(path, cv2.IMREAD_GRAYSCALE) "
+                "reads it", "    img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)"]
+    if spec.n_channels == 4:
+        return ["if img.ndim == 3 and img.shape[2] == 3:  # the model takes 4 channels (BGRA, as "
+                "cv2.imread(path, cv2.IMREAD_UNCHANGED) reads a PNG with alpha)",
+                "    img = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)"]
+    return []
 
 
 def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """A blob from source images (``spec.channel_order``), in ``spec.layout``."""
+    """A blob from source images (BGR as cv2.imread gives them, converted to gray or BGRA for a 1- or
+    4-channel spec), in ``spec.layout``."""
     import cv2
 
     if spec.size is None:
         raise ValueError("the input spec has no size; set InputSpec(size=(w, h)) or let the model supply it")
-    imgs = [np.ascontiguousarray(img) for img in images]
+    imgs = [source_image(img, spec) for img in images]
     method = blob_method(spec)
     if method == "blobFromImage":
         return cv2.dnn.blobFromImages(
-            imgs, float(spec.scale), spec.size, spec.mean, spec.swap_rb, spec.crop == "center", cv2.CV_32F
+            imgs, float(spec.scale), spec.size, _scalar4(spec.per_channel("mean")), spec.swap_rb,
+            spec.crop == "center", cv2.CV_32F
         )
     if method == "blobFromImageWithParams":
         scale = _effective_scale(spec)
         params = cv2.dnn.Image2BlobParams()
-        params.scalefactor = (*scale, 0.0)
+        params.scalefactor = _scalar4(scale)
         params.size = spec.size
-        params.mean = (*spec.mean, 0.0)
+        params.mean = _scalar4(spec.per_channel("mean"))
         params.swapRB = spec.swap_rb
         params.ddepth = cv2.CV_32F
         params.datalayout = _layout_const(spec)[1]
@@ -119,10 +169,16 @@ def _as_dtype(blob: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def _numpy_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Fallback: the same arithmetic as OpenCV (resize, optional crop, swap, normalise) in numpy."""
-    pixels = _numpy_blob_pixels(images, spec)
-    rows = [(p[..., ::-1] if spec.swap_rb else p).astype(np.float32) for p in pixels]
+    sources = [source_image(img, spec) for img in images]
+    pixels = [p if p.ndim == 3 else p[..., None] for p in _numpy_blob_pixels(sources, spec)]
+    rows = [(_swapped(p) if spec.swap_rb else p).astype(np.float32) for p in pixels]
     batch = spec.normalize(np.stack(rows))
     return np.ascontiguousarray(batch if spec.layout == "nhwc" else np.transpose(batch, (0, 3, 1, 2)))
+
+
+def _swapped(pixels: np.ndarray) -> np.ndarray:
+    """swapRB: the first and third channels exchanged (alpha stays last)."""
+    return pixels[..., [2, 1, 0, 3]] if pixels.shape[-1] == 4 else pixels[..., ::-1]
 
 
 def _tuple(values: Sequence[float]) -> str:
@@ -154,23 +210,27 @@ def cv2_call(spec: InputSpec, opencv: str | None = None) -> str:
 
         opencv = opencv_version()
     version = _version(opencv)
+    source = "".join(line + "\n" for line in _source_lines(spec))
+    mean = spec.per_channel("mean")
     if _plain_ok(spec):
-        return (
+        return source + (
             f"blob = cv2.dnn.blobFromImage(img, scalefactor={float(spec.scale)!r}, size={tuple(spec.size)}, "
-            f"mean={_exact(spec.mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
+            f"mean={_exact(mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
         )
     if spec.interpolation != "bilinear":
         return (f"# blobFromImage resizes bilinearly only; this spec resizes with {spec.interpolation} interpolation: "
                 "the blob in numpy\n" + numpy_code(spec))
+    if _params_cannot(spec):
+        return f"# {_params_cannot(spec)}: the blob in numpy\n" + numpy_code(spec)
     if version < (4, 8):
         return (f"# OpenCV {opencv} has no blobFromImageWithParams (it arrived in 4.8), which this spec needs: "
                 "the same blob in numpy\n" + numpy_code(spec))
     where = "cv2" if version >= (5, 0) else "cv2.dnn"  # DNN_LAYOUT_* moved to the cv2 namespace in OpenCV 5
     layout = f"{where}.DNN_LAYOUT_{spec.layout.upper()}"
     pad = f"cv2.dnn.{_PMODES[spec.crop]}"
-    call = (
+    call = source + (
         f"blob = cv2.dnn.blobFromImageWithParams(img, cv2.dnn.Image2BlobParams("
-        f"scalefactor={_exact(_effective_scale(spec))}, size={tuple(spec.size)}, mean={_exact(spec.mean)}, "
+        f"scalefactor={_exact(_effective_scale(spec))}, size={tuple(spec.size)}, mean={_exact(mean)}, "
         f"swapRB={spec.swap_rb}, ddepth=cv2.CV_32F, datalayout={layout}, mode={pad}))"
         "  # OpenCV >= 4.8 (InputSpec.to_numpy_code() for older ones)"
     )
@@ -203,11 +263,13 @@ def numpy_code(spec: InputSpec) -> str:
                  f"left, {w} - left - rw, cv2.BORDER_CONSTANT, value=0)"]
     else:
         lines = [f"x = cv2.resize(img, ({w}, {h}), interpolation={interp})"]
+    lines = _source_lines(spec) + lines
+    if spec.n_channels == 1:
+        lines.append("x = x.reshape(x.shape[0], x.shape[1], 1)  # cv2.resize drops a gray image's channel axis")
     if spec.swap_rb:
-        lines.append("x = x[..., ::-1]  # swapRB")
-    std = spec.std or (1.0, 1.0, 1.0)
-    scale = spec.scale if not isinstance(spec.scale, (int, float)) else (spec.scale,) * 3
-    lines.append(f"x = ((x.astype(np.float64) - {_exact(spec.mean)}) * {_exact(scale)} / {_exact(std)})"
+        lines.append("x = x[..., [2, 1, 0, 3]]  # swapRB" if spec.n_channels == 4 else "x = x[..., ::-1]  # swapRB")
+    mean, scale, std = (spec.per_channel(k) for k in ("mean", "scale", "std"))
+    lines.append(f"x = ((x.astype(np.float64) - {_exact(mean)}) * {_exact(scale)} / {_exact(std)})"
                  ".astype(np.float32)  # (pixel - mean) * scale / std")
     lines.append("blob = np.ascontiguousarray(" + ("x[None])  # NHWC" if spec.layout == "nhwc"
                                                   else "x.transpose(2, 0, 1)[None])  # NCHW"))
@@ -288,6 +350,15 @@ def _numpy_blob_pixels(images: Sequence[np.ndarray], spec: InputSpec) -> list[np
 #: how far OpenCV's resize of a uint8 image may be from Keras' float resize, in pixel levels (0..255): OpenCV
 #: interpolates in fixed point and rounds to uint8 (measured on scikit-image's photos, 33x77 … 600x400: <= 0.78)
 RESIZE_PIXEL_TOL = 1.0
+#: a gray source adds the rounding of two gray conversions: OpenCV's COLOR_BGR2GRAY and PIL's convert("L")
+#: (Keras' load_img(color_mode="grayscale")) use the same weights but round differently (measured on
+#: scikit-image's photos: 1 level on 0 … 0.2 % of the pixels)
+GRAY_PIXEL_TOL = 1.0
+
+
+def pixel_limit(spec: InputSpec) -> float:
+    """How far (in pixel levels) the deployment's blob may be from Keras' own pipeline under ``spec``."""
+    return RESIZE_PIXEL_TOL + (GRAY_PIXEL_TOL if spec.n_channels == 1 else 0.0)
 #: the blob's arithmetic (scale, mean, std, channel order) against Keras' on the same resized pixels, relative
 #: to the tensor's magnitude (measured 0 … 2e-8 relative: float32 rounding)
 ARITHMETIC_TOL = 1e-6
@@ -300,8 +371,10 @@ def keras_reference(photos_bgr: Sequence[np.ndarray], expected: InputSpec, resiz
     (``resize="opencv"``: ``cv2.resize``, the pixels a deployment has; ``"keras"``: Keras' own
     ``keras.ops.image.resize``), converted to RGB with ``cv2.cvtColor``, then Keras'
     ``imagenet_utils.preprocess_input`` of the mode (caffe/tf/torch), or the RGB array as is for in-model
-    normalisation ("none").  Imports Keras.  Only the Keras modes have a reference: a custom spec has nothing
-    independent to be compared with."""
+    normalisation ("none").  A 1-channel spec takes the photos gray: ``cv2.COLOR_BGR2GRAY`` on the OpenCV
+    route, PIL's ``convert("L")`` (what ``keras.utils.load_img(color_mode="grayscale")`` does) on the Keras
+    route; a 4-channel spec RGBA (opaque).  Imports Keras.  Only the Keras modes have a reference: a custom
+    spec has nothing independent to be compared with."""
     import cv2
 
     from .runners.keras import import_keras
@@ -311,16 +384,26 @@ def keras_reference(photos_bgr: Sequence[np.ndarray], expected: InputSpec, resiz
                          fix="declare a Keras mode (caffe, tf, torch, none) or let the model's be detected")
     if expected.crop != "none":
         raise CvdnnError("Keras' preprocess_input pipeline does not crop", fix="use crop=none for a Keras mode")
+    channels = expected.n_channels
+    if channels != 3 and expected.mode in ("caffe", "torch"):
+        raise CvdnnError(f"Keras' preprocess_input mode {expected.mode!r} is defined for 3-channel RGB images, "
+                         f"not {channels} channels", fix="declare the spec of the gray/RGBA input with key=value pairs")
     keras = import_keras()
     w, h = expected.size
-    rgb = [cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB) for img in photos_bgr]
     if resize == "keras":
-        arrays = [np.asarray(keras.ops.image.resize(img.astype(np.float32)[None], (h, w), antialias=False,
+        from PIL import Image
+
+        pil_mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+        sources = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., ::-1])).convert(pil_mode),
+                              dtype=np.float32).reshape(img.shape[0], img.shape[1], channels) for img in photos_bgr]
+        arrays = [np.asarray(keras.ops.image.resize(img[None], (h, w), antialias=False,
                                                     interpolation=_KERAS_INTERP[expected.interpolation]))[0]
-                  for img in rgb]
+                  for img in sources]
     else:
+        code = {1: cv2.COLOR_BGR2GRAY, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGR2RGBA}[channels]
         interp = getattr(cv2, _INTERP_NAMES[expected.interpolation])
-        arrays = [cv2.resize(img, (w, h), interpolation=interp).astype(np.float32) for img in rgb]
+        arrays = [cv2.resize(cv2.cvtColor(np.ascontiguousarray(img), code), (w, h), interpolation=interp)
+                  .astype(np.float32).reshape(h, w, channels) for img in photos_bgr]
     batch = np.stack(arrays).astype(np.float32)
     if expected.mode == "none":
         return batch
@@ -348,10 +431,13 @@ def pil_nearest_tensor(photos_bgr: Sequence[np.ndarray], expected: InputSpec) ->
 
     assert expected.size is not None
     rows = []
+    channels = expected.n_channels
+    pil_mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     for img in photos_bgr:
-        pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1])).resize(expected.size, Image.NEAREST)
-        rgb = np.asarray(pil, dtype=np.float32)
-        rows.append(rgb if expected.swap_rb else rgb[..., ::-1])
+        pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1])).convert(pil_mode).resize(expected.size,
+                                                                                            Image.NEAREST)
+        rgb = np.asarray(pil, dtype=np.float32).reshape(expected.size[1], expected.size[0], channels)
+        rows.append(rgb if expected.swap_rb or channels == 1 else _swapped(rgb))
     return expected.normalize(np.stack(rows))
 
 
@@ -366,7 +452,7 @@ class Mistake:
 
 
 def _scale3(spec: InputSpec) -> np.ndarray:
-    return np.array(_effective_scale(spec))
+    return np.array(_effective_scale(spec)[:3])
 
 
 def _order(spec: InputSpec) -> str:
@@ -383,7 +469,18 @@ def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> 
     def fix(**changes: Any) -> InputSpec:
         return replace(declared, **changes)
 
-    if _order(declared) != _order(expected):
+    if declared.n_channels != expected.n_channels:
+        gray = expected.n_channels == 1
+        found.append(Mistake(
+            "channel count",
+            f"the blob has {declared.n_channels} channel(s) but {model} takes {expected.n_channels}"
+            + (": convert the image to gray first (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), or read it with "
+               "cv2.IMREAD_GRAYSCALE)" if gray else ""),
+            fix(channels=expected.channels, mean=expected.mean, std=expected.std, scale=expected.scale,
+                swap_rb=expected.swap_rb),
+        ))
+        return found
+    if expected.n_channels != 1 and _order(declared) != _order(expected):
         found.append(Mistake(
             "channels swapped",
             f"the blob is {_order(declared)} but {model}{mode} expects {_order(expected)}: "
@@ -425,7 +522,7 @@ def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> 
         ))
     exp_mean = np.array(expected.mean)
     if not np.allclose(declared.mean, exp_mean, atol=1e-3):
-        if np.allclose(declared.mean[::-1], exp_mean, atol=1e-3):
+        if expected.n_channels == 3 and np.allclose(declared.mean[::-1], exp_mean, atol=1e-3):
             msg = (f"the mean {_tuple(declared.mean)} is given in the wrong channel order for a "
                    f"{_order(expected)} blob: use mean={_tuple(expected.mean)}")
             name = "mean in wrong channel order"

@@ -47,6 +47,7 @@ _CROPS = ("none", "center", "letterbox")
 
 
 def _triple(value: Any, field_name: str) -> Triple:
+    """Per-channel values: one number (every channel), three (colour) or four (colour + alpha)."""
     if isinstance(value, (int, float)):
         return (float(value),) * 3  # type: ignore[return-value]
     try:
@@ -55,9 +56,28 @@ def _triple(value: Any, field_name: str) -> Triple:
         raise SpecError(f"{field_name} must be a number or three numbers, got {value!r}") from None
     if len(items) == 1:
         items *= 3
-    if len(items) != 3:
-        raise SpecError(f"{field_name} needs 1 or 3 values (one per channel), got {len(items)}: {value!r}")
-    return (items[0], items[1], items[2])
+    if len(items) not in (3, 4):
+        raise SpecError(f"{field_name} needs 1, 3 or 4 values (one per channel), got {len(items)}: {value!r}")
+    return tuple(items)  # type: ignore[return-value]
+
+
+#: what the 4th (alpha) channel gets when only three values are given: OpenCV's Scalar pads the mean with 0
+_ALPHA = {"mean": 0.0, "std": 1.0, "scale": 1.0}
+
+
+def _per_channel(values: tuple[float, ...], channels: int, field_name: str) -> tuple[float, ...]:
+    """``values`` fitted to ``channels``: 1 channel takes one value, 4 channels pad the alpha channel."""
+    if channels == 1:
+        if len(set(values)) != 1:
+            raise SpecError(f"a 1-channel (grayscale) input takes one {field_name} value, got {values!r}; "
+                            f"write {field_name}={values[0]:g} (the value for the gray channel)")
+        return values[:3]
+    if channels == 4:
+        return values if len(values) == 4 else (*values, _ALPHA[field_name])
+    if len(values) == 4:
+        raise SpecError(f"{field_name} has 4 values but the input has {channels} channels; add channels=4 for a "
+                        "BGRA/RGBA input, or give 3 values")
+    return values
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,8 @@ class InputSpec:
     swap_rb: swap the first and last channel of the source image (blobFromImage's swapRB).
     scale: scalar or per-channel multiplier; mean: per-channel value subtracted first;
     std: optional per-channel divisor (needs Image2BlobParams or numpy).
+    channels: 1 (grayscale: the source is converted with ``cv2.COLOR_BGR2GRAY``, as ``cv2.IMREAD_GRAYSCALE``
+    reads it), 3 (colour) or 4 (BGRA, as ``cv2.IMREAD_UNCHANGED`` reads a PNG with alpha); None: the model's.
     """
 
     size: tuple[int, int] | None = None
@@ -83,6 +105,7 @@ class InputSpec:
     crop: str = "none"
     dtype: str = "float32"
     batch: int = 1
+    channels: int | None = None
     mode: str | None = field(default="none", compare=False)
     note: str = field(default="", compare=False)  # how the spec was found (from_model)
 
@@ -99,18 +122,40 @@ class InputSpec:
             if len(self.size) != 2 or any(int(v) <= 0 for v in self.size):
                 raise SpecError(f"size must be (width, height) with positive values, got {self.size!r}")
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        if self.channels is not None:
+            if isinstance(self.channels, bool) or self.channels not in (1, 3, 4):
+                raise SpecError(f"channels must be 1 (grayscale), 3 (colour) or 4 (with alpha), got {self.channels!r}")
+            object.__setattr__(self, "channels", int(self.channels))
+        given = [v for v in (self.mean, self.std, self.scale) if isinstance(v, (tuple, list)) and len(v) == 4]
+        if given and self.channels is None:
+            object.__setattr__(self, "channels", 4)
+        n = self.n_channels
         if not isinstance(self.scale, (int, float)):
-            object.__setattr__(self, "scale", _triple(self.scale, "scale"))
-        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+            object.__setattr__(self, "scale", _per_channel(_triple(self.scale, "scale"), n, "scale"))
+        object.__setattr__(self, "mean", _per_channel(_triple(self.mean, "mean"), n, "mean"))
         if self.std is not None:
-            std = _triple(self.std, "std")
+            std = _per_channel(_triple(self.std, "std"), n, "std")
             if any(s == 0 for s in std):
                 raise SpecError(f"std must not contain 0, got {std!r}")
             object.__setattr__(self, "std", std)
+        if n == 1 and self.swap_rb:  # nothing to swap in a gray image (and blobFromImage would swap the mean)
+            object.__setattr__(self, "swap_rb", False)
         if int(self.batch) < 1:
             raise SpecError(f"batch must be >= 1, got {self.batch!r}")
         if self.dtype not in ("float32", "float16", "uint8"):
             raise SpecError(f"dtype must be float32, float16 or uint8, got {self.dtype!r}")
+
+    @property
+    def n_channels(self) -> int:
+        """The channel count of the blob: ``channels``, or 3 when the spec leaves it to the model."""
+        return self.channels or 3
+
+    def with_channels(self, channels: int) -> "InputSpec":
+        """The spec for a model input of ``channels`` channels (1: gray, 3, 4); the mean of a colour spec
+        becomes the gray channel's only when all three are equal."""
+        if self.channels == channels:
+            return self
+        return replace(self, channels=channels)
 
     # -- constructors ---------------------------------------------------------------
     @classmethod
@@ -209,35 +254,44 @@ class InputSpec:
         return replace(self, size=(int(width), int(height)))
 
     # -- numbers ---------------------------------------------------------------------
-    def _scale3(self) -> np.ndarray:
-        s = self.scale
-        return np.array((s, s, s) if isinstance(s, (int, float)) else s, dtype=np.float64)
-
-    def _std3(self) -> np.ndarray:
-        return np.array(self.std if self.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    def per_channel(self, name: str) -> tuple[float, ...]:
+        """``mean``, ``std`` or ``scale`` as one value per channel of the blob (1, 3 or 4 values)."""
+        n = self.n_channels
+        value: Any = getattr(self, name)
+        if value is None:
+            value = 1.0
+        values = (float(value),) * 4 if isinstance(value, (int, float)) else (*value, _ALPHA[name])
+        return tuple(float(v) for v in values[:n])
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Apply (pixel - mean) * scale / std to NHWC pixels already in the model's channel order."""
         p = np.asarray(pixels, dtype=np.float64)
-        if p.shape[-1] != 3:
-            return (p * float(self._scale3()[0]) / float(self._std3()[0])).astype(np.float32)
-        mean = np.array(self.mean, dtype=np.float64)
-        return ((p - mean) * self._scale3() / self._std3()).astype(np.float32)
+        n = p.shape[-1] if p.ndim else 0
+        if n not in (1, 3, 4):  # not an image: the scalar scale only
+            return (p * self.per_channel("scale")[0] / self.per_channel("std")[0]).astype(np.float32)
+        if n == self.n_channels:
+            mean, scale, std = (np.array(self.per_channel(k), dtype=np.float64) for k in ("mean", "scale", "std"))
+        else:  # pixels of another channel count than the spec's: each channel takes the first channel's values
+            mean, scale, std = (np.float64(self.per_channel(k)[0]) for k in ("mean", "scale", "std"))
+        return ((p - mean) * scale / std).astype(np.float32)
 
     def value_range(self) -> tuple[float, float]:
         """The (min, max) tensor value a 0..255 image can produce under this spec."""
-        lo = self.normalize(np.zeros((1, 1, 1, 3)))
-        hi = self.normalize(np.full((1, 1, 1, 3), 255.0))
+        lo = self.normalize(np.zeros((1, 1, 1, self.n_channels)))
+        hi = self.normalize(np.full((1, 1, 1, self.n_channels), 255.0))
         both = np.concatenate([lo.ravel(), hi.ravel()])
         return float(both.min()), float(both.max())
 
     def describe(self) -> str:
         mode = f"{self.mode} mode: " if self.mode else ""
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "model size"
-        std = f", std={_fmt(self.std)}" if self.std else ""
+        std = f", std={_fmt(self.per_channel('std'))}" if self.std else ""
+        source = {1: "1-channel (gray) source", 4: f"{self.channel_order.upper()}A source"}.get(
+            self.n_channels, f"{self.channel_order.upper()} source")
+        scale = _fmt(self.scale) if isinstance(self.scale, (int, float)) else _fmt(self.per_channel("scale"))
         return (
-            f"{mode}{size} {self.layout.upper()} {self.dtype}, {self.channel_order.upper()} source, "
-            f"swap_rb={int(self.swap_rb)}, scale={_fmt(self.scale)}, mean={_fmt(self.mean)}{std}, "
+            f"{mode}{size} {self.layout.upper()} {self.dtype}, {source}, "
+            f"swap_rb={int(self.swap_rb)}, scale={scale}, mean={_fmt(self.per_channel('mean'))}{std}, "
             f"{self.interpolation} resize, crop={self.crop}"
         )
 
@@ -309,15 +363,15 @@ def _parse_value(key: str, value: str, text: str) -> Any:
             return _BOOL[value.lower()]
         if key == "crop":
             return {"0": "none", "1": "center", "false": "none", "true": "center"}.get(value.lower(), value.lower())
-        if key == "batch":
-            return int(value)
+        if key in ("batch", "channels"):
+            return {"gray": 1, "grayscale": 1}.get(value.lower(), None) or int(value)
         if key in ("layout", "channel_order", "interpolation", "dtype"):
             return value.lower()
     except (ValueError, KeyError):
         raise SpecError(f"bad value {value!r} for {key!r} in input spec {text!r}") from None
     raise SpecError(
         f"unknown key {key!r} in input spec {text!r}; known keys: scale, mean, std, swap_rb, size, "
-        "crop, layout, channel_order, interpolation, dtype, batch"
+        "crop, layout, channel_order, interpolation, dtype, batch, channels"
     )
 
 
