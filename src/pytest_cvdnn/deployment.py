@@ -94,6 +94,9 @@ class Deployment:
 
     @cached_property
     def model_hash(self) -> str:
+        """The source's content hash (and the declared input shapes, which change the model that is built)."""
+        if self.settings.input_shape:
+            return sha256_bytes(f"{self.source.content_hash()}\0{self.settings.input_shape!r}".encode())
         return self.source.content_hash()
 
     @property
@@ -108,9 +111,9 @@ class Deployment:
             raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras model")
 
         def load() -> Any:
-            key = f"keras:{self.settings.model}"
+            key = f"keras:{self.settings.model}:{self.settings.input_shape}"
             if key not in self.memo:
-                self.memo[key] = self.source.load_keras()
+                self.memo[key] = self.source.load_keras(self.settings.input_shape)
                 self.events.append("keras-loaded")
             return self.memo[key]
 

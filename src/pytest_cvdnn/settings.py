@@ -80,6 +80,34 @@ def parse_range(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+InputShapes = tuple[tuple[int, ...], ...]
+
+
+def parse_input_shape(value: Any) -> InputShapes:
+    """``64x64x1`` or ``64,64,1`` (one input, no batch) or ``64x64x3;10`` (one per input) → ((64, 64, 1),);
+    also a tuple ``(64, 64, 1)`` or a list of tuples (the marker's form)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value):
+        parts: list[Any] = [tuple(value)]
+    elif isinstance(value, (tuple, list)):
+        parts = [tuple(v) if isinstance(v, (tuple, list)) else v for v in value]
+    else:
+        parts = [p for p in str(value).split(";") if p.strip()]
+    shapes = []
+    for part in parts:
+        try:
+            dims = tuple(int(d) for d in (part if isinstance(part, tuple) else re.split(r"[x,* ]+", part.strip())))
+        except (TypeError, ValueError):
+            dims = ()
+        if not dims or any(d < 1 for d in dims):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not an input shape; write the shape without the batch, e.g. 64x64x1 (an image, "
+                "NHWC) or 40 (a vector), and one per input separated by ';'")
+        shapes.append(dims)
+    if not shapes:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an input shape; write e.g. 64x64x1")
+    return tuple(shapes)
+
+
 def parse_positive(value: str) -> int:
     try:
         n = int(value)
@@ -179,6 +207,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("input_range", "--cvdnn-input-range", "cvdnn_input_range", parse_range, None,
            "range of the values the checks feed the model, e.g. -1,1 (default: what the input spec gives a 0..255 "
            "image; set it when the model's preprocessing is not known and not declared)", "LOW,HIGH"),
+    Option("input_shape", "--cvdnn-input-shape", "cvdnn_input_shape", parse_input_shape, None,
+           "input shape(s) without the batch for a model that does not define them (a subclassed keras.Model "
+           "never called): 64x64x1, or one per input separated by ';'", "SHAPE"),
     Option("samples", "--cvdnn-samples", "cvdnn_samples", parse_positive, 4,
            "number of seeded random inputs per check (default 4; also the batch size of the batch check)", "N"),
     Option("seed", "--cvdnn-seed", "cvdnn_seed", parse_seed, 0, "seed of the random inputs (default 0)", "N"),
@@ -187,7 +218,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 #: marker keywords and what they set
-MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "opset", "layout", "engine", "seed", "samples")
+MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "input_shape", "opset", "layout",
+               "engine", "seed", "samples")
 
 
 @dataclass(frozen=True)
@@ -204,6 +236,7 @@ class ModelSettings:
     engine: str = "auto"
     inputs: str | None = None
     input_range: tuple[float, float] | None = None  # --cvdnn-input-range: values fed to the model
+    input_shape: InputShapes | None = None  # --cvdnn-input-shape: for models that do not define theirs
     images: str | None = None
     samples: int = 4
     seed: int = 0
@@ -222,7 +255,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.input_range, self.images, self.samples, self.seed, self.target, self.format)
+                self.inputs, self.input_range, self.input_shape, self.images, self.samples, self.seed, self.target, self.format)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
@@ -251,6 +284,8 @@ class ModelSettings:
             elif key == "input_range":
                 changes["input_range"] = parse_range(",".join(map(str, value)) if isinstance(value, (tuple, list))
                                                      else str(value))
+            elif key == "input_shape":
+                changes["input_shape"] = parse_input_shape(value)
             elif key in ("seed", "samples"):
                 changes[key] = int(value)
         return replace(self, **changes)

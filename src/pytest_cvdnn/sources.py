@@ -82,8 +82,14 @@ class ModelSource:
         elif self.kind == "onnx" and path.stat().st_size == 0:
             raise CvdnnError(f"{path} is empty (0 bytes)", fix="re-export the ONNX model")
 
-    def load_keras(self) -> Any:
-        """Load the Keras model (imports TensorFlow).  Errors become :class:`CvdnnError`."""
+    def load_keras(self, input_shape: Any = None) -> Any:
+        """Load the Keras model (imports TensorFlow) with symbolic inputs and outputs (a subclassed model is
+        called on inputs of ``input_shape``, else of the shapes it was built with).  Errors become CvdnnError."""
+        from .runners.keras import as_functional
+
+        return as_functional(self._load_keras(), input_shape, self.label)
+
+    def _load_keras(self) -> Any:
         from .runners.keras import import_keras
 
         keras = import_keras()

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["KerasRunner", "import_keras", "keras_metadata"]
+__all__ = ["KerasRunner", "import_keras", "keras_metadata", "as_functional"]
 
 
 def import_keras() -> Any:
@@ -23,6 +23,59 @@ def _shape(tensor: Any) -> list[int | None]:
     return [None if d is None else int(d) for d in tensor.shape]
 
 
+def _defined(model: Any) -> bool:
+    """Has the model a graph of symbolic inputs and outputs (functional, or a built Sequential)?"""
+    try:
+        return bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _built_shapes(model: Any) -> list[tuple[int | None, ...]]:
+    """The input shapes (batch included) a subclassed model was built or first called with, if any."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    found = []
+    for value in shapes.values():
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+            found.extend(tuple(v) for v in value)
+        elif isinstance(value, (list, tuple)):
+            found.append(tuple(value))
+    return found
+
+
+def as_functional(model: Any, declared: Sequence[Sequence[int]] | None, label: str) -> Any:
+    """``model`` with symbolic inputs and outputs: a subclassed ``keras.Model`` (no ``inputs``/``outputs``) is
+    called on ``keras.Input`` of its declared shapes, else of the shapes it was built with.  Raises CvdnnError
+    saying what to declare when neither is known."""
+    from ..errors import CvdnnError
+
+    if _defined(model):  # a declared shape is for models that have none
+        return model
+    keras = import_keras()
+    shapes = [tuple(s) for s in declared] if declared else [s[1:] for s in _built_shapes(model)]
+    if not shapes:
+        raise CvdnnError(
+            f"{label} is a {type(model).__name__} (a subclassed keras.Model) whose input shape is not defined: it "
+            "has no functional inputs/outputs and was never built" + (f" (built with {_built_shapes(model)})"
+                                                                        if _built_shapes(model) else ""),
+            fix="call model.build((None, H, W, C)) in the factory before returning it, or declare the shape without "
+            "the batch: --cvdnn-input-shape=HxWxC (ini cvdnn_input_shape, marker input_shape=(H, W, C))")
+    inputs = [keras.Input(shape=s, name="input" if len(shapes) == 1 else f"input_{k}") for k, s in enumerate(shapes)]
+    try:
+        outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    except Exception as exc:  # noqa: BLE001 - the user's call(), reported with its type
+        raise CvdnnError(
+            f"{label}: calling the {type(model).__name__} on inputs of shape "
+            f"{', '.join(str((None, *s)) for s in shapes)} failed ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})",
+            fix="declare the input shape the model takes with --cvdnn-input-shape (without the batch)") from exc
+    if isinstance(outputs, dict):
+        outputs = [outputs[k] for k in sorted(outputs)]
+    wrapped = keras.Model(inputs, outputs, name=model.name)
+    wrapped._cvdnn_inner = model  # its layers tell the preprocessing (see keras_metadata)
+    return wrapped
+
+
 def keras_metadata(model: Any) -> dict[str, Any]:
     """What the plugin needs to know about a Keras model, as JSON (cached per model hash)."""
     last_layers = []
@@ -34,7 +87,9 @@ def keras_metadata(model: Any) -> dict[str, Any]:
         last_layers.append(cls == "Softmax" or act == "softmax")
     from ..spec import detect_keras_mode
 
-    mode, note, confident = detect_keras_mode(model.name, [type(x).__name__ for x in model.layers[:4]])
+    inner = getattr(model, "_cvdnn_inner", None)
+    first = list(getattr(inner, "layers", None) or [])[:4] if inner is not None else list(model.layers[:4])
+    mode, note, confident = detect_keras_mode(model.name, [type(x).__name__ for x in first])
     return {
         "name": model.name,
         "preprocessing": {"mode": mode, "note": note, "confident": confident},
