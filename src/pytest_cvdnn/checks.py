@@ -46,6 +46,17 @@ def check_convert(dep: Deployment) -> CheckResult:
     data = {"onnx": str(conv.onnx_path), "cached": conv.cached, "seconds": conv.seconds}
     if dep.source.is_onnx:
         return CheckResult(f"ONNX model {conv.onnx_path.name} is valid (onnx.checker + onnxruntime); no conversion", data)
+    if dep.source.kind == "tflite":
+        meta = conv.meta
+        quantized = getattr(dep, "quantized", [])
+        data.update(inputs=meta["inputs"], outputs=meta["outputs"], interpreter=meta.get("interpreter"))
+        return CheckResult(
+            f"TFLite model {conv.onnx_path.name} read by {meta.get('interpreter', 'the TFLite interpreter')}: inputs "
+            + ", ".join(f"{i['name']!r} {tuple(i['shape'])} {i['dtype']}" for i in meta["inputs"]) + "; outputs "
+            + ", ".join(f"{o['name']!r} {tuple(o['shape'])} {o['dtype']}" for o in meta["outputs"])
+            + ("; quantized: " + "; ".join(quantized) + " (the reference quantizes the float inputs and dequantizes "
+               "the outputs with these parameters; cv2.dnn is fed the float inputs)" if quantized else "")
+            + "; no conversion", data)
     if dep.settings.onnx:
         return CheckResult(f"using the provided ONNX {conv.onnx_path} (valid; not converted)", data)
     how = "cache hit (not converted)" if conv.cached else f"converted in {conv.seconds:.2f} s {conv.where}".rstrip()
@@ -653,7 +664,10 @@ def check_batch(dep: Deployment) -> CheckResult:
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
     if dep.fixed_batch_of_one:
-        raise StageSkipped(f"the ONNX graph fixes the batch size to 1 {_shape(dep.graph.inputs[0].shape)}: "
+        from .formats import format_label
+
+        raise StageSkipped(f"the {format_label(dep.settings.format)} model fixes the batch size to 1 "
+                           f"{_shape(dep.graph.inputs[0].shape)}: "
                            "cv2.dnn must run one image per net.forward(); re-export with a dynamic batch to batch")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
@@ -743,7 +757,7 @@ def check_bundle(dep: Deployment) -> CheckResult:
                        f"with: pytest --cvdnn-bundle={folder}", {"bundle": str(folder)})
 
 
-PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"))
+PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"), ("tflite", "cv2dnn"))
 
 CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
     "convert": check_convert,
@@ -762,12 +776,17 @@ CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
 
 
 #: checks that run again on every extra OpenCV target (the rest use the cv2 installed here)
-TARGET_CHECKS = ("ops", "load", "output_spec", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]", "batch", "determinism")
+TARGET_CHECKS = ("ops", "load", "output_spec", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]",
+                 "parity[tflite-cv2dnn]", "batch", "determinism")
+
+#: the checks of a .tflite source: the file itself in cv2.dnn against the TFLite interpreter
+TFLITE_SOURCE_CHECKS = ("convert", "load", "input_spec", "output_spec", "parity[tflite-cv2dnn]", "batch",
+                        "determinism")
 
 
 def check_names(has_keras: bool, fix: bool = False, save_bundle: bool = False) -> list[str]:
     optional = {"remedies": fix and has_keras, "bundle": save_bundle, "verify": False}
-    names = [n for n in CHECKS if optional.get(n, True)]
+    names = [n for n in CHECKS if optional.get(n, True) and "tflite" not in n]
     if not has_keras:
         names = [n for n in names if "keras" not in n]
     return names
@@ -791,7 +810,7 @@ class ItemSpec(NamedTuple):
 
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
                 bundle: bool = False, formats: tuple[str, ...] = ("onnx",),
-                engines: tuple[str, ...] = ()) -> list[ItemSpec]:
+                engines: tuple[str, ...] = (), source_kind: str = "") -> list[ItemSpec]:
     """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
     per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
     (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
@@ -802,6 +821,8 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
         from .bundle import BUNDLE_CHECKS
 
         local = [c for c in BUNDLE_CHECKS if has_keras or "keras" not in c]
+    elif source_kind == "tflite":
+        local = list(TFLITE_SOURCE_CHECKS)
     else:
         local = check_names(has_keras, fix, save_bundle)
     items = [ItemSpec(name, name) for name in local]

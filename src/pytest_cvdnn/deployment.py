@@ -90,7 +90,7 @@ class Deployment:
 
     @property
     def has_keras(self) -> bool:
-        return not self.source.is_onnx
+        return self.source.has_keras
 
     @cached_property
     def model_hash(self) -> str:
@@ -157,8 +157,8 @@ class Deployment:
         layout = self.onnx_layouts[index] if len(self.graph.inputs[index].shape) == 4 else self.settings.layout
         if self.has_keras:
             return self._detected_spec(layout, index)
-        return self._sized(InputSpec(layout=layout, note="an ONNX model: its preprocessing is unknown, raw 0..255 "
-                                     "assumed"), index)
+        return self._sized(InputSpec(layout=layout, note=f"a {'TFLite' if self.source.kind == 'tflite' else 'ONNX'} "
+                                     "model: its preprocessing is unknown, raw 0..255 assumed"), index)
 
     def _detected_spec(self, layout: str, index: int = 0) -> InputSpec:
         """The spec of the preprocessing detected from the Keras model (cached in its metadata)."""
@@ -696,6 +696,8 @@ class Deployment:
             self.require("ort")
         elif name == "keras" and not self.has_keras:
             raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras reference")
+        elif name == "tflite":
+            self.require("tflite_runner")
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
@@ -709,8 +711,10 @@ class Deployment:
             return self.keras_outputs(inputs, logits=logits)
         if runner == "onnxruntime":
             return self.ort_outputs(inputs, logits=logits)
+        if runner == "tflite":
+            return self.tflite_outputs(inputs, logits=logits)
         if runner != "cv2dnn":
-            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime or cv2dnn")
+            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime, tflite or cv2dnn")
         if not logits:
             self.require("cv2net")
         if not (per_sample or self.fixed_batch_of_one):
@@ -766,6 +770,10 @@ class Deployment:
         count = len(self.output_names)
         both = self._outputs[key]
         return [o.copy() for o in (both[count:] if logits else both[:count])]
+
+    def tflite_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
+        raise StageSkipped(f"{self.label} is not a TFLite model: the TFLite interpreter is the reference of "
+                           ".tflite sources only")
 
     def keras_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
         """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm).
@@ -960,6 +968,10 @@ def build_deployment(settings: ModelSettings, cache: Cache, rootdir: Path | None
         from .bundle import BundleDeployment
 
         return BundleDeployment(settings, Path(settings.bundle), cache)
+    if parse_source(settings.model, rootdir).kind == "tflite":
+        from .formats import TFLiteSourceDeployment
+
+        return TFLiteSourceDeployment(replace(settings, format="tflite"), cache, rootdir, memo=memo)
     if settings.format != "onnx":
         from .formats import ArtifactDeployment
 

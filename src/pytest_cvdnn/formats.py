@@ -216,3 +216,102 @@ class ArtifactDeployment(Deployment):
     def load_fix(self) -> str:
         return (f"ship the ONNX instead (see the load item without the {self.fmt}: prefix), or use an OpenCV "
                 f"whose cv2.dnn.{READERS[Path(FILENAMES[self.fmt]).suffix][0]} reads this model")
+
+
+class TFLiteSourceDeployment(ArtifactDeployment):
+    """A ``.tflite`` file given as the model: read by cv2.dnn (``readNetFromTFLite``) and compared with the
+    TFLite interpreter on the same float inputs (a quantized model's are quantized with its own parameters,
+    its outputs dequantized; see runners/tflite.py).  Nothing is converted."""
+
+    runners = ("tflite", "cv2dnn")
+
+    @property
+    def fmt(self) -> str:
+        return "tflite"
+
+    @property
+    def tflite_meta(self) -> dict[str, Any]:
+        """The interpreter's view of the file (cached per content hash: a warm run imports no TensorFlow)."""
+
+        def meta() -> dict[str, Any]:
+            self.source.check_readable()
+            key = f"{self.model_hash[:40]}.json"
+            cached = self._from_cache(lambda: self.cache.get_json("tflite", key), "tflite", key, "converted")
+            if cached is not None:
+                return cached
+            from .runners.tflite import tflite_metadata
+
+            assert self.source.path is not None
+            data = tflite_metadata(self.source.path)
+            self.cache.put_json(data, "tflite", key)
+            return data
+
+        return self.stage("tflite_meta", meta)
+
+    @property
+    def conversion(self) -> Any:
+        from .convert import Conversion
+
+        def read() -> Any:
+            assert self.source.path is not None
+            return Conversion(self.source.path, self.tflite_meta, True, 0.0)
+
+        return self.stage("convert", read)
+
+    @property
+    def graph(self) -> GraphInfo:
+        def read() -> GraphInfo:
+            meta = self.tflite_meta
+            # every runner takes float tensors (a quantized input is quantized by the interpreter runner);
+            # cv2.dnn's TFLite importer takes a 4-D input as an NCHW blob
+            inputs = tuple(TensorInfo(i["name"], nchw_shape(i["shape"]) or tuple(i["shape"]), "float32")
+                           for i in meta["inputs"])
+            outputs = tuple(TensorInfo(o["name"], tuple(o["shape"]), "float32") for o in meta["outputs"])
+            return GraphInfo(inputs, outputs, tuple(False for _ in outputs), 0, ())
+
+        return self.stage("graph", read)
+
+    @property
+    def quantized(self) -> list[str]:
+        """The quantized inputs/outputs, described (empty for a float model)."""
+        meta = self.tflite_meta
+        return [f"{kind} {t['name']!r} {t['dtype']} (scale {t['scale']:.6g}, zero point {t['zero_point']})"
+                for kind, items in (("input", meta["inputs"]), ("output", meta["outputs"])) for t in items
+                if np.dtype(t["dtype"]).kind in "iu"]
+
+    @property
+    def softmax_logits(self) -> list[tuple[int, str]]:
+        return []
+
+    @property
+    def tflite_runner(self) -> Any:
+        from .runners.tflite import TFLiteRunner
+
+        assert self.source.path is not None
+        path = self.source.path
+        return self.stage("tflite_runner", lambda: TFLiteRunner(path))
+
+    def tflite_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
+        """The interpreter's outputs, cached by file hash + inputs hash + interpreter version (no TensorFlow
+        when warm)."""
+        from .cache import slug
+        from .convert import tool_versions
+
+        if logits:
+            raise CvdnnError("a TFLite source has no logits twin to compare")
+        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}-tflite-{slug(tool_versions()['tensorflow'])}.npz"
+        cached = self._from_cache(lambda: self.cache.get_arrays("ref", name), "ref", name, "done")
+        if cached is not None:
+            return cached
+        outputs = self.require("tflite_runner").infer(list(inputs))
+        self.cache.put_arrays(outputs, "ref", name)
+        return outputs
+
+    @property
+    def probe_path(self) -> Path:
+        raise StageSkipped("a TFLite source has no probe graph")
+
+    @property
+    def load_fix(self) -> str:
+        return ("replace the operator the importer rejects (see OpenCV's TFLite importer for the ones it supports), "
+                "or check the Keras source and ship its ONNX (--cvdnn-model=model.keras)")

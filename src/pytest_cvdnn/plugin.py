@@ -393,9 +393,9 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
         settings = replace(state.base, model=text)
         entries.setdefault(path.resolve(), []).append(
             ModelEntry(settings, source, _deployer(state, settings),
-                       tuple(check_items(not source.is_onnx, state.targets, state.base.fix,
+                       tuple(check_items(source.has_keras, state.targets, state.base.fix,
                                          state.base.save_bundle is not None, formats=state.base.formats,
-                                         engines=tuple(state.engines))))
+                                         engines=tuple(state.engines), source_kind=source.kind)))
         )
     return entries
 

@@ -28,7 +28,7 @@ class ModelSource:
     """A model reference as the user wrote it, resolved."""
 
     text: str
-    kind: str  # keras | h5 | savedmodel | onnx | factory
+    kind: str  # keras | h5 | savedmodel | onnx | tflite | factory
     path: Path | None = None
     factory: str | None = None
 
@@ -39,6 +39,11 @@ class ModelSource:
     @property
     def is_onnx(self) -> bool:
         return self.kind == "onnx"
+
+    @property
+    def has_keras(self) -> bool:
+        """Is there a Keras model to load (the reference), or only a deployable file (ONNX, TFLite)?"""
+        return self.kind in ("keras", "h5", "savedmodel", "factory")
 
     def content_hash(self) -> str:
         """SHA-256 of the model's bytes (file or folder); factories hash their module file."""
@@ -81,6 +86,14 @@ class ModelSource:
                 )
         elif self.kind == "onnx" and path.stat().st_size == 0:
             raise CvdnnError(f"{path} is empty (0 bytes)", fix="re-export the ONNX model")
+        elif self.kind == "tflite":
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+            if head[4:8] != b"TFL3":  # the flatbuffer file identifier of every TFLite model
+                raise CvdnnError(
+                    f"{path} is not a TFLite model (" + ("empty" if not head else f"no TFL3 identifier: {head!r}")
+                    + "); it is truncated, corrupt or another format",
+                    fix="re-export it with tf.lite.TFLiteConverter, or pass the right file")
 
     def load_keras(self, input_shape: Any = None) -> Any:
         """Load the Keras model (imports TensorFlow) with symbolic inputs and outputs (a subclassed model is
@@ -198,7 +211,7 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
                 fix="pass a .keras/.h5/.onnx file, or the SavedModel folder itself",
             )
         suffix = candidate.suffix.lower()
-        kinds = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}
+        kinds = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx", ".tflite": "tflite"}
         if suffix in kinds:
             return ModelSource(raw, kinds[suffix], candidate.resolve())
         if candidate.name == "saved_model.pb":
@@ -210,7 +223,7 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
             )
         raise CvdnnError(
             f"{candidate} has an unknown model extension {suffix!r}",
-            fix="use a .keras, .h5, .onnx file, a SavedModel folder, or a factory 'package.module:function'",
+            fix="use a .keras, .h5, .onnx, .tflite file, a SavedModel folder, or a factory 'package.module:function'",
         )
     if _FACTORY.match(raw):
         if rootdir is not None and str(rootdir) not in sys.path:

@@ -88,10 +88,17 @@ def _clean(text: str) -> str:
     return " ".join(_PREFIX.sub("", text).replace(">", " ").split())[:300]
 
 
+#: OpenCV's TFLite importer: "Problem during import of operator [CONV_2D]:(name) (1/6). Exception: ..."
+_TFLITE_OP = re.compile(r"Problem during import of operator \[(\w+)\]:\((.*?)\) \((\d+)/(\d+)\)\.?[^\n]*")
+
+
 def opencv_node(exc: BaseException) -> tuple[str, str] | None:
     """(node name, op type) named in an OpenCV import error, if any."""
     m = _NODE.search(str(exc))
-    return (m.group(2), m.group(1)) if m else None
+    if m:
+        return (m.group(2), m.group(1))
+    t = _TFLITE_OP.search(str(exc))
+    return (t.group(2), t.group(1)) if t else None
 
 
 def opencv_error_line(exc: BaseException) -> str:
@@ -101,6 +108,12 @@ def opencv_error_line(exc: BaseException) -> str:
     if m:
         op, node, rest = m.group(1), m.group(2), _clean(m.group(3))
         return f"node {node!r} (op {op}) cannot be imported: {rest or 'parse error'}"
+    t = _TFLITE_OP.search(text)
+    if t:
+        op, name, index, count = t.group(1), t.group(2), int(t.group(3)), int(t.group(4))
+        rest = _clean(text[t.end():]) or _clean(t.group(0).split("Exception:", 1)[-1])
+        return (f"TFLite operator {name!r} ({op}, index {index} of the subgraph's {count} operators) cannot be imported: "
+                f"{rest or 'import error'}")
     cleaned = _clean(text)
     return cleaned or repr(exc)
 
@@ -187,14 +200,21 @@ def read_net(path: Path, engine: str = "auto") -> Any:
         raise cv2.error(problem)
     read = getattr(cv2.dnn, reader)
     flag = engine_flag(engine)
+    failed: Exception | None = None
     with opencv_log() as log:
-        if flag is None:
-            net = read(str(path))
-        elif reader == "readNetFromTensorflow":
-            net = read(str(path), "", flag)
-        else:
-            net = read(str(path), flag)
+        try:
+            if flag is None:
+                net = read(str(path))
+            elif reader == "readNetFromTensorflow":
+                net = read(str(path), "", flag)
+            else:
+                net = read(str(path), flag)
+        except cv2.error as exc:
+            failed = exc
     text = "".join(log)
+    if failed is not None:  # the TFLite importer names the operator (type, name, index) only in its log
+        op = _TFLITE_OP.search(text)
+        raise cv2.error(f"{op.group(0).strip()}\n{failed}" if op else str(failed))
     if net.empty():
         ops = unsupported_ops(text)
         raise cv2.error(f"{reader} returned an empty network"
