@@ -135,7 +135,26 @@ class Deployment:
             self.cache.put_json(data, "keras", key)
             return data
 
-        return self.stage("keras_meta", meta)
+        versions = tool_versions()
+        failure = sha256_bytes(f"keras|{self.model_hash}|{versions['tensorflow']}|{versions['keras']}".encode())[:40]
+        return self.stage("keras_meta", lambda: self._remembering_failure(failure, meta))
+
+    def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``; a CvdnnError it raises is kept in the cache under ``key`` (which names the file's content
+        and the tools) and raised again by later runs without running ``fn``: a warm run of a model that cannot
+        be loaded or converted is as fast as a warm pass, and a changed file (or tool) is tried again."""
+        name = f"{key}.json"
+        found = self.cache.get_json("failed", name)
+        if found is not None and isinstance(found.get("message"), str):
+            raise CvdnnError(f"{found['message']} (remembered from an earlier run on the same file and tools; "
+                             "--cache-clear or a changed file tries again)", fix=found.get("fix"),
+                             details=found.get("details"), node=found.get("node"))
+        try:
+            return fn()
+        except CvdnnError as exc:
+            self.cache.put_json({"message": exc.message, "fix": exc.fix, "details": exc.details, "node": exc.node},
+                                "failed", name)
+            raise
 
     # -- conversion -------------------------------------------------------------------------
     @property
@@ -240,7 +259,13 @@ class Deployment:
             self.events.append("cache-hit" if conv.cached else "converted")
             return conv
 
-        return self.stage("convert", run)
+        if self.source.is_onnx or self.settings.onnx:
+            return self.stage("convert", run)
+        def remembered() -> Conversion:
+            key = conversion_key(self.model_hash, self._conversion_options(), artifact="onnx-failure")
+            return self._remembering_failure(key, run)
+
+        return self.stage("convert", remembered)
 
     def _conversion_options(self) -> ConversionOptions:
         return ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
@@ -697,7 +722,7 @@ class Deployment:
         elif name == "keras" and not self.has_keras:
             raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras reference")
         elif name == "tflite":
-            self.require("tflite_runner")
+            self.require("tflite_meta")  # the interpreter itself starts only when an output is not cached
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
