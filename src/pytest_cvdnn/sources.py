@@ -157,24 +157,81 @@ def _first_line(text: str) -> str:
 
 
 def _load_savedmodel(keras: Any, path: Path) -> Any:
-    """A TF SavedModel folder, wrapped as a Keras model through its serving signature."""
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    """A TF SavedModel folder as a Keras model through its serving signature: TensorFlow 2's loader
+    (``keras.layers.TFSMLayer``), else the TF1-compatible loader (``tf.compat.v1.saved_model.loader``, which
+    loads SavedModels whose TF2 loading fails, e.g. Keras-2 ones with optimizer slot variables).  The outputs
+    carry the signature's output names."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    sig = loaded.signatures["serving_default"]
-    specs = sig.structured_input_signature[1]
+    try:
+        loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["serving_default"]
+        specs = sig.structured_input_signature[1]
+        out_names = sorted(sig.structured_outputs)
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+        call: Any = layer
+    except Exception as exc:  # noqa: BLE001 - TF raises many types; the TF1 loader is tried next
+        first = exc
+        try:
+            specs, out_names, call = _tf1_signature(keras, path)
+        except CvdnnError:
+            raise
+        except Exception as exc1:  # noqa: BLE001
+            raise CvdnnError(
+                f"neither TensorFlow 2's loader ({type(first).__name__}: {_first_line(str(first))}) nor the "
+                f"TF1-compatible loader ({type(exc1).__name__}: {_first_line(str(exc1))}) can load the SavedModel "
+                f"{path} through a 'serving_default' signature with the tag 'serve'",
+                fix="re-export it with tf.saved_model.save(model, path) or model.export(path), or pass the .keras file",
+            ) from exc1
     if len(specs) != 1:
         raise CvdnnError(
             f"the SavedModel {path} has {len(specs)} inputs in its serving signature; only one is supported",
             fix="export a single-input model, or pass the Keras model (.keras) instead",
         )
     spec = next(iter(specs.values()))
-    inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name="input")
-    out = layer(inputs)
+    inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name=next(iter(specs)))
+    out = call(inputs)
     if isinstance(out, dict):
-        out = [out[k] for k in sorted(out)]
+        out = [keras.layers.Identity(name=_safe_layer_name(k))(out[k]) for k in out_names]
     return keras.Model(inputs, out, name=path.name)
+
+
+def _safe_layer_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "output"
+
+
+def _tf1_signature(keras: Any, path: Path) -> tuple[dict[str, Any], list[str], Any]:
+    """The serving signature of a SavedModel loaded with the TF1-compatible loader, frozen: (input specs by
+    name, output names, a Keras layer computing the outputs as a dict)."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        meta = tf1.saved_model.loader.load(sess, ["serve"], str(path))
+        if "serving_default" not in meta.signature_def:
+            raise CvdnnError(f"the SavedModel {path} has no 'serving_default' signature (it has "
+                             f"{', '.join(meta.signature_def) or 'none'})",
+                             fix="export it with a serving_default signature, or pass the .keras file")
+        sig = meta.signature_def["serving_default"]
+        ins = {k: v.name for k, v in sig.inputs.items()}
+        outs = {k: v.name for k, v in sig.outputs.items()}
+        specs = {k: tf.TensorSpec(tf.TensorShape(graph.get_tensor_by_name(n).shape),
+                                  graph.get_tensor_by_name(n).dtype, name=k) for k, n in ins.items()}
+        frozen = tf1.graph_util.convert_variables_to_constants(
+            sess, graph.as_graph_def(), sorted({n.split(":")[0] for n in outs.values()}))
+    wrapped = tf1.wrap_function(lambda: tf1.import_graph_def(frozen, name=""), [])
+    names = sorted(outs)
+    pruned = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name(n) for n in ins.values()],
+                           fetches=[wrapped.graph.get_tensor_by_name(outs[k]) for k in names])
+
+    class SignatureLayer(keras.layers.Layer):  # type: ignore[misc, name-defined]
+        """The frozen serving signature, called like a layer."""
+
+        def call(self, x: Any) -> Any:
+            return dict(zip(names, pruned(x), strict=True))
+
+    return specs, names, SignatureLayer(name="serving_default")
 
 
 def factory_module_file(source: ModelSource) -> Path:
