@@ -375,5 +375,5 @@ def test_a_graph_fixed_to_batch_one_skips_the_batch_check_saying_why(
     run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-onnx=fixed.onnx", "-k", "batch or parity")
     checks = run.checks()
     assert checks["batch"]["outcome"] == "skipped"
-    assert "the ONNX graph fixes the batch size to 1 (1, 3, 32, 32)" in checks["batch"]["message"]
+    assert "the ONNX model fixes the batch size to 1 (1, 3, 32, 32)" in checks["batch"]["message"]
     assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"  # one image per forward, as deployed

@@ -62,8 +62,15 @@ class Deployment:
                 self._stages[name] = (True, fn())
             except (CvdnnError, StageSkipped) as exc:
                 self._stages[name] = (False, exc)
-            except Exception as exc:  # noqa: BLE001 - turned into a message naming the stage
-                self._stages[name] = (False, CvdnnError(f"{name} failed with {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - turned into a message naming the file and the stage
+                import traceback
+
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                self._stages[name] = (False, CvdnnError(
+                    f"{self.settings.model}: the {_STAGE_LABELS.get(name, name)} stage failed with an error the "
+                    f"plugin does not recognise ({type(exc).__name__}: {first})",
+                    fix="check the model file and the options; if they are right, report this as a pytest-cvdnn bug "
+                    "with the traceback below", details="".join(traceback.format_exception(exc))[-4000:]))
             self.timings[name] = time.perf_counter() - start
         ok, value = self._stages[name]
         if not ok:
