@@ -43,6 +43,13 @@ def test_damaged_model_file_fails_convert_naming_the_file(kind: str, damage: str
     _assert_clean_failure(run, "convert", path.name)
     assert all(c["outcome"] == "skipped" for n, c in run.checks().items() if n != "convert")
     assert path.read_bytes() == content  # untouched
+    # what exactly is wrong, per format (measured: the check that catches it names it)
+    expected = {("keras", "empty"): "is empty (0 bytes)", ("onnx", "empty"): "is empty (0 bytes)",
+                ("keras", "truncated"): "is not a valid .keras archive", ("keras", "random"): "is not a valid .keras archive",
+                ("h5", "empty"): "is not an HDF5 file (bad signature b'')", ("h5", "random"): "is not an HDF5 file",
+                ("h5", "truncated"): "truncated file", ("onnx", "truncated"): "is not a readable ONNX model",
+                ("onnx", "random"): "is not a readable ONNX model"}[(kind, damage)]
+    assert expected in run.checks()["convert"]["message"], run.checks()["convert"]["message"]
 
 
 def _external_data_onnx(folder: Path, location: str) -> Path:

@@ -357,3 +357,27 @@ def test_a_savedmodel_tensorflow_2_cannot_load_goes_through_the_tf1_loader(
         want = sess.run(sig.outputs["probs"].name, {sig.inputs["image"].name: x})
     got = dep.run("cv2dnn", per_sample=True)[dep.output_names.index("probs")]
     assert np.abs(got - want).max() < 1e-5
+
+
+def test_damaged_tflite_and_same_bytes_in_two_files_are_reported_per_file(kinds: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """A remembered failure belongs to its file: two empty files (same content hash) of different kinds each
+    get their own message; a truncated TFLite is named as such by the interpreter."""
+    from pytest_cvdnn.cache import Cache
+    from pytest_cvdnn.deployment import build_deployment
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.settings import ModelSettings
+
+    cache = Cache(tmp_path / "c")
+    good = kinds["float.tflite"].read_bytes()
+    cases = {"a.keras": (b"", "a.keras is empty (0 bytes)"), "b.h5": (b"", "b.h5 is not an HDF5 file"),
+             "c.tflite": (b"", "c.tflite is not a TFLite model (empty)"),
+             "d.tflite": (good[: len(good) // 2], "the TFLite interpreter cannot load"),
+             "e.tflite": (b"\0" * 64, "e.tflite is not a TFLite model (no TFL3 identifier")}
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+    for _ in range(2):  # the second time from the remembered failures
+        for name, (content, expected) in cases.items():
+            with pytest.raises(CvdnnError) as err:
+                build_deployment(ModelSettings(model=str(tmp_path / name), tf_helper=False), cache).conversion
+            assert expected in str(err.value) and name in str(err.value) and "Fix:" in str(err.value), str(err.value)

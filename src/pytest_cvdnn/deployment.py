@@ -143,7 +143,9 @@ class Deployment:
             return data
 
         versions = tool_versions()
-        failure = sha256_bytes(f"keras|{self.model_hash}|{versions['tensorflow']}|{versions['keras']}".encode())[:40]
+        # the message names the file: the same bytes elsewhere (two empty files) must not share it
+        failure = sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
+                               f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
         return self.stage("keras_meta", lambda: self._remembering_failure(failure, meta))
 
     def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -269,7 +271,9 @@ class Deployment:
         if self.source.is_onnx or self.settings.onnx:
             return self.stage("convert", run)
         def remembered() -> Conversion:
-            key = conversion_key(self.model_hash, self._conversion_options(), artifact="onnx-failure")
+            where = f"{self.source.kind}|{self.source.path or self.source.text}"  # the message names the file
+            key = conversion_key(sha256_bytes(f"{self.model_hash}|{where}".encode()), self._conversion_options(),
+                                 artifact="onnx-failure")
             return self._remembering_failure(key, run)
 
         return self.stage("convert", remembered)
