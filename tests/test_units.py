@@ -459,3 +459,20 @@ def test_sources_are_converted_to_the_specs_channels_and_a_wrong_count_is_named(
     found = candidate_mistakes(InputSpec.parse("tf,size=64x64,channels=3"), exp, "emotion")
     assert [m.name for m in found] == ["channel count"] and "COLOR_BGR2GRAY" in found[0].message
     assert found[0].corrected == exp
+
+
+# -- the TFLite reference's quantization (pure numpy) ------------------------------------------------------
+def test_quantize_and_dequantize_with_the_models_parameters() -> None:
+    from pytest_cvdnn.runners.tflite import dequantize, quantize
+
+    int8 = {"dtype": "int8", "scale": 0.5, "zero_point": -128}
+    q = quantize(np.array([0.0, 0.24, 0.26, 10.0, 200.0, -5.0]), int8)
+    assert q.dtype == np.int8 and q.tolist() == [-128, -128, -127, -108, 127, -128]  # rounded, clipped
+    assert dequantize(q, int8).tolist() == [0.0, 0.0, 0.5, 10.0, 127.5, 0.0]
+    uint8 = {"dtype": "uint8", "scale": 1 / 255, "zero_point": 0}
+    assert quantize(np.array([0.0, 0.5, 1.0, 2.0]), uint8).tolist() == [0, 128, 255, 255]
+    f32 = {"dtype": "float32", "scale": 0.0, "zero_point": 0}
+    x = np.array([1.25, -3.5])
+    assert quantize(x, f32).dtype == np.float32 and np.array_equal(quantize(x, f32), x)
+    assert dequantize(np.array([3], dtype=np.int8), {"dtype": "int8", "scale": 0.0, "zero_point": 0}).tolist() == [3.0]
+    assert dequantize(np.array([1.5], dtype=np.float32), int8).dtype == np.float32
