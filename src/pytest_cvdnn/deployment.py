@@ -142,11 +142,15 @@ class Deployment:
             self.cache.put_json(data, "keras", key)
             return data
 
+        return self.stage("keras_meta", lambda: self._remembering_failure(self._meta_failure_key, meta))
+
+    @property
+    def _meta_failure_key(self) -> str:
+        """Where a failure to load the model is remembered: its bytes, the file (the message names it: the same
+        bytes elsewhere, two empty files, must not share it) and the tools."""
         versions = tool_versions()
-        # the message names the file: the same bytes elsewhere (two empty files) must not share it
-        failure = sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
-                               f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
-        return self.stage("keras_meta", lambda: self._remembering_failure(failure, meta))
+        return sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
+                            f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
 
     def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
         """``fn()``; a CvdnnError it raises is kept in the cache under ``key`` (which names the file's content
@@ -330,6 +334,8 @@ class Deployment:
         if self.settings.bundle is not None or self.settings.onnx or not self.has_keras:
             return False
         try:
+            if self.cache.get_json("failed", f"{self._meta_failure_key}.json") is not None:
+                return False  # a remembered failure: nothing to convert
             if self.cache.get_json("keras", f"{self.model_hash[:40]}.json") is None:
                 return True
             return not self._onnx_entry(self._conversion_options()).is_file()
