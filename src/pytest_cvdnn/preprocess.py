@@ -106,7 +106,7 @@ def source_image(img: np.ndarray, spec: InputSpec) -> np.ndarray:
     img = np.ascontiguousarray(img)
     have = 1 if img.ndim == 2 else img.shape[2]
     want = spec.n_channels
-    if have == want or (have == 1 and want == 1):
+    if have == want:
         return img
     if have == 3 and want in _SOURCE_CONVERSION:
         return cv2.cvtColor(img, getattr(cv2, _SOURCE_CONVERSION[want]))
