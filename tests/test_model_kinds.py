@@ -124,6 +124,12 @@ def kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _tflite(other, folder / "other.tflite", int8=False)
     _tflite(small, folder / "int8.tflite", int8=True)
     small.save(folder / "small.keras")
+    # two image inputs: a gray one and a colour one (each input gets its own channel count)
+    gray_in, colour_in = keras.Input((24, 24, 1), name="depth"), keras.Input((24, 24, 3), name="rgb")
+    g = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255.0)(gray_in)))
+    c = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255.0)(colour_in)))
+    both = keras.layers.Dense(2)(keras.layers.Concatenate()([g, c]))
+    keras.Model([gray_in, colour_in], both, name="rgbd").save(folder / "rgbd.keras")
     (folder / "kinds_factories.py").write_text(FACTORIES)
     _tf1_savedmodel(folder / "tf1_savedmodel")
     return {p.name: p for p in folder.iterdir()}
@@ -135,10 +141,10 @@ def session_run(kinds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     import subprocess
 
     work = tmp_path_factory.mktemp("kinds-run")
-    for name in ("gray_legacy.h5", "vector.keras", "float.tflite", "int8.tflite", "kinds_factories.py"):
+    for name in ("gray_legacy.h5", "vector.keras", "float.tflite", "int8.tflite", "kinds_factories.py", "rgbd.keras"):
         shutil.copyfile(kinds[name], work / name)
     report = work / "report.json"
-    models = ["gray_legacy.h5", "vector.keras", "kinds_factories:built", "float.tflite", "int8.tflite"]
+    models = ["gray_legacy.h5", "vector.keras", "kinds_factories:built", "float.tflite", "int8.tflite", "rgbd.keras"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
                            f"--cvdnn-cache-dir={work / 'cache'}", f"--cvdnn-report={report}",
                            *(f"--cvdnn-model={m}" for m in models), "-q", f"--rootdir={work}"],
@@ -215,6 +221,17 @@ def test_a_colour_spec_on_a_gray_model_is_named_as_the_channel_count(kinds: dict
     assert "cv2.COLOR_BGR2GRAY" in str(err.value)
 
 
+def test_a_gray_and_a_colour_input_get_their_own_channels(session_run: Session) -> None:
+    checks = _checks(session_run, "rgbd.keras")
+    assert {n: o for n, o in _outcomes(checks).items() if o != "passed"} == {}, session_run.text[-3000:]
+    specs = {d["expected"]["name"]: d["spec"] for d in checks["input_spec"]["data"]["inputs"]}
+    assert {name: spec["channels"] for name, spec in specs.items()} == {"depth": 1, "rgb": None}
+    assert "(1, 1, 24, 24)" in checks["input_spec"]["message"] and "(1, 3, 24, 24)" in checks["input_spec"]["message"]
+    pre = checks["preprocessing"]["data"]["inputs"]
+    assert pre["depth"]["declared"]["channels"] == 1 and pre["depth"]["keras_resize_pixels"] <= 2.0
+    assert pre["rgb"]["keras_resize_pixels"] <= 1.0
+
+
 def test_a_non_image_input_is_checked_without_a_blob(session_run: Session, kinds: dict[str, Path]) -> None:
     import cv2
     import keras
@@ -260,8 +277,9 @@ def test_an_unbuilt_subclassed_model_says_what_to_declare_and_the_failure_is_rem
     text = str(err.value)
     assert "RNet (a subclassed keras.Model) whose input shape is not defined" in text
     assert "--cvdnn-input-shape=HxWxC" in text and "model.build((None, H, W, C))" in text
-    with pytest.raises(CvdnnError, match="remembered from an earlier run"):  # a warm run does not load it again
+    with pytest.raises(CvdnnError) as again:  # a warm run does not load it again, and says the same
         build_deployment(settings, cache).conversion
+    assert str(again.value) == text and "remembered from an earlier attempt" in str(again.value.details)
     declared = build_deployment(settings.__class__(model="kinds_factories:unbuilt", tf_helper=False,
                                                    input_shape=((24, 24, 3),)), cache)
     assert declared.check("parity[keras-cv2dnn]").data["outputs"]
@@ -376,8 +394,13 @@ def test_damaged_tflite_and_same_bytes_in_two_files_are_reported_per_file(kinds:
              "e.tflite": (b"\0" * 64, "e.tflite is not a TFLite model (no TFL3 identifier")}
     for name, (content, expected) in cases.items():
         (tmp_path / name).write_bytes(content)
-    for _ in range(2):  # the second time from the remembered failures
+    for attempt in range(2):  # the second time from the remembered failures
         for name, (content, expected) in cases.items():
             with pytest.raises(CvdnnError) as err:
                 build_deployment(ModelSettings(model=str(tmp_path / name), tf_helper=False), cache).conversion
             assert expected in str(err.value) and name in str(err.value) and "Fix:" in str(err.value), str(err.value)
+            assert ("remembered" in str(err.value.details)) == (attempt == 1 and not name.endswith(".tflite"))
+    (tmp_path / "a.keras").write_bytes(b"not a zip")  # a changed file is tried again
+    with pytest.raises(CvdnnError) as err:
+        build_deployment(ModelSettings(model=str(tmp_path / "a.keras"), tf_helper=False), cache).conversion
+    assert "is not a valid .keras archive" in str(err.value) and "remembered" not in str(err.value.details)

@@ -159,9 +159,12 @@ class Deployment:
         name = f"{key}.json"
         found = self.cache.get_json("failed", name)
         if found is not None and isinstance(found.get("message"), str):
-            raise CvdnnError(f"{found['message']} (remembered from an earlier run on the same file and tools; "
-                             "--cache-clear or a changed file tries again)", fix=found.get("fix"),
-                             details=found.get("details"), node=found.get("node"))
+            # the same words as the first time (the TensorFlow helper's failure, remembered, is the verdict of this
+            # very session); where it comes from is in the details
+            note = ("remembered from an earlier attempt on the same file and tools (no TensorFlow was needed to "
+                    "report it); --cache-clear or a changed file tries again")
+            raise CvdnnError(found["message"], fix=found.get("fix"), node=found.get("node"),
+                             details=note + (f"\n\n{found['details']}" if found.get("details") else ""))
         try:
             return fn()
         except CvdnnError as exc:
