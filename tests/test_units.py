@@ -476,3 +476,16 @@ def test_quantize_and_dequantize_with_the_models_parameters() -> None:
     assert quantize(x, f32).dtype == np.float32 and np.array_equal(quantize(x, f32), x)
     assert dequantize(np.array([3], dtype=np.int8), {"dtype": "int8", "scale": 0.0, "zero_point": 0}).tolist() == [3.0]
     assert dequantize(np.array([1.5], dtype=np.float32), int8).dtype == np.float32
+
+
+def test_input_shapes_from_the_option_ini_and_marker() -> None:
+    from pytest_cvdnn.settings import parse_input_shape
+
+    assert parse_input_shape("64x64x1") == ((64, 64, 1),) and parse_input_shape("64,64,1") == ((64, 64, 1),)
+    assert parse_input_shape("24x24x3;40") == ((24, 24, 3), (40,))
+    assert parse_input_shape((24, 24, 3)) == ((24, 24, 3),) and parse_input_shape([(8, 8, 1), (4,)]) == ((8, 8, 1), (4,))
+    for bad in ("", "0x4", "axb", "64x-1", ";"):
+        with pytest.raises(argparse.ArgumentTypeError, match="input shape"):
+            parse_input_shape(bad)
+    marked = ModelSettings(model="m:f").with_marker({"input_shape": (24, 24, 3)})
+    assert marked.input_shape == ((24, 24, 3),) and marked.key() != ModelSettings(model="m:f").key()

@@ -5,6 +5,8 @@ Loading this module imports neither TensorFlow, cv2 nor onnx.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -459,7 +461,7 @@ def _marker_settings(request: pytest.FixtureRequest) -> ModelSettings:
         kwargs["model"] = state.models[0]
     try:
         return settings.with_marker(kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
 
 

@@ -56,8 +56,7 @@ def as_functional(model: Any, declared: Sequence[Sequence[int]] | None, label: s
     if not shapes:
         raise CvdnnError(
             f"{label} is a {type(model).__name__} (a subclassed keras.Model) whose input shape is not defined: it "
-            "has no functional inputs/outputs and was never built" + (f" (built with {_built_shapes(model)})"
-                                                                        if _built_shapes(model) else ""),
+            "has no functional inputs/outputs and was never built or called",
             fix="call model.build((None, H, W, C)) in the factory before returning it, or declare the shape without "
             "the batch: --cvdnn-input-shape=HxWxC (ini cvdnn_input_shape, marker input_shape=(H, W, C))")
     inputs = [keras.Input(shape=s, name="input" if len(shapes) == 1 else f"input_{k}") for k, s in enumerate(shapes)]
