@@ -131,16 +131,9 @@ class Deployment:
         """Input/output shapes, names and layers of the Keras model (cached: no TensorFlow on warm runs)."""
 
         def meta() -> dict[str, Any]:
-            self.source.check_readable()
-            key = f"{self.model_hash[:40]}.json"
-            cached = self._from_cache(lambda: self.cache.get_json("keras", key), "keras", key, "converted")
-            if cached is not None:
-                return cached
             from .runners.keras import keras_metadata
 
-            data = keras_metadata(self.keras_model)
-            self.cache.put_json(data, "keras", key)
-            return data
+            return self._model_json("keras", lambda: keras_metadata(self.keras_model))
 
         return self.stage("keras_meta", lambda: self._remembering_failure(self._meta_failure_key, meta))
 
@@ -151,6 +144,18 @@ class Deployment:
         versions = tool_versions()
         return sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
                             f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
+
+    def _model_json(self, folder: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """What ``make()`` says about the model file, cached in ``folder`` by its content hash (a warm run
+        neither loads the model nor imports TensorFlow); the file's structure is checked first."""
+        self.source.check_readable()
+        key = f"{self.model_hash[:40]}.json"
+        cached = self._from_cache(lambda: self.cache.get_json(folder, key), folder, key, "converted")
+        if cached is not None:
+            return cached
+        data = make()
+        self.cache.put_json(data, folder, key)
+        return data
 
     def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
         """``fn()``; a CvdnnError it raises is kept in the cache under ``key`` (which names the file's content

@@ -234,17 +234,11 @@ class TFLiteSourceDeployment(ArtifactDeployment):
         """The interpreter's view of the file (cached per content hash: a warm run imports no TensorFlow)."""
 
         def meta() -> dict[str, Any]:
-            self.source.check_readable()
-            key = f"{self.model_hash[:40]}.json"
-            cached = self._from_cache(lambda: self.cache.get_json("tflite", key), "tflite", key, "converted")
-            if cached is not None:
-                return cached
             from .runners.tflite import tflite_metadata
 
-            assert self.source.path is not None
-            data = tflite_metadata(self.source.path)
-            self.cache.put_json(data, "tflite", key)
-            return data
+            path = self.source.path
+            assert path is not None
+            return self._model_json("tflite", lambda: tflite_metadata(path))
 
         return self.stage("tflite_meta", meta)
 
