@@ -93,3 +93,35 @@ def test_missing_bundle_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--cvdnn-bundle=empty")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--cvdnn-bundle=empty: no bundle there*--cvdnn-save-bundle*"])
+
+
+def test_bundle_replay_where_cv2_diverges_from_the_stored_references(run_cvdnn: Callable[..., Run],
+                                                                      models: dict[str, Path],
+                                                                      copy_model: Callable[..., Path],
+                                                                      pytester: pytest.Pytester) -> None:
+    """A bundle travels to a machine whose cv2.dnn computes a node differently (the Resize with nearest_mode=ceil:
+    a hand script with readNetFromONNX differs from onnxruntime by ~270 on 5.x and ~800 on 4.12): the replay
+    fails parity against the *stored* onnxruntime outputs, blames OpenCV and names the node, here and on a
+    target OpenCV; a correct bundle replayed on a target passes."""
+    from conftest import resize_ceil_onnx, side_by_side
+
+    side_by_side("4.12.0")
+    resize_ceil_onnx(pytester.path / "upsample.onnx")
+    _save(run_cvdnn, "upsample.onnx")
+    run = run_cvdnn("--cvdnn-bundle=bundles", "--cvdnn-target=opencv==4.12.0")
+    checks = run.checks()
+    assert checks["verify"]["outcome"] == "passed"  # the files are intact: the fault is OpenCV's
+    for name in ("parity[onnxruntime-cv2dnn]", "parity[onnxruntime-cv2dnn@opencv-4.12.0]"):
+        check = checks[name]
+        assert check["outcome"] == "failed", (name, check["message"])
+        assert check["message"].startswith("OpenCV's importer/runtime computes the ONNX graph differently"), name
+        assert check["data"]["first_divergent"]["node"] == "block2/upsample", (name, check["data"])
+    # the same bundle format, a model cv2.dnn runs right: every replayed item passes on the target too
+    copy_model(models["cnn"], "m.keras")
+    _save(run_cvdnn, "m.keras", folder="good")
+    run = run_cvdnn("--cvdnn-bundle=good", "--cvdnn-target=opencv==4.12.0")
+    assert run.ret == 0, run.text
+    checks = run.checks()
+    assert checks["parity[keras-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
+    assert checks["parity[onnxruntime-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
+    assert run.report["models"][0]["environment"]["target"] == "opencv-4.12.0"

@@ -61,6 +61,14 @@ def test_fixtures_and_marker(run_cvdnn: Callable[..., Run], models: dict[str, Pa
             tflite = cvdnn_model.as_format("tflite")
             assert tflite.onnx_path.suffix == ".tflite"
             assert tflite.check("parity[keras-cv2dnn]").data["outputs"][1]["name"] == "probs (logits)"
+            frozen = cvdnn_model.as_format("tf")
+            assert frozen.onnx_path.suffix == ".pb" and frozen.settings.format == "tf"
+            if hasattr(cv2.dnn, "readNetFromTensorflow"):  # 3.3 ... 5.0
+                assert frozen.check("parity[keras-cv2dnn]").data["max_abs"] < 1e-4
+            else:  # 5.1 removed it: a skip that says so, never a pass
+                from pytest_cvdnn.errors import StageSkipped
+                with pytest.raises(StageSkipped, match=f"OpenCV {cv2.__version__} has no cv2.dnn.readNetFromTensorflow"):
+                    frozen.check("parity[keras-cv2dnn]")
 
         def test_arrays_only(assert_parity):
             a = np.ones((2, 3), np.float32)

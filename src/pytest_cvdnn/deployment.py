@@ -981,6 +981,8 @@ class Deployment:
         env: dict[str, Any] = dict(tool_versions())
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
                    target=self.target_label, format=self.settings.format)
+        if self.settings.target is not None:  # "opencv" above is this process's; the target's is another
+            env["target_opencv"] = self.target_opencv_version()
         return env
 
 
