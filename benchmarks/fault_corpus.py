@@ -29,6 +29,7 @@ def main() -> int:
     env = dict(os.environ)
     if "--targets" in sys.argv:
         env["CVDNN_CORPUS_TARGETS"] = sys.argv[sys.argv.index("--targets") + 1]
+    env["CVDNN_ZOO"] = "1"  # the corpus is in the zoo, which a plain `pytest` leaves out
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "corpus.xml"
         # pytest-benchmark (if installed) turns xdist into a warning, an error under filterwarnings=error

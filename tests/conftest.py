@@ -209,7 +209,12 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _zoo_left_out(config: pytest.Config) -> bool:
+    """The default run (no ``-m``) leaves the zoo out: ``pytest -m zoo`` runs it (CI runs both, .ci/run)."""
+    return not config.getoption("markexpr") and not os.environ.get("CVDNN_ZOO")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         test = f"{module}::{item.nodeid.split('::', 1)[-1].split('[')[0]}"
@@ -217,6 +222,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.core)
         if module in QUICK_MODULES:
             item.add_marker(pytest.mark.quick)
+    if _zoo_left_out(config):
+        zoo = [item for item in items if item.get_closest_marker("zoo") is not None]
+        if zoo:
+            config.hook.pytest_deselected(items=zoo)
+            items[:] = [item for item in items if item.get_closest_marker("zoo") is None]
+            config.stash[_ZOO_LEFT] = len(zoo)
+
+
+_ZOO_LEFT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    left = config.stash.get(_ZOO_LEFT, 0)
+    if left:
+        terminalreporter.write_line(f"{left} zoo test(s) deselected (heavier keras.applications models): run them "
+                                    "with `pytest -m zoo` (CI runs both, .ci/run)")
 
 
 def side_by_side(version: str) -> Path:
@@ -270,10 +291,10 @@ def resize_ceil_onnx(path: Path) -> Path:
         numpy_helper.from_array(np.array([1, 4, 13, 17], np.int64), "sizes"),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="block1/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="block1/conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Resize", ["c1", "roi", "scales", "sizes"], ["up"], name="block2/upsample", mode="nearest",
                          coordinate_transformation_mode="half_pixel", nearest_mode="ceil"),
-        helper.make_node("Conv", ["up", "w2"], ["y"], name="block3/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["up", "w2"], ["y"], name="block3/conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
         nodes, "resize_ceil", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 7, 9])],

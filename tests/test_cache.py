@@ -53,6 +53,56 @@ def test_second_run_hits_the_cache_and_does_not_import_tensorflow(
         cold.report["models"][0]["parity"]["keras-cv2dnn"]["max_abs"]
 
 
+FACTORY_INIT = "import keras  # noqa: F401 - what most packages do at their top: a warm run must not pay for it\n"
+FACTORY_NET = """
+import keras
+from keras import layers
+
+from .blocks import FILTERS
+
+
+def build():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(FILTERS, 3, name="conv")(inp)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax", name="probs")(x))
+"""
+
+
+def test_factory_warm_run_imports_no_tensorflow_and_a_changed_import_converts_again(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """A factory in a package whose __init__ imports Keras: the key is read from the files (module, package,
+    the project file it imports), so a warm run imports nothing; editing the imported file converts again."""
+    cache = tmp_path / "cache"
+    pytester.makeconftest(TF_PROBE)
+    pkg = pytester.path / "zoo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(FACTORY_INIT)
+    (pkg / "net.py").write_text(FACTORY_NET)
+    (pkg / "blocks.py").write_text("FILTERS = 4\n")
+    (pytester.path / "notes.py").write_text("X = 1\n")
+
+    def run() -> Run:
+        result = run_cvdnn("--cvdnn-model=zoo.net:build", "-k", "convert or parity", cache=cache)
+        assert result.ret == 0, result.text
+        return result
+
+    run()
+    assert len(_conversions(cache)) == 1
+    warm = run()
+    assert len(_conversions(cache)) == 1
+    assert json.loads((pytester.path / "tf-imported-main.json").read_text()) is False
+    assert warm.checks()["convert"]["message"].startswith("cache hit (not converted)")
+    (pytester.path / "notes.py").write_text("X = 2\n")  # not imported by the factory: still warm
+    run()
+    assert len(_conversions(cache)) == 1
+    (pkg / "blocks.py").write_text("FILTERS = 6\n")  # imported by it: another model
+    changed = run()
+    assert len(_conversions(cache)) == 2
+    assert changed.checks()["convert"]["message"].startswith("converted in"), changed.checks()["convert"]
+
+
 def test_changed_options_or_model_convert_again(run_cvdnn: Callable[..., Run], models: dict[str, Path],
                                                 copy_model: Callable[..., Path], tmp_path: Path) -> None:
     cache = tmp_path / "cache"

@@ -98,3 +98,22 @@ def test_model_items_work_without_xdist_under_strict_markers(pytester: pytest.Py
     result = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:randomly", "--strict-markers",
                                            "--cvdnn-model=relu.onnx", "-k", "convert or load")
     result.assert_outcomes(passed=2)
+
+
+def test_factory_modules_and_their_packages_are_collected_without_importing_them(pytester: pytest.Pytester) -> None:
+    """A factory's module is a collection argument, and pytest imports collection arguments and packages
+    (``__init__.py``) at collection: a factory in a package whose ``__init__`` imports Keras would import
+    TensorFlow on every warm run.  Collected without either; a factory inside a test module keeps its tests."""
+    boom = "raise RuntimeError('imported at collection')\n"
+    pytester.mkpydir("zoo")
+    (pytester.path / "zoo" / "__init__.py").write_text(boom)
+    (pytester.path / "zoo" / "net.py").write_text(boom + "def build():\n    pass\n")
+    pytester.mkpydir("proj")
+    (pytester.path / "proj" / "test_m.py").write_text("def test_plain():\n    pass\n\n\ndef build():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--collect-only", "-q", "--cvdnn-model=zoo.net:build",
+                                           "--cvdnn-model=proj.test_m:build")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    out = result.stdout.str()
+    assert "zoo/net.py::build::convert" in out and "proj/test_m.py::build::convert" in out
+    assert "proj/test_m.py::test_plain" in out  # the test module's own tests are still collected
+    assert "imported at collection" not in out + result.stderr.str()

@@ -489,3 +489,54 @@ def test_input_shapes_from_the_option_ini_and_marker() -> None:
             parse_input_shape(bad)
     marked = ModelSettings(model="m:f").with_marker({"input_shape": (24, 24, 3)})
     assert marked.input_shape == ((24, 24, 3),) and marked.key() != ModelSettings(model="m:f").key()
+
+
+# -- factories: the cache key is read from the files, never by importing them -------------------
+def _project(root: Path) -> None:
+    (root / "models").mkdir()
+    (root / "models" / "__init__.py").write_text("import this_package_does_not_exist  # never run\n")
+    (root / "models" / "net.py").write_text(
+        "import numpy as np\nimport os, json\nfrom .blocks import conv_block\nfrom . import layers_util\n"
+        "from models.deep import helpers\nfrom shared import *\nimport keras\n\n"
+        "def build():\n    return conv_block(8)\n")
+    (root / "models" / "blocks.py").write_text("FILTERS = 8\n\ndef conv_block(n):\n    return n\n")
+    (root / "models" / "layers_util.py").write_text("X = 1\n")
+    (root / "models" / "deep").mkdir()
+    (root / "models" / "deep" / "__init__.py").write_text("")
+    (root / "models" / "deep" / "helpers.py").write_text("from ..blocks import FILTERS\n")
+    (root / "shared.py").write_text("Y = 2\n")
+    (root / "unrelated.py").write_text("Z = 3\n")
+    (root / "broken.py").write_text("def oops(:\n")
+
+
+def test_factory_files_follow_project_imports_without_importing(tmp_path: Path) -> None:
+    from pytest_cvdnn.factories import factory_digest, factory_files, locate_module
+
+    _project(tmp_path)
+    search = [str(tmp_path), *sys.path]
+    found = {name: Path(file).relative_to(tmp_path).as_posix() for name, file in factory_files("models.net", search,
+                                                                                              [tmp_path])}
+    assert found == {"models.net": "models/net.py", "models": "models/__init__.py", "models.blocks": "models/blocks.py",
+                     "models.layers_util": "models/layers_util.py", "models.deep": "models/deep/__init__.py",
+                     "models.deep.helpers": "models/deep/helpers.py", "shared": "shared.py"}
+    assert "models" not in sys.modules and "this_package_does_not_exist" not in sys.modules  # nothing ran
+    assert locate_module("numpy", search) is not None and locate_module("no.such.module", search) is None
+    assert locate_module("bad-name", search) is None
+    with pytest.raises(LookupError):
+        factory_files("no_such_module", search, [tmp_path])
+
+    def digest(func: str = "build") -> str:
+        return factory_digest("models.net", func, search, [tmp_path])[0]
+
+    first = digest()
+    assert digest() == first  # stable
+    (tmp_path / "unrelated.py").write_text("Z = 4\n")
+    assert digest() == first  # a file it does not import
+    assert digest("build_other") != first  # another function
+    for rel, text in (("models/deep/helpers.py", "from ..blocks import FILTERS  # edited\n"),
+                      ("models/blocks.py", "FILTERS = 16\n"), ("models/__init__.py", "\n"), ("shared.py", "Y = 3\n")):
+        before = digest()
+        (tmp_path / rel).write_text(text)
+        assert digest() != before, rel  # each file it imports, however deep, is part of the key
+    # a module that does not parse is still hashed (running it will say what is wrong)
+    assert factory_files("broken", search, [tmp_path]) == [("broken", tmp_path / "broken.py")]

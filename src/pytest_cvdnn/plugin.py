@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+import fnmatch
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -402,12 +403,48 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     return entries
 
 
+def _package_as_folder(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """A Python package that holds a configured model (or factory module) and no test module of its own is
+    collected as a plain directory: pytest collects a ``Package`` by importing its ``__init__.py``, which often
+    imports Keras (i.e. TensorFlow), and the model's checks need none of it — a warm run stays free of
+    TensorFlow.  Node ids are the same; a package with test modules is left to pytest (pytest >= 8)."""
+    state = parent.config.stash.get(STATE, None)
+    folder_type = getattr(pytest, "Dir", None)
+    if state is None or folder_type is None or not (path / "__init__.py").is_file():
+        return None
+    resolved = path.resolve()
+    if not any(resolved in model.parents for model in state.entries):
+        return None
+    if any(_is_test_module(child, parent.config) for child in path.iterdir() if child.suffix == ".py"):
+        return None
+    return folder_type.from_parent(parent, path=path)  # type: ignore[no-any-return]
+
+
+def _is_test_module(path: Path, config: pytest.Config) -> bool:
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in config.getini("python_files"))
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     state = parent.config.stash.get(STATE, None)
     entries = state.entries.get(file_path.resolve()) if state is not None else None
-    if entries:
-        return ModelFile.from_parent(parent, path=file_path, entries=entries)
-    return None
+    if not entries:
+        return None
+    if file_path.suffix == ".py" and parent.session.isinitpath(file_path) \
+            and not _is_test_module(file_path, parent.config):
+        return None  # a factory's module that pytest would import as a Module: pytest_pycollect_makemodule
+    return ModelFile.from_parent(parent, path=file_path, entries=entries)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """A factory's module is a collection argument (its checks are collected there), so pytest would import it
+    as a test Module — and with it Keras and TensorFlow, on every warm run.  Unless it is also a test module of
+    the project (``test_*.py``), its checks take the Module's place and nothing is imported."""
+    state = parent.config.stash.get(STATE, None)
+    entries = state.entries.get(module_path.resolve()) if state is not None else None
+    if not entries or _is_test_module(module_path, parent.config):
+        return None
+    return ModelFile.from_parent(parent, path=module_path, entries=entries)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -416,7 +453,7 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Col
     entries = state.entries.get(path.resolve()) if state is not None else None
     if entries:
         return ModelDirectory.from_parent(parent, path=path, entries=entries)
-    return None
+    return _package_as_folder(path, parent)
 
 
 # -- results (controller side; worker reports arrive here with their user_properties) ------

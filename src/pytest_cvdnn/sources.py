@@ -46,21 +46,20 @@ class ModelSource:
         return self.kind in ("keras", "h5", "savedmodel", "factory")
 
     def content_hash(self) -> str:
-        """SHA-256 of the model's bytes (file or folder); factories hash their module file."""
+        """SHA-256 of the model's bytes (file or folder); a factory: its module and the project files it imports."""
         from .cache import sha256_bytes, sha256_path
 
         if self.path is not None:
             return sha256_path(self.path)
+        from .factories import factory_digest
+
         module_name, func = (self.factory or "").split(":")
-        try:  # found without running the module: it may import TensorFlow, which a warm run avoids
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            spec = None
-        file = spec.origin if spec is not None and spec.origin and Path(spec.origin).is_file() else None
-        if file is None:
+        try:  # read, never run: the module may import TensorFlow, which a warm run avoids
+            return factory_digest(module_name, func)[0]
+        except LookupError:  # not a source file (an extension module?): its file, found by importing it
             file = getattr(importlib.import_module(module_name), "__file__", None)
-        source = Path(file).read_bytes() if file else b""
-        return sha256_bytes(source + f"\0{module_name}:{func}".encode())
+            source = Path(file).read_bytes() if file else b""
+            return sha256_bytes(source + f"\0{module_name}:{func}".encode())
 
     def check_readable(self) -> None:
         """Cheap structural checks that give a precise message before TensorFlow is involved."""
@@ -236,17 +235,22 @@ def _tf1_signature(keras: Any, path: Path) -> tuple[dict[str, Any], list[str], A
 
 def factory_module_file(source: ModelSource) -> Path:
     """The file of a factory's module (found without running it), where its checks are collected."""
+    from .factories import locate_module
+
     module_name = str(source.factory).split(":")[0]
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+    file = locate_module(module_name, sys.path)  # (find_spec would import its parent packages)
+    if file is None:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        file = Path(spec.origin) if spec is not None and spec.origin and Path(spec.origin).is_file() else None
+    if file is None:
         raise CvdnnError(
             f"the module {module_name!r} of the model factory {source.text!r} cannot be found",
             fix="make it importable (installed, or relative to the rootdir) and spell it 'package.module:function'",
         )
-    return Path(spec.origin)
+    return file
 
 
 def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
