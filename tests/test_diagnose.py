@@ -192,9 +192,10 @@ def test_opencv_side_divergence_is_localised_in_cv2(run_cvdnn: Callable[..., Run
 
 
 def test_fix_option_adds_a_remedies_item(run_cvdnn: Callable[..., Run], models: dict[str, Path],
-                                         copy_model: Callable[..., Path]) -> None:
+                                         copy_model: Callable[..., Path], tmp_path: Path) -> None:
     copy_model(models["cnn"], "m.keras")
-    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies")
+    cache = tmp_path / "cache"
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies", cache=cache)
     assert run.ret == 0, run.text
     check = run.checks()["remedies"]
     tried = {(r["opset"], r["layout"]) for r in check["data"]["remedies"]}
@@ -202,6 +203,17 @@ def test_fix_option_adds_a_remedies_item(run_cvdnn: Callable[..., Run], models: 
     assert all(r["outcome"] == "works" for r in check["data"]["remedies"])  # OpenCV 5 takes every variant
     assert "Ship this one: --cvdnn-opset=13 --cvdnn-layout=nchw" in check["message"]  # the current settings work
     _ship_this_one_runs_as_printed(check["message"], models["cnn"])
+    # a warm run replays the search (same model, options, inputs, tools and OpenCV) instead of loading eight
+    # variants again: shown by editing what it remembered; other options search again
+    (entry,) = (cache / "remedies").iterdir()
+    remembered = json.loads(entry.read_text())
+    remembered["remedies"][0]["detail"] = "max abs error 0.000042 (replayed)"
+    entry.write_text(json.dumps(remembered))
+    warm = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies", cache=cache)
+    assert "(max abs error 0.000042 (replayed))" in warm.checks()["remedies"]["message"]
+    other = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies", "--cvdnn-atol=2e-4", cache=cache)
+    assert "replayed" not in other.checks()["remedies"]["message"]
+    assert len(list((cache / "remedies").iterdir())) == 2
 
 
 def _ship_this_one_runs_as_printed(message: str, keras_path: Path) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +35,7 @@ def test_readme_main_command_on_the_shipped_model(shared_cache: Path, tmp_path: 
     assert (ROOT / "examples" / "tiny_cnn.keras").stat().st_size < 2 * 1024 * 1024
 
 
+@pytest.mark.zoo  # (DenseNet121: ~20 s)
 def test_example_tests_including_the_densenet121_seed_case(shared_cache: Path) -> None:
     proc = _pytest("examples/test_deployment.py", "-v", cache=shared_cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -131,12 +132,42 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
 
 
 def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str, Any]]]:
-    from .diagnose import format_remedies, remedy_search
+    from .diagnose import Remedy, format_remedies, remedy_search
 
-    remedies = remedy_search(dep, dep.variant)
+    key = _remedy_key(dep)
+    found = dep.cache.get_json("remedies", f"{key}.json") if key else None
+    try:  # (a damaged entry is searched again)
+        remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]))
+                    for r in found["remedies"]]  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        found = None
+    if found is None:
+        remedies = remedy_search(dep, dep.variant)
+        if key:
+            dep.cache.put_json({"remedies": [r.as_dict() for r in remedies]}, "remedies", f"{key}.json")
     if not remedies:
         return "", []
     return format_remedies(dep, remedies, blocking), [r.as_dict() for r in remedies]
+
+
+def _remedy_key(dep: Deployment) -> str | None:
+    """What decides the remedy search's outcome: the model, the options, the inputs, the tools and the OpenCV
+    that loads the variants (this one's build, or a pinned ``opencv==X`` target); a warm run replays it instead
+    of loading eight variants again.  None (not remembered) for a target that is a Python interpreter: its
+    OpenCV can change behind the same path."""
+    from .cache import sha256_bytes
+    from .convert import tool_versions
+
+    if not dep.has_keras or not dep.can_convert:
+        return None
+    target = dep.settings.target
+    if target is not None and not target.startswith("opencv=="):
+        return None
+    where = target or dep.opencv_build
+    options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
+    text = "|".join([dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,
+                     json.dumps(tool_versions(), sort_keys=True)])
+    return sha256_bytes(text.encode())[:40]
 
 
 def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
