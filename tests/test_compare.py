@@ -230,3 +230,18 @@ def test_the_pair_result_its_summary_and_its_report() -> None:
     assert top1_text([o.as_dict() for o in r.outputs]) == "0/1"
     assert top1_text([{"topk": [{"k": 1, "agree": 2, "disagree": 1, "ambiguous": 3}]}]) == "2/3 (3 near-tie)"
     assert top1_text([{"topk": []}]) == ""
+
+
+def test_worst_order_is_the_full_sort_without_sorting_everything() -> None:
+    """Mismatches first, largest error first, ties in index order: the same as lexsort over the whole array,
+    on arrays with many ties, few or many mismatches, and k larger than a group."""
+    from pytest_cvdnn.compare import worst_order
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        diff = rng.integers(0, 4, n).astype(np.float64) * rng.choice([1.0, 0.5])  # heavy ties
+        bad = rng.random(n) < rng.choice([0.0, 0.1, 0.5, 1.0])
+        k = int(rng.integers(0, n + 3))
+        expected = [int(i) for i in np.lexsort((-diff, ~bad))[:k]]
+        assert worst_order(diff, bad, k) == expected, (trial, diff, bad, k)

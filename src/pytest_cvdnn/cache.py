@@ -36,12 +36,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: digests of the files this process hashed, by (path, inode, size, mtime_ns, ctime_ns): the cached ONNX is
+#: verified, then summarised, and a model file is hashed by every deployment of it (formats, targets, variants)
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    found = _FILE_DIGESTS.get(key)
+    if found is not None:
+        return found
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             h.update(chunk)
-    return h.hexdigest()
+    _FILE_DIGESTS[key] = digest = h.hexdigest()
+    return digest
 
 
 def sha256_path(path: Path) -> str:

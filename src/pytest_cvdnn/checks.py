@@ -313,10 +313,15 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
                           fix="use ddepth=cv2.CV_32F (float32) for the blob", data=data)
     from .runners.cv2dnn import opencv_error_line
 
-    feeds = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
+    first = [x[:1] for x in dep.inputs]
+    feeds = dep.to_onnx_inputs(first)
+    same = feeds[n].shape == blob.shape and feeds[n].dtype == blob.dtype
     feeds[n] = blob  # the other inputs (if any) keep their sample values
     try:
-        dep.cv2net.infer(feeds)
+        if same:  # cv2.dnn takes or rejects a blob by its shape and type: sample 0's forward (shared) says it
+            dep.run("cv2dnn", first)
+        else:
+            dep.cv2net.infer(feeds)
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raise CheckFailed(
             f"cv2.dnn rejects the spec's blob {tuple(blob.shape)}: {opencv_error_line(exc)}",

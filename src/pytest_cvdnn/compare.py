@@ -326,6 +326,24 @@ def _topk(expected: np.ndarray, obtained: np.ndarray, k: int, tol: Tolerance) ->
     return TopKResult(k=k, agree=agree, disagree=disagree, ambiguous=ambiguous)
 
 
+def worst_order(diff: np.ndarray, bad: np.ndarray, k: int) -> list[int]:
+    """The ``k`` flat indices to show: mismatches first, then by largest error, ties in index order — what
+    ``np.lexsort((-diff, ~bad))[:k]`` gives, without sorting the whole array (outputs have millions of
+    elements; the candidates are only the elements at or above the k-th largest error of each group)."""
+    chosen: list[int] = []
+    for group in (bad, ~bad):
+        need = k - len(chosen)
+        if need <= 0:
+            break
+        idx = np.flatnonzero(group)
+        if idx.size > need:
+            values = diff[idx]
+            kth = np.partition(values, idx.size - need)[idx.size - need]
+            idx = idx[values >= kth]
+        chosen.extend(int(i) for i in idx[np.lexsort((idx, -diff[idx]))][:need])
+    return chosen
+
+
 def compare_arrays(
     expected: np.ndarray,
     obtained: np.ndarray,
@@ -377,7 +395,7 @@ def compare_arrays(
         cosine = 0.0
     else:
         cosine = float(np.dot(ef, of) / (ne * no))
-    order = np.lexsort((-diff.ravel(), (~bad).ravel()))[:worst]  # mismatches first, largest error first
+    order = worst_order(diff.ravel(), bad.ravel(), worst)
     worst_rows = tuple(
         (
             tuple(int(i) for i in np.unravel_index(int(flat), e.shape)),

@@ -483,8 +483,13 @@ class Deployment:
             shapes = self.input_shapes()
             specs = [self.spec_for(n) for n in range(len(shapes))]
             if self.settings.inputs:
-                return load_inputs(Path(self.settings.inputs), shapes, specs)
-            return random_inputs(shapes, specs, self.settings.samples, self.settings.seed, self.settings.input_range)
+                arrays = load_inputs(Path(self.settings.inputs), shapes, specs)
+            else:
+                arrays = random_inputs(shapes, specs, self.settings.samples, self.settings.seed,
+                                       self.settings.input_range)
+            for x in arrays:  # shared by every check and runner: nobody may change them (and their digests stay)
+                x.flags.writeable = False
+            return arrays
 
         return self.stage("inputs", make)
 
@@ -514,7 +519,15 @@ class Deployment:
 
     @staticmethod
     def inputs_hash(inputs: Sequence[np.ndarray]) -> str:
-        return sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+        """Digest of arrays (the key of every cached output); remembered for read-only arrays (the samples and
+        their slices), which the checks hash again and again."""
+        key = _frozen_key(inputs)
+        if key is not None and key in _DIGESTS:
+            return _DIGESTS[key][1]
+        digest = sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+        if key is not None:
+            _DIGESTS[key] = (list(inputs), digest)  # (held: their memory cannot be reused while the key exists)
+        return digest
 
     # -- runners ----------------------------------------------------------------------------
     @property
@@ -984,6 +997,25 @@ class Deployment:
         if self.settings.target is not None:  # "opencv" above is this process's; the target's is another
             env["target_opencv"] = self.target_opencv_version()
         return env
+
+
+#: digests of read-only arrays by where they are (data pointer, shape, strides, dtype), with the arrays held
+_DIGESTS: dict[tuple[Any, ...], tuple[list[np.ndarray], str]] = {}
+
+
+def _frozen_key(arrays: Sequence[np.ndarray]) -> tuple[Any, ...] | None:
+    """A key for arrays whose contents cannot change: read-only all the way down to the memory's owner."""
+    key = []
+    for x in arrays:
+        base: Any = x
+        while isinstance(base, np.ndarray):
+            if base.flags.writeable:
+                return None
+            base = base.base
+        if base is not None and not isinstance(base, bytes):  # memory of another kind (mmap, buffer): unknown
+            return None
+        key.append((x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str))
+    return tuple(key)
 
 
 #: the newest OpenCV release this plugin is tested on (pyproject.toml's bound; README "Supported OpenCV")
