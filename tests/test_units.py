@@ -540,3 +540,40 @@ def test_factory_files_follow_project_imports_without_importing(tmp_path: Path) 
         assert digest() != before, rel  # each file it imports, however deep, is part of the key
     # a module that does not parse is still hashed (running it will say what is wrong)
     assert factory_files("broken", search, [tmp_path]) == [("broken", tmp_path / "broken.py")]
+
+
+def test_file_digests_are_remembered_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"a" * 100)
+    first = sha256_file(path)
+    assert first == sha256_bytes(b"a" * 100) and sha256_file(path) == first
+    stat = os.stat(path)
+    path.write_bytes(b"b" * 100)  # same size; the write moves mtime/ctime (forced apart here, whatever the clock)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert sha256_file(path) == sha256_bytes(b"b" * 100)
+    path.write_bytes(b"b" * 99)  # another size
+    assert sha256_file(path) == sha256_bytes(b"b" * 99)
+    moved = tmp_path / "other.onnx"
+    path.rename(moved)
+    path.write_bytes(b"c" * 99)  # a new file (inode) at the old path
+    assert sha256_file(path) == sha256_bytes(b"c" * 99) and sha256_file(moved) == sha256_bytes(b"b" * 99)
+
+
+def test_inputs_hash_remembers_only_arrays_that_cannot_change() -> None:
+    from pytest_cvdnn.deployment import Deployment
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    before = Deployment.inputs_hash([x])
+    x[0, 0, 0] = 99  # writable: hashed again, so the change shows
+    assert Deployment.inputs_hash([x]) != before
+    x.flags.writeable = False
+    frozen = Deployment.inputs_hash([x])
+    assert Deployment.inputs_hash([x]) == frozen == Deployment.inputs_hash([x.copy()])
+    assert Deployment.inputs_hash([x[:1]]) == Deployment.inputs_hash([x[:1].copy()])  # views of it too
+    assert Deployment.inputs_hash([x[:1]]) != Deployment.inputs_hash([x[1:]])
+    base = np.zeros((2, 3), np.float32)
+    view = base[:1]
+    view.flags.writeable = False  # read-only view of a writable array: its memory can still change
+    digest = Deployment.inputs_hash([view])
+    base[0, 0] = 5
+    assert Deployment.inputs_hash([view]) != digest
