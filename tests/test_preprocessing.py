@@ -62,7 +62,8 @@ def test_from_model_finds_in_model_normalisation_and_says_when_it_guesses() -> N
 @pytest.mark.parametrize("mode", list(FAMILIES))
 def test_derived_blob_equals_keras_reference_on_real_photos(mode: str, family_models: dict[str, Any],
                                                             photos: list[np.ndarray]) -> None:
-    from pytest_cvdnn.preprocess import (ARITHMETIC_TOL, RESIZE_PIXEL_TOL, blob_method, keras_reference, pixel_error,
+    from pytest_cvdnn.reference import keras_reference
+    from pytest_cvdnn.preprocess import (ARITHMETIC_TOL, RESIZE_PIXEL_TOL, blob_method, pixel_error,
                                          to_nhwc)
 
     spec = InputSpec.from_model(family_models[mode])
@@ -115,7 +116,7 @@ print(json.dumps(out))
 def test_derived_blob_equals_keras_reference_on_opencv_4_5_5(photos: list[np.ndarray], tmp_path: Path,
                                                             opencv_4_5_5: Path) -> None:
     """OpenCV 4.5.5 has no Image2BlobParams: torch mode falls back to numpy, the rest use blobFromImage."""
-    from pytest_cvdnn.preprocess import keras_reference
+    from pytest_cvdnn.reference import keras_reference
     from pytest_cvdnn.targets import opencv_env
 
     for i, img in enumerate(photos):
@@ -171,7 +172,8 @@ def test_planted_mistake_is_diagnosed(planted: str, diagnosis: str, run_cvdnn: C
     # the fix, pasted as printed, builds what Keras feeds DenseNet121 (preprocess_input, torch mode)
     from snippet_child import run as paste
 
-    from pytest_cvdnn.preprocess import keras_reference, load_photos, to_nhwc
+    from pytest_cvdnn.preprocess import load_photos, to_nhwc
+    from pytest_cvdnn.reference import keras_reference
 
     code = check["data"]["corrected_code"]
     assert code and check["message"].split("Fix: ", 1)[1].startswith(code.split("  #")[0])

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -577,3 +578,100 @@ def test_inputs_hash_remembers_only_arrays_that_cannot_change() -> None:
     digest = Deployment.inputs_hash([view])
     base[0, 0] = 5
     assert Deployment.inputs_hash([view]) != digest
+
+
+def test_pil_nearest_tensor_is_what_load_img_then_preprocess_input_give() -> None:
+    """The resize note's tensor (a training pipeline on keras.utils.load_img: PIL nearest) against the same
+    pipeline written out here: PIL resize of the RGB (or L / RGBA) photo, then Keras' preprocess_input
+    constants by hand (caffe: BGR minus the ImageNet means; tf: x/127.5 - 1; torch: RGB (x/255 - mean)/std)."""
+    from PIL import Image
+
+    from pytest_cvdnn.preprocess import pil_nearest_tensor
+
+    rng = np.random.default_rng(4)
+    photos = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), rng.integers(0, 256, (20, 90, 3), dtype=np.uint8)]
+
+    def pil(mode: str) -> np.ndarray:
+        rows = [np.asarray(Image.fromarray(np.ascontiguousarray(p[..., ::-1])).convert(mode).resize((11, 7),
+                                                                                                    Image.NEAREST),
+                           dtype=np.float32) for p in photos]
+        return np.stack([r if r.ndim == 3 else r[..., None] for r in rows])
+
+    rgb = pil("RGB")
+    caffe = rgb[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+    torch = (rgb / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    for mode, want in (("caffe", caffe), ("tf", rgb / 127.5 - 1), ("torch", torch), ("none", rgb)):
+        got = pil_nearest_tensor(photos, InputSpec.from_keras_mode(mode, size=(11, 7)))
+        assert got.shape == (2, 7, 11, 3) and got.dtype == np.float32, mode
+        np.testing.assert_allclose(got, want, atol=1e-4, err_msg=mode)
+    gray = pil_nearest_tensor(photos, InputSpec.from_keras_mode("tf", size=(11, 7), channels=1, swap_rb=False))
+    np.testing.assert_allclose(gray, pil("L") / 127.5 - 1, atol=1e-5)
+    rgba = pil_nearest_tensor(photos, InputSpec(size=(11, 7), channels=4, swap_rb=True))
+    np.testing.assert_array_equal(rgba, pil("RGBA"))  # (a plain spec: pixels as they are, alpha opaque)
+
+
+# -- cache files: deterministic, private staging beside their destination, no pickles ---------------
+def test_cache_files_are_deterministic_and_created_with_their_folders(tmp_path: Path) -> None:
+    """Sorted keys and a fixed indent (bundles and cache entries regenerate byte-identical); nested folders
+    that do not exist yet are created; the event log is one sorted JSON line per event, mode 0644."""
+    cache = Cache(tmp_path / "new" / "root")
+    cache.put_json({"b": 1, "a": [1, 2]}, "deep", "er", "x.json")
+    assert (cache.root / "deep" / "er" / "x.json").read_text() == json.dumps({"a": [1, 2], "b": 1}, indent=2)
+    produced = tmp_path / "produced.onnx"
+    produced.write_bytes(b"onnx bytes")
+    path, meta = cache.put_onnx("k1", produced, {"z": 1, "a": 2})
+    assert meta == {"z": 1, "a": 2, "sha256": sha256_bytes(b"onnx bytes")}
+    assert (path.parent / "meta.json").read_text() == json.dumps(meta, indent=2, sort_keys=True)
+    old = os.umask(0o022)
+    try:
+        cache.log_event({"y": 1, "x": 2})
+    finally:
+        os.umask(old)
+    events = cache.root / "events.jsonl"
+    assert events.read_text() == '{"x": 2, "y": 1}\n'
+    assert events.stat().st_mode & 0o777 == 0o644
+
+
+def test_cache_writes_are_staged_beside_their_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An atomic rename needs the staging file in the destination's folder (a rename across file systems is a
+    copy, and a reader could see half a file): every os.replace the cache does stays in one folder, and the
+    staging names are hidden (a leading dot) so that nothing lists them as entries."""
+    moves: list[tuple[Path, Path]] = []
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        moves.append((Path(src), Path(dst)))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    cache = Cache(tmp_path / "c")
+    cache.put_json({"a": 1}, "j", "x.json")
+    cache.put_arrays([np.zeros(3)], "r", "y.npz")
+    produced = tmp_path / "p.onnx"
+    produced.write_bytes(b"x")
+    cache.put_onnx("key", produced, {})
+    assert len(moves) == 3
+    for src, dst in moves:
+        assert src.parent == dst.parent and src.name.startswith("."), (src, dst)
+    assert not [p for p in (tmp_path / "c").rglob(".*")]  # no staging left behind
+
+
+def test_cached_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    """An .npz in the cache holding an object array (a pickle: code) is treated as damaged and removed, not
+    loaded."""
+    cache = Cache(tmp_path)
+    path = tmp_path / "ref" / "x.npz"
+    path.parent.mkdir()
+    np.savez(path, __count__=np.array(1), a0=np.array([{"code": 1}], dtype=object))
+    assert cache.get_arrays("ref", "x.npz") is None
+    assert not path.exists()
+
+
+def test_pixel_limits_are_the_readme_s() -> None:
+    """README: the blob may differ from Keras' own pipeline by 1 pixel level in colour (bilinear resize,
+    measured <= 0.78) and 2 in gray (PIL's and OpenCV's gray conversions differ by 1 level on a few pixels)."""
+    from pytest_cvdnn.preprocess import pixel_limit
+
+    assert pixel_limit(InputSpec.from_keras_mode("caffe", size=(8, 8))) == 1.0
+    assert pixel_limit(InputSpec(size=(8, 8), channels=4)) == 1.0
+    assert pixel_limit(InputSpec.from_keras_mode("tf", size=(8, 8), channels=1, swap_rb=False)) == 2.0

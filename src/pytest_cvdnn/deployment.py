@@ -896,9 +896,9 @@ class Deployment:
         return self.expected_spec_for(self._first_image if index is None else index)
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
-        """Keras' preprocessing of the photos, resized by OpenCV or by Keras (see preprocess.keras_reference;
+        """Keras' preprocessing of the photos, resized by OpenCV or by Keras (see reference.keras_reference;
         cached: no TensorFlow when warm)."""
-        from .preprocess import keras_reference
+        from .reference import keras_reference
 
         key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode() + resize.encode())[:32]
         cached = self._from_cache(lambda: self.cache.get_arrays("ref", f"prep-{key}.npz"), "ref", f"prep-{key}.npz",
