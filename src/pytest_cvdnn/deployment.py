@@ -526,6 +526,8 @@ class Deployment:
             return _DIGESTS[key][1]
         digest = sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
         if key is not None:
+            if len(_DIGESTS) >= 256:  # bounded: a key goes with the arrays it holds
+                _DIGESTS.clear()
             _DIGESTS[key] = (list(inputs), digest)  # (held: their memory cannot be reused while the key exists)
         return digest
 

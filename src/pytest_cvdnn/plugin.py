@@ -6,7 +6,6 @@ Loading this module imports neither TensorFlow, cv2 nor onnx.
 from __future__ import annotations
 
 import argparse
-
 import fnmatch
 import json
 import os
