@@ -301,6 +301,12 @@ TORCH = InputSpec.from_keras_mode("torch", size=(64, 64))
      "the blob is 255x too large: the scaling is missing; the model expects scalefactor=0.00392156863"),
     ("torch,size=64x64,scale=0.0000153787", "double scaling",
      "the blob is scaled 255x too much (scaled twice?); the model expects scalefactor=0.00392156863"),
+    ("torch,size=64x64,scale=0.00396", "wrong scale",
+     "the blob is 0.98 % too large (scalefactor off by a factor 1.01); the model expects scalefactor=0.00392156863"),
+    ("torch,size=64x64,mean=123.175/116.28/103.53", "wrong mean",
+     "the mean is (123.175, 116.28, 103.53) but the model expects (123.675, 116.28, 103.53)"),
+    ("torch,size=64x64,crop=letterbox", "crop vs stretch",
+     "the blob is letterboxed but the model expects the image stretched to size (no crop): use crop=False"),
 ])
 def test_each_usual_mistake_is_named_with_its_fix(declared: str, name: str, message: str) -> None:
     found = candidate_mistakes(InputSpec.parse(declared), TORCH, "dn")

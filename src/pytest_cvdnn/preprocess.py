@@ -499,8 +499,11 @@ def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> 
             r = float(np.median(ratio))
             if r > 1.5:
                 name, how = "missing scaling", f"the blob is {r:.4g}x too large: the scaling is missing"
-            else:
+            elif r < 1 / 1.5:
                 name, how = "double scaling", f"the blob is scaled {1 / r:.4g}x too much (scaled twice?)"
+            else:  # close, but not the same: a rounded or mistyped factor
+                name, how = "wrong scale", (f"the blob is {abs(r - 1) * 100:.2g} % too {'large' if r > 1 else 'small'} "
+                                            f"(scalefactor off by a factor {r:.4g})")
             exp_scale = expected.scale
             scale_txt = f"{exp_scale:.9g}" if isinstance(exp_scale, (int, float)) else _tuple(exp_scale)
             found.append(Mistake(name, f"{how}; the model expects scalefactor={scale_txt}", fix(scale=expected.scale)))
