@@ -125,3 +125,49 @@ def test_bundle_replay_where_cv2_diverges_from_the_stored_references(run_cvdnn: 
     assert checks["parity[keras-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
     assert checks["parity[onnxruntime-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
     assert run.report["models"][0]["environment"]["target"] == "opencv-4.12.0"
+
+
+def test_hostile_bundles_are_usage_errors_that_open_nothing_outside(run_cvdnn: Callable[..., Run],
+                                                                   models: dict[str, Path],
+                                                                   copy_model: Callable[..., Path],
+                                                                   pytester: pytest.Pytester) -> None:
+    """A manifest that is not what pytest-cvdnn writes, or that points outside its folder (a path, or a
+    symbolic link with the right checksum), is one usage error naming the field — never an INTERNALERROR, and
+    the outside file is never hashed or named (its digest does not appear anywhere)."""
+    import hashlib
+    import json
+    import shutil
+
+    copy_model(models["cnn"], "m.keras")
+    _save(run_cvdnn, "m.keras")
+    good = pytester.path / "bundles" / "m.keras"
+    secret = pytester.path / "secret.bin"
+    secret.write_bytes(b"not for the bundle")
+    digest = hashlib.sha256(secret.read_bytes()).hexdigest()
+    manifest = json.loads((good / "manifest.json").read_text())
+
+    def variant(name: str, edit: Callable[[dict], object]) -> Path:
+        folder = pytester.path / name / "m.keras"
+        shutil.copytree(good, folder)
+        edited = edit(json.loads(json.dumps(manifest)))
+        (folder / "manifest.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+        return folder
+
+    cases = {
+        "notjson": (variant("notjson", lambda m: "{"), "cannot be read as JSON"),
+        "atol": (variant("atol", lambda m: {**m, "settings": {**m["settings"], "atol": "abc"}}),
+                 "'settings.atol' is 'abc'"),
+        "escape": (variant("escape", lambda m: {**m, "files": {**m["files"], f"../../{secret.name}": digest}}),
+                   f"the file name '../../{secret.name}' is not a plain file name"),
+    }
+    linked = variant("linked", lambda m: m)
+    (linked / "probe.onnx").unlink()
+    shutil.copyfile(good / "probe.onnx", secret)  # the right bytes, outside the bundle
+    (linked / "probe.onnx").symlink_to(secret)
+    cases["linked"] = (linked, "the file 'probe.onnx' is a symbolic link")
+    for name, (folder, field) in cases.items():
+        run = run_cvdnn(f"--cvdnn-bundle={folder.parent.name}", report=False)
+        assert run.ret == pytest.ExitCode.USAGE_ERROR, (name, run.text)
+        assert f"--cvdnn-bundle: the bundle {folder} has an invalid manifest.json: " in run.text, (name, run.text)
+        assert field in run.text and "INTERNALERROR" not in run.text and "Traceback" not in run.text, run.text
+        assert digest not in run.text and digest[:12] not in run.text

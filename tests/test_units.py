@@ -681,3 +681,88 @@ def test_pixel_limits_are_the_readme_s() -> None:
     assert pixel_limit(InputSpec.from_keras_mode("caffe", size=(8, 8))) == 1.0
     assert pixel_limit(InputSpec(size=(8, 8), channels=4)) == 1.0
     assert pixel_limit(InputSpec.from_keras_mode("tf", size=(8, 8), channels=1, swap_rb=False)) == 2.0
+
+
+# -- bundle manifests are untrusted input ---------------------------------------------------------
+def _bundle(folder: Path) -> dict[str, Any]:
+    """A minimal well-formed bundle (files with their checksums) and its manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"model.onnx": b"onnx", "inputs.npz": b"npz", "ref-onnxruntime-0.npz": b"ref"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {
+        "format": 1, "model": "m.keras", "model_hash": "ab" * 32, "has_keras": False, "keras_meta": None,
+        "graph": {"inputs": [{"name": "image", "shape": [None, 3, 8, 8], "dtype": "float32"}],
+                  "outputs": [{"name": "probs", "shape": [None, 10], "dtype": "float32"}],
+                  "softmax_outputs": [True], "opset": 13, "op_types": ["Conv"]},
+        "softmax_logits": [[0, "logits"]],
+        "settings": {"atol": 1e-4, "rtol": 1e-3, "srtol": 1e-3, "opset": 13, "layout": "nchw", "engine": "auto",
+                     "samples": 4, "seed": 0},
+        "spec": {"size": [8, 8], "layout": "nchw"}, "input_specs": [], "preprocessing": None,
+        "references": [{"runner": "onnxruntime", "logits": False, "inputs": "cd" * 32,
+                        "file": "ref-onnxruntime-0.npz"}],
+        "files": {name: sha256_bytes(data) for name, data in files.items()},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: "{not json", "cannot be read as JSON"),
+    (lambda m: [], "the top level is a JSON list"),
+    (lambda m: {}, "'format' is missing"),
+    (lambda m: {k: v for k, v in m.items() if k != "settings"}, "'settings' is missing"),
+    (lambda m: {**m, "format": 2}, "'format' is 2"),
+    (lambda m: {**m, "settings": {**m["settings"], "atol": "abc"}}, "'settings.atol' is 'abc'"),
+    (lambda m: {**m, "settings": {**m["settings"], "rtol": -1}}, "'settings.rtol' is -1"),
+    (lambda m: {**m, "settings": {**m["settings"], "samples": True}}, "'settings.samples' is True"),
+    (lambda m: {**m, "settings": {**m["settings"], "layout": "nwhc"}}, "'settings.layout' is 'nwhc'"),
+    (lambda m: {**m, "spec": {"scale": "abc"}}, "'spec' is not a valid input spec (scale must be a number"),
+    (lambda m: {**m, "graph": {"inputs": []}}, "'graph' does not describe"),
+    (lambda m: {**m, "softmax_logits": [[5, "x"]]}, "'softmax_logits' names an output"),
+    (lambda m: {**m, "files": {**m["files"], "../../../../etc/passwd": "0" * 64}},
+     "the file name '../../../../etc/passwd' is not a plain file name"),
+    (lambda m: {**m, "files": {**m["files"], "/etc/passwd": "0" * 64}}, "the file name '/etc/passwd'"),
+    (lambda m: {**m, "files": {**m["files"], "model.onnx": "xyz"}}, "the checksum of 'model.onnx'"),
+    (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "inputs.npz"}},
+     "'files' does not list inputs.npz"),
+    (lambda m: {**m, "references": [{**m["references"][0], "file": "../../outside_ref.npz"}]},
+     "'references'[0].file '../../outside_ref.npz' is not listed"),
+    (lambda m: {**m, "references": [{**m["references"][0], "runner": "tensorrt"}]}, "'references'[0] is not"),
+    (lambda m: {**m, "has_keras": True}, "'keras_meta' is missing"),
+])
+def test_a_malformed_bundle_manifest_is_one_error_naming_the_field(tmp_path: Path, edit: Any, field: str) -> None:
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.manifest import load_manifest
+
+    folder = tmp_path / "b"
+    good = _bundle(folder)
+    assert load_manifest(folder) == good
+    edited = edit(good)
+    (folder / "manifest.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(CvdnnError) as info:
+        load_manifest(folder)
+    text = str(info.value)
+    assert text.startswith(f"the bundle {folder} has an invalid manifest.json: ") and field in text, text
+    assert "Fix: regenerate the bundle with --cvdnn-save-bundle" in text
+
+
+def test_no_bundle_file_can_lead_outside_the_bundle(tmp_path: Path) -> None:
+    """A symbolic link in the bundle (to a file outside it) is refused by name, and never opened."""
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.manifest import bundle_file, load_manifest
+
+    folder = tmp_path / "b"
+    manifest = _bundle(folder)
+    outside = tmp_path / "secret.onnx"
+    outside.write_bytes(b"onnx")  # same bytes, same checksum as the listed model.onnx
+    (folder / "model.onnx").unlink()
+    (folder / "model.onnx").symlink_to(outside)
+    with pytest.raises(CvdnnError, match="the file 'model.onnx' is a symbolic link"):
+        load_manifest(folder)
+    (folder / "model.onnx").unlink()
+    (folder / "model.onnx").write_bytes(b"onnx")
+    assert load_manifest(folder) == manifest
+    for name in ("..", "", "a/b", "a\\b", "~x"):
+        with pytest.raises(CvdnnError):
+            bundle_file(folder, name)

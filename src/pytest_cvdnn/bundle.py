@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,12 +27,12 @@ from .convert import Conversion
 from .deployment import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo
+from .manifest import BUNDLE_FORMAT, bundle_file, load_manifest
 from .settings import ModelSettings
 from .spec import InputSpec
 
 __all__ = ["save_bundle", "BundleDeployment", "find_bundles", "BUNDLE_FORMAT", "BUNDLE_CHECKS"]
 
-BUNDLE_FORMAT = 1
 BUNDLE_CHECKS = ("verify", "load", "input_spec", "preprocessing", "output_spec", "parity[onnxruntime-cv2dnn]",
                  "parity[keras-cv2dnn]", "batch", "determinism")
 
@@ -43,8 +44,14 @@ def _npz(arrays: Sequence[np.ndarray]) -> bytes:
 
 
 def _load_npz(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"a{i}"] for i in range(len(data.files))]
+    """The arrays of a bundle's .npz (never unpickled: an object array is refused, naming the file)."""
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
+            return [data[f"a{i}"] for i in range(len(data.files))]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CvdnnError(f"{path} is not a bundle array file ({type(exc).__name__}: {str(exc)[:200]})",
+                         fix="regenerate the bundle with --cvdnn-save-bundle on the machine that has TensorFlow") \
+            from None
 
 
 def save_bundle(dep: Deployment, root: Path) -> Path:
@@ -54,8 +61,9 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
     if manifest_path.is_file():
         try:
             old = json.loads(manifest_path.read_text())
-        except ValueError:
+        except (OSError, UnicodeDecodeError, ValueError):
             old = {}
+        old = old if isinstance(old, dict) else {}
         if old.get("model_hash") != dep.model_hash:
             raise CvdnnError(
                 f"{folder} already holds a bundle of another model ({old.get('model', '?')}, "
@@ -154,7 +162,7 @@ class BundleDeployment(Deployment):
 
     def __init__(self, settings: ModelSettings, folder: Path, cache: Cache) -> None:
         self.folder = Path(folder)
-        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.manifest = load_manifest(self.folder)
         stored = self.manifest["settings"]
         settings = replace(
             settings, model=str(self.folder), spec=_spec(self.manifest["spec"]),
@@ -187,12 +195,24 @@ class BundleDeployment(Deployment):
         """Files whose checksum differs from the manifest (or that are missing)."""
         bad = []
         for name, digest in self.manifest["files"].items():
-            path = self.folder / name
+            path = bundle_file(self.folder, name)
             if not path.is_file():
                 bad.append(f"{name} is missing")
             elif sha256_file(path) != digest:
                 bad.append(f"{name} has changed (checksum {sha256_file(path)[:12]}, manifest {digest[:12]})")
         return bad
+
+    def _file(self, name: str) -> Path:
+        """A file the replay reads: listed in the manifest, inside the bundle, with the listed checksum."""
+        digest = self.manifest["files"].get(name)
+        if digest is None:
+            raise StageSkipped(f"the bundle has no {name}")
+        path = bundle_file(self.folder, name)
+        if not path.is_file() or sha256_file(path) != digest:
+            raise CvdnnError(f"the bundle {self.folder} is corrupted or was changed: {name} "
+                             + ("is missing" if not path.is_file() else "has changed"),
+                             fix="regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow")
+        return path
 
     @property
     def conversion(self) -> Conversion:
@@ -203,7 +223,7 @@ class BundleDeployment(Deployment):
                     f"the bundle {self.folder} is corrupted or was changed: " + "; ".join(bad),
                     fix="regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow",
                 )
-            return Conversion(self.folder / "model.onnx", {"bundle": str(self.folder)}, cached=True, seconds=0.0)
+            return Conversion(self._file("model.onnx"), {"bundle": str(self.folder)}, cached=True, seconds=0.0)
 
         return self.stage("convert", run)
 
@@ -217,11 +237,11 @@ class BundleDeployment(Deployment):
 
     @property
     def probe_path(self) -> Path:
-        return self.folder / "probe.onnx"
+        return self._file("probe.onnx")
 
     @property
     def inputs(self) -> list[np.ndarray]:
-        return self.stage("inputs", lambda: _load_npz(self.folder / "inputs.npz"))
+        return self.stage("inputs", lambda: _load_npz(self._file("inputs.npz")))
 
     @property
     def expected_spec(self) -> InputSpec:
@@ -242,15 +262,15 @@ class BundleDeployment(Deployment):
         return super().image_inputs[:1]
 
     def photos(self) -> list[np.ndarray]:
-        if not (self.folder / "photos.npz").is_file():
+        if "photos.npz" not in self.manifest["files"]:
             raise StageSkipped("the bundle has no photos")
-        return _load_npz(self.folder / "photos.npz")
+        return _load_npz(self._file("photos.npz"))
 
     def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
         name = "reference_tensor.npz" if resize == "opencv" else "reference_keras_resize.npz"
-        if not (self.folder / name).is_file():
+        if name not in self.manifest["files"]:
             raise StageSkipped(f"the bundle has no {name} (written by an older pytest-cvdnn): regenerate it")
-        return _load_npz(self.folder / name)[0]
+        return _load_npz(self._file(name))[0]
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
@@ -259,7 +279,7 @@ class BundleDeployment(Deployment):
         wanted = self.inputs_hash(list(self.inputs if inputs is None else inputs))
         for ref in self.manifest["references"]:
             if ref["runner"] == runner and ref["logits"] == logits and ref["inputs"] == wanted:
-                return _load_npz(self.folder / ref["file"])
+                return _load_npz(self._file(ref["file"]))
         raise StageSkipped(f"the bundle has no stored {runner} outputs for these inputs")
 
     def require_runner(self, name: str) -> None:

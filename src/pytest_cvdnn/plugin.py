@@ -376,13 +376,17 @@ def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     """Configured models by the path pytest collects them from (factories: their module file)."""
     from .checks import check_items
+    from .manifest import load_manifest
     from .sources import ModelSource, factory_module_file, parse_source
 
     entries: dict[Path, list[ModelEntry]] = {}
     for text in state.models:
         if text.startswith(BUNDLE_PREFIX):
             folder = Path(text[len(BUNDLE_PREFIX):])
-            manifest = json.loads((folder / "manifest.json").read_text())
+            try:
+                manifest = load_manifest(folder)
+            except CvdnnError as exc:
+                raise pytest.UsageError(f"--cvdnn-bundle: {exc}") from None
             settings = replace(state.base, model=str(folder), bundle=str(folder))
             source = ModelSource(str(folder), "bundle", folder / "manifest.json")
             entries.setdefault((folder / "manifest.json").resolve(), []).append(
