@@ -136,11 +136,19 @@ def test_corrupted_cache_entry_is_detected_and_rebuilt(run_cvdnn: Callable[..., 
         path.write_bytes(bytes(data))
     for path in summaries:
         path.write_text(path.read_text()[:40])
+    metas = sorted((cache / "keras").glob("*.json"))
+    for path in metas:
+        path.write_text("{}")  # valid JSON, not the entry: it was a raw KeyError in every item, run after run
+    probes = sorted((cache / "probe").glob("*.onnx"))
+    for path in probes:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # it was a raw protobuf error, for good
+    assert metas and probes
     again = run_cvdnn("--cvdnn-model=m.keras", cache=cache)
     assert again.ret == 0, again.text
     assert again.report["models"][0]["parity"] == run.report["models"][0]["parity"]
     assert len(_conversions(cache)) == 2
-    assert all(path.is_file() for path in damaged)  # written again
+    assert all(path.is_file() for path in damaged + metas + probes)  # written again
+    assert all(json.loads(path.read_text()) != {} for path in metas)
 
 
 def test_xdist_two_models_one_conversion_each(run_cvdnn: Callable[..., Run], models: dict[str, Path],
@@ -197,11 +205,15 @@ def test_default_cache_lives_in_pytests_cache_dir(run_cvdnn: Callable[..., Run],
 
 
 def _tamper(path: Path, index: int, delta: float) -> None:
-    """Shift one array of a cached .npz (still a valid file: only a comparison can notice)."""
-    with np.load(path) as data:
-        arrays = [data[f"a{i}"] for i in range(int(data["__count__"]))]
+    """Shift one array of a cached .npz, written back as a valid entry (its checksum matches: e.g. outputs
+    that another OpenCV build produced under the same key), so that only a comparison can notice."""
+    from pytest_cvdnn.cache import Cache
+
+    cache = Cache(path.parent.parent)
+    arrays = cache.get_arrays(path.parent.name, path.name)
+    assert arrays is not None
     arrays[index] = arrays[index] + np.float32(delta)
-    np.savez(path, __count__=np.array(len(arrays)), **{f"a{i}": a for i, a in enumerate(arrays)})
+    cache.put_arrays(arrays, path.parent.name, path.name)
 
 
 def test_warm_run_replays_auxiliary_cv2_outputs_and_still_compares_them(

@@ -205,10 +205,13 @@ def test_fix_option_adds_a_remedies_item(run_cvdnn: Callable[..., Run], models: 
     _ship_this_one_runs_as_printed(check["message"], models["cnn"])
     # a warm run replays the search (same model, options, inputs, tools and OpenCV) instead of loading eight
     # variants again: shown by editing what it remembered; other options search again
+    from pytest_cvdnn.cache import Cache
+
     (entry,) = (cache / "remedies").iterdir()
-    remembered = json.loads(entry.read_text())
+    remembered = Cache(cache).get_json("remedies", entry.name)
+    assert remembered is not None
     remembered["remedies"][0]["detail"] = "max abs error 0.000042 (replayed)"
-    entry.write_text(json.dumps(remembered))
+    Cache(cache).put_json(remembered, "remedies", entry.name)  # (an edit by hand would fail its checksum)
     warm = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies", cache=cache)
     assert "(max abs error 0.000042 (replayed))" in warm.checks()["remedies"]["message"]
     other = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-fix", "-k", "remedies", "--cvdnn-atol=2e-4", cache=cache)

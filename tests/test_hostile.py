@@ -9,6 +9,7 @@ racing xdist workers in test_cache.py, a segfaulting importer in test_formats.py
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -268,3 +269,63 @@ def test_an_opencv_crash_in_a_child_fails_one_item_not_the_session(
     record_property("corpus_case", "OpenCV crashes (SIGSEGV) on a batch, in a child process")
     record_property("corpus_item", "batch")
     record_property("corpus_explanation", "cv2.dnn crashed the process (SIGSEGV); the session went on")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: os.mkfifo(f / "a.npy"), "--cvdnn-inputs=inputs: a.npy is not a regular file (a named pipe)"),
+    (lambda f: np.save(f / "empty.npy", np.zeros((0, 32, 32, 3), np.float32)),
+     "empty.npy holds no sample (its batch dimension is 0: shape (0, 32, 32, 3))"),
+    (lambda f: np.save(f / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True),
+     "objects.npy cannot be read as a numeric .npy array: it holds Python objects (a pickle), which are never loaded"),
+    (lambda f: (f / "text.npy").write_text("not an array"), "text.npy cannot be read as a numeric .npy array"),
+])
+def test_a_bad_file_in_the_inputs_folder_is_named_with_why(make: Callable[[Path], object], message: str,
+                                                            models: dict[str, Path], copy_model: Callable[..., Path],
+                                                            pytester: pytest.Pytester, shared_cache: Path) -> None:
+    """Only regular files are read (a named pipe would block the session forever); each file that cannot be
+    used is named, with why, in the items that need the inputs — never a raw numpy/OpenCV error."""
+    folder = pytester.path / "inputs"
+    folder.mkdir()
+    np.save(folder / "good.npy", np.zeros((1, 32, 32, 3), np.float32))
+    make(folder)
+    copy_model(models["onnx"], "m.onnx")
+    result = pytester.runpytest_subprocess("-p", "no:randomly", f"--cvdnn-cache-dir={shared_cache}",
+                                           "--cvdnn-model=m.onnx", "--cvdnn-inputs=inputs", "-k", "parity",
+                                           timeout=120)
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, text
+    assert message in text, text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+
+
+def test_a_missing_inputs_or_images_folder_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    for option in ("--cvdnn-inputs", "--cvdnn-images"):
+        result = pytester.runpytest_subprocess("-p", "no:randomly", f"{option}=nope")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert f"{option}=nope: no such folder" in result.stderr.str()
+
+
+def test_a_factory_that_exits_fails_its_convert_item_not_the_session(run_cvdnn: Callable[..., Run],
+                                                                     pytester: pytest.Pytester) -> None:
+    """sys.exit() in a factory was a raw SystemExit traceback in every item, os._exit() ended the session with
+    no summary (in the helper's job and again in the pytest process): each is now one failed convert item that
+    says what the factory did, and the session reports every model."""
+    pytester.makepyfile(exits="""
+        import os
+        import sys
+
+        def soft():
+            sys.exit(2)
+
+        def hard():
+            os._exit(3)
+    """)
+    run = run_cvdnn("--cvdnn-model=exits:soft", "--cvdnn-model=exits:hard", "-k", "convert or load")
+    assert run.ret == 1, run.text
+    assert "cvdnn deployment summary" in run.text  # the session ended normally
+    soft, hard = run.checks(0)["convert"], run.checks(1)["convert"]
+    assert soft["outcome"] == hard["outcome"] == "failed"
+    assert "the model factory 'exits:soft' called sys.exit(2) instead of returning a model" in soft["message"]
+    assert "the model factory 'exits:hard' called os._exit(3) instead of returning a model" in hard["message"]
+    assert "Fix: return a keras.Model from the function" in hard["message"]
+    assert "SystemExit" not in run.text and run.checks(0)["load"]["outcome"] == "skipped"

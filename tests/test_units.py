@@ -137,7 +137,7 @@ def test_arrays_and_json_round_trip_and_damage_is_rebuilt(tmp_path: Path) -> Non
     assert cache.get_arrays("ref", "a.npz") is None and not path.exists()  # discarded, to be rebuilt
     cache.put_json({"b": 1, "a": [1, 2]}, "keras", "m.json")
     assert cache.get_json("keras", "m.json") == {"a": [1, 2], "b": 1}
-    assert json.loads((tmp_path / "keras" / "m.json").read_text()) == {"a": [1, 2], "b": 1}
+    assert json.loads((tmp_path / "keras" / "m.json").read_text())["data"] == {"a": [1, 2], "b": 1}
     (tmp_path / "keras" / "bad.json").write_text("[1, 2]")
     assert cache.get_json("keras", "bad.json") is None  # not a document
     (tmp_path / "keras" / "broken.json").write_text("{")
@@ -622,7 +622,10 @@ def test_cache_files_are_deterministic_and_created_with_their_folders(tmp_path: 
     that do not exist yet are created; the event log is one sorted JSON line per event, mode 0644."""
     cache = Cache(tmp_path / "new" / "root")
     cache.put_json({"b": 1, "a": [1, 2]}, "deep", "er", "x.json")
-    assert (cache.root / "deep" / "er" / "x.json").read_text() == json.dumps({"a": [1, 2], "b": 1}, indent=2)
+    check = sha256_bytes(b'deep/er/x.json\0{"a": [1, 2], "b": 1}')
+    assert (cache.root / "deep" / "er" / "x.json").read_text() == \
+        json.dumps({"data": {"a": [1, 2], "b": 1}, "sha256": check}, indent=2)
+    assert cache.get_json("deep", "er", "x.json") == {"a": [1, 2], "b": 1}
     produced = tmp_path / "produced.onnx"
     produced.write_bytes(b"onnx bytes")
     path, meta = cache.put_onnx("k1", produced, {"z": 1, "a": 2})
@@ -766,3 +769,29 @@ def test_no_bundle_file_can_lead_outside_the_bundle(tmp_path: Path) -> None:
     for name in ("..", "", "a/b", "a\\b", "~x"):
         with pytest.raises(CvdnnError):
             bundle_file(folder, name)
+
+
+def test_a_cache_entry_emptied_damaged_or_copied_from_another_reads_as_missing(tmp_path: Path) -> None:
+    """Each JSON and array entry carries a checksum over its name and content: `{}`, a truncated file, another
+    entry's (valid) file, or an entry of the older format without a checksum is missing — and removed, so it
+    is rebuilt once, not read as a wrong document or wrong reference outputs."""
+    cache = Cache(tmp_path)
+    cache.put_json({"inputs": [1]}, "keras", "a.json")
+    cache.put_json({"inputs": [2]}, "keras", "b.json")
+    cache.put_arrays([np.arange(4.0)], "ref", "a.npz")
+    cache.put_arrays([np.arange(4.0) + 1], "ref", "b.npz")
+    (tmp_path / "keras" / "c.json").write_bytes((tmp_path / "keras" / "b.json").read_bytes())
+    (tmp_path / "ref" / "c.npz").write_bytes((tmp_path / "ref" / "b.npz").read_bytes())
+    assert cache.get_json("keras", "c.json") is None and cache.get_arrays("ref", "c.npz") is None
+    (tmp_path / "keras" / "b.json").write_text("{}")
+    assert cache.get_json("keras", "b.json") is None and not (tmp_path / "keras" / "b.json").exists()
+    stored = json.loads((tmp_path / "keras" / "a.json").read_text())
+    stored["data"]["inputs"] = [3]  # edited content, old checksum
+    (tmp_path / "keras" / "a.json").write_text(json.dumps(stored))
+    assert cache.get_json("keras", "a.json") is None
+    np.savez(tmp_path / "ref" / "old.npz", __count__=np.array(1), a0=np.arange(4.0))  # no checksum
+    assert cache.get_arrays("ref", "old.npz") is None
+    np.savez(tmp_path / "ref" / "b.npz", __count__=np.array(1), a0=np.arange(4.0) + 9,
+             __check__=np.load(tmp_path / "ref" / "a.npz")["__check__"])  # another array, a checksum not its own
+    assert cache.get_arrays("ref", "b.npz") is None
+    assert [a.tolist() for a in cache.get_arrays("ref", "a.npz") or []] == [[0.0, 1.0, 2.0, 3.0]]

@@ -67,6 +67,24 @@ def sha256_path(path: Path) -> str:
     return h.hexdigest()
 
 
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True)
+
+
+def _entry_check(parts: tuple[str, ...], body: str) -> str:
+    """What a JSON entry's checksum covers: its name in the cache and its content."""
+    return sha256_bytes(("/".join(parts) + "\0" + body).encode())
+
+
+def _arrays_check(parts: tuple[str, ...], arrays: list[np.ndarray]) -> str:
+    """What an array entry's checksum covers: its name, and each array's dtype, shape and bytes."""
+    h = hashlib.sha256("/".join(parts).encode())
+    for a in arrays:
+        h.update(f"\0{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a label (model names, targets)."""
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
@@ -162,16 +180,23 @@ class Cache:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     # -- small JSON documents ------------------------------------------------------------
+    # Each entry carries a SHA-256 over its name and its content: a damaged entry, one emptied to ``{}``, or one
+    # copied from another name reads as missing (and is rebuilt), never as a wrong document.
     def get_json(self, *parts: str) -> dict[str, Any] | None:
         path = self.root.joinpath(*parts)
         try:
-            data = json.loads(path.read_text())
+            stored = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+        data = stored.get("data") if isinstance(stored, dict) and set(stored) == {"data", "sha256"} else None
+        if not isinstance(data, dict) or stored["sha256"] != _entry_check(parts, _canonical(data)):
+            path.unlink(missing_ok=True)
+            return None
+        return data
 
     def put_json(self, data: dict[str, Any], *parts: str) -> None:
-        _atomic_write_bytes(self.root.joinpath(*parts), json.dumps(data, indent=2, sort_keys=True).encode())
+        stored = {"data": data, "sha256": _entry_check(parts, _canonical(data))}
+        _atomic_write_bytes(self.root.joinpath(*parts), json.dumps(stored, indent=2, sort_keys=True).encode())
 
     # -- arrays ---------------------------------------------------------------------------
     def get_arrays(self, *parts: str) -> list[np.ndarray] | None:
@@ -180,8 +205,10 @@ class Cache:
             return None
         try:  # (the file is opened here: np.load leaks its handle when the archive is damaged)
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-                count = int(data["__count__"])
-                return [data[f"a{i}"] for i in range(count)]
+                arrays = [data[f"a{i}"] for i in range(int(data["__count__"]))]
+                if str(data["__check__"]) != _arrays_check(parts, arrays):
+                    raise ValueError("checksum mismatch")  # damaged, or another entry's arrays
+                return arrays
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # corrupt: rebuilt
             path.unlink(missing_ok=True)
             return None
@@ -190,5 +217,6 @@ class Cache:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, __count__=np.array(len(arrays)), **{f"a{i}": a for i, a in enumerate(arrays)})
+        np.savez(buf, __count__=np.array(len(arrays)), __check__=np.array(_arrays_check(parts, arrays)),
+                 **{f"a{i}": a for i, a in enumerate(arrays)})
         _atomic_write_bytes(self.root.joinpath(*parts), buf.getvalue())

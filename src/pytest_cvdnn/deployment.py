@@ -930,13 +930,24 @@ class Deployment:
         def make() -> Path:
             key = sha256_bytes((sha256_file(self.onnx_path) + "|".join(self.logit_names)).encode())[:32]
             path = self.cache.root / "probe" / f"{key}.onnx"
-            if not path.is_file():
+            digest = path.with_suffix(".sha256")  # (a damaged probe is rebuilt, never read)
+
+            def intact() -> bool:
+                try:
+                    return path.is_file() and digest.read_text().strip() == sha256_file(path)
+                except OSError:
+                    return False
+
+            if not intact():
                 with self.cache.lock(f"probe-{key}"):
-                    if not path.is_file():
+                    if not intact():
                         path.parent.mkdir(parents=True, exist_ok=True)
                         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                         with_extra_outputs(self.onnx_path, self.logit_names, tmp)
+                        check = sha256_file(tmp)
                         os.replace(tmp, path)
+                        tmp.write_text(check)
+                        os.replace(tmp, digest)
             return path
 
         return self.stage("probe", make)

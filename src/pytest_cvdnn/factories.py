@@ -71,6 +71,23 @@ def _imported_names(tree: ast.AST, package: str) -> Iterable[str]:
                         if alias.name != "*")
 
 
+_PARSED: dict[tuple[str, str, int, int, int], tuple[str, ...]] = {}
+
+
+def _imports_of(file: Path, package: str) -> tuple[str, ...]:
+    """The module names ``file`` imports (parsed once per file version: the key is asked for many times)."""
+    st = file.stat()
+    key = (str(file.resolve()), package, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        try:
+            tree = ast.parse(file.read_bytes(), filename=str(file))
+        except (SyntaxError, ValueError):  # hashed as bytes; running it will say what is wrong
+            _PARSED[key] = ()
+        else:
+            _PARSED[key] = tuple(_imported_names(tree, package))
+    return _PARSED[key]
+
+
 def _is_project(file: Path, roots: Sequence[Path]) -> bool:
     resolved = file.resolve()
     if any(part in _INSTALLED for part in resolved.parts):
@@ -98,12 +115,8 @@ def factory_files(module: str, search: Sequence[str | Path], roots: Sequence[Pat
             continue
         found[key] = name
         pending.extend(_package_inits(name, file))
-        try:
-            tree = ast.parse(file.read_bytes(), filename=str(file))
-        except (SyntaxError, ValueError):  # hashed as bytes; running it will say what is wrong
-            continue
         package = name if file.name == "__init__.py" else name.rpartition(".")[0]
-        for imported in _imported_names(tree, package):
+        for imported in _imports_of(file, package):
             target = locate_module(imported, search)
             if target is not None and _is_project(target, roots):
                 pending.append((imported, target))

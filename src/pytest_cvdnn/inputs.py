@@ -10,7 +10,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "folder_files", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -65,6 +65,36 @@ def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[In
     return out
 
 
+def folder_files(folder: Path, suffixes: Sequence[str], option: str) -> list[Path]:
+    """The files of ``folder`` with one of ``suffixes``, sorted; anything else with such a name (a named
+    pipe, a device, a folder) is named and refused — reading a pipe would wait forever."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes:
+            continue
+        if not path.is_file():
+            kind = ("a named pipe" if path.is_fifo() else "a folder" if path.is_dir() else "a socket"
+                    if path.is_socket() else "a device" if path.is_char_device() or path.is_block_device()
+                    else "missing (a broken link?)")
+            raise CvdnnError(f"{option}={folder}: {path.name} is not a regular file ({kind})",
+                             fix=f"remove it from {folder}, or point {option} at a folder of regular files")
+        found.append(path)
+    return found
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A float32 array from a .npy the user gave (never unpickled); a file that is not one is named, with why."""
+    try:
+        with open(path, "rb") as fh:
+            arr = np.load(fh, allow_pickle=False)
+        return np.asarray(arr, dtype=np.float32)
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        why = ("it holds Python objects (a pickle), which are never loaded" if "allow_pickle" in str(exc)
+               else f"{type(exc).__name__}: {str(exc)[:200]}")
+        raise CvdnnError(f"{path} cannot be read as a numeric .npy array: {why}",
+                         fix="save it with np.save(path, array.astype(np.float32))") from None
+
+
 def _read_image(path: Path, spec: InputSpec, width: int, height: int, channels: int) -> np.ndarray:
     import cv2
 
@@ -92,7 +122,7 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
     folder = Path(folder)
     if not folder.is_dir():
         raise CvdnnError(f"--cvdnn-inputs={folder} is not a folder", fix="pass a folder of images or .npy files")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))[:limit]
+    files = folder_files(folder, IMAGE_SUFFIXES + (".npy",), "--cvdnn-inputs")[:limit]
     if not files:
         raise CvdnnError(
             f"--cvdnn-inputs={folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) or .npy files",
@@ -107,9 +137,12 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
     samples = []
     for path in files:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False).astype(np.float32)
+            arr = _read_npy(path)
             if arr.shape == tuple(shape[1:]):
                 arr = arr[None]
+            if arr.ndim and arr.shape[0] == 0:
+                raise CvdnnError(f"{path} holds no sample (its batch dimension is 0: shape {arr.shape})",
+                                 fix="save at least one sample, or remove the file from --cvdnn-inputs")
             if arr.shape[1:] != tuple(shape[1:]):
                 raise CvdnnError(
                     f"{path} has shape {arr.shape} but the model input is {tuple(shape)} (NHWC)",

@@ -169,6 +169,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if base.spec is not None and base.spec.layout != base.layout and config.getoption("cvdnn_layout") is None:
         base = replace(base, layout=base.spec.layout)
+    for option, folder in (("--cvdnn-inputs", base.inputs), ("--cvdnn-images", base.images)):
+        if folder is not None and not Path(folder).is_dir():
+            raise pytest.UsageError(f"{option}={folder}: no such folder (from {Path.cwd()}); pass a folder of "
+                                    + ("images or .npy files" if option == "--cvdnn-inputs" else "PNG/JPEG photos"))
     bundles = _bundle_folders(config)
     cli_models = list(config.getoption("cvdnn_model") or []) + bundles
     models = cli_models or list(config.getini("cvdnn_models"))

@@ -285,9 +285,11 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     import cv2
 
     if folder is not None:
-        from .inputs import IMAGE_SUFFIXES
+        from .inputs import IMAGE_SUFFIXES, folder_files
 
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        if not Path(folder).is_dir():
+            raise CvdnnError(f"--cvdnn-images={folder} is not a folder", fix="pass a folder of PNG/JPEG photos")
+        files = folder_files(Path(folder), IMAGE_SUFFIXES, "--cvdnn-images")[:limit]
         photos = [(p.name, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in files]
         bad = [name for name, img in photos if img is None]
         if not files or bad:

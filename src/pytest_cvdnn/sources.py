@@ -14,7 +14,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import CvdnnError
 
@@ -108,8 +108,14 @@ class ModelSource:
         if self.kind == "factory":
             module_name, func = (self.factory or "").split(":")
             try:
-                fn = getattr(importlib.import_module(module_name), func)
-                model = fn()
+                model = _without_exits(lambda: getattr(importlib.import_module(module_name), func)())
+            except (SystemExit, _HardExit) as exc:  # it runs inside the pytest session: exiting would end it
+                how = "sys.exit" if isinstance(exc, SystemExit) else "os._exit"
+                raise CvdnnError(
+                    f"the model factory {self.text!r} called {how}({exc.code!r}) instead of returning a model",
+                    fix="return a keras.Model from the function; a factory runs inside the pytest session, so it must "
+                    "not exit the process",
+                ) from None
             except Exception as exc:  # noqa: BLE001 - the user's code, reported with its type
                 raise CvdnnError(
                     f"the model factory {self.text!r} raised {type(exc).__name__}: {exc}",
@@ -231,6 +237,30 @@ def _tf1_signature(keras: Any, path: Path) -> tuple[dict[str, Any], list[str], A
             return dict(zip(names, pruned(x), strict=True))
 
     return specs, names, SignatureLayer(name="serving_default")
+
+
+class _HardExit(BaseException):
+    """``os._exit(code)`` called by a factory (caught instead of ending the session)."""
+
+    def __init__(self, code: Any) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _without_exits(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with ``os._exit`` turned into an exception while it runs: a factory (the user's code, imported and
+    called in the pytest session or its helper) that hard-exits must fail its ``convert`` item, not end the
+    session without a summary.  (``sys.exit`` raises SystemExit, caught by the caller.)"""
+    real = os._exit
+
+    def refuse(code: Any = 0) -> None:
+        raise _HardExit(code)
+
+    os._exit = refuse  # type: ignore[assignment]
+    try:
+        return fn()
+    finally:
+        os._exit = real
 
 
 def factory_module_file(source: ModelSource) -> Path:
