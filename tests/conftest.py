@@ -236,7 +236,7 @@ _ZOO_LEFT = pytest.StashKey[int]()
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     left = config.stash.get(_ZOO_LEFT, 0)
     if left:
-        terminalreporter.write_line(f"{left} zoo test(s) deselected (heavier keras.applications models): run them "
+        terminalreporter.write_line(f"{left} zoo test(s) deselected (the heavier tests): run them "
                                     "with `pytest -m zoo` (CI runs both, .ci/run)")
 
 

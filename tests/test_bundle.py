@@ -36,6 +36,7 @@ def _save(run_cvdnn: Callable[..., Run], model: str, folder: str = "bundles") ->
     return run
 
 
+@pytest.mark.zoo  # (a fresh virtual environment and a pip install: ~25 s)
 def test_bundle_runs_where_only_opencv_is_installed(run_cvdnn: Callable[..., Run], models: dict[str, Path],
                                                     copy_model: Callable[..., Path], pytester: pytest.Pytester,
                                                     opencv_only_venv: Path) -> None:
