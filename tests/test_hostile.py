@@ -329,3 +329,25 @@ def test_a_factory_that_exits_fails_its_convert_item_not_the_session(run_cvdnn: 
     assert "the model factory 'exits:hard' called os._exit(3) instead of returning a model" in hard["message"]
     assert "Fix: return a keras.Model from the function" in hard["message"]
     assert "SystemExit" not in run.text and run.checks(0)["load"]["outcome"] == "skipped"
+
+
+def test_a_model_whose_inputs_would_not_fit_in_memory_is_refused_with_the_numbers(pytester: pytest.Pytester,
+                                                                                   shared_cache: Path) -> None:
+    """A valid ONNX declaring a 1x3x20000x20000 input: the plugin tried to allocate tens of GiB. The items that
+    need inputs fail with the sizes and the budget; the session ends normally, quickly."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20000, 20000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 20000, 20000])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "huge", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(pytester.path / "huge.onnx"))
+    result = pytester.runpytest_subprocess("-p", "no:randomly", f"--cvdnn-cache-dir={shared_cache}",
+                                           "--cvdnn-model=huge.onnx", "-k", "load or parity", timeout=300)
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, text
+    assert ("the model's inputs hold 1,200,000,000 values per sample (the largest: 'x' of shape (1, 20000, 20000, 3) "
+            "NHWC)" in text), text
+    assert "raise --cvdnn-memory-budget" in text and "Traceback" not in text and "MemoryError" not in text

@@ -795,3 +795,33 @@ def test_a_cache_entry_emptied_damaged_or_copied_from_another_reads_as_missing(t
              __check__=np.load(tmp_path / "ref" / "a.npz")["__check__"])  # another array, a checksum not its own
     assert cache.get_arrays("ref", "b.npz") is None
     assert [a.tolist() for a in cache.get_arrays("ref", "a.npz") or []] == [[0.0, 1.0, 2.0, 3.0]]
+
+
+def test_inputs_that_would_not_fit_in_memory_are_refused_before_allocation() -> None:
+    """A valid model that declares a 1x3x20000x20000 input made the plugin try to allocate tens of GiB: the size
+    is checked against the budget first (default half the RAM, --cvdnn-memory-budget), with the numbers."""
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.inputs import PEAK_BYTES_PER_VALUE, check_input_sizes, ram_bytes
+    from pytest_cvdnn.settings import parse_gib
+
+    huge = [[1, 20000, 20000, 3]]
+    with pytest.raises(CvdnnError) as info:
+        check_input_sizes(huge, ["image"], 4, None)
+    text = str(info.value)
+    need = 1_200_000_000 * 4 * PEAK_BYTES_PER_VALUE / (1 << 30)
+    assert (f"the model's inputs hold 1,200,000,000 values per sample (the largest: 'image' of shape (1, 20000, 20000, "
+            f"3) NHWC): the checks would need about {need:.3g} GiB (4 samples, ~112 bytes per value at their peak), more "
+            f"than the memory budget of {ram_bytes() / 2 / (1 << 30):.3g} GiB") in text
+    assert "raise --cvdnn-memory-budget" in text
+    check_input_sizes(huge, ["image"], 4, 1000.0)  # a budget that holds it: no error
+    check_input_sizes([[1, 224, 224, 3], [1, 40]], ["a", "b"], 4, None)  # an ordinary model
+    with pytest.raises(CvdnnError, match=r"hold 150,568 values per sample \(the largest: 'a' of shape \(1, 224, 224, "
+                       r"3\) NHWC\).*budget of 0.01 GiB"):
+        check_input_sizes([[1, 40], [1, 224, 224, 3]], ["b", "a"], 4, 0.01)  # the bigger input is named
+    for bad in ([1, 0, 224, 3], [1, 224, -1, 3]):
+        with pytest.raises(CvdnnError, match="a dimension below 1 cannot hold a sample"):
+            check_input_sizes([bad], ["x"], 4, None)
+    assert parse_gib("1.5") == 1.5
+    for wrong in ("0", "-2", "abc", "nan", "inf"):
+        with pytest.raises(BAD):
+            parse_gib(wrong)

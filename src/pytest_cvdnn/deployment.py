@@ -23,7 +23,7 @@ from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
-from .inputs import fill_spatial, load_inputs, random_inputs, to_layout
+from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec, SpecError
@@ -481,6 +481,7 @@ class Deployment:
 
         def make() -> list[np.ndarray]:
             shapes = self.input_shapes()
+            check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
             specs = [self.spec_for(n) for n in range(len(shapes))]
             if self.settings.inputs:
                 arrays = load_inputs(Path(self.settings.inputs), shapes, specs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +12,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "folder_files", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "folder_files", "check_input_sizes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -35,6 +37,44 @@ def fill_spatial(shape: Sequence[int | None], size: tuple[int, int] | None, name
             )
         shape[1], shape[2] = size[1], size[0]
     return shape
+
+
+#: peak bytes the checks need per input value and sample: measured (issue 16) 5.4 GB at the peak for a
+#: 1x3x4000x4000 input and 4 samples, ~112 bytes per value of one sample — the samples, their NCHW copies, the
+#: runners' outputs and the comparisons
+PEAK_BYTES_PER_VALUE = 28
+
+
+def ram_bytes() -> int:
+    """This machine's physical memory (8 GiB where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def check_input_sizes(shapes: Sequence[Sequence[int]], names: Sequence[str], samples: int,
+                      budget_gib: float | None) -> None:
+    """Refuse, before anything is allocated, inputs with a dimension < 1 and inputs whose check tensors would
+    need more than the memory budget (default: half of the RAM)."""
+    for shape, name in zip(shapes, names, strict=True):
+        if any(int(d) < 1 for d in shape[1:]):
+            raise CvdnnError(f"the model input {name!r} has the shape {tuple(shape)}: a dimension below 1 "
+                             "cannot hold a sample", fix="export the model with a positive fixed input shape")
+    values = sum(math.prod(int(d) for d in shape[1:]) for shape in shapes)
+    need = values * samples * PEAK_BYTES_PER_VALUE
+    budget = budget_gib * (1 << 30) if budget_gib is not None else ram_bytes() / 2
+    if need > budget:
+        biggest = max(range(len(shapes)), key=lambda k: math.prod(int(d) for d in shapes[k][1:]))
+        raise CvdnnError(
+            f"the model's inputs hold {values:,} values per sample (the largest: {names[biggest]!r} of shape "
+            f"{tuple(shapes[biggest])}{' NHWC' if len(shapes[biggest]) == 4 else ''}): the checks would need about {need / (1 << 30):.3g} GiB ({samples} samples, "
+            f"~{PEAK_BYTES_PER_VALUE * samples} bytes per value at their peak), more than the memory budget of "
+            f"{budget / (1 << 30):.3g} GiB",
+            fix="check the model at a smaller input size (export it with a smaller fixed input, or give a dynamic one "
+            "size= in --cvdnn-preprocess), use fewer --cvdnn-samples, or raise --cvdnn-memory-budget (GiB) on a "
+            "machine that has the memory",
+        )
 
 
 def _is_image(shape: Sequence[int | None]) -> bool:

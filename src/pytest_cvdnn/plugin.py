@@ -161,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         input_shape=values["input_shape"],
         images=values["images"],
         samples=values["samples"],
+        memory_budget=values["memory_budget"],
         seed=values["seed"],
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),

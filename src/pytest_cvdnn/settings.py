@@ -118,6 +118,17 @@ def parse_positive(value: str) -> int:
     return n
 
 
+def parse_gib(value: str) -> float:
+    """A memory size in GiB (> 0)."""
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
+    if not gib > 0 or gib != gib or gib == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of GiB")
+    return gib
+
+
 def parse_seed(value: str) -> int:
     try:
         return int(value)
@@ -213,6 +224,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("samples", "--cvdnn-samples", "cvdnn_samples", parse_positive, 4,
            "number of seeded random inputs per check (default 4; also the batch size of the batch check)", "N"),
     Option("seed", "--cvdnn-seed", "cvdnn_seed", parse_seed, 0, "seed of the random inputs (default 0)", "N"),
+    Option("memory_budget", "--cvdnn-memory-budget", "cvdnn_memory_budget", parse_gib, None,
+           "largest memory (GiB) the checks of one model may need for their inputs; a model whose inputs need "
+           "more is refused before anything is allocated (default: half of this machine's RAM)", "GIB"),
     Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
            "where converted models and reference outputs are cached (default: pytest's cache dir)", "DIR"),
 )
@@ -248,6 +262,7 @@ class ModelSettings:
     save_bundle: str | None = None  # --cvdnn-save-bundle DIR
     bundle: str | None = None  # this "model" is a bundle folder (--cvdnn-bundle)
     tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
+    memory_budget: float | None = None  # --cvdnn-memory-budget (GiB); None: half of the RAM
 
     @property
     def effective_spec(self) -> InputSpec:
