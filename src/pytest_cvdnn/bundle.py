@@ -33,6 +33,7 @@ from .spec import InputSpec
 
 __all__ = ["save_bundle", "BundleDeployment", "find_bundles", "BUNDLE_FORMAT", "BUNDLE_CHECKS"]
 
+_REGENERATE = "regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow"
 BUNDLE_CHECKS = ("verify", "load", "input_spec", "preprocessing", "output_spec", "parity[onnxruntime-cv2dnn]",
                  "parity[keras-cv2dnn]", "batch", "determinism")
 
@@ -191,38 +192,34 @@ class BundleDeployment(Deployment):
             raise StageSkipped("the bundle holds no Keras model")
         return dict(self.manifest["keras_meta"])
 
+    def _problem(self, name: str) -> str | None:
+        """What is wrong with a listed file of the bundle ("is missing", "has changed …"), or None."""
+        path, digest = bundle_file(self.folder, name), self.manifest["files"][name]
+        if not path.is_file():
+            return "is missing"
+        found = sha256_file(path)
+        return None if found == digest else f"has changed (checksum {found[:12]}, manifest {digest[:12]})"
+
     def verify(self) -> list[str]:
         """Files whose checksum differs from the manifest (or that are missing)."""
-        bad = []
-        for name, digest in self.manifest["files"].items():
-            path = bundle_file(self.folder, name)
-            if not path.is_file():
-                bad.append(f"{name} is missing")
-            elif sha256_file(path) != digest:
-                bad.append(f"{name} has changed (checksum {sha256_file(path)[:12]}, manifest {digest[:12]})")
-        return bad
+        return [f"{name} {problem}" for name in self.manifest["files"] if (problem := self._problem(name))]
 
     def _file(self, name: str) -> Path:
         """A file the replay reads: listed in the manifest, inside the bundle, with the listed checksum."""
-        digest = self.manifest["files"].get(name)
-        if digest is None:
+        if name not in self.manifest["files"]:
             raise StageSkipped(f"the bundle has no {name}")
-        path = bundle_file(self.folder, name)
-        if not path.is_file() or sha256_file(path) != digest:
-            raise CvdnnError(f"the bundle {self.folder} is corrupted or was changed: {name} "
-                             + ("is missing" if not path.is_file() else "has changed"),
-                             fix="regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow")
-        return path
+        problem = self._problem(name)
+        if problem:
+            raise CvdnnError(f"the bundle {self.folder} is corrupted or was changed: {name} {problem}", fix=_REGENERATE)
+        return bundle_file(self.folder, name)
 
     @property
     def conversion(self) -> Conversion:
         def run() -> Conversion:
             bad = self.verify()
             if bad:
-                raise CvdnnError(
-                    f"the bundle {self.folder} is corrupted or was changed: " + "; ".join(bad),
-                    fix="regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow",
-                )
+                raise CvdnnError(f"the bundle {self.folder} is corrupted or was changed: " + "; ".join(bad),
+                                 fix=_REGENERATE)
             return Conversion(self._file("model.onnx"), {"bundle": str(self.folder)}, cached=True, seconds=0.0)
 
         return self.stage("convert", run)

@@ -96,10 +96,11 @@ def load_manifest(folder: Path) -> dict[str, Any]:
 
 def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
     for key, (low, high) in _NUMBERS.items():
-        if key in settings or key != "srtol":
-            value = settings.get(key)
-            if not _number(value) or not low <= value <= high:
-                _bad(folder, f"'settings.{key}'", f"is {value!r}, not a number >= {low:g}")
+        if key == "srtol" and key not in settings:  # (bundles written before srtol existed)
+            continue
+        value = settings.get(key)
+        if not _number(value) or not low <= value <= high:
+            _bad(folder, f"'settings.{key}'", f"is {value!r}, not a number >= {low:g}")
     for key, (low, high) in _INTEGERS.items():
         value = settings.get(key)
         if not _is(value, int) or not low <= value <= high:
