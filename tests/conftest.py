@@ -99,18 +99,24 @@ def mvn_onnx(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _frameworks_outlive_pytester(request: pytest.FixtureRequest) -> None:
-    """Import TensorFlow, Keras, tf2onnx and onnx before a test that uses ``pytester`` starts.
+    """Import TensorFlow, Keras, tf2onnx, onnx and cv2 before a test that uses ``pytester`` starts.
 
     ``pytester`` restores ``sys.modules`` after each test that uses it, so a framework first imported
     inside such a test is dropped again, and importing onnx's C extension a second time aborts the
     process (seen under ``-n 2``: an xdist worker died importing onnx after test_formats.py).  (Autouse
     fixtures run before the others of their scope, so this runs before pytester takes its snapshot.)
-    Tests without pytester import nothing here: the quick tier (``-m quick``) needs no TensorFlow.
+    Tests without pytester import nothing here, and quick-tier tests with it (test_fuzz.py: ONNX and bundles
+    only) import onnx and onnxruntime alone: the quick tier (``-m quick``) needs no TensorFlow.
     """
     if "pytester" not in request.fixturenames:
         return
-    import keras  # noqa: F401
+    import cv2  # noqa: F401 - (re-imported after pytester dropped it, cv2.dnn loses its functions)
     import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    if request.node.get_closest_marker("quick") is not None:
+        return
+    import keras  # noqa: F401
     import tensorflow  # noqa: F401
     import tf2onnx  # noqa: F401
 
@@ -206,7 +212,7 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 
 #: the quick tier (`pytest -m quick`, seconds, no TensorFlow): the pure comparison and spec code, and the
 #: printed snippets executed on every supported OpenCV (what mutation testing runs, benchmarks/README.md)
-QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py"}
+QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py", "test_fuzz.py"}
 
 
 def _zoo_left_out(config: pytest.Config) -> bool:

@@ -810,7 +810,7 @@ def test_inputs_that_would_not_fit_in_memory_are_refused_before_allocation() -> 
     text = str(info.value)
     need = 1_200_000_000 * 4 * PEAK_BYTES_PER_VALUE / (1 << 30)
     assert (f"the model's inputs hold 1,200,000,000 values per sample (the largest: 'image' of shape (1, 20000, 20000, "
-            f"3) NHWC): the checks would need about {need:.3g} GiB (4 samples, ~112 bytes per value at their peak), more "
+            f"3) NHWC): the checks would need about {need:.3g} GiB (4 samples, ~320 bytes per value at their peak), more "
             f"than the memory budget of {ram_bytes() / 2 / (1 << 30):.3g} GiB") in text
     assert "raise --cvdnn-memory-budget" in text
     check_input_sizes(huge, ["image"], 4, 1000.0)  # a budget that holds it: no error

@@ -879,7 +879,23 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
 
 
 def run_check(dep: Deployment, name: str) -> tuple[CheckResult, float]:
+    """The check's result and its time; an exception the plugin did not foresee becomes one paragraph that
+    names the model and the check (the traceback in its details), never a bare traceback."""
+    if name not in CHECKS:
+        raise CvdnnError(f"there is no check {name!r}", fix=f"use one of {', '.join(sorted(CHECKS))}")
     start = time.perf_counter()
-    result = CHECKS[name](dep)
+    try:
+        result = CHECKS[name](dep)
+    except (CvdnnError, StageSkipped, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - said with the model and the check, traceback kept
+        import traceback
+
+        first = " ".join(str(exc).split())[:300]
+        raise CvdnnError(
+            f"{dep.label}: the {name} check failed with an error the plugin does not recognise "
+            f"({type(exc).__name__}: {first})",
+            fix="check the model file and the options; if they are right, report this as a pytest-cvdnn bug with "
+            "the traceback below", details="".join(traceback.format_exception(exc))[-4000:]) from exc
     return result, time.perf_counter() - start
 

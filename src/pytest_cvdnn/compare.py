@@ -335,11 +335,13 @@ def worst_order(diff: np.ndarray, bad: np.ndarray, k: int) -> list[int]:
         need = k - len(chosen)
         if need <= 0:
             break
-        idx = np.flatnonzero(group)
-        if idx.size > need:
-            values = diff[idx]
-            kth = np.partition(values, idx.size - need)[idx.size - need]
-            idx = idx[values >= kth]
+        values = diff[group]  # (one copy of the group's errors, partitioned in place: no index arrays of n)
+        if values.size > need:
+            values.partition(values.size - need)
+            idx = np.flatnonzero(group & (diff >= values[values.size - need]))
+        else:
+            idx = np.flatnonzero(group)
+        del values
         chosen.extend(int(i) for i in idx[np.lexsort((idx, -diff[idx]))][:need])
     return chosen
 
@@ -374,20 +376,37 @@ def compare_arrays(
                 cosine=0.0, mismatches=size, size=size, nonfinite=0, required_atol=math.inf,
                 required_rtol=math.inf, worst=(), shape_ok=False,
             )
+    # (memory: float64 copies of both arrays, |Δ| and the relative error, a few masks — ~40 bytes per value;
+    # the masks and copies of the finite values are made only where something is not finite)
     e = _as_float64(expected)
     o = _as_float64(obtained)
     finite = np.isfinite(e) & np.isfinite(o)
-    same_nonfinite = (~np.isfinite(e)) & (~np.isfinite(o)) & ((e == o) | (np.isnan(e) & np.isnan(o)))
-    nonfinite = int(np.count_nonzero(~finite & ~same_nonfinite))
-    with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where both are infinite: masked out)
-        diff = np.where(finite, np.abs(e - o), 0.0)
-    denom = np.abs(e)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(finite, np.where(denom > 0, diff / denom, np.where(diff > 0, np.inf, 0.0)), 0.0)
+    all_finite = bool(finite.all())
+    diff = np.subtract(e, o) if all_finite else np.zeros(e.shape)
+    if all_finite:
+        np.abs(diff, out=diff)
+        nonfinite, odd = 0, None
+    else:
+        same_nonfinite = ~finite & ((e == o) | (np.isnan(e) & np.isnan(o)))  # (a finite side is never equal)
+        odd = ~finite & ~same_nonfinite
+        nonfinite = int(np.count_nonzero(odd))
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.abs(np.subtract(e, o, where=finite, out=diff), out=diff)
+    rel = np.abs(e)  # |Δ| / |ref|: inf where the reference is 0 and Δ is not, 0 where both are
+    zero = rel == 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(diff, rel, out=rel, where=~zero)
+    rel[zero] = np.where(diff[zero] > 0, np.inf, 0.0)
+    del zero
+    if not all_finite:
+        rel[~finite] = 0.0
     bad = (diff > tol.atol) & (rel > tol.rtol)
-    bad |= ~finite & ~same_nonfinite
+    if odd is not None:
+        bad |= odd
     mismatches = int(np.count_nonzero(bad))
-    ef, of = e[finite].ravel(), o[finite].ravel()
+    max_rel = float(np.max(rel, where=np.isfinite(rel), initial=0.0)) if rel.size else 0.0
+    del rel
+    ef, of = (e.ravel(), o.ravel()) if all_finite else (e[finite].ravel(), o[finite].ravel())
     ne, no = float(np.linalg.norm(ef)), float(np.linalg.norm(of))
     if ne == 0.0 and no == 0.0:
         cosine = 1.0
@@ -408,28 +427,31 @@ def compare_arrays(
     tops: tuple[TopKResult, ...] = ()
     if classifier and e.ndim >= 1 and e.shape[-1] > 1 and e.size:
         tops = tuple(_topk(e, o, k, tol) for k in topk if k < e.shape[-1])
-    finite_rel = rel[np.isfinite(rel)]
-    scale = float(np.abs(ef).max()) if ef.size else 0.0
+    del bad
+    scale = max(float(ef.max()), -float(ef.min())) if ef.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     if scale > 0:
         signal_rel = max_abs / scale
-        nrms = float(np.sqrt(np.mean((ef - of) ** 2)) / np.sqrt(np.mean(ef**2)))
+        flat_diff = diff.ravel()  # (Δ is 0 where a value is not finite: the sum runs over the finite ones)
+        nrms = float(np.sqrt(np.dot(flat_diff, flat_diff)) / ne)
     else:  # an all-zero reference: any difference is an error the size of the signal
         signal_rel = nrms = 0.0 if max_abs == 0.0 else math.inf
+    mean_abs = float(diff.mean()) if diff.size else 0.0
+    median_abs = float(np.median(diff, overwrite_input=True)) if diff.size else 0.0  # (diff is not used after)
     # the smallest max|Δ| / max|ref| that fails: the element-wise rule's, or the rule relative to the signal
     elementwise = max(tol.atol / scale, tol.rtol) if scale > 0 else math.inf
     return ArrayStats(
         **base,
-        max_abs=float(diff.max()) if diff.size else 0.0,
-        mean_abs=float(diff.mean()) if diff.size else 0.0,
-        median_abs=float(np.median(diff)) if diff.size else 0.0,
-        max_rel=float(finite_rel.max()) if finite_rel.size else 0.0,
+        max_abs=max_abs,
+        mean_abs=mean_abs,
+        median_abs=median_abs,
+        max_rel=max_rel,
         cosine=cosine,
         mismatches=mismatches,
         size=size,
         nonfinite=nonfinite,
-        required_atol=float(diff.max()) if diff.size else 0.0,
-        required_rtol=float(finite_rel.max()) if finite_rel.size else 0.0,
+        required_atol=max_abs,
+        required_rtol=max_rel,
         worst=worst_rows,
         topk=tops,
         scale=scale,

@@ -22,7 +22,7 @@ from .cache import Cache, sha256_bytes, slug
 from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
 from .errors import CvdnnError, StageSkipped
-from .graph import GraphInfo, guess_layout, keras_layer_for, read_graph, validate_onnx
+from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
@@ -266,8 +266,8 @@ class Deployment:
                 path = self.source.path if self.source.is_onnx else self._user_onnx()
                 assert path is not None
                 self.source.check_readable()
-                read_graph(path)  # a clear error if the file is not ONNX
-                validate_onnx(path, self.keras_layer_names)
+                self._check_sizes(path)  # (reads the graph: a clear error if the file is not ONNX)
+                validate_onnx(path, self.keras_layer_names, provided=True)
                 return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
             opts = self._conversion_options()
             meta = self.keras_meta
@@ -289,6 +289,15 @@ class Deployment:
             return self._remembering_failure(key, run)
 
         return self.stage("convert", remembered)
+
+    def _check_sizes(self, path: Path) -> None:
+        """Refuse an ONNX file one of whose tensors alone would not fit the memory budget at the check batch."""
+        from .graph import load_model
+        from .inputs import memory_budget_bytes
+        from .sanity import check_tensor_sizes
+
+        check_tensor_sizes(path, load_model(path), self.settings.samples,
+                           memory_budget_bytes(self.settings.memory_budget))
 
     def _conversion_options(self) -> ConversionOptions:
         return ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
@@ -480,6 +489,7 @@ class Deployment:
         """The samples every check uses, in the Keras layout (NHWC), identical for every runner."""
 
         def make() -> list[np.ndarray]:
+            self._check_fixed_batch()
             shapes = self.input_shapes()
             check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
             specs = [self.spec_for(n) for n in range(len(shapes))]
@@ -493,6 +503,17 @@ class Deployment:
             return arrays
 
         return self.stage("inputs", make)
+
+    def _check_fixed_batch(self) -> None:
+        """Refuse an ONNX input whose batch is fixed above 1: the checks feed single samples and batches."""
+        for info in self.graph.inputs:
+            if len(info.shape) > 1 and info.shape[0] is not None and info.shape[0] > 1:
+                raise CvdnnError(
+                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {info.shape[0]} (shape "
+                    f"{info.shape}); the checks run one sample at a time, as cv2.dnn is usually deployed, and "
+                    f"batches of {self.settings.samples}",
+                    fix="re-export the model with batch 1 or a dynamic batch (a named dimension): cv2.dnn takes "
+                    "the batch from the blob")
 
     @property
     def inputs_description(self) -> str:

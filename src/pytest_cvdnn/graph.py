@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from .errors import CvdnnError
 
 __all__ = ["TensorInfo", "GraphInfo", "read_graph", "summarize", "op_pattern", "keras_layer_for", "guess_layout",
-           "validate_onnx"]
+           "validate_onnx", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _dims(type_proto: Any) -> tuple[int | None, ...]:
     return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims)
 
 
-def _load(path: Path) -> Any:
+def load_model(path: Path) -> Any:
     """The ModelProto (external data not loaded), with a clear error if the file is not ONNX."""
     import onnx
 
@@ -66,12 +66,15 @@ def _load(path: Path) -> Any:
             fix="re-export the model (tf2onnx, or let pytest-cvdnn convert the Keras source)",
         ) from exc
     _check_external_data(path, model)
+    from .sanity import check_structure
+
+    check_structure(path, model)
     return model
 
 
 def read_graph(path: Path) -> GraphInfo:
     """The interface of an ONNX file, with a clear error if it is not one."""
-    return _graph_info(path, _load(path))
+    return _graph_info(path, load_model(path))
 
 
 def _graph_info(path: Path, model: Any) -> GraphInfo:
@@ -110,7 +113,7 @@ def op_pattern(node: Any, initializers: set[str]) -> str:
 def summarize(path: Path) -> dict[str, Any]:
     """What the checks read from an ONNX graph, as JSON (cached by content hash: a warm run does not
     import onnx): its interface, the inputs of final Softmax nodes, and its nodes grouped by op pattern."""
-    model = _load(path)
+    model = load_model(path)
     inits = {i.name for i in model.graph.initializer}
     patterns: dict[str, list[Any]] = {}
     for node in model.graph.node:
@@ -154,6 +157,22 @@ def _check_external_data(path: Path, model: Any) -> None:
         if not target.is_file():
             raise CvdnnError(f"{path}: the external data file {location!r} of tensor {tensor.name!r} is missing",
                              fix="copy it next to the .onnx file")
+        _check_extent(path, tensor, location, target.stat().st_size)
+
+
+def _check_extent(path: Path, tensor: Any, location: str, size: int) -> None:
+    """The offset and length of a tensor's external data lie inside its file (else nothing is read)."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    try:
+        offset, length = int(entries.get("offset") or 0), int(entries.get("length") or 0)
+    except ValueError:
+        offset, length = -1, -1
+    if offset < 0 or length < 0 or offset + length > size:
+        raise CvdnnError(
+            f"{path}: tensor {tensor.name!r} is stored at offset {entries.get('offset', 0)} with length "
+            f"{entries.get('length', '?')} in {location!r}, a file of {size:,} bytes; that is not inside it",
+            fix="the .onnx and its external data file do not belong together: copy both from the same export",
+        )
 
 
 def guess_layout(onnx_shape: Sequence[int | None], keras_shape: Sequence[int | None] | None, default: str) -> str:
@@ -198,61 +217,78 @@ def keras_layer_for(node_name: str, layer_names: Sequence[str]) -> str | None:
     return None
 
 
-def validate_onnx(path: Path, layer_names: Sequence[str] = ()) -> None:
-    """onnx.checker + an onnxruntime session; a failure names the node (and Keras layer)."""
+#: where onnx.checker and onnxruntime name the node in their messages, most specific first
+_NODE_IN_MESSAGE = (r"node with name '([^']+)'", r"of node:\s*name:\s*([\w/.:-]+)", r"Node \(([^)]+)\)",
+                    r"in '([^' ]+) : \w+'", r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)")
+
+
+def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = False) -> None:
+    """onnx.checker + an onnxruntime session; a failure names the node (and Keras layer).  ``provided``: the
+    user's ONNX file (its fix is a re-export), not one this plugin converted (its fix is another opset)."""
     import onnx
 
-    model = onnx.load(str(path))
-    bad = []
-    for node in model.graph.node:
-        domain = node.domain or ""
-        version = next((o.version for o in model.opset_import if (o.domain or "") == domain), None)
-        if domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, domain):
-            bad.append(node)
-        elif domain in ("", "ai.onnx") and version is not None:
-            try:
-                onnx.defs.get_schema(node.op_type, version, domain)
-            except Exception:  # noqa: BLE001
-                bad.append(node)
+    model = load_model(path)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
+        onnx.load_external_data_for_model(model, str(Path(path).parent))  # (inside the folder: load_model checked)
+    what = f"the ONNX file {path.name}" if provided else f"the converted graph {path.name}"
+    fix = ("re-export the model, or fix the node with the onnx API (onnx.checker.check_model(model, full_check=True) "
+           "names it too)" if provided else "try another --cvdnn-opset, or report the conversion problem to tf2onnx")
+    bad = [n for n in model.graph.node if not _known_op(model, n)]
     if bad:
         node = bad[0]
         layer = keras_layer_for(node.name, layer_names)
         kinds = sorted({n.op_type for n in bad})
         others = (f" ({len(bad) - 1} more invalid node(s); op types: {', '.join(kinds)})" if len(bad) > 1 else "")
         raise CvdnnError(
-            f"the converted graph {path.name} is invalid: node {node.name!r} has op type {node.op_type!r}, "
+            f"{what} is invalid: node {node.name!r} has op type {node.op_type!r}, "
             f"which is not an ONNX operator{others}"
             + (f"; it comes from the Keras layer {layer!r}" if layer else ""),
-            fix="tf2onnx could not convert that layer: try another --cvdnn-opset, or replace the layer "
-            "with standard Keras layers; report it to tf2onnx with the repro",
+            fix=("replace that node with standard ONNX operators when exporting (no runtime here implements it)"
+                 if provided else "tf2onnx could not convert that layer: try another --cvdnn-opset, or replace the "
+                 "layer with standard Keras layers; report it to tf2onnx with the repro"),
             node=node.name,
         )
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
-        raise _rejected(f"onnx.checker rejects the converted graph {path.name}", exc,
-                        r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)", layer_names) from exc
+        raise _rejected(f"onnx.checker rejects {what}", exc, layer_names, fix) from exc
     import onnxruntime as ort
 
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise _rejected(f"onnxruntime cannot load the converted graph {path.name}", exc,
-                        r"[Nn]ode(?: name)?[:\s]+['\"]?([\w/.:-]+)", layer_names) from exc
+        raise _rejected(f"onnxruntime cannot load {what}", exc, layer_names, fix) from exc
 
 
-def _rejected(what: str, exc: BaseException, node_pattern: str, layer_names: Sequence[str]) -> CvdnnError:
-    """A validator's error as a CvdnnError naming the node (found with ``node_pattern``) and its layer."""
+def _known_op(model: Any, node: Any) -> bool:
+    """Is the node's op type an ONNX operator of the model's opset (other domains: not judged here)?"""
+    import onnx
+
+    domain = node.domain or ""
+    if domain not in ("", "ai.onnx"):
+        return True
+    if not onnx.defs.has(node.op_type, domain):
+        return False
+    version = next((o.version for o in model.opset_import if (o.domain or "") == domain), None)
+    if version is None:
+        return True
+    try:
+        onnx.defs.get_schema(node.op_type, version, domain)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _rejected(what: str, exc: BaseException, layer_names: Sequence[str], fix: str) -> CvdnnError:
+    """A validator's error as a CvdnnError naming the node (where its message names one) and its layer."""
     text = str(exc).strip()
-    match = re.search(node_pattern, text, re.IGNORECASE)
+    match = next((m for p in _NODE_IN_MESSAGE if (m := re.search(p, text, re.IGNORECASE))), None)
     node = match.group(1) if match else None
     layer = keras_layer_for(node, layer_names) if node else None
     where = f" (node {node!r}" + (f", Keras layer {layer!r})" if layer else ")") if node else ""
-    return CvdnnError(
-        f"{what}: {text.splitlines()[0][:300] if text else type(exc).__name__}{where}",
-        fix="try another --cvdnn-opset, or report the conversion problem to tf2onnx",
-        node=node,
-    )
+    text = re.sub(r"/\S+\.(?:h|cc|cpp):\d+ [^(]*\([^)]*\)\s*", "", text)  # onnxruntime's C++ source location
+    first = " ".join(text.split())[:300] if text else type(exc).__name__
+    return CvdnnError(f"{what}: {first}{where}", fix=fix, node=node)
 
 
 def _softmax_inputs(graph: Any) -> list[tuple[int, str]]:

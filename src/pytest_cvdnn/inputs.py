@@ -12,7 +12,7 @@ import numpy as np
 from .errors import CvdnnError
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "folder_files", "check_input_sizes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -39,10 +39,11 @@ def fill_spatial(shape: Sequence[int | None], size: tuple[int, int] | None, name
     return shape
 
 
-#: peak bytes the checks need per input value and sample: measured (issue 16) 5.4 GB at the peak for a
-#: 1x3x4000x4000 input and 4 samples, ~112 bytes per value of one sample — the samples, their NCHW copies, the
-#: runners' outputs and the comparisons
-PEAK_BYTES_PER_VALUE = 28
+#: peak bytes the checks need per input value and sample, for a model whose output is as large as its input (the
+#: worst case: a Relu on 1x3x2000x2000, 4 samples, measured by peak RSS): 473 bytes per value of one sample before
+#: issue 16's work on compare (float64 temporaries, index arrays of n), 309 after — the samples, their NCHW
+#: copies, two runners' outputs and one comparison (~45 bytes per compared value); 80 x 4 samples = 320 covers it
+PEAK_BYTES_PER_VALUE = 80
 
 
 def ram_bytes() -> int:
@@ -51,6 +52,11 @@ def ram_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return 8 << 30
+
+
+def memory_budget_bytes(budget_gib: float | None) -> float:
+    """The memory budget in bytes: ``budget_gib`` (--cvdnn-memory-budget), else half of the RAM."""
+    return budget_gib * (1 << 30) if budget_gib is not None else ram_bytes() / 2
 
 
 def check_input_sizes(shapes: Sequence[Sequence[int]], names: Sequence[str], samples: int,
@@ -63,7 +69,7 @@ def check_input_sizes(shapes: Sequence[Sequence[int]], names: Sequence[str], sam
                              "cannot hold a sample", fix="export the model with a positive fixed input shape")
     values = sum(math.prod(int(d) for d in shape[1:]) for shape in shapes)
     need = values * samples * PEAK_BYTES_PER_VALUE
-    budget = budget_gib * (1 << 30) if budget_gib is not None else ram_bytes() / 2
+    budget = memory_budget_bytes(budget_gib)
     if need > budget:
         biggest = max(range(len(shapes)), key=lambda k: math.prod(int(d) for d in shapes[k][1:]))
         raise CvdnnError(

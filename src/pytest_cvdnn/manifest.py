@@ -78,7 +78,9 @@ def load_manifest(folder: Path) -> dict[str, Any]:
         _bad(folder, "'format'", f"is {data['format']}; this pytest-cvdnn reads bundles of format {BUNDLE_FORMAT}")
     _check_settings(folder, data["settings"])
     _check_spec(folder, "'spec'", data["spec"])
-    for k, pair in enumerate(data.get("input_specs") or []):
+    if not _is(data.setdefault("input_specs", []), list):
+        _bad(folder, "'input_specs'", f"is {type(data['input_specs']).__name__}, not a list of [name, spec] pairs")
+    for k, pair in enumerate(data["input_specs"]):
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], dict)):
             _bad(folder, f"'input_specs'[{k}]", "is not a [name, spec] pair")
         _check_spec(folder, f"'input_specs'[{k}]", pair[1])
@@ -129,7 +131,9 @@ def _check_graph(folder: Path, data: dict[str, Any]) -> None:
         for tensor in graph.inputs + graph.outputs:
             if not isinstance(tensor.name, str) or not all(d is None or _is(d, int) for d in tensor.shape):
                 raise ValueError(f"tensor {tensor.name!r} has shape {tensor.shape!r}")
-        softmax = [(int(k), str(n)) for k, n in data["softmax_logits"]]
+        softmax = [(k, n) for k, n in data["softmax_logits"]]
+        if not all(_is(k, int) and isinstance(n, str) and n for k, n in softmax):
+            raise ValueError("softmax_logits holds an entry that is not an [output index, tensor name] pair")
     except (KeyError, TypeError, ValueError) as exc:
         _bad(folder, "'graph'", f"does not describe the model's inputs and outputs ({type(exc).__name__}: {exc})")
     if any(not 0 <= k < len(graph.outputs) for k, _ in softmax):

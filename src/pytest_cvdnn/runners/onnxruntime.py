@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import CvdnnError
 from . import thread_share
 
 __all__ = ["OrtRunner"]
@@ -44,5 +45,13 @@ class OrtRunner:
         return self.outputs or [o.name for o in self.session.get_outputs()]
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
-        return [np.asarray(o) for o in self.session.run(self.output_names, feeds)]
+        feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs, strict=True)}
+        try:
+            return [np.asarray(o) for o in self.session.run(self.output_names, feeds)]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types (InvalidArgument, Fail, …)
+            text = " ".join(str(exc).split())[:400]
+            shapes = ", ".join(f"{n} {tuple(x.shape)} {x.dtype}" for n, x in feeds.items())
+            raise CvdnnError(f"onnxruntime failed to run {self.onnx_path.name} on the inputs {shapes}: {text}",
+                             fix="the model's declared inputs do not take what the checks feed, or the model is "
+                             "broken: check its input shapes and types (a fixed batch other than 1 needs "
+                             "a re-export with a dynamic batch)") from None

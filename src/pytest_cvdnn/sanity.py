@@ -1,0 +1,223 @@
+"""ONNX sanity before allocation: what a damaged or hostile file declares is checked before any runtime sees it.
+
+An ONNX file from elsewhere can declare things no runtime should be asked to build: a name that is not
+UTF-8, an input without an element type or with a negative dimension, external data past the end of its
+file, a Conv whose weights do not fit its ``kernel_shape`` or its input's channels, or an attribute
+(``pads`` of 10^6, a ``Tile`` by 10^5 x 10^5) that makes a tensor of terabytes.  Each is refused with
+one paragraph naming the file, the node (or input, or tensor), the attribute and what is wrong.
+
+:func:`check_structure` needs the ModelProto only; :func:`check_tensor_sizes` infers every tensor's shape
+(onnx shape inference with the batch the checks use) and refuses a node whose output alone would exceed the
+memory budget.  ``onnx`` is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CvdnnError
+
+__all__ = ["check_structure", "check_tensor_sizes", "largest_tensor"]
+
+_REEXPORT = "re-export the model from its framework (the file is damaged or was edited by hand)"
+
+
+def _names(graph: Any) -> Iterator[tuple[str, Any]]:
+    """(where, name) of every name a graph holds: nodes, their inputs/outputs/attributes, tensors, interface."""
+    for k, node in enumerate(graph.node):
+        yield f"the op type of node #{k}", node.op_type
+        yield f"the domain of node #{k}", node.domain
+        yield f"node #{k} ({node.op_type})", node.name
+        for name in (*node.input, *node.output):
+            yield f"an input or output of node #{k} ({node.op_type})", name
+        for attr in node.attribute:
+            yield f"an attribute of node #{k} ({node.op_type})", attr.name
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _names(sub)
+    for where, items in (("graph input", graph.input), ("graph output", graph.output),
+                         ("initializer", graph.initializer), ("value_info", graph.value_info)):
+        for item in items:
+            yield where, item.name
+
+
+def _check_names(path: Path, model: Any) -> None:
+    domains = ((f"the domain of opset import #{k}", op.domain) for k, op in enumerate(model.opset_import))
+    for where, name in (*domains, *_names(model.graph)):
+        if isinstance(name, bytes):  # proto2 strings are not validated: invalid UTF-8 comes back as bytes
+            raise CvdnnError(
+                f"{path}: the name of {where} is not valid UTF-8 ({name[:40]!r}); no tool can report or match it",
+                fix=f"{_REEXPORT}, or rename it with the onnx API (node.name = 'conv1'; onnx.save(model, path))")
+
+
+def _check_interface(path: Path, graph: Any) -> None:
+    from onnx import helper
+
+    initializers = {i.name for i in graph.initializer}
+    for kind, items in (("input", graph.input), ("output", graph.output)):
+        for item in items:
+            if item.name in initializers:
+                continue
+            elem = item.type.tensor_type.elem_type
+            try:
+                helper.tensor_dtype_to_np_dtype(elem)
+                known = elem != 0
+            except (KeyError, ValueError, TypeError):
+                known = False
+            if not known:
+                raise CvdnnError(
+                    f"{path}: the graph {kind} {item.name!r} has no valid element type (elem_type {elem}); "
+                    "a runtime cannot make or read its tensor",
+                    fix=f"{_REEXPORT}, or set it: model.graph.{kind}[k].type.tensor_type.elem_type = "
+                    "onnx.TensorProto.FLOAT")
+            for axis, dim in enumerate(item.type.tensor_type.shape.dim if kind == "input" else ()):
+                if dim.HasField("dim_value") and dim.dim_value < 1:
+                    raise CvdnnError(
+                        f"{path}: the graph {kind} {item.name!r} declares the size {dim.dim_value} at axis {axis} "
+                        f"(shape {_shape_text(item)}); a size below 1 cannot hold a sample, and ONNX marks an "
+                        "unknown size with a name (dim_param), not a number",
+                        fix=f"{_REEXPORT} with a positive or named size, e.g. dim.dim_param = 'batch' for a "
+                        "dynamic batch")
+
+
+def _shape_text(item: Any) -> str:
+    dims = item.type.tensor_type.shape.dim
+    return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + ")"
+
+
+def _ints(node: Any, name: str) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == name:
+            return list(attr.ints)
+    return None
+
+
+def _int(node: Any, name: str, default: int) -> int:
+    for attr in node.attribute:
+        if attr.name == name:
+            return int(attr.i)
+    return default
+
+
+def _check_convs(path: Path, graph: Any, channels: dict[str, int]) -> None:
+    """A Conv/ConvTranspose whose constant weights contradict its kernel_shape, group or input channels."""
+    weights = {i.name: tuple(int(d) for d in i.dims) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        w = weights[node.input[1]]
+        label = f"{path}: node {node.name!r} ({node.op_type})"
+        kernel = _ints(node, "kernel_shape")
+        if len(w) < 3:
+            raise CvdnnError(f"{label} has the weights {node.input[1]!r} of shape {w}, fewer than 3 dimensions",
+                             fix=_REEXPORT, node=node.name)
+        if kernel is not None and tuple(kernel) != w[2:]:
+            raise CvdnnError(
+                f"{label} declares kernel_shape={kernel} but its weights {node.input[1]!r} have the shape {w} "
+                f"(a {'x'.join(map(str, w[2:]))} kernel); runtimes disagree on which one counts",
+                fix=f"{_REEXPORT}, or make kernel_shape match the weights (or remove the attribute)", node=node.name)
+        group = _int(node, "group", 1)
+        if group < 1:
+            raise CvdnnError(f"{label} declares group={group}; a group count is at least 1", fix=_REEXPORT,
+                             node=node.name)
+        have = channels.get(node.input[0])
+        per_group = w[1] if node.op_type == "Conv" else None
+        if have is not None and per_group is not None and per_group * group != have:
+            raise CvdnnError(
+                f"{label} reads {have} channels from {node.input[0]!r} but its weights "
+                f"{node.input[1]!r} of shape {w} with group={group} expect {per_group * group}",
+                fix=f"{_REEXPORT}; the weights do not belong to this input", node=node.name)
+
+
+def check_structure(path: Path, model: Any) -> None:
+    """Names, interface types and sizes, and Conv weights against their attributes (no allocation)."""
+    graph = model.graph
+    _check_names(path, model)
+    _check_interface(path, graph)
+    channels = {}
+    for item in graph.input:  # channels of NCHW graph inputs (the Conv's data input); the rest is inferred later
+        dims = item.type.tensor_type.shape.dim
+        if len(dims) >= 3 and dims[1].HasField("dim_value"):
+            channels[item.name] = int(dims[1].dim_value)
+    _check_convs(path, graph, channels)
+
+
+def _inferred(model: Any, batch: int) -> Any:
+    """The model with every tensor's shape inferred (unknown batch sizes set to ``batch``); None if it fails."""
+    import onnx
+    from onnx import shape_inference
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {i.name for i in copy.graph.initializer}
+    for item in copy.graph.input:
+        dims = item.type.tensor_type.shape.dim
+        if item.name not in inits and dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    try:
+        return shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot follow is judged by the checker and runtimes
+        return None
+
+
+def largest_tensor(model: Any, batch: int) -> tuple[int, Any, Any] | None:
+    """(bytes, value_info, producing node) of the largest tensor with a known shape, at ``batch`` samples."""
+    from onnx import helper
+
+    inferred = _inferred(model, batch)
+    if inferred is None:
+        return None
+    graph = inferred.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    best: tuple[int, Any, Any] | None = None
+    for info in (*graph.value_info, *graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value < 0 for d in dims):
+            return (-1, info, producers.get(info.name))  # a negative size: the node's attributes do not fit its input
+        if not dims or not all(d.HasField("dim_value") for d in dims):
+            continue
+        try:
+            size = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            size = 4
+        nbytes = math.prod(int(d.dim_value) for d in dims) * size
+        if best is None or nbytes > best[0]:
+            best = (nbytes, info, producers.get(info.name))
+    return best
+
+
+def _constants(node: Any, graph: Any) -> str:
+    """The node's integer attributes and small constant inputs, as "name=[...]" (what decides its sizes)."""
+    from onnx import numpy_helper
+
+    parts = [f"{a.name}={list(a.ints)}" for a in node.attribute if a.ints]
+    parts += [f"{a.name}={a.i}" for a in node.attribute if a.type == 2]  # AttributeProto.INT
+    inits = {i.name: i for i in graph.initializer}
+    for name in node.input:
+        tensor = inits.get(name)
+        if tensor is not None and math.prod(tensor.dims) <= 8 and tensor.data_type in (6, 7):  # INT32, INT64
+            parts.append(f"{name}={numpy_helper.to_array(tensor).tolist()}")
+    return ", ".join(parts)
+
+
+def check_tensor_sizes(path: Path, model: Any, batch: int, budget_bytes: float) -> None:
+    """Refuse a model one of whose tensors alone, at ``batch`` samples, would exceed ``budget_bytes``."""
+    found = largest_tensor(model, batch)
+    if found is None or 0 <= found[0] <= budget_bytes:
+        return
+    nbytes, info, node = found
+    constants = _constants(node, model.graph) if node is not None else ""
+    where = f"node {node.name!r} ({node.op_type}" + (f"; {constants}" if constants else "") + ")" if node else "the graph"
+    if nbytes < 0:
+        raise CvdnnError(
+            f"{path}: {where} makes the tensor {info.name!r} of shape {_shape_text(info)}, a negative size: its "
+            "attributes do not fit its input (a runtime asked to build it allocates terabytes or fails)",
+            fix=f"check that node's attributes and constant inputs; {_REEXPORT}", node=node.name if node else None)
+    raise CvdnnError(
+        f"{path}: {where} makes the tensor {info.name!r} of shape {_shape_text(info)}: {nbytes / (1 << 30):.3g} GiB "
+        f"at {batch} sample(s), more than the memory budget of {budget_bytes / (1 << 30):.3g} GiB; no runtime is "
+        "asked to allocate it",
+        fix=f"check that node's attributes and constant inputs ({_REEXPORT} if they are wrong); if the model is "
+        "meant to be this large, raise --cvdnn-memory-budget (GiB) on a machine that has the memory",
+        node=node.name if node else None)
