@@ -331,6 +331,25 @@ def test_a_factory_that_exits_fails_its_convert_item_not_the_session(run_cvdnn: 
     assert "SystemExit" not in run.text and run.checks(0)["load"]["outcome"] == "skipped"
 
 
+def test_a_factory_that_crashes_fails_its_convert_item_not_the_session(run_cvdnn: Callable[..., Run],
+                                                                       pytester: pytest.Pytester) -> None:
+    """A factory that segfaults (native code) killed the TensorFlow helper, then the pytest process ran it again
+    and died with it: no summary, no report.  Now the crash is one failed convert item, and the session goes on."""
+    pytester.makepyfile(crashes="""
+        def segv():
+            import ctypes
+
+            ctypes.string_at(0)
+    """)
+    run = run_cvdnn("--cvdnn-model=crashes:segv", "-k", "convert or load", cache=pytester.path / "cache")
+    assert run.ret == 1, run.text
+    assert "cvdnn deployment summary" in run.text and "Fatal Python error" not in run.text, run.text
+    convert = run.checks(0)["convert"]
+    assert convert["outcome"] == "failed"
+    assert "the model factory 'crashes:segv' crashed the TensorFlow helper process" in convert["message"]
+    assert 'python -c "import crashes as m; m.segv()"' in convert["message"]
+
+
 def test_a_model_whose_inputs_would_not_fit_in_memory_is_refused_with_the_numbers(pytester: pytest.Pytester,
                                                                                    shared_cache: Path) -> None:
     """A valid ONNX declaring a 1x3x20000x20000 input: the plugin tried to allocate tens of GiB. The items that

@@ -39,7 +39,7 @@ from typing import Any
 
 from .errors import CvdnnError
 
-__all__ = ["helper_wanted", "start_server", "use_server", "server_address", "submit", "wait", "error", "close"]
+__all__ = ["helper_wanted", "start_server", "use_server", "server_address", "submit", "wait", "error", "crashed_loading", "close"]
 
 # The server: imports TensorFlow (what every job needs) once, then forks a job process per connection.
 # It ends when its owner closes its stdin (or dies); its job processes end when their client goes away.
@@ -70,6 +70,7 @@ def serve(conn):
             reached.append(phase)
             tell(job, phase)
 
+        tell(job, "started")  # (the job dies before "loaded": the model's own code crashed the process)
         try:
             settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
             sys.path.extend(p for p in path if p not in sys.path)  # the client's (factories' modules)
@@ -251,6 +252,15 @@ def wait(job: str | None, phase: str) -> bool:
     except (OSError, ValueError):
         _CONN.dead = True
         return False
+
+
+def crashed_loading(job: str | None) -> bool:
+    """Did the helper die while ``job`` was loading its model (started, never loaded)?  For a factory that is the
+    user's code ending the process (a segfault or abort in native code, or the OS killing it for memory)."""
+    if job is None or _CONN is None or not _CONN.dead or job not in _CONN.seen:
+        return False
+    seen = _CONN.seen[job]
+    return "started" in seen and "loaded" not in seen and "failed" not in seen
 
 
 def error(job: str | None) -> CvdnnError | None:
