@@ -266,8 +266,8 @@ class Deployment:
                 path = self.source.path if self.source.is_onnx else self._user_onnx()
                 assert path is not None
                 self.source.check_readable()
-                self._check_sizes(path)  # (reads the graph: a clear error if the file is not ONNX)
-                validate_onnx(path, self.keras_layer_names, provided=True)
+                model = self._check_sizes(path)  # (reads the graph: a clear error if the file is not ONNX)
+                validate_onnx(path, self.keras_layer_names, provided=True, model=model)
                 return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
             opts = self._conversion_options()
             meta = self.keras_meta
@@ -290,14 +290,16 @@ class Deployment:
 
         return self.stage("convert", remembered)
 
-    def _check_sizes(self, path: Path) -> None:
-        """Refuse an ONNX file one of whose tensors alone would not fit the memory budget at the check batch."""
+    def _check_sizes(self, path: Path) -> Any:
+        """The ONNX file's ModelProto, refused if one of its tensors alone would not fit the memory budget at the
+        check batch."""
         from .graph import load_model
         from .inputs import memory_budget_bytes
         from .sanity import check_tensor_sizes
 
-        check_tensor_sizes(path, load_model(path), self.settings.samples,
-                           memory_budget_bytes(self.settings.memory_budget))
+        model = load_model(path)
+        check_tensor_sizes(path, model, self.settings.samples, memory_budget_bytes(self.settings.memory_budget))
+        return model
 
     def _conversion_options(self) -> ConversionOptions:
         return ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)

@@ -222,12 +222,13 @@ _NODE_IN_MESSAGE = (r"node with name '([^']+)'", r"of node:\s*name:\s*([\w/.:-]+
                     r"in '([^' ]+) : \w+'", r"node[^\n]*?name[:=]?\s*['\"]?([\w/.:-]+)")
 
 
-def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = False) -> None:
+def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = False, model: Any = None) -> None:
     """onnx.checker + an onnxruntime session; a failure names the node (and Keras layer).  ``provided``: the
-    user's ONNX file (its fix is a re-export), not one this plugin converted (its fix is another opset)."""
+    user's ONNX file (its fix is a re-export), not one this plugin converted (its fix is another opset);
+    ``model``: its ModelProto from :func:`load_model` (read again otherwise)."""
     import onnx
 
-    model = load_model(path)
+    model = load_model(path) if model is None else model
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
         onnx.load_external_data_for_model(model, str(Path(path).parent))  # (inside the folder: load_model checked)
     what = f"the ONNX file {path.name}" if provided else f"the converted graph {path.name}"

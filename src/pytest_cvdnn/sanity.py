@@ -150,6 +150,10 @@ def _inferred(model: Any, batch: int) -> Any:
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:  # shapes need the weights' dims, not their values (only small constants)
+        if math.prod(tensor.dims) > 64:
+            for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+                tensor.ClearField(name)
     inits = {i.name for i in copy.graph.initializer}
     for item in copy.graph.input:
         dims = item.type.tensor_type.shape.dim
