@@ -330,11 +330,12 @@ class Deployment:
         failure = helper.error(self.memo[key])  # a conversion that fails there fails here too
         if failure is not None:
             raise failure
-        if self.source.kind == "factory" and helper.crashed_loading(self.memo[key]):
+        crash = helper.crashed_loading(self.memo[key]) if self.source.kind == "factory" else None
+        if crash:
             raise CvdnnError(  # run here again, it would end the pytest session the same way
                 f"the model factory {self.settings.model!r} crashed the TensorFlow helper process that called it "
-                "(it ended without a word while building the model: a segfault or abort in native code, or the "
-                "OS killing it for memory); it is not run again in the pytest process",
+                f"({crash.removeprefix('Fatal Python error: ')}, in native code); it is not run again in the pytest "
+                "process",
                 fix=f"call the factory alone to see the crash (python -c \"import {self.settings.model.split(':')[0]} "
                 f"as m; m.{self.settings.model.split(':')[-1]}()\")")
         return False

@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +58,8 @@ from pytest_cvdnn.errors import CvdnnError
 
 def serve(conn):
     out = conn.makefile("w")
+    import faulthandler
+    faulthandler.enable(file=conn.fileno())  # a crash (SIGSEGV, SIGABRT, …) says so on the events stream
 
     def tell(job, event):
         out.write(f"{job} {event}\n")
@@ -161,6 +164,7 @@ class _Connection:
         self.events = self.sock.makefile("r")
         self.seen: dict[str, set[str]] = {}
         self.errors: dict[str, dict[str, Any]] = {}
+        self.crash: list[str] = []  # Python's fault handler's report of a crash of the job process
         self.dead = False
 
     def submit(self, settings: Any, root: Path, rootdir: Path | None) -> str:
@@ -181,7 +185,10 @@ class _Connection:
                 for other in self.seen.values():
                     other.add("done")
                 break
-            name, event, *rest = line.rstrip("\n").split(" ", 2)
+            name, event, *rest = (*line.rstrip("\n").split(" ", 2), "", "")[:3]
+            if not re.fullmatch(r"j\d+", name):  # what the job process's fault handler wrote as it crashed
+                self.crash.append(line.strip())
+                continue
             self.seen.setdefault(name, set()).add(event)
             if event == "failed" and rest and rest[0] not in ("", "{}"):
                 self.errors[name] = json.loads(rest[0])
@@ -254,13 +261,15 @@ def wait(job: str | None, phase: str) -> bool:
         return False
 
 
-def crashed_loading(job: str | None) -> bool:
-    """Did the helper die while ``job`` was loading its model (started, never loaded)?  For a factory that is the
-    user's code ending the process (a segfault or abort in native code, or the OS killing it for memory)."""
+def crashed_loading(job: str | None) -> str | None:
+    """How the helper crashed while ``job`` was loading its model (started, never loaded), as Python's fault
+    handler said it ("Fatal Python error: Segmentation fault"); None if it did not.  For a factory that is the
+    user's code crashing the process; a helper killed from outside (SIGKILL, no report) is not a crash."""
     if job is None or _CONN is None or not _CONN.dead or job not in _CONN.seen:
-        return False
+        return None
     seen = _CONN.seen[job]
-    return "started" in seen and "loaded" not in seen and "failed" not in seen
+    fatal = next((line for line in _CONN.crash if line.startswith("Fatal Python error")), None)
+    return fatal if fatal and "started" in seen and "loaded" not in seen and "failed" not in seen else None
 
 
 def error(job: str | None) -> CvdnnError | None:
