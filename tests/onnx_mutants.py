@@ -200,3 +200,34 @@ def write_mutants(folder: Path, mutants: dict[str, bytes]) -> list[Path]:
         path.write_bytes(data)
         paths.append(path)
     return paths
+
+
+def importer_limits_model(kind: str, seed: int = 0) -> Any:
+    """A small model with one construct OpenCV 4.5.5's importer rejects though ONNX allows it: ``slice``
+    (constant Slice axes [0, 2, 3, 1], as tf2onnx writes an NHWC Cropping2D), ``squeeze`` (Squeeze axes as an
+    input, opset 13) or ``kernel`` (a Conv without kernel_shape).  Dynamic batch N, 1x3x8x8 samples."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1],
+                            **({} if kind == "kernel" else {"kernel_shape": [3, 3]}))
+    inits, nodes, out = [w], [conv], ["N", 4, 8, 8]
+    if kind == "slice":
+        inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                  (("starts", [0, 1, 1, 0]), ("ends", [2**62, 7, 7, 2**62]), ("axes", [0, 2, 3, 1]))]
+        nodes.append(helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["y"], name="crop"))
+        out = ["N", 4, 6, 6]
+    elif kind == "squeeze":
+        inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "sq_axes"))
+        nodes += [helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[2, 3], keepdims=1),
+                  helper.make_node("Squeeze", ["m", "sq_axes"], ["y"], name="squeeze")]
+        out = ["N", 4]
+    else:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out)
+    model = helper.make_model(helper.make_graph(nodes, kind, [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model

@@ -825,3 +825,43 @@ def test_inputs_that_would_not_fit_in_memory_are_refused_before_allocation() -> 
     for wrong in ("0", "-2", "abc", "nan", "inf"):
         with pytest.raises(BAD):
             parse_gib(wrong)
+
+
+@pytest.mark.parametrize("kind, rewrite, node", [("slice", "sort-slice-axes", "crop"),
+                                                 ("squeeze", "squeeze-as-reshape", "squeeze"),
+                                                 ("kernel", "conv-kernel-shape", "conv")])
+def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(kind: str, rewrite: str, node: str,
+                                                                                 tmp_path: Path) -> None:
+    """Issue 15: a rewrite changes only its node, onnxruntime computes the same on both graphs (at batch 1 and
+    3), the others leave the model alone, and fix.py (the rewrite's own source) writes the very same file."""
+    import subprocess
+    import sys
+
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from onnx_mutants import importer_limits_model
+    from pytest_cvdnn.rewrites import REWRITES, Candidate, apply, candidates, fix_script
+
+    model = importer_limits_model(kind)
+    assert [c.label for c in candidates(model)][0] == rewrite
+    for other, fn in REWRITES.items():
+        if other != rewrite:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            assert fn(copy) == [] and copy == model, other
+    fixed, changed = apply(model, Candidate((rewrite,)))
+    assert changed == [node]
+    onnx.checker.check_model(fixed)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    onnx.save(fixed, str(tmp_path / "ours.onnx"))
+    x = np.random.default_rng(1).random((3, 3, 8, 8), dtype=np.float32)
+    for batch in (x[:1], x):
+        a = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"x": batch})[0]
+        b = ort.InferenceSession(str(tmp_path / "ours.onnx")).run(None, {"x": batch})[0]
+        assert a.shape == b.shape and np.array_equal(a, b)
+    (tmp_path / "fix").mkdir()
+    (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
+    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()

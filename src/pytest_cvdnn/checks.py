@@ -179,7 +179,9 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
                            data={"stage": "load", "format": dep.settings.format})
     info = _node_info(dep, exc.node)
     blocking = blocking_text(info["node"], info["op_type"], info["keras_layer"])
-    remedy_text, remedies = _remedies(dep, blocking)
+    fixes, fixes_text = _onnx_fixes(dep)
+    fixed = next((f for f in fixes if f.works), None)
+    remedy_text, remedies = _remedies(dep, blocking) if fixed is None else ("", [])  # (Keras: only when needed)
     repro = None
     if info["node"]:
         try:
@@ -189,16 +191,49 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
             repro = None
     working = [r for r in remedies if r["outcome"] == "works"]
     working.sort(key=lambda r: r["layout"] != dep.settings.layout)  # keep the user's layout if possible
-    message = exc.message
-    if working:
+    message, fix = exc.message, exc.fix
+    if fixed is not None:
+        where = f" on node(s) {', '.join(map(repr, fixed.nodes[:3]))}" if fixed.nodes else ""
+        message += (f"; remedy: the ONNX rewrite '{fixed.candidate}'{where} {fixed.detail}: "
+                    f"{fixed.folder}/fixed.onnx (made by fix.py)")
+        fix = (f"ship {fixed.folder}/fixed.onnx, or add {fixed.folder}/fix.py to your export (python fix.py "
+               "model.onnx writes fixed.onnx beside it)")
+    elif working:
         message += (f"; remedy: --cvdnn-opset={working[0]['opset']} --cvdnn-layout={working[0]['layout']} "
                     "loads and matches Keras here")
-    elif remedies and blocking:
-        message += f"; {blocking}"
-    details = "\n\n".join(x for x in (exc.details or "", remedy_text,
+    elif remedies:  # the search tried every opset and layout: advise only what it did not disprove
+        if blocking:
+            message += f"; {blocking}"
+        fix = ("no opset/layout variant and no ONNX rewrite loads and matches here (see the search below): change "
+               "the layer that makes the node, compute it outside the network" + _newer_than(dep))
+    details = "\n\n".join(x for x in (exc.details or "", fixes_text, remedy_text,
                                        f"repro folder: {repro}" if repro else "") if x)
-    return CheckFailed(message, fix=exc.fix, details=details,
-                       data={**info, "stage": "load", "remedies": remedies, "repro": str(repro) if repro else None})
+    return CheckFailed(message, fix=fix, details=details,
+                       data={**info, "stage": "load", "remedies": remedies, "repro": str(repro) if repro else None,
+                             "onnx_remedies": [f.as_dict() for f in fixes],
+                             "fixed_onnx": f"{fixed.folder}/fixed.onnx" if fixed else None})
+
+
+def _newer_than(dep: Deployment) -> str:
+    from .deployment import _newer_opencv
+
+    return _newer_opencv(dep.target_opencv_version())
+
+
+def _onnx_fixes(dep: Deployment) -> tuple[list[Any], str]:
+    """The ONNX-level remedy search (fixes.py) and its lines for the details; never a second failure."""
+    from .diagnose import repro_root
+    from .fixes import onnx_remedies
+
+    try:
+        fixes = onnx_remedies(dep, repro_root(dep, dep.settings.repro) / slug(f"fix-{dep.target_label}"))
+    except Exception as exc:  # noqa: BLE001 - a remedy is a bonus: the load error stands without it
+        return [], f"ONNX rewrites not tried: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if not fixes:
+        return [], ""
+    lines = [f"ONNX rewrites on {dep.target_label} (each checked with onnxruntime, then loaded and run in cv2.dnn):"]
+    lines += [f"  {f.candidate}: {f.outcome}" + (f" ({f.detail})" if f.detail else "") for f in fixes]
+    return fixes, "\n".join(lines)
 
 
 def check_ops(dep: Deployment) -> CheckResult:

@@ -708,6 +708,9 @@ class Deployment:
     @property
     def load_fix(self) -> str:
         version = self.target_opencv_version()
+        if not self.has_keras or self.settings.onnx:  # a given ONNX file: no conversion option changes it
+            return ("export the model again so that the node uses operators this OpenCV imports (the ONNX rewrites "
+                    "the plugin tried, if any, are listed below)" + _newer_opencv(version))
         older = version.startswith(("3.", "4."))
         return ("try another --cvdnn-opset" + (" (11 or 10 for OpenCV 4.5)" if older else "")
                 + " or --cvdnn-layout (see the remedy search)" + _newer_opencv(version))

@@ -1,0 +1,205 @@
+"""The ONNX-level remedy search: rewrites of the shipped graph (rewrites.py), each proven before it is offered.
+
+A candidate is offered only when (1) onnxruntime computes the same on the rewritten graph as on the original
+(max |Δ| <= 1e-6 of the largest output value, every output, the check inputs), and (2) the target's cv2.dnn
+loads it and matches the reference (Keras, or onnxruntime on the original for an ONNX source) within the
+deployment's tolerance, one sample at a time and on the whole check batch.  cv2.dnn runs in a child process
+(a crash fails one candidate, not the session).  The verified graph is written as ``fixed.onnx`` beside a
+``fix.py`` that makes it with the onnx API.  No TensorFlow is imported: it serves ONNX sources and
+``--cvdnn-onnx`` artifacts as well as converted models, before any Keras-level re-conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .errors import CvdnnError, StageSkipped
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+__all__ = ["OnnxRemedy", "onnx_remedies", "EQUIVALENCE"]
+
+#: onnxruntime on the rewritten graph vs the original: max |Δ| / max |original output|
+EQUIVALENCE = 1e-6
+
+
+@dataclass(frozen=True)
+class OnnxRemedy:
+    candidate: str  # what was done, e.g. "sort-slice-axes" or "convert to opset 11 + sort-slice-axes"
+    outcome: str  # "works" | "cannot apply" | "not equivalent" | "load failed" | "forward crashed" | "parity failed"
+    detail: str = ""
+    nodes: tuple[str, ...] = ()
+    folder: str | None = None  # where fixed.onnx and fix.py are (for the one that works)
+
+    @property
+    def works(self) -> bool:
+        return self.outcome == "works"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "nodes": list(self.nodes)}
+
+
+def _key(dep: "Deployment") -> str | None:
+    """What decides the search: the graph, the target's OpenCV, the engine, inputs, tolerance, tools and the
+    rewrites themselves (their module's source)."""
+    from . import rewrites
+    from .cache import sha256_bytes, sha256_file
+    from .convert import tool_versions
+
+    target = dep.settings.target
+    if target is not None and not target.startswith("opencv=="):
+        return None  # a Python interpreter: its OpenCV can change behind the same path
+    text = "|".join([dep.onnx_digest, target or dep.opencv_build, dep.settings.engine, dep.inputs_hash(dep.inputs),
+                     repr(dep.settings.tolerance), str(dep.has_keras), json.dumps(tool_versions(), sort_keys=True),
+                     sha256_file(Path(rewrites.__file__))])
+    return sha256_bytes(text.encode())[:40]
+
+
+def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
+    """Try the candidates in order until one works (remembered per graph and target); the working one's
+    ``fixed.onnx`` and ``fix.py`` are (re)written to ``folder``."""
+    from .graph import load_model
+    from .rewrites import Candidate, apply, candidates
+
+    key = _key(dep)
+    found = dep.cache.get_json("rewrites", f"{key}.json") if key else None
+    model = load_model(dep.onnx_path)
+    try:
+        results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])
+                   for r in found["results"]]  # type: ignore[index]
+        by_label = {c.label: c for c in candidates(model)}
+        for r in results:  # a warm run writes the files again (cheap), it does not verify again
+            if r.works:
+                _write(dep, folder, by_label[r.candidate], apply(model, by_label[r.candidate])[0])
+        return [_moved(r, folder) for r in results]
+    except (TypeError, KeyError, ValueError):
+        pass
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cvdnn-fix-") as tmp:
+        for n, candidate in enumerate(candidates(model)):
+            result = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
+            if result.works:
+                _write(dep, folder, candidate, apply(model, candidate)[0])
+                result = _moved(result, folder)
+            results.append(result)
+            if result.works:
+                break
+    if key:
+        dep.cache.put_json({"results": [r.as_dict() for r in results]}, "rewrites", f"{key}.json")
+    return results
+
+
+def _moved(result: OnnxRemedy, folder: Path) -> OnnxRemedy:
+    return OnnxRemedy(result.candidate, result.outcome, result.detail, result.nodes,
+                      str(folder) if result.works else None)
+
+
+def _write(dep: "Deployment", folder: Path, candidate: Any, model: Any) -> None:
+    import onnx
+
+    from .rewrites import fix_script
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "fixed.onnx"))
+    (folder / "fix.py").write_text(fix_script(candidate, str(dep.onnx_path)))
+
+
+def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> OnnxRemedy:
+    """One candidate, written to ``path`` and checked: onnxruntime equivalence, then the target's cv2.dnn."""
+    import onnx
+
+    from .rewrites import apply
+
+    try:
+        fixed, nodes = apply(model, candidate)
+        onnx.save(fixed, str(path))
+    except ValueError as exc:
+        return OnnxRemedy(candidate.label, "cannot apply", str(exc))
+    changed = tuple(n for n in nodes if n)
+    feeds = dep.to_onnx_inputs(dep.inputs)
+    problem = _equivalent(dep, path, feeds)
+    if problem:
+        return OnnxRemedy(candidate.label, "not equivalent", problem, changed)
+    return _on_target(dep, candidate.label, path, feeds, changed)
+
+
+def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> str | None:
+    """Why onnxruntime computes something else on the rewritten graph (None: the same, within EQUIVALENCE)."""
+    from .runners.onnxruntime import OrtRunner
+
+    try:
+        original = _per_sample(OrtRunner(dep.onnx_path, outputs=dep.output_names), feeds, dep.fixed_batch_of_one)
+        rewritten = _per_sample(OrtRunner(path, outputs=dep.output_names), feeds, dep.fixed_batch_of_one)
+    except CvdnnError as exc:
+        return f"onnxruntime cannot run it: {exc.message[:200]}"
+    for name, a, b in zip(dep.output_names, original, rewritten, strict=True):
+        if a.shape != b.shape:
+            return f"output {name!r} has the shape {b.shape}, the original {a.shape}"
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+        if worst > EQUIVALENCE * max(scale, 1e-30):
+            return f"output {name!r} differs by {worst:.3g} (max |output| {scale:.3g}) in onnxruntime"
+    return None
+
+
+def _per_sample(runner: Any, feeds: Sequence[np.ndarray], one: bool) -> list[np.ndarray]:
+    if not one:
+        return runner.infer(feeds)
+    rows = [runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
+    return [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))]
+
+
+def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.ndarray],
+               nodes: tuple[str, ...]) -> OnnxRemedy:
+    """The target's cv2.dnn, in a child: load, each sample alone, then the whole batch, against the reference."""
+    from .compare import align_outputs, compare
+    from .runners.cv2dnn import opencv_error_line
+    from .runners.isolated import ChildError, ChildRun
+
+    count = len(feeds[0])
+    runs = [[x[i : i + 1] for x in feeds] for i in range(count)]
+    batched = count > 1 and not dep.fixed_batch_of_one
+    if batched:
+        runs.append(list(feeds))
+    names = [i.name for i in dep.graph.inputs]
+    child = ChildRun(dep.target, path, dep.settings.engine, names, dep.output_names, runs)
+    try:
+        rows = [child.outputs(r) for r in range(count)]
+        whole = child.outputs(count) if batched else None
+    except ChildError as exc:
+        outcome = "load failed" if exc.stage == "load" else "forward crashed" if "crashed" in exc.message \
+            else "forward failed"
+        return OnnxRemedy(label, outcome, opencv_error_line(Exception(exc.raw or exc.message))[:300], nodes)
+    except CvdnnError as exc:
+        return OnnxRemedy(label, "forward failed", exc.message[:300], nodes)
+    finally:
+        child.close()
+    reference_name = "keras" if dep.has_keras else "onnxruntime"
+    try:
+        reference = dep.run(reference_name)
+    except (CvdnnError, StageSkipped) as exc:
+        return OnnxRemedy(label, "parity failed", f"no {reference_name} reference: {exc}"[:300], nodes)
+    shapes = [r.shape for r in reference]
+    checks = [("one sample at a time", [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))])]
+    if whole is not None:
+        checks.append((f"a batch of {count}", whole))
+    worst = 0.0
+    for how, outs in checks:
+        aligned, _ = align_outputs(shapes, outs, list(dep.output_names), dep.reorder_outputs)
+        result = compare(reference, aligned, dep.settings.tolerance, expected_name=reference_name,
+                         obtained_name="cv2dnn", output_names=list(dep.output_names),
+                         softmax=list(dep.softmax_outputs))
+        if not result:
+            return OnnxRemedy(label, "parity failed", f"{how}: max abs error {result.max_abs:.3g} against "
+                              f"{reference_name}", nodes)
+        worst = max(worst, result.max_abs)
+    sizes = "batch 1" + (f" and {count}" if whole is not None else "")
+    return OnnxRemedy(label, "works", f"loads; matches {reference_name} at {sizes} (max abs error {worst:.3g})",
+                      nodes)

@@ -1,0 +1,191 @@
+"""ONNX-level remedies: rewrites of the graph that compute the same thing in a form an OpenCV importer takes.
+
+Each rewrite is a self-contained function of a ``ModelProto`` (edited in place; it returns the names of the
+nodes it changed, empty where it does not apply).  Its source is what the generated ``fix.py`` holds, so the
+script a user runs is the code that was verified.  :func:`candidates` lists what to try for a model: the
+targeted rewrites of known importer limits, alone and together, then ``onnx.version_converter`` to the opsets
+older importers read (with the targeted rewrites after it).  Proving a candidate (onnxruntime equivalence, the
+target's cv2.dnn at batch 1 and the check batch) is the caller's job (checks.py); nothing here imports
+TensorFlow, cv2 or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Candidate", "REWRITES", "candidates", "apply", "fix_script"]
+
+
+def sort_slice_axes(model: Any) -> list[str]:
+    """Slice with constant axes out of ascending order (tf2onnx's NHWC Cropping2D: axes [0, 2, 3, 1]) → the
+    same slice with axes, starts, ends and steps reordered ascending (OpenCV 4.5 rejects the first:
+    "axes[i - 1] == axes[i] - 1")."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = []
+    for node in model.graph.node:
+        if node.op_type != "Slice" or len(node.input) < 4 or node.input[3] not in inits:
+            continue
+        axes = numpy_helper.to_array(inits[node.input[3]]).astype(np.int64)
+        consts = [k for k in range(1, len(node.input)) if node.input[k]]
+        if (axes < 0).any() or list(axes) == sorted(axes) or any(node.input[k] not in inits for k in consts):
+            continue
+        order = np.argsort(axes, kind="stable")
+        for k in consts:  # starts, ends, axes, steps: new constants (another node may share the old ones)
+            values = numpy_helper.to_array(inits[node.input[k]])[order]
+            name = f"{node.input[k]}__sorted_{node.name or len(changed)}"
+            model.graph.initializer.append(numpy_helper.from_array(values, name))
+            node.input[k] = name
+        changed.append(node.name)
+    return changed
+
+
+def conv_kernel_shape(model: Any) -> list[str]:
+    """Conv/ConvTranspose without ``kernel_shape`` → the attribute written out from the weights' shape (ONNX
+    makes it optional; OpenCV 4.5 says "kernel_size (or kernel_h and kernel_w) not specified")."""
+    from onnx import helper
+
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    changed = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.input[1] not in shapes:
+            continue
+        if any(a.name == "kernel_shape" for a in node.attribute) or len(shapes[node.input[1]]) < 3:
+            continue
+        node.attribute.append(helper.make_attribute("kernel_shape", shapes[node.input[1]][2:]))
+        changed.append(node.name)
+    return changed
+
+
+def squeeze_as_reshape(model: Any) -> list[str]:
+    """Squeeze/Unsqueeze whose axes are a constant input (opset >= 13; tf2onnx's GlobalAveragePooling2D) → a
+    Reshape to the same shape (OpenCV 4.5 takes Squeeze axes only as an attribute: "node_proto.input_size()
+    == 1").  The shape comes from ONNX shape inference; 0 keeps an unknown dimension (the batch) in place."""
+    import numpy as np
+    from onnx import numpy_helper, shape_inference
+
+    inits = {t.name: t for t in model.graph.initializer}
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    changed = []
+    for node in model.graph.node:
+        if node.op_type not in ("Squeeze", "Unsqueeze") or len(node.input) != 2 or node.input[1] not in inits:
+            continue
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+        rank = len(shape) + (len(axes) if node.op_type == "Unsqueeze" else 0)
+        axes = sorted(a % rank for a in axes)
+        if node.op_type == "Squeeze":
+            if any(shape[a] != 1 for a in axes):
+                continue
+            kept = [i for i in range(len(shape)) if i not in axes]
+            target = [shape[i] if shape[i] is not None else (0 if i == j else -1) for j, i in enumerate(kept)]
+        else:
+            rest = iter(range(len(shape)))
+            source = [None if j in axes else next(rest) for j in range(rank)]
+            target = [1 if i is None else shape[i] if shape[i] is not None else (0 if i == j else -1)
+                      for j, i in enumerate(source)]
+        if target.count(-1) > 1:
+            continue
+        name = f"{node.name or node.output[0]}__shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        node.op_type = "Reshape"
+        node.input[1] = name
+        del node.attribute[:]
+        changed.append(node.name)
+    return changed
+
+
+#: targeted rewrites of known importer limits, in the order they are tried
+REWRITES: dict[str, Callable[[Any], list[str]]] = {
+    "sort-slice-axes": sort_slice_axes,
+    "conv-kernel-shape": conv_kernel_shape,
+    "squeeze-as-reshape": squeeze_as_reshape,
+}
+
+#: opsets ``onnx.version_converter`` is asked for (OpenCV 4.5 reads Squeeze/ReduceMean axes and Clip bounds as
+#: attributes: opset <= 12 and <= 10)
+CONVERT_OPSETS = (13, 11, 10)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Rewrites applied in order; ``opset``: convert to it first (None: keep the model's)."""
+
+    rewrites: tuple[str, ...]
+    opset: int | None = None
+
+    @property
+    def label(self) -> str:
+        parts = ([f"convert to opset {self.opset}"] if self.opset is not None else []) + list(self.rewrites)
+        return " + ".join(parts) or "no change"
+
+
+def candidates(model: Any) -> list[Candidate]:
+    """What to try for ``model``: each targeted rewrite that changes it, all of them together, then each
+    opset conversion (with those rewrites after it)."""
+    import onnx
+
+    found: list[Candidate] = []
+    applies = []
+    for name, rewrite in REWRITES.items():
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        if rewrite(trial):
+            applies.append(name)
+            found.append(Candidate((name,)))
+    if len(applies) > 1:
+        found.append(Candidate(tuple(applies)))
+    current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    for opset in CONVERT_OPSETS:
+        if opset != current:
+            found.append(Candidate(tuple(applies), opset))
+    return found
+
+
+def apply(model: Any, candidate: Candidate) -> tuple[Any, list[str]]:
+    """A rewritten copy of ``model`` and the nodes changed (ValueError: the rewrite cannot be made)."""
+    import onnx
+    from onnx import version_converter
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    changed: list[str] = []
+    if candidate.opset is not None:
+        try:
+            result = version_converter.convert_version(result, candidate.opset)
+        except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError and friends
+            raise ValueError(f"onnx.version_converter cannot convert it to opset {candidate.opset}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+        changed.append(f"(every node: opset {candidate.opset})")
+    for name in candidate.rewrites:
+        changed += REWRITES[name](result)
+    return result, changed
+
+
+def fix_script(candidate: Candidate, source: str) -> str:
+    """A script that applies ``candidate`` to ``source`` (an ONNX path) with the onnx API and writes
+    fixed.onnx next to itself: the rewrite functions' own source, then the calls."""
+    parts = ['"""Applies the ONNX rewrite pytest-cvdnn verified: python fix.py [model.onnx] -> fixed.onnx here."""',
+             "import sys", "from pathlib import Path", "from typing import Any", "", "import onnx", "", ""]
+    for name in candidate.rewrites:
+        parts += [inspect.getsource(REWRITES[name]).rstrip(), "", ""]
+    parts += [f"source = sys.argv[1] if len(sys.argv) > 1 else {source!r}",
+              "model = onnx.load(source)"]
+    if candidate.opset is not None:
+        parts += ["from onnx import version_converter", "",
+                  f"model = version_converter.convert_version(model, {candidate.opset})"]
+    parts += [f"{REWRITES[name].__name__}(model)" for name in candidate.rewrites]
+    parts += ["onnx.checker.check_model(model)",
+              'onnx.save(model, str(Path(__file__).with_name("fixed.onnx")))',
+              'print("wrote", Path(__file__).with_name("fixed.onnx"))', ""]
+    return "\n".join(parts)
