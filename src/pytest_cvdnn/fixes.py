@@ -66,7 +66,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     """Try the candidates in order until one works (remembered per graph and target); the working one's
     ``fixed.onnx`` and ``fix.py`` are (re)written to ``folder``."""
     from .graph import load_model
-    from .rewrites import Candidate, apply, candidates
+    from .rewrites import apply, candidates
 
     key = _key(dep)
     found = dep.cache.get_json("rewrites", f"{key}.json") if key else None
