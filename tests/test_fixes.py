@@ -39,7 +39,7 @@ def test_onnx_models_that_4_5_5_rejects_get_a_verified_fixed_file(run_cvdnn: Cal
         onnx.save(importer_limits_model(kind), str(pytester.path / f"{kind}.onnx"))
     pytester.makeconftest(_NO_TF)
     run = run_cvdnn(*(f"--cvdnn-model={kind}.onnx" for kind in NEEDS), "--cvdnn-target=opencv==4.5.5",
-                    "--cvdnn-repro=rep", "-k", "load", cache=pytester.path / "cache")
+                    "--cvdnn-repro=rep", "-k", "load or ops", cache=pytester.path / "cache")
     assert run.ret == 1, run.text
     assert json.loads((pytester.path / "modules.json").read_text()) == []
     fixed = []
@@ -50,6 +50,9 @@ def test_onnx_models_that_4_5_5_rejects_get_a_verified_fixed_file(run_cvdnn: Cal
                 "and 4") in load["message"], load["message"]
         assert "Fix: ship " in load["message"] and "--cvdnn-opset" not in load["message"]
         assert run.checks(n)["load"]["outcome"] == "passed"  # (this process's OpenCV 5 takes them)
+        diagnosis = run.report["models"][n]["diagnosis"]  # (it was empty: taken from the ops item, no node data)
+        assert diagnosis["failing_stage"] == "ops[opencv-4.5.5]" and diagnosis["node"] == node, diagnosis
+        assert diagnosis["fixed_onnx"] == load["data"]["fixed_onnx"] and diagnosis["repro"], diagnosis
         path = Path(load["data"]["fixed_onnx"])
         path = path if path.is_absolute() else pytester.path / path
         made = subprocess.run([sys.executable, str(path.with_name("fix.py"))], capture_output=True, text=True)
@@ -114,3 +117,27 @@ def test_a_rewrite_that_computes_something_else_is_not_offered(tmp_path: Path, m
     assert [r.outcome for r in results][0] == "not equivalent", results
     assert "differs by" in results[0].detail or "shape" in results[0].detail
     assert not any(r.works for r in results) and not (tmp_path / "fix").exists()
+
+
+def test_the_op_cache_names_each_models_own_node(run_cvdnn: Callable[..., Any], pytester: pytest.Pytester,
+                                                 opencv_4_5_5: Path) -> None:
+    """The op probes are cached per OpenCV and op pattern; the cache kept the first model's error text, so a
+    second model with the same pattern was told about the first one's node.  Each now reads its own."""
+    import onnx
+
+    first = importer_limits_model("slice")
+    second = importer_limits_model("slice", seed=1)
+    for node in second.graph.node:
+        node.name = f"{node.name}_b"
+        node.output[:] = [f"{o}_b" for o in node.output]
+        node.input[:] = [f"{i}_b" if i == "c" else i for i in node.input]
+    second.graph.output[0].name = "y_b"
+    onnx.save(first, str(pytester.path / "first.onnx"))
+    onnx.save(second, str(pytester.path / "second.onnx"))
+    cache = pytester.path / "cache"
+    for n, model in enumerate(("first", "second")):  # one after the other: the second reads the cache
+        run = run_cvdnn(f"--cvdnn-model={model}.onnx", "--cvdnn-target=opencv==4.5.5", "-k", "ops", cache=cache)
+        message = run.checks()["ops[opencv-4.5.5]"]["message"]
+        own, other = ("crop", "crop_b") if n == 0 else ("crop_b", "crop")
+        assert f"first '{own}'" in message and f"node '{own}' (op Slice)" in message, message
+        assert f"'{other}'" not in message and "'y'" not in message and "'y_b'" not in message, message

@@ -865,3 +865,37 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
     subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
+
+
+def test_a_keras_variant_is_shipped_only_if_it_matches_one_by_one_and_batched_and_a_crash_is_called_one() -> None:
+    """Issue 15: a variant that matched Keras one sample at a time but returned all-ones at batch 4 was "Ship
+    this one"; a forward that crashed was "parity failed".  The decision, on real comparisons."""
+    from pytest_cvdnn.compare import compare
+    from pytest_cvdnn.diagnose import _try_variant
+    from pytest_cvdnn.errors import CvdnnError
+
+    ref = [np.linspace(0, 1, 12, dtype=np.float32).reshape(4, 3)]
+
+    class Variant:
+        inputs = [np.zeros((4, 2), np.float32)]
+        fixed_batch_of_one = False
+
+        def __init__(self, batched: list[np.ndarray] | Exception) -> None:
+            self.batched = batched
+
+        def require(self, name: str) -> None:
+            pass
+
+        def parity(self, expected: str, obtained: str, whole_batch: bool = False) -> object:
+            if not whole_batch:
+                return compare(ref, [ref[0].copy()])
+            if isinstance(self.batched, Exception):
+                raise self.batched
+            return compare(ref, self.batched)
+
+    ones = _try_variant(Variant([np.ones((4, 3), np.float32)]), 11, "nchw")
+    assert ones.outcome == "parity failed" and ones.detail.startswith("a batch of 4: max abs error 1"), ones
+    crash = _try_variant(Variant(CvdnnError("cv2.dnn crashed the process (SIGSEGV)")), 11, "nchw")
+    assert crash.outcome == "forward crashed" and "a batch of 4" in crash.detail, crash
+    good = _try_variant(Variant([ref[0].copy()]), 11, "nchw")
+    assert good.works and good.detail == "max abs error 0 at batch 1 and 4", good

@@ -165,7 +165,7 @@ def _remedy_key(dep: Deployment) -> str | None:
         return None
     where = target or dep.opencv_build
     options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
-    text = "|".join([dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,
+    text = "|".join(["v2", dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,  # v2: batch too
                      json.dumps(tool_versions(), sort_keys=True)])
     return sha256_bytes(text.encode())[:40]
 

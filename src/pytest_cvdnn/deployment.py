@@ -988,16 +988,19 @@ class Deployment:
         return self.stage("probe", make)
 
     # -- comparisons ----------------------------------------------------------------------
-    def parity(self, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None) -> ParityResult:
-        """Compare two runners on the outputs and, for final Softmax outputs, on their logits."""
-        exp = self.run(expected, inputs, per_sample=expected == "cv2dnn")
-        obt = self.run(obtained, inputs, per_sample=obtained == "cv2dnn")
+    def parity(self, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None,
+               whole_batch: bool = False) -> ParityResult:
+        """Compare two runners on the outputs and, for final Softmax outputs, on their logits.  cv2.dnn runs one
+        sample at a time (as it is usually deployed), or the whole batch at once with ``whole_batch``."""
+        one = not whole_batch
+        exp = self.run(expected, inputs, per_sample=one and expected == "cv2dnn")
+        obt = self.run(obtained, inputs, per_sample=one and obtained == "cv2dnn")
         names, softmax = list(self.output_names), list(self.softmax_outputs)
         obt, notes = align_outputs([e.shape for e in exp], obt, names, self.reorder_outputs)  # NCHW vs NHWC
         if self.logit_names and len(exp) == len(obt):
             try:
-                exp_l = self.run(expected, inputs, per_sample=expected == "cv2dnn", logits=True)
-                obt_l = self.run(obtained, inputs, per_sample=obtained == "cv2dnn", logits=True)
+                exp_l = self.run(expected, inputs, per_sample=one and expected == "cv2dnn", logits=True)
+                obt_l = self.run(obtained, inputs, per_sample=one and obtained == "cv2dnn", logits=True)
             except (CvdnnError, StageSkipped) as exc:
                 notes.append(f"logits not compared: {exc}")
             else:

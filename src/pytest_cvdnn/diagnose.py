@@ -77,7 +77,7 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
     version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
     from .cache import slug
 
-    cache_name = f"ops-{slug(version_key)}-{dep.settings.engine}.json"
+    cache_name = f"ops2-{slug(version_key)}-{dep.settings.engine}.json"  # (ops-: named nodes of one model)
     known = dep.cache.get_json("ops", cache_name) or {}
     results, fresh = [], {}
     with tempfile.TemporaryDirectory(prefix="cvdnn-ops-") as tmp:
@@ -93,12 +93,26 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
                     fresh[key] = _probe_load(dep, sub, inputs, list(node.output))
                 except Exception as exc:  # noqa: BLE001 - a pattern that cannot be extracted is not judged
                     fresh[key] = {"ok": True, "error": f"not probed ({type(exc).__name__})"}
+                fresh[key]["error"] = _anonymous(fresh[key]["error"], node)  # (the cache holds patterns, not names)
                 known[key] = fresh[key]
             res = known[key]
-            results.append(OpResult(pattern, node.op_type, res["ok"], tuple(n.name for n in nodes), res["error"]))
+            error = str(res["error"]).replace(_NODE_PLACEHOLDER, node.name or (node.output[0] if node.output else "?"))
+            results.append(OpResult(pattern, node.op_type, res["ok"], tuple(n.name for n in nodes), error))
     if fresh:
         dep.cache.put_json(known, "ops", cache_name)
     return results
+
+
+#: stands for the probed node's name in the op cache (shared by every model with that op pattern)
+_NODE_PLACEHOLDER = "<node>"
+
+
+def _anonymous(error: str, node: Any) -> str:
+    """A probe's error with the probed node's name and output names replaced by the placeholder: another model
+    with the same op pattern reads it with its own node's name."""
+    for name in sorted({node.name, *node.output} - {""}, key=len, reverse=True):
+        error = error.replace(f"'{name}'", f"'{_NODE_PLACEHOLDER}'")
+    return error
 
 
 def _probe_load(dep: "Deployment", path: Path, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
@@ -141,7 +155,7 @@ REMEDY_LAYOUTS = ("nchw", "nhwc")
 class Remedy:
     opset: int
     layout: str
-    outcome: str  # "works" | "convert failed" | "load failed" | "parity failed"
+    outcome: str  # "works" | "convert failed" | "load failed" | "forward failed" | "forward crashed" | "parity failed"
     detail: str = ""
 
     @property
@@ -175,13 +189,21 @@ def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
         variant.require("cv2net")
     except StageSkipped as exc:
         return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200])
-    try:
-        result = variant.parity("keras", "cv2dnn")
-    except (CvdnnError, StageSkipped) as exc:
-        return Remedy(opset, layout, "parity failed", str(exc)[:200])
-    if not result:
-        return Remedy(opset, layout, "parity failed", f"max abs error {result.max_abs:.3g}")
-    return Remedy(opset, layout, "works", f"max abs error {result.max_abs:.3g}")
+    worst = 0.0
+    batch = len(variant.inputs[0])
+    for whole in (False, True) if batch > 1 and not variant.fixed_batch_of_one else (False,):
+        how = f"a batch of {batch}" if whole else "one sample at a time"
+        try:
+            result = variant.parity("keras", "cv2dnn", whole_batch=whole)
+        except (CvdnnError, StageSkipped) as exc:  # a forward that fails or crashes is not a mismatch
+            text = str(exc)
+            return Remedy(opset, layout, "forward crashed" if "crashed" in text else "forward failed",
+                          f"{how}: {text[:200]}")
+        if not result:
+            return Remedy(opset, layout, "parity failed", f"{how}: max abs error {result.max_abs:.3g}")
+        worst = max(worst, result.max_abs)
+    return Remedy(opset, layout, "works", f"max abs error {worst:.3g}" + (" at batch 1 and " + str(batch)
+                                                                          if batch > 1 else ""))
 
 
 def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str | None) -> str:

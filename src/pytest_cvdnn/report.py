@@ -136,8 +136,15 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         base = item[0].rpartition(":")[2].split("[")[0]
         return _STAGE_ORDER.index(base) if base in _STAGE_ORDER else len(_STAGE_ORDER)
 
-    name, check = min(failed, key=rank)
-    data = check.get("data") or {}
+    failed.sort(key=rank)
+    name, check = failed[0]
+
+    def holds(item: tuple[str, Any]) -> bool:  # node data: the load item, not the ops item that ranks first
+        found = item[1].get("data") or {}
+        return any(found.get(k) for k in ("node", "first_divergent", "remedies", "onnx_remedies", "repro"))
+
+    same_target = [f for f in failed if f[1].get("target", "local") == check.get("target", "local")]
+    data = next((f[1].get("data") or {} for f in (*same_target, *failed) if holds(f)), check.get("data") or {})
     return {
         "failing_stage": name,
         "target": check.get("target", "local"),
@@ -147,6 +154,8 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         "keras_layer": data.get("keras_layer") or (data.get("first_divergent") or {}).get("keras_layer"),
         "first_divergent": data.get("first_divergent"),
         "remedies": data.get("remedies", []),
+        "onnx_remedies": data.get("onnx_remedies", []),
+        "fixed_onnx": data.get("fixed_onnx"),
         "repro": data.get("repro"),
         "failed_checks": sorted(n for n, _ in failed),
     }
