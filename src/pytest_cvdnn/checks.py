@@ -179,9 +179,11 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
                            data={"stage": "load", "format": dep.settings.format})
     info = _node_info(dep, exc.node)
     blocking = blocking_text(info["node"], info["op_type"], info["keras_layer"])
+    started = time.perf_counter()
     fixes, fixes_text = _onnx_fixes(dep)
     fixed = next((f for f in fixes if f.works), None)
     remedy_text, remedies = _remedies(dep, blocking) if fixed is None else ("", [])  # (Keras: only when needed)
+    searched = round(time.perf_counter() - started, 3)
     repro = None
     if info["node"]:
         try:
@@ -210,7 +212,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
                                        f"repro folder: {repro}" if repro else "") if x)
     return CheckFailed(message, fix=fix, details=details,
                        data={**info, "stage": "load", "remedies": remedies, "repro": str(repro) if repro else None,
-                             "onnx_remedies": [f.as_dict() for f in fixes],
+                             "onnx_remedies": [f.as_dict() for f in fixes], "remedy_seconds": searched,
                              "fixed_onnx": f"{fixed.folder}/fixed.onnx" if fixed else None})
 
 
