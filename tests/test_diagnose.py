@@ -119,7 +119,7 @@ def test_mobilenetv2_opset11_on_4_5_5_names_clip_and_relu6(
     assert "(op Clip) cannot be imported" in load["message"]
     remedies = {(r["opset"], r["layout"]): r["outcome"] for r in load["data"]["remedies"]}
     assert remedies[(10, "nchw")] == "works"  # FIELD.md: opset 10 carries min/max as attributes
-    assert "Ship this one: --cvdnn-opset=10" in run.text
+    assert "Ship this one: --cvdnn-opset=10" in run.text, run.text
     ops = run.checks()["ops[opencv-4.5.5]"]
     assert any(u["op_type"] == "Clip" for u in ops["data"]["unsupported"])
 

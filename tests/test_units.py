@@ -899,3 +899,33 @@ def test_a_keras_variant_is_shipped_only_if_it_matches_one_by_one_and_batched_an
     assert crash.outcome == "forward crashed" and "a batch of 4" in crash.detail, crash
     good = _try_variant(Variant([ref[0].copy()]), 11, "nchw")
     assert good.works and good.detail == "max abs error 0 at batch 1 and 4", good
+
+
+def test_the_keras_remedy_search_tries_what_the_blocking_op_allows_first_and_stops_at_the_first_that_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the search re-converted the model eight times although the first variants failed on the same
+    node.  Squeeze: opsets <= 11 first (OpenCV 4.5 reads its axes as an attribute), the model's layout first;
+    it stops at the first variant that works, unless asked for all (--cvdnn-fix).  (_try_variant, which converts
+    and runs a variant, is replaced by its verdict: opsets above 11 fail to load.)"""
+    from types import SimpleNamespace
+
+    from pytest_cvdnn import diagnose
+    from pytest_cvdnn.settings import ModelSettings
+
+    dep = SimpleNamespace(has_keras=True, can_convert=True, settings=ModelSettings(model="m.keras", layout="nhwc"))
+    assert diagnose.remedy_order(dep, "Squeeze") == [(11, "nhwc"), (11, "nchw"), (10, "nhwc"), (10, "nchw"),
+                                                     (17, "nhwc"), (17, "nchw"), (13, "nhwc"), (13, "nchw")]
+    assert diagnose.remedy_order(dep, "Clip")[0] == (10, "nhwc")
+    assert diagnose.remedy_order(dep, None)[:2] == [(17, "nhwc"), (17, "nchw")]
+    tried = []
+
+    def verdict(variant: object, opset: int, layout: str) -> diagnose.Remedy:
+        tried.append((opset, layout))
+        return diagnose.Remedy(opset, layout, "works" if opset <= 11 else "load failed")
+
+    monkeypatch.setattr(diagnose, "_try_variant", verdict)
+    first = diagnose.remedy_search(dep, lambda settings: settings, "Squeeze")
+    assert [(r.opset, r.outcome) for r in first] == [(11, "works")] and tried == [(11, "nhwc")]
+    unknown = diagnose.remedy_search(dep, lambda settings: settings, None)
+    assert [r.outcome for r in unknown] == ["load failed"] * 4 + ["works"]
+    assert len(diagnose.remedy_search(dep, lambda settings: settings, "Squeeze", exhaustive=True)) == 8

@@ -131,10 +131,12 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
     return {"node": found.name, "op_type": found.op_type, "keras_layer": keras_layer_of(found, inits, layers)}
 
 
-def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str, Any]]]:
+def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = None,
+              exhaustive: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The Keras-level search (remembered): until a variant works, or all of them with ``exhaustive``."""
     from .diagnose import Remedy, format_remedies, remedy_search
 
-    key = _remedy_key(dep)
+    key = _remedy_key(dep, exhaustive)
     found = dep.cache.get_json("remedies", f"{key}.json") if key else None
     try:  # (a damaged entry is searched again)
         remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]))
@@ -142,7 +144,7 @@ def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str
     except (TypeError, KeyError, ValueError):
         found = None
     if found is None:
-        remedies = remedy_search(dep, dep.variant)
+        remedies = remedy_search(dep, dep.variant, blocking_op, exhaustive)
         if key:
             dep.cache.put_json({"remedies": [r.as_dict() for r in remedies]}, "remedies", f"{key}.json")
     if not remedies:
@@ -150,7 +152,7 @@ def _remedies(dep: Deployment, blocking: str | None) -> tuple[str, list[dict[str
     return format_remedies(dep, remedies, blocking), [r.as_dict() for r in remedies]
 
 
-def _remedy_key(dep: Deployment) -> str | None:
+def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
     """What decides the remedy search's outcome: the model, the options, the inputs, the tools and the OpenCV
     that loads the variants (this one's build, or a pinned ``opencv==X`` target); a warm run replays it instead
     of loading eight variants again.  None (not remembered) for a target that is a Python interpreter: its
@@ -165,7 +167,7 @@ def _remedy_key(dep: Deployment) -> str | None:
         return None
     where = target or dep.opencv_build
     options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
-    text = "|".join(["v2", dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,  # v2: batch too
+    text = "|".join(["v3" + ("-all" if exhaustive else ""), dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,  # v2: batch too
                      json.dumps(tool_versions(), sort_keys=True)])
     return sha256_bytes(text.encode())[:40]
 
@@ -182,7 +184,8 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     started = time.perf_counter()
     fixes, fixes_text = _onnx_fixes(dep)
     fixed = next((f for f in fixes if f.works), None)
-    remedy_text, remedies = _remedies(dep, blocking) if fixed is None else ("", [])  # (Keras: only when needed)
+    remedy_text, remedies = (_remedies(dep, blocking, info["op_type"], dep.settings.fix) if fixed is None
+                             else ("", []))  # (Keras: only when no rewrite works)
     searched = round(time.perf_counter() - started, 3)
     repro = None
     if info["node"]:
@@ -267,7 +270,7 @@ def check_ops(dep: Deployment) -> CheckResult:
 def check_remedies(dep: Deployment) -> CheckResult:
     """--cvdnn-fix: which opset/layout variants load and match in this OpenCV."""
     dep.require("conversion")
-    text, remedies = _remedies(dep, None)
+    text, remedies = _remedies(dep, None, exhaustive=True)
     data = {"remedies": remedies}
     if not any(r["outcome"] == "works" for r in remedies):
         raise CheckFailed("no opset/layout variant loads and matches Keras in this OpenCV",

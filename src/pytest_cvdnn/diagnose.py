@@ -166,17 +166,34 @@ class Remedy:
         return {"opset": self.opset, "layout": self.layout, "outcome": self.outcome, "detail": self.detail}
 
 
-def remedy_search(dep: "Deployment", make: Any) -> list[Remedy]:
-    """Try the other opsets and layouts; ``make(settings)`` returns the Deployment of a variant."""
+#: the highest opset at which OpenCV 4.5's importer takes these op types (FIELD.md: Squeeze axes and Clip bounds
+#: became inputs at opsets 13 and 11; 4.5 reads them only as attributes)
+KNOWN_MAX_OPSET = {"Squeeze": 11, "Unsqueeze": 11, "Clip": 10}
+
+
+def remedy_order(dep: "Deployment", blocking_op: str | None) -> list[tuple[int, str]]:
+    """The variants in the order worth trying: the opsets known to take the blocking op type first (the highest
+    first), the deployment's own layout before the other."""
+    layouts = sorted(REMEDY_LAYOUTS, key=lambda lay: lay != dep.settings.layout)
+    order = [(opset, layout) for opset in REMEDY_OPSETS for layout in layouts]
+    limit = KNOWN_MAX_OPSET.get(blocking_op or "")
+    return sorted(order, key=lambda v: limit is not None and v[0] > limit) if limit else order
+
+
+def remedy_search(dep: "Deployment", make: Any, blocking_op: str | None = None,
+                  exhaustive: bool = False) -> list[Remedy]:
+    """Try the other opsets and layouts (``make(settings)`` returns the Deployment of a variant), in
+    :func:`remedy_order`, until one works; every one with ``exhaustive`` (--cvdnn-fix)."""
     if not dep.has_keras or not dep.can_convert:
         return []
     found = []
-    for opset in REMEDY_OPSETS:
-        for layout in REMEDY_LAYOUTS:
-            spec = dep.settings.spec
-            variant = make(replace(dep.settings, opset=opset, layout=layout, onnx=None,
-                                   spec=replace(spec, layout=layout) if spec is not None else None))
-            found.append(_try_variant(variant, opset, layout))
+    for opset, layout in remedy_order(dep, blocking_op):
+        spec = dep.settings.spec
+        variant = make(replace(dep.settings, opset=opset, layout=layout, onnx=None,
+                               spec=replace(spec, layout=layout) if spec is not None else None))
+        found.append(_try_variant(variant, opset, layout))
+        if found[-1].works and not exhaustive:
+            break
     return found
 
 
