@@ -261,7 +261,7 @@ def check_ops(dep: Deployment) -> CheckResult:
         raise CheckFailed(
             f"{len(bad)} of {len(results)} op patterns do not import in cv2.dnn ({dep.target_label}): "
             + "; ".join(lines),
-            fix="see the load item's remedy search (or run with --cvdnn-fix) for an opset/layout that avoids them",
+            fix="see the load item: the ONNX rewrites and the remedy search it tried (--cvdnn-fix: every variant)",
             data=data,
         )
     return CheckResult(f"all {len(results)} op patterns import ({', '.join(data['op_types'])})", data)
