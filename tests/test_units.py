@@ -929,3 +929,19 @@ def test_the_keras_remedy_search_tries_what_the_blocking_op_allows_first_and_sto
     unknown = diagnose.remedy_search(dep, lambda settings: settings, None)
     assert [r.outcome for r in unknown] == ["load failed"] * 4 + ["works"]
     assert len(diagnose.remedy_search(dep, lambda settings: settings, "Squeeze", exhaustive=True)) == 8
+
+
+def test_tf2onnx_warnings_during_a_conversion_are_kept() -> None:
+    """Issue 15: tf2onnx logs "Failed to apply optimize_transpose" (the graph then keeps NHWC ops an importer may
+    reject) and the plugin swallowed it; the conversion's metadata keeps tf2onnx's warnings, once each."""
+    import logging
+
+    from pytest_cvdnn.convert import _Warnings
+
+    with _Warnings() as warned:
+        logging.getLogger("tf2onnx.optimizer").warning("Failed to apply %s", "optimize_transpose")
+        logging.getLogger("tf2onnx.optimizer").warning("Failed to apply %s", "optimize_transpose")
+        logging.getLogger("tf2onnx.tfonnx").info("an info line is not a warning")
+        logging.getLogger("keras").warning("another library's warning")
+    logging.getLogger("tf2onnx.optimizer").warning("after the conversion: not kept")
+    assert warned.messages == ["Failed to apply optimize_transpose"]

@@ -68,8 +68,12 @@ def check_convert(dep: Deployment) -> CheckResult:
         return CheckResult(f"{how}: {format_label(dep.settings.format)} -> {conv.onnx_path}"
                            + (f" ({rewritten} constants stored as tensor_content for OpenCV's importer)"
                               if rewritten else ""), data)
+    warnings = [w for w in conv.meta.get("warnings") or [] if isinstance(w, str)]
+    data["tf2onnx_warnings"] = warnings
     return CheckResult(
-        f"{how}: opset {dep.settings.opset}, layout {dep.settings.layout} -> {conv.onnx_path}", data
+        f"{how}: opset {dep.settings.opset}, layout {dep.settings.layout} -> {conv.onnx_path}"
+        + (f"; tf2onnx warned: {'; '.join(warnings[:3])} (the graph may keep ops its optimizer meant to remove: a "
+           "load failure on such a node can be tf2onnx's, see the load item)" if warnings else ""), data
     )
 
 
@@ -197,6 +201,9 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     working = [r for r in remedies if r["outcome"] == "works"]
     working.sort(key=lambda r: r["layout"] != dep.settings.layout)  # keep the user's layout if possible
     message, fix = exc.message, exc.fix
+    warned = [w for w in (dep.conversion.meta.get("warnings") or [])[:2] if isinstance(w, str)]
+    if warned and not dep.settings.onnx:  # (the optimizer left part of the graph as it was)
+        message += f"; tf2onnx warned while converting it: {'; '.join(warned)}"
     if fixed is not None:
         where = f" on node(s) {', '.join(map(repr, fixed.nodes[:3]))}" if fixed.nodes else ""
         message += (f"; remedy: the ONNX rewrite '{fixed.candidate}'{where} {fixed.detail}: "

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -124,8 +125,9 @@ def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOption
     names, signature = signature_specs(keras_meta, shapes)
     nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
     log = io.StringIO()
+    warned = _Warnings()
     try:
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), warned:
             tf2onnx.convert.from_keras(
                 model,
                 input_signature=signature,
@@ -157,7 +159,29 @@ def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOption
                              details=f"also tried tf2onnx.convert.from_function: {type(exc).__name__}: {exc}") from first
         path_used = "from_function"
     return {"input_names": names, "layout": opts.layout, "options": opts.as_dict(), "versions": tool_versions(),
-            "converter": path_used}
+            "converter": path_used, "warnings": warned.messages}
+
+
+class _Warnings(logging.Handler):
+    """tf2onnx's warnings while it converts (``Failed to apply optimize_transpose``: the graph keeps the
+    transposes and NHWC ops the optimizer meant to remove; an importer may then fail on a node that a clean
+    conversion does not have).  Kept in the conversion's metadata and reported by the convert item."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())[:200]
+        if text and text not in self.messages and len(self.messages) < 20:
+            self.messages.append(text)
+
+    def __enter__(self) -> "_Warnings":
+        logging.getLogger("tf2onnx").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("tf2onnx").removeHandler(self)
 
 
 def _from_function(model: Any, signature: Any, opts: ConversionOptions, nchw: list[str], out_path: Path,
