@@ -945,3 +945,22 @@ def test_tf2onnx_warnings_during_a_conversion_are_kept() -> None:
         logging.getLogger("keras").warning("another library's warning")
     logging.getLogger("tf2onnx.optimizer").warning("after the conversion: not kept")
     assert warned.messages == ["Failed to apply optimize_transpose"]
+
+
+def test_a_node_is_said_to_block_every_variant_only_when_it_does() -> None:
+    """Issue 15: the message named a Clip and said 4.5.5 needs opset <= 10, but the opset-10 variants failed on
+    another node (a ReduceMean).  The blocking node is named only when it blocks every variant; otherwise the
+    variant that gets furthest is described."""
+    from pytest_cvdnn.diagnose import no_fix_summary
+
+    def r(opset: int, outcome: str, op: str | None = None, detail: str = "") -> dict:
+        return {"opset": opset, "layout": "nchw", "outcome": outcome, "detail": detail, "op_type": op}
+
+    blocking = "node 'relu6' (op Clip) blocks every variant; known to import: OpenCV >= 4.8"
+    assert no_fix_summary([r(13, "load failed", "Clip"), r(11, "load failed", "Clip")], "Clip", blocking) == blocking
+    mixed = [r(13, "load failed", "Clip"), r(10, "load failed", "ReduceMean", "node 'mean' (op ReduceMean) …")]
+    assert no_fix_summary(mixed, "Clip", blocking) == ("no variant loads: opset 13 NCHW stop at Clip; opset 10 NCHW "
+                                                       "stop at ReduceMean")
+    further = [r(13, "load failed", "Clip"), r(10, "parity failed", None, "a batch of 4: max abs error 1")]
+    assert no_fix_summary(further, "Clip", blocking) == ("no variant works; the one that gets furthest, opset 10 "
+                                                         "NCHW, parity failed: a batch of 4: max abs error 1")

@@ -143,7 +143,7 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
     key = _remedy_key(dep, exhaustive)
     found = dep.cache.get_json("remedies", f"{key}.json") if key else None
     try:  # (a damaged entry is searched again)
-        remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]))
+        remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]), r.get("op_type"))
                     for r in found["remedies"]]  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         found = None
@@ -153,7 +153,7 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
             dep.cache.put_json({"remedies": [r.as_dict() for r in remedies]}, "remedies", f"{key}.json")
     if not remedies:
         return "", []
-    return format_remedies(dep, remedies, blocking), [r.as_dict() for r in remedies]
+    return format_remedies(dep, remedies, blocking, blocking_op), [r.as_dict() for r in remedies]
 
 
 def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
@@ -171,7 +171,8 @@ def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
         return None
     where = target or dep.opencv_build
     options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
-    text = "|".join(["v3" + ("-all" if exhaustive else ""), dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,  # v2: batch too
+    version = "v4-all" if exhaustive else "v4"  # (v2: batch checked, v3: stops at the first, v4: op types)
+    text = "|".join([version, dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,
                      json.dumps(tool_versions(), sort_keys=True)])
     return sha256_bytes(text.encode())[:40]
 
@@ -214,8 +215,9 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
         message += (f"; remedy: --cvdnn-opset={working[0]['opset']} --cvdnn-layout={working[0]['layout']} "
                     "loads and matches Keras here")
     elif remedies:  # the search tried every opset and layout: advise only what it did not disprove
-        if blocking:
-            message += f"; {blocking}"
+        from .diagnose import no_fix_summary
+
+        message += f"; {no_fix_summary(remedies, info['op_type'], blocking)}"
         fix = ("no opset/layout variant and no ONNX rewrite loads and matches here (see the search below): change "
                "the layer that makes the node, compute it outside the network" + _newer_than(dep))
     details = "\n\n".join(x for x in (exc.details or "", fixes_text, remedy_text,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,13 +158,35 @@ class Remedy:
     layout: str
     outcome: str  # "works" | "convert failed" | "load failed" | "forward failed" | "forward crashed" | "parity failed"
     detail: str = ""
+    op_type: str | None = None  # the op type of the node that blocks this variant's load
 
     @property
     def works(self) -> bool:
         return self.outcome == "works"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"opset": self.opset, "layout": self.layout, "outcome": self.outcome, "detail": self.detail}
+        return {"opset": self.opset, "layout": self.layout, "outcome": self.outcome, "detail": self.detail,
+                "op_type": self.op_type}
+
+
+#: how far a variant got (the one that gets furthest is the one to describe when none works)
+_PROGRESS = {"convert failed": 0, "load failed": 1, "forward crashed": 2, "forward failed": 2, "parity failed": 3,
+             "works": 4}
+
+
+def no_fix_summary(remedies: Sequence[dict[str, Any]], op_type: str | None, blocking: str | None) -> str:
+    """What to say when no variant works: the blocking node's text if it blocks every variant's load (and only
+    then), else the variant that gets furthest and what stops it."""
+    if blocking and remedies and all(r["outcome"] == "load failed" and r.get("op_type") == op_type for r in remedies):
+        return blocking
+    if remedies and all(r["outcome"] == "load failed" for r in remedies):
+        ops: dict[str, list[str]] = {}
+        for r in remedies:
+            ops.setdefault(r.get("op_type") or "an unnamed node", []).append(f"{r['opset']} {r['layout'].upper()}")
+        return "no variant loads: " + "; ".join(f"opset {', '.join(v)} stop at {op}" for op, v in ops.items())
+    best = max(remedies, key=lambda r: _PROGRESS.get(r["outcome"], 0))
+    return (f"no variant works; the one that gets furthest, opset {best['opset']} {best['layout'].upper()}, "
+            f"{best['outcome']}" + (f": {best['detail'][:200]}" if best.get("detail") else ""))
 
 
 #: the highest opset at which OpenCV 4.5's importer takes these op types (FIELD.md: Squeeze axes and Clip bounds
@@ -205,7 +228,8 @@ def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
     try:
         variant.require("cv2net")
     except StageSkipped as exc:
-        return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200])
+        found = re.search(r"\(op (\w+)", str(exc))
+        return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200], found.group(1) if found else None)
     worst = 0.0
     batch = len(variant.inputs[0])
     for whole in (False, True) if batch > 1 and not variant.fixed_batch_of_one else (False,):
@@ -223,7 +247,8 @@ def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
                                                                           if batch > 1 else ""))
 
 
-def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str | None) -> str:
+def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str | None,
+                    blocking_op: str | None = None) -> str:
     lines = [f"Remedy search on {dep.target_label} (OpenCV of the target), converting {dep.label} again:"]
     for r in remedies:
         lines.append(f"  opset {r.opset:<2} {r.layout.upper()}: {r.outcome}" + (f" ({r.detail})" if r.detail else ""))
@@ -236,8 +261,8 @@ def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str
 
         code = tf2onnx_code(dep.keras_meta, ConversionOptions(best.opset, best.layout, dep.spec.size))
         lines.append(f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. {code}")
-    elif blocking:
-        lines.append(f"No variant loads: {blocking}")
+    elif remedies:
+        lines.append(f"No variant works: {no_fix_summary([r.as_dict() for r in remedies], blocking_op, blocking)}")
     return "\n".join(lines)
 
 
