@@ -141,3 +141,26 @@ def test_the_op_cache_names_each_models_own_node(run_cvdnn: Callable[..., Any], 
         own, other = ("crop", "crop_b") if n == 0 else ("crop_b", "crop")
         assert f"first '{own}'" in message and f"node '{own}' (op Slice)" in message, message
         assert f"'{other}'" not in message and "'y'" not in message and "'y_b'" not in message, message
+
+
+def test_every_keras_variant_names_layers_the_model_has(run_cvdnn: Callable[..., Any], pytester: pytest.Pytester,
+                                                        opencv_4_5_5: Path) -> None:
+    """The TensorFlow helper built a factory's model again for each variant in one process, so the variants'
+    nodes came from layers named 'global_average_pooling2d_3' that the model does not have.  Each job now
+    starts a fresh naming scope: every variant that fails to load names the model's own layer."""
+    pytester.makepyfile(pooled_auto="""
+        def make():
+            import keras
+
+            keras.utils.set_random_seed(0)
+            inp = keras.Input((16, 16, 3))
+            x = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            return keras.Model(inp, keras.layers.Dense(5, activation="softmax")(x))
+    """)
+    run = run_cvdnn("--cvdnn-model=pooled_auto:make", "--cvdnn-target=opencv==4.5.5", "--cvdnn-fix",
+                    "-k", "remedies and 4.5.5", cache=pytester.path / "cache")
+    remedies = run.checks()["remedies[opencv-4.5.5]"]["data"]["remedies"]
+    failed = [r for r in remedies if r["outcome"] == "load failed"]
+    assert len(failed) == 4 and len(remedies) == 8, remedies  # opsets 17 and 13 stop at the Squeeze
+    assert {r["keras_layer"] for r in failed} == {"global_average_pooling2d"}, failed

@@ -143,8 +143,8 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
     key = _remedy_key(dep, exhaustive)
     found = dep.cache.get_json("remedies", f"{key}.json") if key else None
     try:  # (a damaged entry is searched again)
-        remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]), r.get("op_type"))
-                    for r in found["remedies"]]  # type: ignore[index]
+        remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]), r.get("op_type"),
+                           r.get("keras_layer")) for r in found["remedies"]]  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         found = None
     if found is None:

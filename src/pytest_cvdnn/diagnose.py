@@ -159,6 +159,7 @@ class Remedy:
     outcome: str  # "works" | "convert failed" | "load failed" | "forward failed" | "forward crashed" | "parity failed"
     detail: str = ""
     op_type: str | None = None  # the op type of the node that blocks this variant's load
+    keras_layer: str | None = None  # and the Keras layer it comes from
 
     @property
     def works(self) -> bool:
@@ -166,7 +167,7 @@ class Remedy:
 
     def as_dict(self) -> dict[str, Any]:
         return {"opset": self.opset, "layout": self.layout, "outcome": self.outcome, "detail": self.detail,
-                "op_type": self.op_type}
+                "op_type": self.op_type, "keras_layer": self.keras_layer}
 
 
 #: how far a variant got (the one that gets furthest is the one to describe when none works)
@@ -229,7 +230,9 @@ def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
         variant.require("cv2net")
     except StageSkipped as exc:
         found = re.search(r"\(op (\w+)", str(exc))
-        return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200], found.group(1) if found else None)
+        layer = re.search(r"Keras layer '([^']+)'", str(exc))
+        return Remedy(opset, layout, "load failed", str(exc).split(": ", 2)[-1][:200], found.group(1) if found else None,
+                      layer.group(1) if layer else None)
     worst = 0.0
     batch = len(variant.inputs[0])
     for whole in (False, True) if batch > 1 and not variant.fixed_batch_of_one else (False,):

@@ -74,6 +74,7 @@ def serve(conn):
             tell(job, phase)
 
         tell(job, "started")  # (the job dies before "loaded": the model's own code crashed the process)
+        keras.backend.clear_session()  # a fresh naming scope per job: a factory's layers keep their own names
         try:
             settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
             sys.path.extend(p for p in path if p not in sys.path)  # the client's (factories' modules)
