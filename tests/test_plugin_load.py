@@ -133,3 +133,29 @@ def test_the_quick_tier_runs_where_tensorflow_cannot_be_imported() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout and "error" not in proc.stdout.lower()
+
+
+def test_junit_message_and_short_summary_carry_the_verdict_and_its_fix(pytester: pytest.Pytester,
+                                                                        shared_cache: Path) -> None:
+    """Issue 17: JUnit's message attribute (what CI systems show) was "model :: item [+5 more lines ...]" and the
+    short summary "FAILED ...::load - model :: ..."; both now carry the one-line verdict with its Fix."""
+    import xml.etree.ElementTree as ET
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"], name="norm/mvn", axes=[2])
+    model = helper.make_model(helper.make_graph([node], "mvn", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(pytester.path / "mvn.onnx"))
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-rf", f"--cvdnn-cache-dir={shared_cache}",
+                                           "--cvdnn-model=mvn.onnx", "--junitxml=junit.xml", "-k", "load")
+    failure = next(ET.parse(pytester.path / "junit.xml").iter("failure"))
+    message = failure.get("message") or ""
+    assert message.startswith("mvn.onnx :: load: cv2.dnn (OpenCV "), message
+    assert "node 'norm/mvn' (op MeanVarianceNormalization) cannot be imported" in message
+    assert " Fix: " in message and "more lines" not in message.split(" Fix: ")[0], message
+    assert "norm/mvn" in (failure.text or "")  # the details stay in the body
+    summary = [ln for ln in result.stdout.lines if ln.startswith("FAILED mvn.onnx::load")]
+    assert summary and "mvn.onnx :: load: cv2.dnn (OpenCV" in summary[0], result.stdout.lines[-5:]  # (trimmed to width)

@@ -155,8 +155,12 @@ class CheckItem(pytest.Item):
         self.add_report_section("call", "cvdnn", result.message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
+        """One first line with the verdict and its Fix (what pytest's short summary and JUnit's ``message``
+        attribute show), the details below it."""
         if isinstance(excinfo.value, CvdnnError):
-            return f"{self.entry.settings.model} :: {self.name}\n{excinfo.value.full()}"
+            verdict = " ".join(str(excinfo.value).split())
+            details = excinfo.value.details
+            return f"{self.entry.settings.model} :: {self.name}: {verdict}" + (f"\n\n{details}" if details else "")
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
