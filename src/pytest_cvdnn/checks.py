@@ -239,6 +239,8 @@ def _onnx_fixes(dep: Deployment) -> tuple[list[Any], str]:
     from .diagnose import repro_root
     from .fixes import onnx_remedies
 
+    if not dep.can_convert:  # a bundle replay (OpenCV only): the fix is made where the model is
+        return [], ""
     try:
         fixes = onnx_remedies(dep, repro_root(dep, dep.settings.repro) / slug(f"fix-{dep.target_label}"))
     except Exception as exc:  # noqa: BLE001 - a remedy is a bonus: the load error stands without it

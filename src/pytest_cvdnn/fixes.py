@@ -68,9 +68,12 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     from .graph import load_model
     from .rewrites import apply, candidates
 
+    import onnx
+
     key = _key(dep)
     found = dep.cache.get_json("rewrites", f"{key}.json") if key else None
-    model = load_model(dep.onnx_path)
+    model = load_model(dep.onnx_path)  # (checked: external data only inside the model's folder)
+    onnx.load_external_data_for_model(model, str(dep.onnx_path.parent))  # fixed.onnx holds its weights
     try:
         results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])
                    for r in found["results"]]  # type: ignore[index]
