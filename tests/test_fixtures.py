@@ -109,6 +109,28 @@ def test_unknown_marker_keyword_is_reported(run_cvdnn: Callable[..., Run], pytes
     run = run_cvdnn("test_x.py", report=False)
     assert run.ret != 0
     assert "unknown @pytest.mark.cvdnn keyword(s) ['atoll']" in run.text
+    assert "def _marker_settings" not in run.text and "raise " not in run.text  # (20 lines of the plugin's source)
+
+
+def test_a_marked_test_without_cvdnn_fixtures_still_has_its_marker_checked(run_cvdnn: Callable[..., Run],
+                                                                           pytester: pytest.Pytester) -> None:
+    """Issue 17: a marker typo on a test that requests no cvdnn fixture was never noticed."""
+    pytester.makepyfile(
+        test_x="""
+        import pytest
+        @pytest.mark.cvdnn(atoll=1)
+        def test_plain():
+            pass
+
+        @pytest.mark.cvdnn(atol=1e-3)
+        def test_fine():
+            pass
+        """
+    )
+    run = run_cvdnn("test_x.py", report=False)
+    assert run.ret == 1, run.text
+    assert "test_x.py::test_plain: unknown @pytest.mark.cvdnn keyword(s) ['atoll']" in run.text
+    assert run.outcomes().get("passed") == 1 and run.outcomes().get("errors") == 1, run.text
 
 
 def test_ini_keys(run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
@@ -124,3 +146,31 @@ def test_ini_keys(run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_m
     env = run.report["models"][0]["environment"]
     assert env["opset"] == 11
     assert run.report["models"][0]["parity"]["keras-cv2dnn"]["atol"] == 1e-3
+
+
+def test_a_failing_check_in_a_project_test_shows_the_test_and_the_diagnosis_not_the_plugin(
+        run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path],
+        pytester: pytest.Pytester) -> None:
+    """Issue 17: a failing ``cvdnn_model.check(...)`` printed a ~100-line traceback through the plugin, and
+    ``check("parity")`` a bare KeyError.  The test's own line and the one-paragraph diagnosis remain."""
+    copy_model(models["cnn"], "m.keras")
+    pytester.makepyfile(
+        test_x="""
+        import pytest
+        from pytest_cvdnn import InputSpec
+
+        @pytest.mark.cvdnn(model="m.keras", input_spec=InputSpec(size=(16, 16)))
+        def test_spec(cvdnn_model):
+            cvdnn_model.check("input_spec")
+
+        @pytest.mark.cvdnn(model="m.keras")
+        def test_name(cvdnn_model):
+            cvdnn_model.check("parity")
+        """
+    )
+    run = run_cvdnn("test_x.py", report=False)
+    assert run.outcomes() == {"failed": 2}, run.text
+    assert "there is no check 'parity'. Fix: use one of " in run.text and "KeyError" not in run.text
+    assert "does not fit the model input" in run.text and "Fix: set size=(32, 32)" in run.text, run.text
+    assert 'cvdnn_model.check("input_spec")' in run.text  # the test's own line
+    assert "pytest_cvdnn/checks.py" not in run.text and "pytest_cvdnn/deployment.py" not in run.text, run.text

@@ -1035,11 +1035,16 @@ class Deployment:
         """Run one of the generated checks (e.g. "preprocessing") from a project's own test.
 
         Returns the CheckResult; raises CheckFailed (an AssertionError-like failure with the
-        diagnosis) or StageSkipped.
+        diagnosis) or StageSkipped — raised from here, so that pytest shows the calling test and the
+        diagnosis, not a traceback through the plugin.
         """
+        __tracebackhide__ = True
         from .checks import run_check
 
-        return run_check(self, name)[0]
+        try:
+            return run_check(self, name)[0]
+        except (CvdnnError, StageSkipped) as exc:
+            raise exc.with_traceback(None) from None
 
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())

@@ -498,16 +498,30 @@ def _marker_settings(request: pytest.FixtureRequest) -> ModelSettings:
     if marker and marker.args:
         kwargs.setdefault("model", marker.args[0])
     if "model" not in kwargs:
-        if len(state.models) != 1:
-            raise pytest.UsageError(
-                f"{request.node.nodeid}: which model? Use @pytest.mark.cvdnn(model='path/to/model.keras') "
-                f"(or give exactly one --cvdnn-model; {len(state.models)} configured)"
-            )
+        if len(state.models) != 1:  # (pytest.fail without a traceback: the plugin's source is not the user's fault)
+            pytest.fail(f"{request.node.nodeid}: which model? Use @pytest.mark.cvdnn(model='path/to/model.keras') "
+                        f"(or give exactly one --cvdnn-model; {len(state.models)} configured)", pytrace=False)
         kwargs["model"] = state.models[0]
+    return _validated_marker(request.node, settings, kwargs)
+
+
+def _validated_marker(item: pytest.Item, settings: ModelSettings, kwargs: dict[str, Any]) -> ModelSettings:
+    """The settings a ``@pytest.mark.cvdnn`` marker makes, or the item fails naming the keyword (no traceback)."""
     try:
         return settings.with_marker(kwargs)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-        raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
+        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``@pytest.mark.cvdnn(...)`` that requests no cvdnn fixture still has its marker checked."""
+    marker = item.get_closest_marker("cvdnn")
+    if marker is None or isinstance(item, CheckItem) or STATE not in item.config.stash:
+        return
+    if not {"cvdnn_model", "input_spec", "assert_parity"} & set(getattr(item, "fixturenames", ())):
+        kwargs = dict(marker.kwargs)
+        kwargs.setdefault("model", marker.args[0] if marker.args else "model")
+        _validated_marker(item, item.config.stash[STATE].base, kwargs)
 
 
 @pytest.fixture
