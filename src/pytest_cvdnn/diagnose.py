@@ -37,6 +37,7 @@ KNOWN_IMPORTERS = {
     "Squeeze": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 11",
     "Clip": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 10 (min/max as attributes)",
     "Slice": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0)",
+    "Gather": "OpenCV >= 4.8 (measured: 4.8.1 with VGG16's Flatten, issue 15's zoo)",
 }
 
 
@@ -272,9 +273,10 @@ def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str
 def blocking_text(node: str | None, op_type: str | None, layer: str | None) -> str | None:
     if not op_type:
         return None
-    known = KNOWN_IMPORTERS.get(op_type, "no OpenCV version known to import it here")
-    return (f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "") +
-            f") blocks every variant; known to import: {known}")
+    known = KNOWN_IMPORTERS.get(op_type)
+    return (f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "") + ") blocks every variant; "
+            + (f"known to import: {known}" if known else "no OpenCV version that imports it is on record here (check a "
+               "newer one with --cvdnn-target=opencv==X)"))
 
 
 # -- first divergent node --------------------------------------------------------------------------------
