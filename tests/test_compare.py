@@ -265,3 +265,18 @@ def test_compare_arrays_peak_memory_per_value_is_bounded() -> None:
         finally:
             tracemalloc.stop()
         assert peak / a.size <= bound, peak / a.size
+
+
+def test_relative_error_statistics_leave_out_non_finite_values_and_zero_references() -> None:
+    """The relative error is |Δ|/|ref| over finite values: a NaN counts as a mismatch (nonfinite) but not in
+    max_rel; where the reference is 0 a nonzero Δ is an infinite relative error (a mismatch beyond atol) that
+    max_rel leaves out, and Δ = 0 there is no error at all."""
+    e = np.array([1.0, 2.0, 0.0, 4.0, 0.0], np.float32)
+    o = e.copy()
+    o[1], o[3], o[4] = np.nan, 4.4, 0.5
+    s = compare_arrays(e, o)
+    assert s.nonfinite == 1 and s.mismatches == 3  # the NaN, 4.4 vs 4 and 0.5 vs 0
+    assert s.max_rel == pytest.approx(0.1, rel=1e-5) and s.required_rtol == s.max_rel
+    assert s.max_abs == pytest.approx(0.5) and s.median_abs == pytest.approx(0.0)
+    same = compare_arrays(np.zeros(3, np.float32), np.zeros(3, np.float32))
+    assert same.max_rel == 0.0 and same.mismatches == 0 and same.cosine == 1.0
