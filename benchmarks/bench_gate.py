@@ -197,13 +197,18 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.Completed
     return seconds, max(peaks.values(), default=0) / 1024 or float("nan"), proc
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="cvdnn-bench-"))
-    env_py = sys.executable
-    subprocess.run([env_py, "-c", "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\nimport keras\n"
+def save_densenet121(work: Path) -> None:
+    """DenseNet121(weights=None), seeded, saved as ``work/densenet121.keras`` (the model the benchmarks measure)."""
+    subprocess.run([sys.executable, "-c", "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\nimport keras\n"
                     "keras.utils.set_random_seed(121)\n"
                     "keras.applications.DenseNet121(weights=None).save('densenet121.keras')"], cwd=work, check=True,
                    env=ENV)
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="cvdnn-bench-"))
+    env_py = sys.executable
+    save_densenet121(work)
     (work / "conftest.py").write_text(TF_PROBE)
     pytest = [env_py, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
     results: dict[str, float | str | bool] = {}

@@ -15,7 +15,6 @@ Before issue 15 the search re-converted the Keras model eight times (50 s here a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+sys.path.insert(0, str(HERE))
+from bench_gate import ENV, save_densenet121  # noqa: E402
 PROBE = """
 import json, sys
 def pytest_sessionfinish(session):
@@ -42,10 +42,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, dict]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cvdnn-remedy-"))
     py = sys.executable
-    subprocess.run([py, "-c", "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\nimport keras\n"
-                    "keras.utils.set_random_seed(121)\n"
-                    "keras.applications.DenseNet121(weights=None).save('densenet121.keras')"], cwd=work, check=True,
-                   env=ENV)
+    save_densenet121(work)
     (work / "conftest.py").write_text(PROBE)
     pytest = [py, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "--cvdnn-report=report.json"]
     subprocess.run([*pytest, "--cvdnn-model=densenet121.keras", "--cvdnn-cache-dir=warmup",
