@@ -43,6 +43,10 @@ def test_all_checks_pass_on_a_correct_model(run_cvdnn: Callable[..., Run], model
     assert "cvdnn deployment summary" in run.text
     assert "small_cnn.keras: 10 passed, 1 skipped (opencv" in run.text
     assert "ok   keras-cv2dnn" in run.text and "max|Δ|" in run.text
+    # the code to ship, in the summary without -rA (issue 17: it was only in the -rA/-rP sections)
+    deploy = [ln for ln in run.text.splitlines() if ln.startswith("  deploy   ")]
+    assert deploy and "cv2.dnn.blobFromImage" in deploy[0], deploy
+    assert checks["input_spec"]["data"]["code"].splitlines()[0] in deploy[0], deploy
 
 
 def test_json_report_schema(run_cvdnn: Callable[..., Run], models: dict[str, Path],

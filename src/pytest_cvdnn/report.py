@@ -68,6 +68,12 @@ class Results:
                          + " (" + ", ".join(f"{n} {k}" for k, n in sorted(cell.items())) + ")"
                          for t, cell in by_target.items()]
                 lines.append("  targets  " + " | ".join(cells))
+            spec_check = checks.get("input_spec") or {}
+            if spec_check.get("outcome") == "passed":  # the code to ship, without -rA: what the gate verified
+                data = spec_check.get("data") or {}
+                for entry in data.get("inputs", [data]):  # (one input: its data; several: one entry each)
+                    for k, line in enumerate(str(entry.get("code") or "").splitlines()):
+                        lines.append(("  deploy   " if k == 0 else " " * 11) + line)
             for name in sorted(checks):
                 c = checks[name]
                 fmt, _, base = name.rpartition(":")
