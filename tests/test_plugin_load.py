@@ -160,3 +160,27 @@ def test_junit_message_and_short_summary_carry_the_verdict_and_its_fix(pytester:
     assert "norm/mvn" in (failure.text or "")  # the details stay in the body
     summary = [ln for ln in result.stdout.lines if ln.startswith("FAILED mvn.onnx::load")]
     assert summary and "mvn.onnx :: load: cv2.dnn (OpenCV" in summary[0], result.stdout.lines[-5:]  # (trimmed to width)
+
+
+def test_a_models_folder_that_is_a_symbolic_link_keeps_its_node_ids_and_is_collected_once(
+        pytester: pytest.Pytester, tmp_path: Path, shared_cache: Path) -> None:
+    """Issue 17: models/ a symbolic link to shared storage (DVC, LFS) gave node ids without a file part
+    ("::convert"), and with cvdnn_models in the ini file and no testpaths every model was collected twice."""
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from onnx_mutants import base_model
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    onnx.save(base_model(), str(shared / "small.onnx"))
+    (pytester.path / "models").symlink_to(shared)
+    (pytester.path / "alias").symlink_to(shared)  # a second way to the same file, inside the rootdir
+    ids = ["models/small.onnx::" + c for c in ("convert", "ops", "load", "input_spec", "preprocessing", "output_spec",
+                                               "parity[onnxruntime-cv2dnn]", "batch", "determinism")]
+    given = pytester.runpytest_subprocess("--co", "-q", f"--cvdnn-cache-dir={shared_cache}",
+                                          "--cvdnn-model=models/small.onnx")
+    assert [ln for ln in given.stdout.lines if "::" in ln] == ids, given.stdout.lines
+    pytester.makeini("[pytest]\ncvdnn_models =\n    models/small.onnx\n")
+    ini = pytester.runpytest_subprocess("--co", "-q", f"--cvdnn-cache-dir={shared_cache}")
+    assert [ln for ln in ini.stdout.lines if "::" in ln] == ids, ini.stdout.lines

@@ -41,6 +41,8 @@ class CvdnnState:
     engines: list[str] = field(default_factory=list)  # cv2.dnn engines checked besides base.engine
     memo: dict[str, Any] = field(default_factory=dict)
     entries: dict[Path, list[ModelEntry]] = field(default_factory=dict)
+    collected: dict[Path, Path] = field(default_factory=dict)  # resolved model file -> the path collected
+    spelled: dict[Path, Path] = field(default_factory=dict)  # resolved model file -> the path as configured
     results: Results = field(default_factory=Results)
 
     @cached_property
@@ -203,8 +205,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ResultsPlugin(state, config), "cvdnn-results")
     _group_models_on_workers(config, state)
     _share_the_tensorflow_helper(config, state)
-    # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks
-    paths = [str(p) for p in state.entries]
+    # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks.  The
+    # paths as the user spelled them: a models/ folder that is a symbolic link (DVC, LFS, shared storage) keeps
+    # its node ids (resolved, they fell outside the rootdir: "::convert") and is collected once
+    state.spelled = {p: _as_spelled(p, models, config) for p in state.entries}
+    paths = [str(p) for p in state.spelled.values()]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
 
 
@@ -378,6 +383,20 @@ def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
     return deployment
 
 
+def _as_spelled(resolved: Path, models: list[str], config: pytest.Config) -> Path:
+    """The absolute, unresolved path of a configured model that resolves to ``resolved`` (else ``resolved``)."""
+    for text in models:
+        raw = Path(os.path.expanduser(text))
+        for base in (config.invocation_params.dir, config.rootpath):
+            spelled = Path(os.path.abspath(raw if raw.is_absolute() else base / raw))
+            try:
+                if spelled.exists() and spelled.resolve() == resolved:
+                    return spelled
+            except OSError:
+                continue
+    return resolved
+
+
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
     """Configured models by the path pytest collects them from (factories: their module file)."""
     from .checks import check_items
@@ -435,8 +454,12 @@ def _is_test_module(path: Path, config: pytest.Config) -> bool:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     state = parent.config.stash.get(STATE, None)
     entries = state.entries.get(file_path.resolve()) if state is not None else None
-    if not entries:
+    if not entries or state is None:
         return None
+    resolved = file_path.resolve()
+    spelled = state.spelled.get(resolved, file_path)  # (a collection argument: pytest collects it anyway)
+    if Path(os.path.abspath(file_path)) != spelled or state.collected.setdefault(resolved, file_path) != file_path:
+        return None  # the same file through another path (a symbolic link): its checks are collected once
     if file_path.suffix == ".py" and parent.session.isinitpath(file_path) \
             and not _is_test_module(file_path, parent.config):
         return None  # a factory's module that pytest would import as a Module: pytest_pycollect_makemodule
