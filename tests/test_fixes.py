@@ -66,6 +66,7 @@ def test_onnx_models_that_4_5_5_rejects_get_a_verified_fixed_file(run_cvdnn: Cal
         assert again.checks(n)["parity[onnxruntime-cv2dnn@opencv-4.5.5]"]["outcome"] == "passed"
 
 
+@pytest.mark.zoo  # (TensorFlow conversions: the heavier tier, which CI runs too)
 def test_a_keras_cropping2d_is_fixed_without_converting_again(run_cvdnn: Callable[..., Any], pytester: pytest.Pytester,
                                                               opencv_4_5_5: Path) -> None:
     """tf2onnx writes an NHWC Cropping2D as a Slice with axes [0, 2, 3, 1]; 4.5.5 rejects it and the plugin said
@@ -143,6 +144,7 @@ def test_the_op_cache_names_each_models_own_node(run_cvdnn: Callable[..., Any], 
         assert f"'{other}'" not in message and "'y'" not in message and "'y_b'" not in message, message
 
 
+@pytest.mark.zoo  # (TensorFlow conversions: the heavier tier, which CI runs too)
 def test_every_keras_variant_names_layers_the_model_has(run_cvdnn: Callable[..., Any], pytester: pytest.Pytester,
                                                         opencv_4_5_5: Path) -> None:
     """The TensorFlow helper built a factory's model again for each variant in one process, so the variants'
