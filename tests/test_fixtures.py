@@ -81,6 +81,10 @@ def test_fixtures_and_marker(run_cvdnn: Callable[..., Run], models: dict[str, Pa
     assert "test_wrong_artifact_fails FAILED" in run.text
     assert "test_wrong_preprocessing_fails FAILED" in run.text
     assert "parity keras-onnxruntime failed (atol=0.0001, rtol=0.001" in run.text
+    # issue 17: assert_parity between runners says what the generated item says: blame, first divergent node, repro
+    assert "AssertionError: the provided ONNX does not reproduce Keras (compared with a fresh conversion" in run.text
+    assert "first divergent node: '" in run.text and "(op Softmax, Keras layer 'probs')" in run.text
+    assert "repro folder: " in run.text
     assert "parity expected-obtained failed" in run.text
     assert "Number of differences:" in run.text
 

@@ -658,6 +658,23 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     return CheckResult(result.summary_line() + _blind_note(result) + f"; {data['inputs']}", data)
 
 
+def parity_diagnosis(dep: Deployment, expected: str, obtained: str, result: Any) -> str:
+    """For a project's ``assert_parity(runner, runner)`` that fails: the blame, the first divergent node and the
+    repro folder, as the generated parity item gives them ("" where there is nothing to add)."""
+    blame = _BLAME.get((expected, obtained))
+    if blame is None or dep.settings.format != "onnx":
+        return ""
+    data = result.as_dict()
+    try:
+        where, extra = _localise(dep, expected, obtained, data)
+    except Exception as exc:  # noqa: BLE001 - a diagnosis is a bonus: the statistics stand without it
+        return f"{blame} (not localised: {type(exc).__name__}: {exc})"
+    text = where or blame
+    if data.get("first_divergent_text"):
+        text += f"; {data['first_divergent_text']}"
+    return text + (f"\n{extra}" if extra else "")
+
+
 def _blind_note(result: Any) -> str:
     """Outputs whose signal is below atol: the verdict rests on the rule relative to the signal; say so."""
     blind = [o for o in result.outputs if o.elementwise_blind]

@@ -605,7 +605,13 @@ def assert_parity(request: pytest.FixtureRequest) -> Callable[..., ParityResult]
         result = compare(exp, obt, tol, expected_name=exp_name, obtained_name=obt_name,
                          output_names=names, softmax=softmax)
         if not result:
-            raise AssertionError(result.format_failure())
+            text = result.format_failure()
+            if dep is not None and isinstance(expected, str) and isinstance(obtained, str) and inputs is None:
+                from .checks import parity_diagnosis  # (the seeded inputs: the generated item's diagnosis)
+
+                found = parity_diagnosis(dep, expected, obtained, result)
+                text = f"{found}\n\n{text}" if found else text
+            raise AssertionError(text)
         return result
 
     return check
