@@ -7,7 +7,6 @@ deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from .cache import slug
 from .compare import Tolerance, compare, compare_arrays
-from .errors import CvdnnError, StageSkipped
+from .errors import CvdnnError, StageSkipped, unrecognised
 from .deployment import Deployment
 from .spec import InputSpec
 
@@ -68,7 +67,7 @@ def check_convert(dep: Deployment) -> CheckResult:
         return CheckResult(f"{how}: {format_label(dep.settings.format)} -> {conv.onnx_path}"
                            + (f" ({rewritten} constants stored as tensor_content for OpenCV's importer)"
                               if rewritten else ""), data)
-    warnings = [w for w in conv.meta.get("warnings") or [] if isinstance(w, str)]
+    warnings = conv.warnings
     data["tf2onnx_warnings"] = warnings
     return CheckResult(
         f"{how}: opset {dep.settings.opset}, layout {dep.settings.layout} -> {conv.onnx_path}"
@@ -157,24 +156,15 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
 
 
 def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
-    """What decides the remedy search's outcome: the model, the options, the inputs, the tools and the OpenCV
-    that loads the variants (this one's build, or a pinned ``opencv==X`` target); a warm run replays it instead
-    of loading eight variants again.  None (not remembered) for a target that is a Python interpreter: its
-    OpenCV can change behind the same path."""
-    from .cache import sha256_bytes
-    from .convert import tool_versions
+    """What decides the remedy search's outcome (:func:`~pytest_cvdnn.diagnose.search_key`): the model and the
+    options besides; a warm run replays it instead of loading eight variants again."""
+    from .diagnose import search_key
 
     if not dep.has_keras or not dep.can_convert:
         return None
-    target = dep.settings.target
-    if target is not None and not target.startswith("opencv=="):
-        return None
-    where = target or dep.opencv_build
     options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
     version = "v4-all" if exhaustive else "v4"  # (v2: batch checked, v3: stops at the first, v4: op types)
-    text = "|".join([version, dep.model_hash, repr(options), dep.inputs_hash(dep.inputs), where,
-                     json.dumps(tool_versions(), sort_keys=True)])
-    return sha256_bytes(text.encode())[:40]
+    return search_key(dep, version, dep.model_hash, repr(options))
 
 
 def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
@@ -202,7 +192,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     working = [r for r in remedies if r["outcome"] == "works"]
     working.sort(key=lambda r: r["layout"] != dep.settings.layout)  # keep the user's layout if possible
     message, fix = exc.message, exc.fix
-    warned = [w for w in (dep.conversion.meta.get("warnings") or [])[:2] if isinstance(w, str)]
+    warned = dep.conversion.warnings[:2]
     if warned and not dep.settings.onnx:  # (the optimizer left part of the graph as it was)
         message += f"; tf2onnx warned while converting it: {'; '.join(warned)}"
     if fixed is not None:
@@ -641,10 +631,7 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     if not result:
         if dep.settings.format != "onnx":
             raise _artifact_parity_failure(dep, result, data)
-        blame = _BLAME[(expected, obtained)]
-        where, extra = _localise(dep, expected, obtained, data)
-        if where:
-            blame = where
+        blame, extra = _blamed(dep, expected, obtained, data)
         raise CheckFailed(
             f"{blame} beyond {result.tolerance} "
             f"(max abs error {result.max_abs:.3g}, max|Δ|/max|ref| {result.max_signal_rel:.3g}, "
@@ -661,18 +648,23 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
 def parity_diagnosis(dep: Deployment, expected: str, obtained: str, result: Any) -> str:
     """For a project's ``assert_parity(runner, runner)`` that fails: the blame, the first divergent node and the
     repro folder, as the generated parity item gives them ("" where there is nothing to add)."""
-    blame = _BLAME.get((expected, obtained))
-    if blame is None or dep.settings.format != "onnx":
+    if (expected, obtained) not in _BLAME or dep.settings.format != "onnx":
         return ""
     data = result.as_dict()
     try:
-        where, extra = _localise(dep, expected, obtained, data)
+        text, extra = _blamed(dep, expected, obtained, data)
     except Exception as exc:  # noqa: BLE001 - a diagnosis is a bonus: the statistics stand without it
-        return f"{blame} (not localised: {type(exc).__name__}: {exc})"
-    text = where or blame
+        return f"{_BLAME[(expected, obtained)]} (not localised: {type(exc).__name__}: {exc})"
     if data.get("first_divergent_text"):
         text += f"; {data['first_divergent_text']}"
     return text + (f"\n{extra}" if extra else "")
+
+
+def _blamed(dep: Deployment, expected: str, obtained: str, data: dict[str, Any]) -> tuple[str, str]:
+    """(who is to blame, extra text): the pair's blame, or where localisation puts it (it adds the first divergent
+    node to ``data``)."""
+    where, extra = _localise(dep, expected, obtained, data)
+    return where or _BLAME[(expected, obtained)], extra
 
 
 def _blind_note(result: Any) -> str:
@@ -957,13 +949,6 @@ def run_check(dep: Deployment, name: str) -> tuple[CheckResult, float]:
     except (CvdnnError, StageSkipped, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - said with the model and the check, traceback kept
-        import traceback
-
-        first = " ".join(str(exc).split())[:300]
-        raise CvdnnError(
-            f"{dep.label}: the {name} check failed with an error the plugin does not recognise "
-            f"({type(exc).__name__}: {first})",
-            fix="check the model file and the options; if they are right, report this as a pytest-cvdnn bug with "
-            "the traceback below", details="".join(traceback.format_exception(exc))[-4000:]) from exc
+        raise unrecognised(f"{dep.label}: the {name} check", exc) from exc
     return result, time.perf_counter() - start
 

@@ -69,6 +69,11 @@ class Conversion:
     seconds: float
     where: str = ""  # "in the TensorFlow helper process" when it was made there
 
+    @property
+    def warnings(self) -> list[str]:
+        """What tf2onnx warned while converting (none for a provided file or an older cache entry)."""
+        return [w for w in self.meta.get("warnings") or [] if isinstance(w, str)]
+
 
 def conversion_key(model_hash: str, opts: ConversionOptions, artifact: str = "onnx") -> str:
     versions = tool_versions()

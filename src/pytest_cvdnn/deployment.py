@@ -21,7 +21,7 @@ import numpy as np
 from .cache import Cache, sha256_bytes, slug
 from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
-from .errors import CvdnnError, StageSkipped
+from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
 from .settings import ModelSettings
@@ -63,14 +63,8 @@ class Deployment:
             except (CvdnnError, StageSkipped) as exc:
                 self._stages[name] = (False, exc)
             except Exception as exc:  # noqa: BLE001 - turned into a message naming the file and the stage
-                import traceback
-
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-                self._stages[name] = (False, CvdnnError(
-                    f"{self.settings.model}: the {_STAGE_LABELS.get(name, name)} stage failed with an error the "
-                    f"plugin does not recognise ({type(exc).__name__}: {first})",
-                    fix="check the model file and the options; if they are right, report this as a pytest-cvdnn bug "
-                    "with the traceback below", details="".join(traceback.format_exception(exc))[-4000:]))
+                self._stages[name] = (False, unrecognised(
+                    f"{self.settings.model}: the {_STAGE_LABELS.get(name, name)} stage", exc))
             self.timings[name] = time.perf_counter() - start
         ok, value = self._stages[name]
         if not ok:

@@ -149,6 +149,22 @@ def _local_version() -> str:
 
 
 # -- remedy search -------------------------------------------------------------------------------------
+def search_key(dep: "Deployment", *parts: str) -> str | None:
+    """The cache key of a search on ``dep``'s target: ``parts`` (what is searched), the inputs, the tools and
+    the OpenCV that judges it (this one's build, or a pinned ``opencv==X`` target).  None (not remembered) for a
+    target that is a Python interpreter: its OpenCV can change behind the same path."""
+    from .cache import sha256_bytes
+    from .convert import tool_versions
+
+    target = dep.settings.target
+    if target is not None and not target.startswith("opencv=="):
+        return None
+    text = "|".join([*parts, dep.inputs_hash(dep.inputs), target or dep.opencv_build,
+                     json.dumps(tool_versions(), sort_keys=True)])
+    return sha256_bytes(text.encode())[:40]
+
+
+
 REMEDY_OPSETS = (17, 13, 11, 10)
 REMEDY_LAYOUTS = ("nchw", "nhwc")
 

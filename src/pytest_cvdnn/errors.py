@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CvdnnError", "StageSkipped"]
+__all__ = ["CvdnnError", "StageSkipped", "unrecognised"]
 
 
 class CvdnnError(Exception):
@@ -31,3 +31,14 @@ class CvdnnError(Exception):
 
 class StageSkipped(Exception):
     """A stage cannot run because a stage it depends on failed (or is not applicable)."""
+
+
+def unrecognised(what: str, exc: BaseException) -> CvdnnError:
+    """An exception the plugin did not foresee, as one paragraph: ``what`` ("m.keras: the convert stage") "failed
+    with an error the plugin does not recognise", its type and first line, the traceback in the details."""
+    import traceback
+
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return CvdnnError(f"{what} failed with an error the plugin does not recognise ({type(exc).__name__}: {first})",
+                      fix="check the model file and the options; if they are right, report this as a pytest-cvdnn "
+                      "bug with the traceback below", details="".join(traceback.format_exception(exc))[-4000:])

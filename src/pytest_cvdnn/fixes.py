@@ -11,7 +11,6 @@ deployment's tolerance, one sample at a time and on the whole check batch.  cv2.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,19 +46,14 @@ class OnnxRemedy:
 
 
 def _key(dep: "Deployment") -> str | None:
-    """What decides the search: the graph, the target's OpenCV, the engine, inputs, tolerance, tools and the
-    rewrites themselves (their module's source)."""
+    """What decides the search (:func:`~pytest_cvdnn.diagnose.search_key`): the graph, the engine, the tolerance,
+    the reference, and the rewrites themselves (their module's source)."""
     from . import rewrites
-    from .cache import sha256_bytes, sha256_file
-    from .convert import tool_versions
+    from .cache import sha256_file
+    from .diagnose import search_key
 
-    target = dep.settings.target
-    if target is not None and not target.startswith("opencv=="):
-        return None  # a Python interpreter: its OpenCV can change behind the same path
-    text = "|".join([dep.onnx_digest, target or dep.opencv_build, dep.settings.engine, dep.inputs_hash(dep.inputs),
-                     repr(dep.settings.tolerance), str(dep.has_keras), json.dumps(tool_versions(), sort_keys=True),
-                     sha256_file(Path(rewrites.__file__))])
-    return sha256_bytes(text.encode())[:40]
+    return search_key(dep, dep.onnx_digest, dep.settings.engine, repr(dep.settings.tolerance), str(dep.has_keras),
+                      sha256_file(Path(rewrites.__file__)))
 
 
 def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
@@ -87,9 +81,9 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     results = []
     with tempfile.TemporaryDirectory(prefix="cvdnn-fix-") as tmp:
         for n, candidate in enumerate(candidates(model)):
-            result = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
+            result, fixed = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
             if result.works:
-                _write(dep, folder, candidate, apply(model, candidate)[0])
+                _write(dep, folder, candidate, fixed)
                 result = _moved(result, folder)
             results.append(result)
             if result.works:
@@ -114,8 +108,9 @@ def _write(dep: "Deployment", folder: Path, candidate: Any, model: Any) -> None:
     (folder / "fix.py").write_text(fix_script(candidate, str(dep.onnx_path)))
 
 
-def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> OnnxRemedy:
-    """One candidate, written to ``path`` and checked: onnxruntime equivalence, then the target's cv2.dnn."""
+def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[OnnxRemedy, Any]:
+    """One candidate, written to ``path`` and checked: onnxruntime equivalence, then the target's cv2.dnn; with
+    the rewritten model (None where it cannot be made)."""
     import onnx
 
     from .rewrites import apply
@@ -124,24 +119,27 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> OnnxRem
         fixed, nodes = apply(model, candidate)
         onnx.save(fixed, str(path))
     except ValueError as exc:
-        return OnnxRemedy(candidate.label, "cannot apply", str(exc))
+        return OnnxRemedy(candidate.label, "cannot apply", str(exc)), None
     changed = tuple(n for n in nodes if n)
     feeds = dep.to_onnx_inputs(dep.inputs)
     problem = _equivalent(dep, path, feeds)
     if problem:
-        return OnnxRemedy(candidate.label, "not equivalent", problem, changed)
-    return _on_target(dep, candidate.label, path, feeds, changed)
+        return OnnxRemedy(candidate.label, "not equivalent", problem, changed), fixed
+    return _on_target(dep, candidate.label, path, feeds, changed), fixed
 
 
 def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> str | None:
     """Why onnxruntime computes something else on the rewritten graph (None: the same, within EQUIVALENCE)."""
+    from .deployment import _stacked
     from .runners.onnxruntime import OrtRunner
 
     try:
-        original = _per_sample(OrtRunner(dep.onnx_path, outputs=dep.output_names), feeds, dep.fixed_batch_of_one)
-        rewritten = _per_sample(OrtRunner(path, outputs=dep.output_names), feeds, dep.fixed_batch_of_one)
-    except CvdnnError as exc:
-        return f"onnxruntime cannot run it: {exc.message[:200]}"
+        original = dep.run("onnxruntime")  # (cached: the outputs the parity items compare)
+        runner = OrtRunner(path, outputs=dep.output_names)
+        rewritten = (_stacked([runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))])
+                     if dep.fixed_batch_of_one else runner.infer(feeds))
+    except (CvdnnError, StageSkipped) as exc:
+        return f"onnxruntime cannot run it: {str(exc)[:200]}"
     for name, a, b in zip(dep.output_names, original, rewritten, strict=True):
         if a.shape != b.shape:
             return f"output {name!r} has the shape {b.shape}, the original {a.shape}"
@@ -152,17 +150,11 @@ def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> s
     return None
 
 
-def _per_sample(runner: Any, feeds: Sequence[np.ndarray], one: bool) -> list[np.ndarray]:
-    if not one:
-        return runner.infer(feeds)
-    rows = [runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
-    return [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))]
-
-
 def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.ndarray],
                nodes: tuple[str, ...]) -> OnnxRemedy:
     """The target's cv2.dnn, in a child: load, each sample alone, then the whole batch, against the reference."""
     from .compare import align_outputs, compare
+    from .deployment import _stacked
     from .runners.cv2dnn import opencv_error_line
     from .runners.isolated import ChildError, ChildRun
 
@@ -190,7 +182,7 @@ def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.nda
     except (CvdnnError, StageSkipped) as exc:
         return OnnxRemedy(label, "parity failed", f"no {reference_name} reference: {exc}"[:300], nodes)
     shapes = [r.shape for r in reference]
-    checks = [("one sample at a time", [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))])]
+    checks = [("one sample at a time", _stacked(rows))]
     if whole is not None:
         checks.append((f"a batch of {count}", whole))
     worst = 0.0

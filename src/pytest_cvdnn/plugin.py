@@ -208,7 +208,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # pytest collects the models from their paths; `pytest --cvdnn-model=M` alone runs only M's checks.  The
     # paths as the user spelled them: a models/ folder that is a symbolic link (DVC, LFS, shared storage) keeps
     # its node ids (resolved, they fell outside the rootdir: "::convert") and is collected once
-    state.spelled = {p: _as_spelled(p, models, config) for p in state.entries}
+    state.spelled = {p: next((e.source.given for e in es if e.source.given), p) for p, es in state.entries.items()}
     paths = [str(p) for p in state.spelled.values()]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
 
@@ -381,20 +381,6 @@ def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
         return state.deployment(replace(settings, target=target, format=fmt, engine=engine or settings.engine))
 
     return deployment
-
-
-def _as_spelled(resolved: Path, models: list[str], config: pytest.Config) -> Path:
-    """The absolute, unresolved path of a configured model that resolves to ``resolved`` (else ``resolved``)."""
-    for text in models:
-        raw = Path(os.path.expanduser(text))
-        for base in (config.invocation_params.dir, config.rootpath):
-            spelled = Path(os.path.abspath(raw if raw.is_absolute() else base / raw))
-            try:
-                if spelled.exists() and spelled.resolve() == resolved:
-                    return spelled
-            except OSError:
-                continue
-    return resolved
 
 
 def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:

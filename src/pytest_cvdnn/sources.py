@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ class ModelSource:
     kind: str  # keras | h5 | savedmodel | onnx | tflite | factory
     path: Path | None = None
     factory: str | None = None
+    given: Path | None = field(default=None, compare=False)  # the path as spelled (absolute, links not resolved)
 
     @property
     def label(self) -> str:
@@ -296,7 +297,7 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
     if candidate.exists():
         if candidate.is_dir():
             if (candidate / "saved_model.pb").is_file():
-                return ModelSource(raw, "savedmodel", candidate.resolve())
+                return ModelSource(raw, "savedmodel", candidate.resolve(), given=Path(os.path.abspath(candidate)))
             raise CvdnnError(
                 f"{candidate} is a folder but not a TensorFlow SavedModel (no saved_model.pb in it)",
                 fix="pass a .keras/.h5/.onnx file, or the SavedModel folder itself",
@@ -304,7 +305,7 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
         suffix = candidate.suffix.lower()
         kinds = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx", ".tflite": "tflite"}
         if suffix in kinds:
-            return ModelSource(raw, kinds[suffix], candidate.resolve())
+            return ModelSource(raw, kinds[suffix], candidate.resolve(), given=Path(os.path.abspath(candidate)))
         if candidate.name == "saved_model.pb":
             raise CvdnnError(
                 f"{candidate} is a SavedModel's graph file, not a model on its own (and not a frozen graph: "
