@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["base_model", "STRUCTURAL", "structural_mutants", "byte_mutants", "write_mutants"]
+__all__ = ["base_model", "external", "STRUCTURAL", "structural_mutants", "byte_mutants", "write_mutants"]
 
 
 def base_model(seed: int = 0) -> Any:
@@ -86,14 +86,15 @@ def _weights(model: Any, shape: tuple[int, ...]) -> None:
     old.CopyFrom(numpy_helper.from_array(np.ones(shape, np.float32), "conv_w"))
 
 
-def _external(model: Any, offset: int) -> None:
+def external(model: Any, offset: int, location: str = "weights.bin") -> None:
+    """The 80 bytes of ``fc_w`` stored in ``location`` at ``offset`` instead of inside the model."""
     from onnx import TensorProto
 
     w = next(i for i in model.graph.initializer if i.name == "fc_w")
     w.ClearField("raw_data")
     w.ClearField("float_data")
     w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", "80")):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", "80")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
 
@@ -138,8 +139,8 @@ STRUCTURAL: dict[str, Callable[[Any], None]] = {
     "weights_raw_data_short": _raw_short,
     "input_dtype_undefined": lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 0),
     "input_dtype_string": lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 8),
-    "external_offset_huge": lambda m: _external(m, 2**62),
-    "external_offset_negative": lambda m: _external(m, -80),
+    "external_offset_huge": lambda m: external(m, 2**62),
+    "external_offset_negative": lambda m: external(m, -80),
     "missing_initializer": lambda m: _node(m, "fc").input.__setitem__(1, "nowhere"),
     "output_not_produced": lambda m: setattr(m.graph.output[0], "name", "ghost"),
     "graph_cycle": _cycle,

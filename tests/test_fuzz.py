@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from onnx_mutants import base_model, byte_mutants, structural_mutants, write_mutants  # noqa: E402
+from onnx_mutants import base_model, byte_mutants, external, structural_mutants, write_mutants  # noqa: E402
 
 BYTE_MUTANTS = int(os.environ.get("CVDNN_FUZZ_BYTES", "120"))
 
@@ -53,19 +53,12 @@ def _digests(folder: Path) -> dict[str, str]:
 def _outside_refs(outside: Path) -> dict[str, bytes]:
     """Mutants whose external data lies outside their folder: a relative path up, and an absolute one."""
     import numpy as np
-    from onnx import TensorProto
 
     (outside / "weights.bin").write_bytes(np.ones(20, np.float32).tobytes())
     out = {}
     for name, location in (("external_up", "../outside/weights.bin"), ("external_absolute", str(outside / "weights.bin"))):
         model = base_model()
-        w = next(i for i in model.graph.initializer if i.name == "fc_w")
-        w.ClearField("raw_data")
-        w.ClearField("float_data")
-        w.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", "0"), ("length", "80")):
-            entry = w.external_data.add()
-            entry.key, entry.value = key, value
+        external(model, 0, location)
         out[name] = model.SerializeToString()
     return out
 
