@@ -382,11 +382,12 @@ def compare_arrays(
     o = _as_float64(obtained)
     finite = np.isfinite(e) & np.isfinite(o)
     all_finite = bool(finite.all())
-    diff = np.subtract(e, o) if all_finite else np.zeros(e.shape)
     if all_finite:
+        diff = np.subtract(e, o)
         np.abs(diff, out=diff)
         nonfinite, odd = 0, None
     else:
+        diff = np.zeros(e.shape)
         same_nonfinite = ~finite & ((e == o) | (np.isnan(e) & np.isnan(o)))  # (a finite side is never equal)
         odd = ~finite & ~same_nonfinite
         nonfinite = int(np.count_nonzero(odd))
