@@ -206,7 +206,9 @@ def write_mutants(folder: Path, mutants: dict[str, bytes]) -> list[Path]:
 def importer_limits_model(kind: str, seed: int = 0) -> Any:
     """A small model with one construct OpenCV 4.5.5's importer rejects though ONNX allows it: ``slice``
     (constant Slice axes [0, 2, 3, 1], as tf2onnx writes an NHWC Cropping2D), ``squeeze`` (Squeeze axes as an
-    input, opset 13) or ``kernel`` (a Conv without kernel_shape).  Dynamic batch N, 1x3x8x8 samples."""
+    input, opset 13), ``kernel`` (a Conv without kernel_shape), ``flatten`` (Keras Flatten's shape computed
+    by Shape -> Gather -> Slice -> Concat at run time, as in VGG16) or ``clip`` (ReLU6-like Clip, bounds as
+    inputs).  Dynamic batch N, 1x3x8x8 samples."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -219,6 +221,22 @@ def importer_limits_model(kind: str, seed: int = 0) -> Any:
                   (("starts", [0, 1, 1, 0]), ("ends", [2**62, 7, 7, 2**62]), ("axes", [0, 2, 3, 1]))]
         nodes.append(helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["y"], name="crop"))
         out = ["N", 4, 6, 6]
+    elif kind == "flatten":  # tf2onnx's Keras Flatten after NCHW input: the NHWC shape gathered at run time
+        inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                  (("perm", [0, 2, 3, 1]), ("zero", [0]), ("one", [1]))]
+        inits.append(numpy_helper.from_array(np.array([256], np.int32), "rest"))
+        nodes += [helper.make_node("Transpose", ["c"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+                  helper.make_node("Shape", ["c"], ["s"], name="shape"),
+                  helper.make_node("Gather", ["s", "perm"], ["g"], name="gather"),
+                  helper.make_node("Cast", ["g"], ["g32"], name="to_int32", to=TensorProto.INT32),
+                  helper.make_node("Slice", ["g32", "zero", "one", "zero"], ["n"], name="batch"),
+                  helper.make_node("Concat", ["n", "rest"], ["shape32"], name="target", axis=0),
+                  helper.make_node("Cast", ["shape32"], ["shape64"], name="to_int64", to=TensorProto.INT64),
+                  helper.make_node("Reshape", ["t", "shape64"], ["y"], name="flatten")]
+        out = ["N", 256]
+    elif kind == "clip":  # Keras ReLU6 at opset >= 11: the bounds are inputs
+        inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 0.5))]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6"))
     elif kind == "squeeze":
         inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "sq_axes"))
         nodes += [helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[2, 3], keepdims=1),

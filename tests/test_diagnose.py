@@ -246,3 +246,132 @@ def _ship_this_one_runs_as_printed(message: str, keras_path: Path) -> None:
         net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if "inputs_as_nchw" in code else x)
         got = net.forward()
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=1e-3)
+
+
+CONVERSION_FACTORIES = """
+def cumsum():  # tf2onnx converts CumSum from opset 11: at opset 10 it leaves the TensorFlow node
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8,))
+    x = keras.layers.Dense(8, name="dense")(inp)
+    return keras.Model(inp, keras.layers.Lambda(lambda t: tf.math.cumsum(t, axis=1), name="running")(x))
+
+
+def convnext_like(advised=False):  # ConvNeXt's blocks: a grouped Conv2D and exact gelu (tf2onnx: neither)
+    import math
+
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12, 12, 8))
+    if advised:  # what the Fix says
+        x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(inp)
+        x = keras.layers.Dense(8, name="pointwise")(x)
+        x = keras.layers.Lambda(lambda t: 0.5 * t * (1.0 + tf.math.erf(t / math.sqrt(2.0))), name="gelu")(x)
+    else:
+        x = keras.layers.Conv2D(8, 3, groups=8, padding="same", name="depthwise")(inp)
+        x = keras.layers.Dense(8, name="pointwise")(x)
+        x = keras.layers.Activation("gelu", name="gelu")(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="pool")(x))
+
+
+def advised():
+    return convnext_like(advised=True)
+
+
+def lgamma():  # no opset has an ONNX Lgamma
+    import keras
+    import tensorflow as tf
+
+    inp = keras.Input((8,))
+    x = keras.layers.Dense(8, name="dense")(inp)
+    return keras.Model(inp, keras.layers.Lambda(lambda t: tf.math.lgamma(t), name="gamma")(x))
+"""
+
+
+def test_conversion_failure_searches_the_opsets_and_ships_the_one_that_works(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Issue 15, item 4: an invalid converted graph (a TensorFlow-only node) gets the opset search; the advice
+    is what the search verified, and a hand-made conversion at that opset agrees (tf2onnx + cv2.dnn, no plugin)."""
+    pytester.makepyfile(factories=CONVERSION_FACTORIES)
+    run = run_cvdnn("--cvdnn-model=factories:cumsum", "--cvdnn-opset=10", "-k", "convert", cache=tmp_path / "c")
+    convert = run.checks()["convert"]
+    assert convert["outcome"] == "failed"
+    assert "node 'functional_1/running_1/Cumsum' has op type 'Cumsum'" in convert["message"]
+    assert "remedy: --cvdnn-opset=17 --cvdnn-layout=nchw converts it, and the result loads and matches Keras" in \
+        convert["message"]
+    assert "Fix: convert at opset 17" in convert["message"] and "try another --cvdnn-opset" not in convert["message"]
+    assert [(r["opset"], r["outcome"]) for r in convert["data"]["remedies"]] == [(17, "works")]
+    diagnosis = run.report["models"][0]["diagnosis"]
+    assert diagnosis["failing_stage"] == "convert" and diagnosis["op_type"] == "Cumsum"
+    assert diagnosis["keras_layer"] == "running" and diagnosis["remedies"][0]["outcome"] == "works"
+    # the advice, taken: the gate passes
+    advised = run_cvdnn("--cvdnn-model=factories:cumsum", "--cvdnn-opset=17", cache=tmp_path / "c")
+    assert advised.ret == 0, advised.text
+    # by hand: tf2onnx at opsets 10 and 17 and onnx.checker in one process (TensorFlow), cv2.dnn in this one
+    script = tmp_path / "hand.py"
+    script.write_text(f"""
+import sys; sys.path.insert(0, {str(pytester.path)!r})
+import numpy as np, onnx, tensorflow as tf, tf2onnx
+from factories import cumsum
+model = cumsum()
+x = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)
+np.save({str(tmp_path / "x.npy")!r}, x)
+np.save({str(tmp_path / "y.npy")!r}, model(x).numpy())
+for opset in (10, 17):
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=(tf.TensorSpec((None, 8), tf.float32),), opset=opset)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception:
+        print(opset, "invalid"); continue
+    onnx.save(proto, {str(tmp_path)!r} + f"/{{opset}}.onnx")
+    print(opset, "valid")
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split("\n")[:2] == ["10 invalid", "17 valid"], out.stdout + out.stderr
+    import cv2
+
+    net = cv2.dnn.readNetFromONNX(str(tmp_path / "17.onnx"))
+    net.setInput(np.load(tmp_path / "x.npy"))
+    assert np.abs(net.forward() - np.load(tmp_path / "y.npy")).max() < 1e-5
+
+
+def test_conversion_failure_at_every_opset_names_the_layer_and_how_to_change_it(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(factories=CONVERSION_FACTORIES)
+    run = run_cvdnn("--cvdnn-model=factories:lgamma", "-k", "convert", cache=tmp_path / "c")
+    convert = run.checks()["convert"]
+    assert convert["outcome"] == "failed"
+    assert "no opset tried (17, 13, 11, 10; tf2onnx.convert.from_keras and from_function each) converts it" in \
+        convert["message"]
+    assert ("Fix: change the Keras layer 'gamma' (Lambda): rewrite its function without the TensorFlow op 'Lgamma'"
+            in convert["message"])
+    assert "try another --cvdnn-opset" not in convert["message"]
+    assert [(r["opset"], r["outcome"], r["op_type"]) for r in convert["data"]["remedies"]] == [
+        (17, "convert failed", "Lgamma"), (11, "convert failed", "Lgamma"), (10, "convert failed", "Lgamma")]
+    assert "No variant converts: opset 17 NCHW, 11 NCHW, 10 NCHW stop at Lgamma" in run.text
+    # remembered: a warm run says the same without TensorFlow
+    warm = run_cvdnn("--cvdnn-model=factories:lgamma", "-k", "convert", cache=tmp_path / "c")
+    assert warm.checks()["convert"]["message"] == convert["message"]
+    assert warm.checks()["convert"]["data"]["remedies"] == convert["data"]["remedies"]
+
+
+def test_conversion_failure_of_convnext_blocks_names_each_layer_and_the_change_that_converts(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """ConvNeXtTiny does not convert (FIELD.md): its grouped Conv2D leaves a StatefulPartitionedCall and its exact
+    gelu an Erfc.  The verdict names both op types with their layers and says what to change; the model changed
+    that way passes the whole gate."""
+    pytester.makepyfile(factories=CONVERSION_FACTORIES)
+    run = run_cvdnn("--cvdnn-model=factories:convnext_like", "-k", "convert", cache=tmp_path / "c")
+    message = run.checks()["convert"]["message"]
+    assert "op types: Erfc in layer 'gelu', StatefulPartitionedCall in layer 'depthwise'" in message
+    assert "change the Keras layer 'depthwise' (Conv2D): a Conv2D with groups > 1" in message
+    assert "keras.layers.DepthwiseConv2D" in message
+    assert "change the Keras layer 'gelu' (Activation): Keras 3's exact gelu computes erfc" in message
+    assert "0.5 * x * (1 + erf(x / sqrt(2)))" in message
+    fixed = run_cvdnn("--cvdnn-model=factories:advised", cache=tmp_path / "c")
+    assert fixed.ret == 0, fixed.text
+    assert fixed.checks()["parity[keras-cv2dnn]"]["outcome"] == "passed"

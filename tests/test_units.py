@@ -829,7 +829,8 @@ def test_inputs_that_would_not_fit_in_memory_are_refused_before_allocation() -> 
 
 @pytest.mark.parametrize("kind, rewrite, node", [("slice", "sort-slice-axes", "crop"),
                                                  ("squeeze", "squeeze-as-reshape", "squeeze"),
-                                                 ("kernel", "conv-kernel-shape", "conv")])
+                                                 ("kernel", "conv-kernel-shape", "conv"),
+                                                 ("clip", "clip-as-hardsigmoid", "relu6")])
 def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(kind: str, rewrite: str, node: str,
                                                                                  tmp_path: Path) -> None:
     """Issue 15: a rewrite changes only its node, onnxruntime computes the same on both graphs (at batch 1 and
@@ -863,6 +864,73 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
         assert a.shape == b.shape and np.array_equal(a, b)
     (tmp_path / "fix").mkdir()
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
+    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
+
+
+def test_clip_as_hardsigmoid_is_clip_for_any_finite_bounds_and_leaves_other_clips(tmp_path: Path) -> None:
+    """(hi - lo) * HardSigmoid(x) + lo against onnxruntime's Clip, on values around, between and far beyond the
+    bounds: within float32 rounding of the output (a Relu(x - lo) - Relu(x - hi) form was off by an ulp of x,
+    5e-4 at x = 1e4); a Clip whose bounds are not constants, or lo >= hi, is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_cvdnn.rewrites import clip_as_hardsigmoid, drop_unused_initializers
+
+    x = np.concatenate([np.linspace(-50, 50, 1001), [-1e4, 1e4, -2.0, 3.0, 0.0]]).astype(np.float32)[None]
+    for lo, hi in ((0.0, 6.0), (-2.0, 3.0), (1.5, 1.75), (-1.0, 0.0)):
+        bounds = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", lo), ("hi", hi))]
+        graph = helper.make_graph([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, x.shape[1]])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, x.shape[1]])], bounds)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(model)
+        assert clip_as_hardsigmoid(fixed) == ["clip"] and "Clip" not in {n.op_type for n in fixed.graph.node}
+        drop_unused_initializers(fixed)
+        onnx.checker.check_model(fixed)
+        a, b = (ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (model, fixed))
+        assert np.abs(a - b).max() <= 4 * np.spacing(np.float32(max(abs(lo), abs(hi)))), (lo, hi)
+        assert not any(t.name in ("lo", "hi") for t in fixed.graph.initializer)  # (replaced, and dropped)
+    reversed_bounds = onnx.ModelProto()
+    reversed_bounds.CopyFrom(model)
+    reversed_bounds.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "lo"))
+    assert clip_as_hardsigmoid(reversed_bounds) == []  # (lo = hi = 0)
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    del dynamic.graph.initializer[:]
+    dynamic.graph.input.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in ("lo", "hi")])
+    assert clip_as_hardsigmoid(dynamic) == []
+
+
+def test_onnxslim_folds_a_run_time_flatten_and_its_script_makes_the_same_file(tmp_path: Path) -> None:
+    """The simplifier candidate: Keras Flatten's Shape -> Gather chain (VGG16, OpenCV 4.5.5 rejects its Gather)
+    becomes a constant; onnxruntime computes the same at batch 1 and 3; fix.py writes the very same file."""
+    import subprocess
+    import sys
+
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from onnx_mutants import importer_limits_model
+    from pytest_cvdnn.rewrites import Candidate, apply, candidates, fix_script
+
+    model = importer_limits_model("flatten")
+    assert [c.label for c in candidates(model)][0] == "onnxslim"
+    fixed, changed = apply(model, Candidate((), simplified=True))
+    assert {"shape", "gather"} <= set(changed)
+    assert not {"Shape", "Gather"} & {n.op_type for n in fixed.graph.node}
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # (the batch stays dynamic)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    onnx.save(fixed, str(tmp_path / "ours.onnx"))
+    x = np.random.default_rng(1).random((3, 3, 8, 8), dtype=np.float32)
+    for batch in (x[:1], x):
+        a, b = (ort.InferenceSession(str(tmp_path / f)).run(None, {"x": batch})[0] for f in ("model.onnx", "ours.onnx"))
+        assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
+    (tmp_path / "fix").mkdir()
+    (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((), simplified=True), str(tmp_path / "model.onnx")))
     subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
 

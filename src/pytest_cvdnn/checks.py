@@ -7,6 +7,7 @@ deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,13 @@ def _shape(a: Any) -> str:
 
 # -- convert / load ------------------------------------------------------------------------
 def check_convert(dep: Deployment) -> CheckResult:
-    conv = dep.conversion
+    try:
+        conv = dep.conversion
+    except CvdnnError as exc:
+        failure = _convert_failure(dep, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     data = {"onnx": str(conv.onnx_path), "cached": conv.cached, "seconds": conv.seconds}
     if dep.source.is_onnx:
         return CheckResult(f"ONNX model {conv.onnx_path.name} is valid (onnx.checker + onnxruntime); no conversion", data)
@@ -74,6 +81,45 @@ def check_convert(dep: Deployment) -> CheckResult:
         + (f"; tf2onnx warned: {'; '.join(warnings[:3])} (the graph may keep ops its optimizer meant to remove: a "
            "load failure on such a node can be tf2onnx's, see the load item)" if warnings else ""), data
     )
+
+
+def _convert_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed | None:
+    """A Keras model tf2onnx cannot convert (an exception, or an invalid graph with TensorFlow-only nodes; the
+    other conversion path is tried by convert.py): the other opsets are searched (--cvdnn-fix: both layouts),
+    each converted, loaded and compared like a load remedy; when none converts, the Keras layer to change and how.
+    None: nothing to search (an ONNX file, a bundle replay, another format)."""
+    if not (dep.has_keras and dep.can_convert and dep.settings.format == "onnx" and not dep.settings.onnx):
+        return None
+    if not (exc.message.startswith("tf2onnx failed") or "the converted graph" in exc.message):
+        return None  # (the model's inputs, a factory, the file: not what another opset changes)
+    from .diagnose import conversion_help, no_fix_summary
+
+    op_type = next(iter(re.findall(r"has op type '([^']+)'", exc.message)), None)
+    layer = next(iter(re.findall(r"comes from the Keras layer '([^']+)'", exc.message)), None)
+    blocked = [(op_type, layer)] + [(kind, where) for kind, where in re.findall(r"(\w+) in layer '([^']+)'",
+                                                                               exc.message) if kind != op_type]
+    started = time.perf_counter()
+    text, remedies = _remedies(dep, None, None, dep.settings.fix, converting=True)
+    data = {"stage": "convert", "node": exc.node, "op_type": op_type, "keras_layer": layer, "remedies": remedies,
+            "remedy_seconds": round(time.perf_counter() - started, 3)}
+    message, fix = exc.message, exc.fix
+    converted = [r for r in remedies if r["outcome"] != "convert failed"]
+    working = [r for r in converted if r["outcome"] == "works"]
+    tried = sorted({dep.settings.opset, *(r["opset"] for r in remedies)}, reverse=True)
+    if working:
+        best = working[0]
+        message += (f"; remedy: --cvdnn-opset={best['opset']} --cvdnn-layout={best['layout']} converts it, "
+                    "and the result loads and matches Keras here")
+        fix = f"convert at opset {best['opset']} (--cvdnn-opset={best['opset']} --cvdnn-layout={best['layout']})"
+    elif converted:
+        message += f"; {no_fix_summary(converted, None, None)}"
+        fix = (f"opset(s) {', '.join(str(r['opset']) for r in converted)} convert it, but none of them loads and "
+               "matches here (see the search below): " + conversion_help(dep.keras_meta, blocked))
+    elif remedies:
+        message += (f"; no opset tried ({', '.join(map(str, tried))}; tf2onnx.convert.from_keras and "
+                    "from_function each) converts it")
+        fix = conversion_help(dep.keras_meta, blocked)
+    return CheckFailed(message, fix=fix, details="\n\n".join(x for x in (exc.details, text) if x), data=data)
 
 
 def check_load(dep: Deployment) -> CheckResult:
@@ -135,11 +181,12 @@ def _node_info(dep: Deployment, node: str | None) -> dict[str, Any]:
 
 
 def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = None,
-              exhaustive: bool = False) -> tuple[str, list[dict[str, Any]]]:
-    """The Keras-level search (remembered): until a variant works, or all of them with ``exhaustive``."""
+              exhaustive: bool = False, converting: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The Keras-level search (remembered): until a variant works, or all of them with ``exhaustive``;
+    ``converting``: for a conversion failure (the other opsets first, the other layout only with ``exhaustive``)."""
     from .diagnose import Remedy, format_remedies, remedy_search
 
-    key = _remedy_key(dep, exhaustive)
+    key = _remedy_key(dep, exhaustive, "convert" if converting else "")
     found = dep.cache.get_json("remedies", f"{key}.json") if key else None
     try:  # (a damaged entry is searched again)
         remedies = [Remedy(int(r["opset"]), str(r["layout"]), str(r["outcome"]), str(r["detail"]), r.get("op_type"),
@@ -147,7 +194,7 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
     except (TypeError, KeyError, ValueError):
         found = None
     if found is None:
-        remedies = remedy_search(dep, dep.variant, blocking_op, exhaustive)
+        remedies = remedy_search(dep, dep.variant, blocking_op, exhaustive, converting)
         if key:
             dep.cache.put_json({"remedies": [r.as_dict() for r in remedies]}, "remedies", f"{key}.json")
     if not remedies:
@@ -155,7 +202,7 @@ def _remedies(dep: Deployment, blocking: str | None, blocking_op: str | None = N
     return format_remedies(dep, remedies, blocking, blocking_op), [r.as_dict() for r in remedies]
 
 
-def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
+def _remedy_key(dep: Deployment, exhaustive: bool = False, kind: str = "") -> str | None:
     """What decides the remedy search's outcome (:func:`~pytest_cvdnn.diagnose.search_key`): the model and the
     options besides; a warm run replays it instead of loading eight variants again."""
     from .diagnose import search_key
@@ -164,7 +211,7 @@ def _remedy_key(dep: Deployment, exhaustive: bool = False) -> str | None:
         return None
     options = dep.settings.key()[1:]  # (the model's path is not what it is: its hash is)
     version = "v4-all" if exhaustive else "v4"  # (v2: batch checked, v3: stops at the first, v4: op types)
-    return search_key(dep, version, dep.model_hash, repr(options))
+    return search_key(dep, version + kind, dep.model_hash, repr(options), converting=kind == "convert")
 
 
 def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:

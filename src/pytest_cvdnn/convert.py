@@ -48,6 +48,7 @@ def _tool_versions() -> dict[str, str]:
         "onnxruntime": _version("onnxruntime"),
         "opencv": _version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
         "numpy": _version("numpy"),
+        "onnxslim": _version("onnxslim"),
     }
 
 

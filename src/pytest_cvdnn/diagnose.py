@@ -149,20 +149,33 @@ def _local_version() -> str:
 
 
 # -- remedy search -------------------------------------------------------------------------------------
-def search_key(dep: "Deployment", *parts: str) -> str | None:
+def search_key(dep: "Deployment", *parts: str, converting: bool = False) -> str | None:
     """The cache key of a search on ``dep``'s target: ``parts`` (what is searched), the inputs, the tools and
     the OpenCV that judges it (this one's build, or a pinned ``opencv==X`` target).  None (not remembered) for a
-    target that is a Python interpreter: its OpenCV can change behind the same path."""
+    target that is a Python interpreter: its OpenCV can change behind the same path.  ``converting``: the
+    model did not convert, so there are no inputs yet; what makes them (the options, and the files of
+    ``--cvdnn-inputs``) stands for them."""
     from .cache import sha256_bytes
     from .convert import tool_versions
 
     target = dep.settings.target
     if target is not None and not target.startswith("opencv=="):
         return None
-    text = "|".join([*parts, dep.inputs_hash(dep.inputs), target or dep.opencv_build,
-                     json.dumps(tool_versions(), sort_keys=True)])
+    inputs = _folder_digest(dep.settings.inputs, dep.rootdir) if converting else dep.inputs_hash(dep.inputs)
+    text = "|".join([*parts, inputs, target or dep.opencv_build, json.dumps(tool_versions(), sort_keys=True)])
     return sha256_bytes(text.encode())[:40]
 
+
+
+def _folder_digest(folder: str | None, rootdir: Path) -> str:
+    """The digest of a folder's files (names and contents); "" for none."""
+    from .cache import sha256_bytes
+
+    if not folder:
+        return ""
+    root = (rootdir / folder).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return sha256_bytes(b"".join(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() for p in files))
 
 
 REMEDY_OPSETS = (17, 13, 11, 10)
@@ -197,11 +210,12 @@ def no_fix_summary(remedies: Sequence[dict[str, Any]], op_type: str | None, bloc
     then), else the variant that gets furthest and what stops it."""
     if blocking and remedies and all(r["outcome"] == "load failed" and r.get("op_type") == op_type for r in remedies):
         return blocking
-    if remedies and all(r["outcome"] == "load failed" for r in remedies):
-        ops: dict[str, list[str]] = {}
-        for r in remedies:
-            ops.setdefault(r.get("op_type") or "an unnamed node", []).append(f"{r['opset']} {r['layout'].upper()}")
-        return "no variant loads: " + "; ".join(f"opset {', '.join(v)} stop at {op}" for op, v in ops.items())
+    for stage, verb in (("load failed", "loads"), ("convert failed", "converts")):
+        if remedies and all(r["outcome"] == stage for r in remedies):
+            ops: dict[str, list[str]] = {}
+            for r in remedies:
+                ops.setdefault(r.get("op_type") or "an unnamed node", []).append(f"{r['opset']} {r['layout'].upper()}")
+            return f"no variant {verb}: " + "; ".join(f"opset {', '.join(v)} stop at {op}" for op, v in ops.items())
     best = max(remedies, key=lambda r: _PROGRESS.get(r["outcome"], 0))
     return (f"no variant works; the one that gets furthest, opset {best['opset']} {best['layout'].upper()}, "
             f"{best['outcome']}" + (f": {best['detail'][:200]}" if best.get("detail") else ""))
@@ -212,23 +226,30 @@ def no_fix_summary(remedies: Sequence[dict[str, Any]], op_type: str | None, bloc
 KNOWN_MAX_OPSET = {"Squeeze": 11, "Unsqueeze": 11, "Clip": 10}
 
 
-def remedy_order(dep: "Deployment", blocking_op: str | None) -> list[tuple[int, str]]:
+def remedy_order(dep: "Deployment", blocking_op: str | None, converting: bool = False,
+                 exhaustive: bool = True) -> list[tuple[int, str]]:
     """The variants in the order worth trying: the opsets known to take the blocking op type first (the highest
-    first), the deployment's own layout before the other."""
+    first), the deployment's own layout before the other.  ``converting`` (a conversion failure): the other
+    opsets in the deployment's layout first (the opset decides what tf2onnx can convert; the layout only moves
+    transposes), the other layout only when ``exhaustive``."""
     layouts = sorted(REMEDY_LAYOUTS, key=lambda lay: lay != dep.settings.layout)
+    if converting:
+        mine = [(opset, dep.settings.layout) for opset in REMEDY_OPSETS if opset != dep.settings.opset]
+        return mine + [(dep.settings.opset, dep.settings.layout)] * exhaustive + (
+            [(opset, layouts[1]) for opset in REMEDY_OPSETS] if exhaustive else [])
     order = [(opset, layout) for opset in REMEDY_OPSETS for layout in layouts]
     limit = KNOWN_MAX_OPSET.get(blocking_op or "")
     return sorted(order, key=lambda v: limit is not None and v[0] > limit) if limit else order
 
 
 def remedy_search(dep: "Deployment", make: Any, blocking_op: str | None = None,
-                  exhaustive: bool = False) -> list[Remedy]:
+                  exhaustive: bool = False, converting: bool = False) -> list[Remedy]:
     """Try the other opsets and layouts (``make(settings)`` returns the Deployment of a variant), in
     :func:`remedy_order`, until one works; every one with ``exhaustive`` (--cvdnn-fix)."""
     if not dep.has_keras or not dep.can_convert:
         return []
     found = []
-    for opset, layout in remedy_order(dep, blocking_op):
+    for opset, layout in remedy_order(dep, blocking_op, converting, exhaustive):
         spec = dep.settings.spec
         variant = make(replace(dep.settings, opset=opset, layout=layout, onnx=None,
                                spec=replace(spec, layout=layout) if spec is not None else None))
@@ -242,7 +263,11 @@ def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
     try:
         variant.require("conversion")
     except StageSkipped as exc:
-        return Remedy(opset, layout, "convert failed", str(exc).split(": ", 1)[-1][:200])
+        text = str(exc).split(": ", 1)[-1].split(". Fix: ")[0]
+        op_type = re.search(r"has op type '([^']+)'", text)
+        layer = re.search(r"comes from the Keras layer '([^']+)'", text)
+        return Remedy(opset, layout, "convert failed", text[:200], op_type.group(1) if op_type else None,
+                      layer.group(1) if layer else None)
     try:
         variant.require("cv2net")
     except StageSkipped as exc:
@@ -282,8 +307,54 @@ def format_remedies(dep: "Deployment", remedies: Sequence[Remedy], blocking: str
         code = tf2onnx_code(dep.keras_meta, ConversionOptions(best.opset, best.layout, dep.spec.size))
         lines.append(f"Ship this one: --cvdnn-opset={best.opset} --cvdnn-layout={best.layout}, i.e. {code}")
     elif remedies:
-        lines.append(f"No variant works: {no_fix_summary([r.as_dict() for r in remedies], blocking_op, blocking)}")
+        summary = no_fix_summary([r.as_dict() for r in remedies], blocking_op, blocking)
+        lines.append(summary[0].upper() + summary[1:] if summary.startswith("no variant") else
+                     f"No variant works: {summary}")
     return "\n".join(lines)
+
+
+#: what tf2onnx leaves unconverted in common Keras 3 layers (op type, layer class or None: any) → the change
+#: that converts, each verified on a small model (tests/test_diagnose.py)
+CONVERSION_FIXES = {
+    ("StatefulPartitionedCall", "Conv2D"): (
+        "a Conv2D with groups > 1 calls a function tf2onnx does not inline (ConvNeXt's depthwise_conv): use "
+        "keras.layers.DepthwiseConv2D where groups equals the input channels, else one Conv2D per group and "
+        "Concatenate"),
+    ("Erfc", None): (
+        "Keras 3's exact gelu computes erfc, which tf2onnx does not convert: compute the same function as "
+        "0.5 * x * (1 + erf(x / sqrt(2))) (ONNX Erf; e.g. a Lambda with tf.math.erf), or use "
+        "keras.activations.gelu(x, approximate=True) (the tanh form, not bit-identical)"),
+}
+
+
+def conversion_help(keras_meta: dict[str, Any], blocked: Sequence[tuple[str | None, str | None]]) -> str:
+    """How to change the Keras layers that tf2onnx cannot convert at any opset tried: ``blocked`` is (op type,
+    layer) per invalid op type."""
+    classes = {x.get("name"): x.get("class") for x in keras_meta.get("layers", [])}
+    advice = []
+    for op_type, layer in blocked:
+        kind = classes.get(layer)
+        known = CONVERSION_FIXES.get((op_type or "", kind)) or CONVERSION_FIXES.get((op_type or "", None))
+        op = f"the TensorFlow op {op_type!r}" if op_type else "what it computes"
+        if layer is None:
+            how = known or ("replace the custom or unsupported layer that makes it (tf2onnx's error above names the "
+                            "op; a node's name carries its layer's scope) with standard Keras layers, or compute "
+                            "that part outside the network on cv2.dnn's output")
+            advice.append(f"{op_type}: {how}" if op_type else how)
+            continue
+        if known:
+            how = known
+        elif kind == "Lambda":
+            how = (f"rewrite its function without {op} (tf2onnx converts the TensorFlow ops listed in its "
+                   "support_status.md), or compute it outside the network on cv2.dnn's output")
+        elif op_type == "StatefulPartitionedCall":
+            how = ("tf2onnx left the function it calls un-inlined: build it from standard Keras layers, or write "
+                   "its call() with standard ops")
+        else:
+            how = (f"build it from standard Keras layers whose ops tf2onnx converts (no runtime here implements "
+                   f"{op}), or compute it outside the network on cv2.dnn's output")
+        advice.append(f"change the Keras layer {layer!r}" + (f" ({kind})" if kind else "") + f": {how}")
+    return "; ".join(advice)
 
 
 def blocking_text(node: str | None, op_type: str | None, layer: str | None) -> str | None:

@@ -238,7 +238,11 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = 
     if bad:
         node = bad[0]
         layer = keras_layer_for(node.name, layer_names)
-        kinds = sorted({n.op_type for n in bad})
+        firsts: dict[str, Any] = {}
+        for n in bad:
+            firsts.setdefault(n.op_type, n)
+        kinds = [kind + (f" in layer {found!r}" if (found := keras_layer_for(first.name, layer_names)) else "")
+                 for kind, first in sorted(firsts.items())]
         others = (f" ({len(bad) - 1} more invalid node(s); op types: {', '.join(kinds)})" if len(bad) > 1 else "")
         raise CvdnnError(
             f"{what} is invalid: node {node.name!r} has op type {node.op_type!r}, "

@@ -15,7 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Candidate", "REWRITES", "candidates", "apply", "fix_script"]
+__all__ = ["Candidate", "REWRITES", "candidates", "apply", "fix_script", "simplify"]
 
 
 def sort_slice_axes(model: Any) -> list[str]:
@@ -105,11 +105,58 @@ def squeeze_as_reshape(model: Any) -> list[str]:
     return changed
 
 
+def clip_as_hardsigmoid(model: Any) -> list[str]:
+    """Clip with constant bounds as inputs (opset >= 11; Keras ReLU6 in MobileNetV2) → (hi - lo) *
+    HardSigmoid(x; alpha=1/(hi - lo), beta=-lo/(hi - lo)) + lo, the same for finite lo < hi within float32
+    rounding of the output (OpenCV 4.5 reads Clip bounds only as opset-10 attributes: "node_proto.input_size()
+    == 1"; it imports HardSigmoid).  The Add is left out for lo = 0."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes, changed = [], []
+    for node in model.graph.node:
+        bounds = [inits.get(name) for name in node.input[1:3]]
+        if (node.op_type != "Clip" or len(node.input) != 3 or any(b is None or b.size != 1 for b in bounds)
+                or not np.isfinite(np.asarray(bounds, np.float64)).all() or not float(bounds[0]) < float(bounds[1])):
+            nodes.append(node)
+            continue
+        lo, hi = (float(np.asarray(b).reshape(())) for b in bounds)
+        dtype = np.asarray(bounds[0]).dtype
+        tag = node.name or node.output[0]
+        scale = f"{tag}__range"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(hi - lo, dtype), scale))
+        made = [helper.make_node("HardSigmoid", [node.input[0]], [f"{tag}__unit"], name=f"{tag}__hardsigmoid",
+                                 alpha=1.0 / (hi - lo), beta=-lo / (hi - lo))]
+        if lo == 0.0:
+            made.append(helper.make_node("Mul", [f"{tag}__unit", scale], [node.output[0]], name=node.name))
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(np.array(lo, dtype), f"{tag}__lo"))
+            made += [helper.make_node("Mul", [f"{tag}__unit", scale], [f"{tag}__scaled"], name=f"{tag}__scale"),
+                     helper.make_node("Add", [f"{tag}__scaled", f"{tag}__lo"], [node.output[0]], name=node.name)]
+        nodes += made
+        changed.append(node.name)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed
+
+
+def drop_unused_initializers(model: Any) -> None:
+    """Remove the constants no node reads any more (the rewrites replace some; onnxruntime warns of each)."""
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    if len(kept) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+
+
 #: targeted rewrites of known importer limits, in the order they are tried
 REWRITES: dict[str, Callable[[Any], list[str]]] = {
     "sort-slice-axes": sort_slice_axes,
     "conv-kernel-shape": conv_kernel_shape,
     "squeeze-as-reshape": squeeze_as_reshape,
+    "clip-as-hardsigmoid": clip_as_hardsigmoid,
 }
 
 #: opsets ``onnx.version_converter`` is asked for (OpenCV 4.5 reads Squeeze/ReduceMean axes and Clip bounds as
@@ -117,16 +164,29 @@ REWRITES: dict[str, Callable[[Any], list[str]]] = {
 CONVERT_OPSETS = (13, 11, 10)
 
 
+def simplify(model: Any) -> Any:
+    """onnxslim's graph simplification: constant folding (Flatten's Shape -> Gather -> Concat chain that
+    OpenCV 4.5 cannot import becomes a constant), dead-node removal, fusions; inputs and outputs keep their
+    names and dynamic dimensions.  Chosen over onnxsim: pure Python (a 250 KB wheel whose dependencies
+    onnxruntime and onnx already bring), where onnxsim is a 10 MB compiled extension built against one onnx."""
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """Rewrites applied in order; ``opset``: convert to it first (None: keep the model's)."""
+    """Rewrites applied in order; ``opset``: convert to it first (None: keep the model's); ``simplified``:
+    onnxslim before the rewrites."""
 
     rewrites: tuple[str, ...]
     opset: int | None = None
+    simplified: bool = False
 
     @property
     def label(self) -> str:
-        parts = ([f"convert to opset {self.opset}"] if self.opset is not None else []) + list(self.rewrites)
+        parts = ([f"convert to opset {self.opset}"] if self.opset is not None else [])
+        parts += ["onnxslim"] * self.simplified + list(self.rewrites)
         return " + ".join(parts) or "no change"
 
 
@@ -145,11 +205,20 @@ def candidates(model: Any) -> list[Candidate]:
             found.append(Candidate((name,)))
     if len(applies) > 1:
         found.append(Candidate(tuple(applies)))
+    if _simplifier():
+        found.append(Candidate(tuple(applies), simplified=True))
     current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     for opset in CONVERT_OPSETS:
         if opset != current:
             found.append(Candidate(tuple(applies), opset))
     return found
+
+
+def _simplifier() -> bool:
+    """Is onnxslim installed (a dependency; a missing one only removes its candidates)?"""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxslim") is not None
 
 
 def apply(model: Any, candidate: Candidate) -> tuple[Any, list[str]]:
@@ -167,8 +236,18 @@ def apply(model: Any, candidate: Candidate) -> tuple[Any, list[str]]:
             raise ValueError(f"onnx.version_converter cannot convert it to opset {candidate.opset}: "
                              f"{' '.join(str(exc).split())[:200]}") from None
         changed.append(f"(every node: opset {candidate.opset})")
+    if candidate.simplified:
+        before = [n.name for n in result.graph.node]
+        try:
+            result = simplify(result)
+        except Exception as exc:  # noqa: BLE001 - onnxslim raises what its passes raise
+            raise ValueError(f"onnxslim cannot simplify it: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+        kept = {n.name for n in result.graph.node}
+        changed += [name for name in before if name not in kept]  # (folded or fused away)
     for name in candidate.rewrites:
         changed += REWRITES[name](result)
+    drop_unused_initializers(result)
     return result, changed
 
 
@@ -177,15 +256,18 @@ def fix_script(candidate: Candidate, source: str) -> str:
     fixed.onnx next to itself: the rewrite functions' own source, then the calls."""
     parts = ['"""Applies the ONNX rewrite pytest-cvdnn verified: python fix.py [model.onnx] -> fixed.onnx here."""',
              "import sys", "from pathlib import Path", "from typing import Any", "", "import onnx", "", ""]
-    for name in candidate.rewrites:
-        parts += [inspect.getsource(REWRITES[name]).rstrip(), "", ""]
+    for name in ("simplify",) * candidate.simplified + candidate.rewrites:
+        parts += [inspect.getsource(REWRITES.get(name, simplify)).rstrip(), "", ""]
+    parts += [inspect.getsource(drop_unused_initializers).rstrip(), "", ""]
     parts += [f"source = sys.argv[1] if len(sys.argv) > 1 else {source!r}",
               "model = onnx.load(source)"]
     if candidate.opset is not None:
         parts += ["from onnx import version_converter", "",
                   f"model = version_converter.convert_version(model, {candidate.opset})"]
+    if candidate.simplified:
+        parts += ["model = simplify(model)"]
     parts += [f"{REWRITES[name].__name__}(model)" for name in candidate.rewrites]
-    parts += ["onnx.checker.check_model(model)",
+    parts += ["drop_unused_initializers(model)", "onnx.checker.check_model(model)",
               'onnx.save(model, str(Path(__file__).with_name("fixed.onnx")))',
               'print("wrote", Path(__file__).with_name("fixed.onnx"))', ""]
     return "\n".join(parts)
