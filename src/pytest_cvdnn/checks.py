@@ -480,6 +480,8 @@ def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
         if (spec.layout, spec.size, spec.n_channels) != (expected.layout, expected.size, expected.n_channels):
             return False, None
         blob = pp.to_nhwc(spec.blob(photos), spec.layout)
+        if spec is declared:
+            dep.exhibits[f"preprocessing:{n}"] = (blob, ref)
         stats = compare_arrays(ref, blob, arithmetic, name="blob")
         pixels = pp.pixel_error(blob, keras_resized, expected)
         return stats.ok and pixels <= pp.pixel_limit(expected), (stats, pixels)

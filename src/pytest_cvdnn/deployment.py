@@ -52,6 +52,7 @@ class Deployment:
         self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
         self._outputs: dict[tuple[Any, ...], list[np.ndarray]] = {}  # runner outputs by inputs (runners are pure)
         self.upcoming: set[str] = set()  # checks this session will run (the plugin sets it): work can start early
+        self.exhibits: dict[str, Any] = {}  # the arrays a check compared, by check (figures.py draws them)
 
     # -- stage machinery ----------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -1010,6 +1011,8 @@ class Deployment:
             exp, obt, self.settings.tolerance, expected_name=expected, obtained_name=obtained,
             output_names=names, softmax=softmax,
         )
+        if inputs is None and not whole_batch:  # (references: the arrays are the run cache's)
+            self.exhibits[f"parity[{expected}-{obtained}]"] = (exp, obt, names)
         return replace(result, notes=result.notes + tuple(notes)) if notes else result
 
     def variant(self, settings: ModelSettings) -> "Deployment":

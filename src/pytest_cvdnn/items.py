@@ -34,6 +34,22 @@ class ModelEntry:
     checks: tuple["ItemSpec", ...]
 
 
+def figures_wanted(config: pytest.Config) -> bool:
+    """Are pictures of the evidence wanted: an HTML report (--cvdnn-html or its ini key), or pytest-html?"""
+    return bool(config.getoption("cvdnn_html", None) or config.getini("cvdnn_html")
+                or config.pluginmanager.hasplugin("html"))
+
+
+def _figures(dep: "Deployment", check: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"figures": [...]}`` for the item's record; a figure that cannot be made is said, never a failure."""
+    from .figures import for_check
+
+    try:
+        return {"figures": for_check(dep, check, data)}
+    except Exception as exc:  # noqa: BLE001 - pictures are a bonus: the verdict stands without them
+        return {"figures": [], "figures_error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 class _ChecksMixin:
     entry: ModelEntry
 
@@ -112,6 +128,8 @@ class CheckItem(pytest.Item):
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
         dep = self.entry.deployment(self.target, self.fmt, self.engine)
+        if outcome != "skipped" and figures_wanted(self.config):
+            data = {**data, **_figures(dep, self.check, data)}
         payload = {
             "model": self.entry.settings.model,
             "check": self.name,

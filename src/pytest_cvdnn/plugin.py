@@ -36,6 +36,7 @@ class CvdnnState:
     rootdir: Path
     report_path: Path | None
     restrict: bool
+    html_path: Path | None = None
     deployments: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)  # cv2.dnn engines checked besides base.engine
@@ -72,6 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="check this already-converted ONNX (the artifact you ship) against the Keras model "
                     "instead of converting")
     group.addoption("--cvdnn-report", default=None, metavar="FILE.json", help="write a JSON report")
+    group.addoption("--cvdnn-html", default=None, metavar="FILE.html",
+                    help="write one self-contained HTML report with pictures of the evidence (ini: cvdnn_html)")
     group.addoption("--cvdnn-fix", action="store_true", default=False,
                     help="always search for a remedy (other opsets/layouts) and report what loads and matches")
     group.addoption("--cvdnn-repro", default=None, metavar="DIR",
@@ -89,6 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("cvdnn_targets", "extra OpenCV targets (one per line, as --cvdnn-target)", type="linelist",
                   default=[])
     parser.addini("cvdnn_models", "models to check in every run (one per line)", type="linelist", default=[])
+    parser.addini("cvdnn_html", "write this HTML report (same as --cvdnn-html)", default=None)
     for opt in OPTIONS:
         group.addoption(opt.flag, dest=f"cvdnn_{opt.dest}", type=opt.parse, default=None,
                         metavar=opt.metavar, help=opt.help)
@@ -190,11 +194,14 @@ def pytest_configure(config: pytest.Config) -> None:
         except Exception as exc:  # argparse.ArgumentTypeError
             raise pytest.UsageError(f"ini option cvdnn_targets is invalid: {exc}") from None
     report = config.getoption("cvdnn_report")
+    html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
     restrict = bool(cli_models) and config.args_source != pytest.Config.ArgsSource.ARGS
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
         targets=targets, engines=list(values["engine"][1:]),
+        html_path=(config.rootpath / html if not Path(html).is_absolute() and not config.getoption("cvdnn_html")
+                   else Path(html)) if html else None,
     )
     state = config.stash[STATE]
     _validate_engines(list(values["engine"]), models)
@@ -496,6 +503,10 @@ class ResultsPlugin:
     def pytest_sessionfinish(self) -> None:
         if not self.is_worker and self.state.report_path is not None:
             self.state.results.write_json(self.state.report_path)
+        if not self.is_worker and self.state.html_path is not None:
+            from .html_report import write_html
+
+            write_html(self.state.html_path, self.state.results.as_json())
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -602,3 +613,31 @@ def assert_parity(request: pytest.FixtureRequest) -> Callable[..., ParityResult]
 
     return check
 
+
+
+# -- pytest-html: each check item's row carries its pictures and diagnosis ---------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if call.when == "call" and item.config.pluginmanager.hasplugin("html"):
+        record = next((json.loads(v) for k, v in item.user_properties if k == RECORD_KEY), None)
+        if record is not None:
+            report.extras = [*getattr(report, "extras", []), *_html_extras(record)]
+    return report
+
+
+def _html_extras(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """pytest-html's documented extras (its ``extras.html``/``extras.png`` dicts): the item's part of the
+    --cvdnn-html page, then each picture on its own (pytest-html shows those as thumbnails)."""
+    from .html_report import item_fragment
+
+    try:
+        from pytest_html import extras
+    except ImportError:  # (another plugin registered as "html")
+        return []
+    check = {k: record.get(k) for k in ("outcome", "message", "seconds", "data")}
+    found = [extras.html(item_fragment(record["check"], check))]
+    for fig in (record.get("data") or {}).get("figures") or []:
+        if fig.get("kind") == "heatmap":
+            found.append(extras.png(fig["png"], fig.get("title", "heatmap")))
+    return found

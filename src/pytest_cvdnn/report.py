@@ -69,7 +69,8 @@ class Results:
                          for t, cell in by_target.items()]
                 lines.append("  targets  " + " | ".join(cells))
             spec_check = checks.get("input_spec") or {}
-            if spec_check.get("outcome") == "passed":  # the code to ship, without -rA: what the gate verified
+            wrong = (checks.get("preprocessing") or {}).get("outcome") == "failed"  # (its Fix has the right code)
+            if spec_check.get("outcome") == "passed" and not wrong:  # the code to ship, without -rA: what was verified
                 data = spec_check.get("data") or {}
                 for entry in data.get("inputs", [data]):  # (one input: its data; several: one entry each)
                     for k, line in enumerate(str(entry.get("code") or "").splitlines()):
@@ -120,12 +121,20 @@ class Results:
         return {"schema": SCHEMA_VERSION, "tool": "pytest-cvdnn", "models": models}
 
     def write_json(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.as_json(), fh, indent=2, default=str)
-        os.replace(tmp, path)
+        publish(Path(path), json.dumps(self.as_json(), indent=2, default=str))
+
+
+def publish(path: Path, text: str) -> None:
+    """Write a report atomically (a reader never sees half a file) with the umask's mode, not mkstemp's 0600: a
+    report is for others to read (CI artifacts, a web server)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
 
 
 _STAGE_ORDER = ("convert", "ops", "load", "input_spec", "preprocessing", "output_spec", "parity", "batch",
