@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,74 @@ def test_example_tests_including_the_densenet121_seed_case(shared_cache: Path) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test_densenet121_seed_case PASSED" in proc.stdout
     assert "3 passed" in proc.stdout
+
+
+def test_ci_recipe_commands_run_as_written(shared_cache: Path, tmp_path: Path) -> None:
+    """examples/ci/cvdnn-gate.yml: every ``run:`` command, with each OpenCV of its matrix, in a project laid out as
+    it assumes (models/classifier.keras); the gate passes and leaves the three reports its artifact step uploads,
+    and the cache step's folder is the one the gate fills."""
+    import re
+    import shlex
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    workflow = (ROOT / "examples" / "ci" / "cvdnn-gate.yml").read_text()
+    versions = re.findall(r'"([\d.]+)"', re.search(r"opencv: \[([^\]]*)\]", workflow).group(1))
+    commands = re.findall(r"^\s+run: (.+)$", workflow, re.M)
+    assert versions and len(commands) == 2
+    install, gate = commands
+    assert "pytest-cvdnn[keras]" in install and "pytest-html" in install  # (installed here by the test extras)
+    cache_folder = re.search(r"path: (\S+)\n\s+key: cvdnn-", workflow).group(1)
+    assert f"--cvdnn-cache-dir={cache_folder}" in gate
+    for path in re.findall(r"path: (reports/)", workflow):
+        assert f"={path}" in gate
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    shutil.copyfile(ROOT / "examples" / "tiny_cnn.keras", project / "models" / "classifier.keras")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    for version in versions:
+        shutil.copytree(shared_cache, project / cache_folder, dirs_exist_ok=True)  # (the restored cache)
+        argv = shlex.split(gate.replace("${{ matrix.opencv }}", version))
+        assert argv[:3] == ["python", "-m", "pytest"]
+        proc = subprocess.run([sys.executable, *argv[1:], "-p", "no:randomly"], cwd=project, capture_output=True,
+                              text=True, timeout=1200, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        reports = project / "reports"
+        junit = ET.parse(reports / "junit.xml").getroot()
+        assert int(junit.find("testsuite").get("tests")) >= 10
+        assert f"opencv-{version}" in (reports / "cvdnn.html").read_text()
+        assert json.loads((reports / "cvdnn.json").read_text())["models"][0]["model"] == "models/classifier.keras"
+
+
+def test_readme_toml_has_every_ini_key_and_runs_as_a_projects_pyproject(pytester: pytest.Pytester,
+                                                                         shared_cache: Path) -> None:
+    """README "Options and ini keys": the TOML block names every ini key the plugin registers, and as a project's
+    pyproject.toml (with the folders it names) the gate runs on its model and target and passes."""
+    import re
+    import shutil
+    import tomllib
+
+    import cv2
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Options and ini keys"):readme.index("## Tolerances and statistics")]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    keys = set(tomllib.loads(block)["tool"]["pytest"]["ini_options"])
+    registered = {name for name in pytester.parseconfig()._parser._inidict if name.startswith("cvdnn_")}
+    assert keys == registered
+    pytester.path.joinpath("pyproject.toml").write_text(block.replace(
+        'cvdnn_cache_dir = ".cvdnn-cache"', f'cvdnn_cache_dir = "{shared_cache}"'))
+    (pytester.path / "models").mkdir()
+    shutil.copyfile(ROOT / "examples" / "tiny_cnn.keras", pytester.path / "models" / "classifier.keras")
+    from skimage import data as photos
+
+    for folder in ("data/samples", "data/photos"):
+        (pytester.path / folder).mkdir(parents=True)
+        for name in ("astronaut", "chelsea"):
+            cv2.imwrite(str(pytester.path / folder / f"{name}.png"), getattr(photos, name)()[..., ::-1])
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=900)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    text = result.stdout.str()
+    assert "models/classifier.keras" in text and "opencv-4.8.1: OK" in text
+    page = (pytester.path / "reports" / "cvdnn.html").read_text()
+    assert "models/classifier.keras" in page and "data/samples" in page  # (the inputs it names)
