@@ -36,10 +36,10 @@ class ModelEntry:
 
 def figures_wanted(config: pytest.Config) -> bool:
     """Are pictures of the evidence wanted: an HTML report (--cvdnn-html or its ini key), or pytest-html?"""
-    return bool(config.getoption("cvdnn_html", None) or config.getini("cvdnn_html") or pytest_html_report(config))
+    return bool(config.getoption("cvdnn_html", None) or config.getini("cvdnn_html") or html_plugin_writes(config))
 
 
-def pytest_html_report(config: pytest.Config) -> bool:
+def html_plugin_writes(config: pytest.Config) -> bool:
     """Does pytest-html write a report in this session (installed is not enough: ``--html`` asks for it)?"""
     return config.pluginmanager.hasplugin("html") and bool(config.getoption("htmlpath", None))
 

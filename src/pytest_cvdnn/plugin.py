@@ -19,7 +19,7 @@ import pytest
 from .cache import Cache, default_user_cache
 from .compare import ParityResult, Tolerance, compare
 from .errors import CvdnnError
-from .items import RECORD_KEY, CheckItem, ModelDirectory, ModelEntry, ModelFile, pytest_html_report
+from .items import RECORD_KEY, CheckItem, ModelDirectory, ModelEntry, ModelFile, html_plugin_writes
 from .report import Results
 from .settings import OPTIONS, ModelSettings, parse_target
 
@@ -619,7 +619,7 @@ def assert_parity(request: pytest.FixtureRequest) -> Callable[..., ParityResult]
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.when == "call" and pytest_html_report(item.config):
+    if call.when == "call" and html_plugin_writes(item.config):
         record = next((json.loads(v) for k, v in item.user_properties if k == RECORD_KEY), None)
         if record is not None:
             report.extras = [*getattr(report, "extras", []), *_html_extras(record)]
