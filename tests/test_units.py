@@ -1032,3 +1032,37 @@ def test_a_node_is_said_to_block_every_variant_only_when_it_does() -> None:
     further = [r(13, "load failed", "Clip"), r(10, "parity failed", None, "a batch of 4: max abs error 1")]
     assert no_fix_summary(further, "Clip", blocking) == ("no variant works; the one that gets furthest, opset 10 "
                                                          "NCHW, parity failed: a batch of 4: max abs error 1")
+
+
+def test_rewrites_skip_tensors_of_unknown_rank_and_one_failing_rewrite_does_not_stop_the_others() -> None:
+    """The zoo's UpSampling2D model: shape inference leaves a Squeeze input without a shape; squeeze-as-reshape
+    took its rank for 0 and divided by it (ZeroDivisionError), which ended the whole ONNX search, onnxslim
+    included.  Now that node is left alone; and a rewrite that raises on a graph is skipped, not fatal."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_cvdnn import rewrites
+
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+             helper.make_node("Squeeze", ["r", "axes"], ["y"], name="squeeze")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                                           helper.make_tensor_value_info("s", TensorProto.INT64, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    assert rewrites.squeeze_as_reshape(copy) == [] and copy == model
+
+    def broken(m: object) -> list[str]:
+        raise ZeroDivisionError("integer modulo by zero")
+
+    original = dict(rewrites.REWRITES)
+    try:
+        rewrites.REWRITES.clear()
+        rewrites.REWRITES.update({"broken": broken, **original})
+        labels = [c.label for c in rewrites.candidates(model)]
+    finally:
+        rewrites.REWRITES.clear()
+        rewrites.REWRITES.update(original)
+    assert "broken" not in " ".join(labels) and "onnxslim" in labels

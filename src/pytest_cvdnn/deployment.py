@@ -161,8 +161,9 @@ class Deployment:
         if found is not None and isinstance(found.get("message"), str):
             # the same words as the first time (the TensorFlow helper's failure, remembered, is the verdict of this
             # very session); where it comes from is in the details
-            note = ("remembered from an earlier attempt on the same file and tools (no TensorFlow was needed to "
-                    "report it); --cache-clear or a changed file tries again")
+            note = ("remembered from an earlier attempt on the same file and tools (this session's TensorFlow helper, "
+                    "or an earlier run; no TensorFlow was needed here to report it); --cache-clear or a changed file "
+                    "tries again")
             raise CvdnnError(found["message"], fix=found.get("fix"), node=found.get("node"),
                              details=note + (f"\n\n{found['details']}" if found.get("details") else ""))
         try:

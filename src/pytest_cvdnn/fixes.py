@@ -120,6 +120,8 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[O
         onnx.save(fixed, str(path))
     except ValueError as exc:
         return OnnxRemedy(candidate.label, "cannot apply", str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - a rewrite that fails on this graph: the next candidate is tried
+        return OnnxRemedy(candidate.label, "cannot apply", f"{type(exc).__name__}: {exc}"[:300]), None
     changed = tuple(n for n in nodes if n)
     feeds = dep.to_onnx_inputs(dep.inputs)
     problem = _equivalent(dep, path, feeds)

@@ -72,8 +72,9 @@ def squeeze_as_reshape(model: Any) -> list[str]:
     inferred = shape_inference.infer_shapes(model)
     shapes = {}
     for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if info.type.tensor_type.HasField("shape"):  # (no shape: the rank is unknown, not 0)
+            dims = info.type.tensor_type.shape.dim
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     changed = []
     for node in model.graph.node:
         if node.op_type not in ("Squeeze", "Unsqueeze") or len(node.input) != 2 or node.input[1] not in inits:
@@ -83,6 +84,8 @@ def squeeze_as_reshape(model: Any) -> list[str]:
             continue
         axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
         rank = len(shape) + (len(axes) if node.op_type == "Unsqueeze" else 0)
+        if rank == 0 or any(not -rank <= a < rank for a in axes):
+            continue
         axes = sorted(a % rank for a in axes)
         if node.op_type == "Squeeze":
             if any(shape[a] != 1 for a in axes):
@@ -200,7 +203,11 @@ def candidates(model: Any) -> list[Candidate]:
     for name, rewrite in REWRITES.items():
         trial = onnx.ModelProto()
         trial.CopyFrom(model)
-        if rewrite(trial):
+        try:
+            changed = rewrite(trial)
+        except Exception:  # noqa: BLE001 - a rewrite that cannot read this graph does not apply to it; the
+            continue  # others (and the simplifier) are still tried
+        if changed:
             applies.append(name)
             found.append(Candidate((name,)))
     if len(applies) > 1:
