@@ -280,3 +280,21 @@ def test_relative_error_statistics_leave_out_non_finite_values_and_zero_referenc
     assert s.max_abs == pytest.approx(0.5) and s.median_abs == pytest.approx(0.0)
     same = compare_arrays(np.zeros(3, np.float32), np.zeros(3, np.float32))
     assert same.max_rel == 0.0 and same.mismatches == 0 and same.cosine == 1.0
+
+
+def test_input_insensitive_outputs_are_named_so_a_pass_that_shows_little_says_so() -> None:
+    """The zoo's untrained MobileNetV2 gives 0.001 for every class on every input: a graph that ignores its input
+    matches it as well as the right one.  Such outputs are named (spread over the samples within the tolerance);
+    an output the inputs move is not; one sample says nothing either way."""
+    from pytest_cvdnn.compare import Tolerance, input_insensitive
+
+    tol = Tolerance(atol=1e-4, rtol=1e-3)
+    flat = np.full((4, 1000), 0.001, np.float32)
+    flat[:, 3] += np.float32(1e-9) * np.arange(4, dtype=np.float32)
+    moving = np.random.default_rng(0).random((4, 10), dtype=np.float32)
+    found = input_insensitive([flat, moving, flat[:1]], ["probs", "features", "single"], tol)
+    assert [f["name"] for f in found] == ["probs"]
+    assert found[0]["samples"] == 4 and found[0]["spread"] < 1e-8
+    edge = np.zeros((2, 3), np.float32)
+    edge[1, 0] = 1e-4 + 1e-3 * 1e-4 * 1.01  # just beyond atol + rtol * scale
+    assert input_insensitive([edge], ["edge"], tol) == []

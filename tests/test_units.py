@@ -1066,3 +1066,40 @@ def test_rewrites_skip_tensors_of_unknown_rank_and_one_failing_rewrite_does_not_
         rewrites.REWRITES.clear()
         rewrites.REWRITES.update(original)
     assert "broken" not in " ".join(labels) and "onnxslim" in labels
+
+
+def test_a_rewrite_is_proven_on_its_own_tensors_not_only_on_flat_final_outputs(tmp_path: Path) -> None:
+    """The final outputs of an untrained model hardly depend on the input (the zoo's MobileNetV2: 0.001 for every
+    class), so they cannot tell a right rewrite from a wrong one.  The rewritten nodes' own outputs are compared
+    with the original graph's tensors of the same name: a Clip rewritten to the wrong bounds is caught there."""
+    from types import SimpleNamespace
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_cvdnn.fixes import _same_tensors
+    from pytest_cvdnn.rewrites import clip_as_hardsigmoid
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from onnx_mutants import importer_limits_model
+
+    model = importer_limits_model("clip")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    model.graph.initializer.append(zero)
+    model.graph.node.append(helper.make_node("Mul", ["y", "zero"], ["flat"], name="flatten_out"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", 4, 8, 8]))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    dep = SimpleNamespace(graph=SimpleNamespace(inputs=[SimpleNamespace(name="x")]), onnx_path=tmp_path / "model.onnx",
+                          fixed_batch_of_one=False)
+    feeds = [np.random.default_rng(0).normal(0, 1, (3, 3, 8, 8)).astype(np.float32)]
+    for hi, expected in ((0.5, None), (0.7, "differs")):  # the right bound, then a wrong one
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(model)
+        for t in fixed.graph.initializer:
+            if t.name == "hi":
+                t.CopyFrom(numpy_helper.from_array(np.array(hi, np.float32), "hi"))
+        changed = clip_as_hardsigmoid(fixed)
+        onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+        found = _same_tensors(dep, model, fixed, tmp_path / "fixed.onnx", changed, feeds)
+        assert (found is None) if expected is None else (expected in found and "'y'" in found), found

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .cache import slug
-from .compare import Tolerance, compare, compare_arrays
+from .compare import Tolerance, compare, compare_arrays, input_insensitive
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .deployment import Deployment
 from .spec import InputSpec
@@ -691,7 +691,29 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
             details="\n\n".join(x for x in (result.format_failure(), extra, data["inputs"]) if x),
             data=data,
         )
-    return CheckResult(result.summary_line() + _blind_note(result) + f"; {data['inputs']}", data)
+    flat = _insensitive(dep, expected, obtained)
+    data["input_insensitive"] = flat
+    return CheckResult(result.summary_line() + _blind_note(result) + _insensitive_note(flat)
+                       + f"; {data['inputs']}", data)
+
+
+def _insensitive(dep: Deployment, expected: str, obtained: str) -> list[dict[str, Any]]:
+    """The outputs whose reference the inputs hardly move (compare.input_insensitive)."""
+    exhibit = dep.exhibits.get(f"parity[{expected}-{obtained}]")
+    if exhibit is None:
+        return []
+    flat = input_insensitive(exhibit[0], exhibit[2], dep.settings.tolerance)
+    names = {f["name"] for f in flat}
+    # a saturated softmax is flat while its logits (compared too) are not: those logits carry the check
+    return [f for f in flat if f"{f['name']} (logits)" not in exhibit[2] or f"{f['name']} (logits)" in names]
+
+
+def _insensitive_note(flat: list[dict[str, Any]]) -> str:
+    if not flat:
+        return ""
+    names = ", ".join(f"{f['name']!r} (spread {f['spread']:.2g} over {f['samples']} inputs)" for f in flat)
+    return (f"; caution: the reference of {names} barely depends on the input, so a graph that ignores its input "
+            "would match it too (random weights? check a trained model, or --cvdnn-inputs the model tells apart)")
 
 
 def parity_diagnosis(dep: Deployment, expected: str, obtained: str, result: Any) -> str:

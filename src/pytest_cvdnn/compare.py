@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
+    "input_insensitive",
     "DEFAULT_ATOL",
     "DEFAULT_RTOL",
     "Tolerance",
@@ -546,3 +547,18 @@ def align_outputs(expected_shapes: Sequence[Sequence[int]], obtained: Sequence[n
     if any(r is None for r in result):  # could not line everything up: compare as given
         return obtained, []
     return [r for r in result if r is not None], notes
+
+
+def input_insensitive(expected: Sequence[np.ndarray], names: Sequence[str], tol: Tolerance) -> list[dict[str, Any]]:
+    """Outputs whose reference hardly changes from one input to the next: the largest spread of an element over
+    the samples is within the tolerance, so a graph that ignores its input (or computes something else that is as
+    flat) would match too.  Untrained models do this (random weights and a softmax: 0.001 for every class)."""
+    found = []
+    for name, ref in zip(names, expected, strict=False):
+        if ref.ndim == 0 or len(ref) < 2 or not np.issubdtype(ref.dtype, np.floating) or ref.size == 0:
+            continue
+        spread = float(np.max(ref.max(axis=0) - ref.min(axis=0)))
+        scale = float(np.max(np.abs(ref)))
+        if np.isfinite(spread) and spread <= tol.atol + tol.rtol * scale:
+            found.append({"name": name, "spread": spread, "samples": int(len(ref)), "scale": scale})
+    return found

@@ -124,7 +124,7 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[O
         return OnnxRemedy(candidate.label, "cannot apply", f"{type(exc).__name__}: {exc}"[:300]), None
     changed = tuple(n for n in nodes if n)
     feeds = dep.to_onnx_inputs(dep.inputs)
-    problem = _equivalent(dep, path, feeds)
+    problem = _equivalent(dep, path, feeds) or _same_tensors(dep, model, fixed, path, changed, feeds)
     if problem:
         return OnnxRemedy(candidate.label, "not equivalent", problem, changed), fixed
     return _on_target(dep, candidate.label, path, feeds, changed), fixed
@@ -149,6 +149,43 @@ def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> s
         worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
         if worst > EQUIVALENCE * max(scale, 1e-30):
             return f"output {name!r} differs by {worst:.3g} (max |output| {scale:.3g}) in onnxruntime"
+    return None
+
+
+#: rewritten nodes whose own outputs are compared (the first ones; a graph-wide rewrite touches hundreds)
+TENSORS_COMPARED = 32
+
+
+def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed: Sequence[str],
+                  feeds: Sequence[np.ndarray]) -> str | None:
+    """The rewritten nodes' own outputs against the original graph's tensors of the same name, in onnxruntime,
+    within EQUIVALENCE of each tensor's scale: the final outputs alone prove little when they hardly depend on
+    the input (an untrained model's softmax is 0.001 everywhere).  None: the same (or nothing to compare)."""
+    from .diagnose import _ort_tensors
+
+    made = {o for n in model.graph.node for o in n.output}
+    names = [o for n in fixed.graph.node if n.name in set(changed) for o in n.output if o in made]
+    names = names[:TENSORS_COMPARED]
+    if not names:
+        return None
+    inputs = [i.name for i in dep.graph.inputs]
+    feed = dict(zip(inputs, [x[:1] if dep.fixed_batch_of_one else x[:2] for x in feeds], strict=True))
+    with tempfile.TemporaryDirectory(prefix="cvdnn-fix-tensors-") as tmp:
+        try:
+            before = _ort_tensors(dep.onnx_path, names, feed, Path(tmp))
+            after = _ort_tensors(path, names, feed, Path(tmp))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime on the probes: not proven
+            return f"the rewritten tensors could not be compared in onnxruntime: {type(exc).__name__}: {exc}"[:300]
+    for name in names:
+        a, b = before.get(name), after.get(name)
+        if a is None or b is None:
+            continue
+        if a.shape != b.shape:
+            return f"tensor {name!r} has the shape {b.shape}, the original {a.shape}"
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+        if worst > EQUIVALENCE * max(scale, 1e-30):
+            return f"tensor {name!r} differs by {worst:.3g} (max |tensor| {scale:.3g}) in onnxruntime"
     return None
 
 

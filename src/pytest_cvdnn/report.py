@@ -87,6 +87,9 @@ class Results:
                         f"{d.get('max_signal_rel', 0.0):.3g}  max rel {d['max_rel']:.3g}  "
                         f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"
                     )
+                    for flat in d.get("input_insensitive") or []:  # a pass that shows little: say so
+                        lines.append(f"       caution: the reference of {flat['name']!r} barely depends on the "
+                                     f"input (spread {flat['spread']:.2g} over {flat['samples']} inputs)")
                     blind = [o for o in d.get("outputs", []) if o.get("elementwise_blind")]
                     if blind:  # an element-wise check alone could not have failed these: say what can
                         lines.append("       " + "; ".join(
