@@ -207,8 +207,8 @@ def importer_limits_model(kind: str, seed: int = 0) -> Any:
     """A small model with one construct OpenCV 4.5.5's importer rejects though ONNX allows it: ``slice``
     (constant Slice axes [0, 2, 3, 1], as tf2onnx writes an NHWC Cropping2D), ``squeeze`` (Squeeze axes as an
     input, opset 13), ``kernel`` (a Conv without kernel_shape), ``flatten`` (Keras Flatten's shape computed
-    by Shape -> Gather -> Slice -> Concat at run time, as in VGG16) or ``clip`` (ReLU6-like Clip, bounds as
-    inputs).  Dynamic batch N, 1x3x8x8 samples."""
+    by Shape -> Gather -> Slice -> Concat at run time, as in VGG16) ``clip`` (ReLU6-like Clip, bounds as
+    inputs) or ``reduce`` (opset 18: ReduceMean's axes as an input).  Dynamic batch N, 1x3x8x8 samples."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -237,6 +237,10 @@ def importer_limits_model(kind: str, seed: int = 0) -> Any:
     elif kind == "clip":  # Keras ReLU6 at opset >= 11: the bounds are inputs
         inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 0.5))]
         nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6"))
+    elif kind == "reduce":  # opset 18: ReduceMean's axes became an input (OpenCV 4.5 reads the attribute only)
+        inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "mean_axes"))
+        nodes.append(helper.make_node("ReduceMean", ["c", "mean_axes"], ["y"], name="mean", keepdims=0))
+        out = ["N", 4]
     elif kind == "squeeze":
         inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "sq_axes"))
         nodes += [helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[2, 3], keepdims=1),
@@ -247,6 +251,6 @@ def importer_limits_model(kind: str, seed: int = 0) -> Any:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out)
     model = helper.make_model(helper.make_graph(nodes, kind, [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
+                              opset_imports=[helper.make_opsetid("", 18 if kind == "reduce" else 13)])
+    model.ir_version = 8 if kind == "reduce" else 7
     return model

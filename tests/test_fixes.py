@@ -16,9 +16,9 @@ from onnx_mutants import importer_limits_model  # noqa: E402
 #: the rewrite each model needs on OpenCV 4.5.5, and the node it changes
 NEEDS = {"slice": ("sort-slice-axes", "crop"), "squeeze": ("squeeze-as-reshape", "squeeze"),
          "kernel": ("conv-kernel-shape", "conv"), "flatten": ("onnxslim", "gather"),
-         "clip": ("clip-as-hardsigmoid", "relu6")}
+         "clip": ("clip-as-hardsigmoid", "relu6"), "reduce": ("convert to opset 13", "mean")}
 #: the nodes each rewrite names (onnxslim: those it folds away)
-CHANGED = {"flatten": "'shape', 'gather', 'to_int32'"}
+CHANGED = {"flatten": "'shape', 'gather', 'to_int32'", "reduce": "'(every node: opset 13)'"}
 
 _NO_TF = """
 import json, sys
