@@ -142,13 +142,19 @@ def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> s
                      if dep.fixed_batch_of_one else runner.infer(feeds))
     except (CvdnnError, StageSkipped) as exc:
         return f"onnxruntime cannot run it: {str(exc)[:200]}"
-    for name, a, b in zip(dep.output_names, original, rewritten, strict=True):
+    return _differs("output", list(zip(dep.output_names, original, rewritten, strict=True)))
+
+
+def _differs(kind: str, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> str | None:
+    """The first (name, original, rewritten) whose shapes differ or whose values differ by more than EQUIVALENCE
+    of the original's scale, said; None if all agree."""
+    for name, a, b in pairs:
         if a.shape != b.shape:
-            return f"output {name!r} has the shape {b.shape}, the original {a.shape}"
+            return f"{kind} {name!r} has the shape {b.shape}, the original {a.shape}"
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
         if worst > EQUIVALENCE * max(scale, 1e-30):
-            return f"output {name!r} differs by {worst:.3g} (max |output| {scale:.3g}) in onnxruntime"
+            return f"{kind} {name!r} differs by {worst:.3g} (max |{kind}| {scale:.3g}) in onnxruntime"
     return None
 
 
@@ -176,17 +182,7 @@ def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed
             after = _ort_tensors(path, names, feed, Path(tmp))
         except Exception as exc:  # noqa: BLE001 - onnxruntime on the probes: not proven
             return f"the rewritten tensors could not be compared in onnxruntime: {type(exc).__name__}: {exc}"[:300]
-    for name in names:
-        a, b = before.get(name), after.get(name)
-        if a is None or b is None:
-            continue
-        if a.shape != b.shape:
-            return f"tensor {name!r} has the shape {b.shape}, the original {a.shape}"
-        scale = float(np.max(np.abs(a))) if a.size else 0.0
-        worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-        if worst > EQUIVALENCE * max(scale, 1e-30):
-            return f"tensor {name!r} differs by {worst:.3g} (max |tensor| {scale:.3g}) in onnxruntime"
-    return None
+    return _differs("tensor", [(n, before[n], after[n]) for n in names if n in before and n in after])
 
 
 def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.ndarray],
