@@ -187,3 +187,27 @@ def test_the_report_renders_in_a_headless_browser(failing_report: dict[str, Any]
     if os.environ.get("CVDNN_UPDATE_SCREENSHOT"):
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(shot, ROOT / "docs" / "report.png")
+
+
+def test_figures_of_huge_or_broken_outputs_stay_small_and_valid() -> None:
+    """A 2000x1500 segmentation map is drawn at most 512 px a side, keeping the one wrong pixel (block maxima);
+    NaN/inf in a vector are drawn as empty bars and written as JSON null, not as invalid JSON."""
+    import base64
+    import html as html_lib
+
+    import cv2
+
+    from pytest_cvdnn.figures import parity_figures
+    from pytest_cvdnn.html_report import figure_html
+
+    ref = np.zeros((1, 2000, 1500, 2), np.float32)
+    obt = ref.copy()
+    obt[0, 1234, 777, 1] = 5.0
+    heat = parity_figures([ref], [obt], ["mask"], 1e-4, "keras", "cv2dnn")[0]
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(heat["png"]), np.uint8), cv2.IMREAD_COLOR)
+    assert max(image.shape[:2]) <= 512 and image.max() > 200 and heat["max"] == 5.0
+    vec = np.array([[0.1, np.nan, 0.7, np.inf]], np.float32)
+    bars = parity_figures([vec], [np.zeros_like(vec)], ["probs"], 1e-4, "keras", "cv2dnn")[0]
+    text = json.dumps(bars, allow_nan=False)  # (raises on NaN)
+    assert "null" in text
+    assert "not finite" in html_lib.unescape(figure_html(bars))

@@ -54,6 +54,21 @@ def _enlarged(image: np.ndarray, least: int = MIN_SIDE) -> np.ndarray:
     return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
 
 
+#: the largest side of a drawn map: larger maps are reduced by the maximum of each block (an error stays visible)
+MAX_SIDE = 512
+
+
+def _shrunk(values: np.ndarray) -> np.ndarray:
+    """A 2-D map no larger than MAX_SIDE per side, each pixel the maximum of the block it stands for."""
+    factor = int(np.ceil(max(values.shape) / MAX_SIDE))
+    if factor <= 1:
+        return values
+    h, w = (-(-values.shape[0] // factor)) * factor, (-(-values.shape[1] // factor)) * factor
+    padded = np.zeros((h, w), values.dtype)
+    padded[: values.shape[0], : values.shape[1]] = values
+    return padded.reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3))
+
+
 def _heat(values: np.ndarray, vmax: float) -> np.ndarray:
     """A 2-D array of non-negative values → a colour-mapped BGR image (0 black .. vmax yellow)."""
     import cv2
@@ -100,8 +115,11 @@ def _bars(reference: np.ndarray, obtained: np.ndarray) -> dict[str, Any]:
     top_ref = [int(i) for i in np.argsort(-reference, kind="stable")[:TOP_K]]
     top_obt = [int(i) for i in np.argsort(-obtained, kind="stable")[:TOP_K]]
     classes = top_ref + [i for i in top_obt if i not in top_ref]
-    return {"kind": "bars", "classes": classes, "reference": [float(reference[i]) for i in classes],
-            "obtained": [float(obtained[i]) for i in classes], "top_reference": top_ref, "top_obtained": top_obt}
+    def value(v: Any) -> float | None:  # (NaN/inf are said as null: JSON has no such numbers)
+        return float(v) if np.isfinite(v) else None
+
+    return {"kind": "bars", "classes": classes, "reference": [value(reference[i]) for i in classes],
+            "obtained": [value(obtained[i]) for i in classes], "top_reference": top_ref, "top_obtained": top_obt}
 
 
 def parity_figures(expected: Sequence[np.ndarray], obtained: Sequence[np.ndarray], names: Sequence[str],
@@ -118,6 +136,7 @@ def parity_figures(expected: Sequence[np.ndarray], obtained: Sequence[np.ndarray
         title = f"{name}: {expected_name} vs {obtained_name}"
         sample = _as_map(delta[0]) if a.ndim >= 3 else None
         if sample is not None:
+            sample = _shrunk(sample)
             vmax = float(sample.max())
             figures.append({"kind": "heatmap", "output": name, "title": f"{title}, |Δ| of sample 0",
                             "png": png_b64(_enlarged(_heat(sample, vmax))), "max": vmax,

@@ -109,7 +109,7 @@ def _bars_svg(fig: dict[str, Any]) -> str:
     classes, ref, obt = fig.get("classes") or [], fig.get("reference") or [], fig.get("obtained") or []
     width, row = 440, 22
     height = row * len(classes) + 30
-    scale = max([abs(v) for v in ref + obt] + [1e-30])
+    scale = max([abs(v) for v in ref + obt if v is not None] + [1e-30])
     left, room = 90, 440 - 90 - 20
     parts = []
     for k, (c, a, b) in enumerate(zip(classes, ref, obt, strict=True)):
@@ -118,9 +118,9 @@ def _bars_svg(fig: dict[str, Any]) -> str:
                                                                           else "")
         parts.append(f'<text x="4" y="{y + 12}" font-size="11">class {c} {marks}</text>')
         for j, (v, colour) in enumerate(((a, "#0969da"), (b, "#fb8500"))):
-            w = room * abs(v) / scale
+            w = room * abs(v) / scale if v is not None else 0.0
             parts.append(f'<rect x="{left}" y="{y + j * 9}" width="{max(w, 0.5):.1f}" height="8" fill="{colour}">'
-                         f"<title>{v:.6g}</title></rect>")
+                         f"<title>{'not finite' if v is None else format(v, '.6g')}</title></rect>")
     legend = (f'<text x="{left}" y="12" font-size="11" fill="#0969da">■ {_e(fig.get("expected_name", "reference"))}'
               f'</text><text x="{left + 140}" y="12" font-size="11" fill="#fb8500">■ '
               f'{_e(fig.get("obtained_name", "obtained"))}</text>')
