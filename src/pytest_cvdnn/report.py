@@ -128,15 +128,14 @@ class Results:
 
 
 def publish(path: Path, text: str) -> None:
-    """Write a report atomically (a reader never sees half a file) with the umask's mode, not mkstemp's 0600: a
-    report is for others to read (CI artifacts, a web server)."""
+    """Write a report atomically (a reader never sees half a file), readable by others (0644, not mkstemp's 0600:
+    a report is for CI artifacts and web servers; the umask is not read, as changing it to read it would race
+    with the threads that write files meanwhile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
