@@ -254,3 +254,21 @@ def importer_limits_model(kind: str, seed: int = 0) -> Any:
                               opset_imports=[helper.make_opsetid("", 18 if kind == "reduce" else 13)])
     model.ir_version = 8 if kind == "reduce" else 7
     return model
+
+
+def as_constant_nodes(model: Any) -> Any:
+    """The model with every initializer but the weights turned into a Constant node (as PyTorch exports)."""
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    moved = [t for t in out.graph.initializer if t.name != "w"]
+    kept = [t for t in out.graph.initializer if t.name == "w"]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    nodes = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in moved]
+    old = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes + old)
+    return out

@@ -1103,3 +1103,36 @@ def test_a_rewrite_is_proven_on_its_own_tensors_not_only_on_flat_final_outputs(t
         onnx.save(fixed, str(tmp_path / "fixed.onnx"))
         found = _same_tensors(dep, model, fixed, tmp_path / "fixed.onnx", changed, feeds)
         assert (found is None) if expected is None else (expected in found and "'y'" in found), found
+
+
+@pytest.mark.parametrize("kind, rewrite, node", [("slice", "sort-slice-axes", "crop"),
+                                                 ("squeeze", "squeeze-as-reshape", "squeeze"),
+                                                 ("clip", "clip-as-hardsigmoid", "relu6")])
+def test_rewrites_read_constants_from_constant_nodes_too(kind: str, rewrite: str, node: str, tmp_path: Path) -> None:
+    """PyTorch's exporter writes Clip bounds, Squeeze axes and Slice starts as Constant nodes, not initializers
+    (tf2onnx's way, which the rewrites only read before): the same rewrites apply, compute the same in
+    onnxruntime, and fix.py (with the helper that reads them) makes the same file."""
+    import subprocess
+
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from onnx_mutants import as_constant_nodes, importer_limits_model
+    from pytest_cvdnn.rewrites import Candidate, apply, candidates, fix_script
+
+    model = as_constant_nodes(importer_limits_model(kind))
+    onnx.checker.check_model(model)
+    assert [c.label for c in candidates(model)][0] == rewrite
+    fixed, changed = apply(model, Candidate((rewrite,)))
+    assert changed == [node]
+    onnx.checker.check_model(fixed)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    onnx.save(fixed, str(tmp_path / "ours.onnx"))
+    x = np.random.default_rng(2).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(tmp_path / f)).run(None, {"x": x})[0] for f in ("model.onnx", "ours.onnx"))
+    assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
+    (tmp_path / "fix").mkdir()
+    (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
+    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()

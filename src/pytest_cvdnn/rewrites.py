@@ -18,6 +18,19 @@ from typing import Any, Callable
 __all__ = ["Candidate", "REWRITES", "candidates", "apply", "fix_script", "simplify"]
 
 
+def constant_tensors(model: Any) -> dict[str, Any]:
+    """The graph's constants by name, as TensorProtos: the initializers and the outputs of Constant nodes
+    (tf2onnx writes Clip bounds, Squeeze axes and Slice starts as initializers, PyTorch's exporter as Constant
+    nodes)."""
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    found[node.output[0]] = attribute.t
+    return found
+
+
 def sort_slice_axes(model: Any) -> list[str]:
     """Slice with constant axes out of ascending order (tf2onnx's NHWC Cropping2D: axes [0, 2, 3, 1]) → the
     same slice with axes, starts, ends and steps reordered ascending (OpenCV 4.5 rejects the first:
@@ -25,7 +38,7 @@ def sort_slice_axes(model: Any) -> list[str]:
     import numpy as np
     from onnx import numpy_helper
 
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = constant_tensors(model)
     changed = []
     for node in model.graph.node:
         if node.op_type != "Slice" or len(node.input) < 4 or node.input[3] not in inits:
@@ -68,7 +81,7 @@ def squeeze_as_reshape(model: Any) -> list[str]:
     import numpy as np
     from onnx import numpy_helper, shape_inference
 
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = constant_tensors(model)
     inferred = shape_inference.infer_shapes(model)
     shapes = {}
     for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
@@ -116,12 +129,13 @@ def clip_as_hardsigmoid(model: Any) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = constant_tensors(model)
     nodes, changed = [], []
     for node in model.graph.node:
-        bounds = [inits.get(name) for name in node.input[1:3]]
-        if (node.op_type != "Clip" or len(node.input) != 3 or any(b is None or b.size != 1 for b in bounds)
-                or not np.isfinite(np.asarray(bounds, np.float64)).all() or not float(bounds[0]) < float(bounds[1])):
+        bounds = ([numpy_helper.to_array(consts[name]) if name in consts else None for name in node.input[1:3]]
+                  if node.op_type == "Clip" and len(node.input) == 3 else [None])  # (not every Conv's weights)
+        if (any(b is None or b.size != 1 for b in bounds) or not np.isfinite(np.asarray(bounds, np.float64)).all()
+                or not float(bounds[0]) < float(bounds[1])):
             nodes.append(node)
             continue
         lo, hi = (float(np.asarray(b).reshape(())) for b in bounds)
@@ -265,7 +279,8 @@ def fix_script(candidate: Candidate, source: str) -> str:
              "import sys", "from pathlib import Path", "from typing import Any", "", "import onnx", "", ""]
     for name in ("simplify",) * candidate.simplified + candidate.rewrites:
         parts += [inspect.getsource(REWRITES.get(name, simplify)).rstrip(), "", ""]
-    parts += [inspect.getsource(drop_unused_initializers).rstrip(), "", ""]
+    for helper in (constant_tensors, drop_unused_initializers):
+        parts += [inspect.getsource(helper).rstrip(), "", ""]
     parts += [f"source = sys.argv[1] if len(sys.argv) > 1 else {source!r}",
               "model = onnx.load(source)"]
     if candidate.opset is not None:
