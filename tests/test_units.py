@@ -1136,3 +1136,27 @@ def test_rewrites_read_constants_from_constant_nodes_too(kind: str, rewrite: str
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
     subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
+
+
+def test_dropping_unused_constants_keeps_those_a_subgraph_reads() -> None:
+    """fixed.onnx loses the constants no node reads after a rewrite, but not one read only inside an If branch
+    (it would be an invalid model)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_cvdnn.rewrites import drop_unused_initializers
+
+    inner = helper.make_graph([helper.make_node("Add", ["x", "bias"], ["then_y"])], "then", [],
+                              [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["else_y"])], "else", [],
+                              [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, [2])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=inner, else_branch=other)
+    inits = [numpy_helper.from_array(np.ones(2, np.float32), "bias"),
+             numpy_helper.from_array(np.ones(2, np.float32), "orphan")]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    drop_unused_initializers(model)
+    assert [t.name for t in model.graph.initializer] == ["bias"]
+    onnx.checker.check_model(model)

@@ -160,8 +160,16 @@ def clip_as_hardsigmoid(model: Any) -> list[str]:
 
 
 def drop_unused_initializers(model: Any) -> None:
-    """Remove the constants no node reads any more (the rewrites replace some; onnxruntime warns of each)."""
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    """Remove the constants no node reads any more (the rewrites replace some; onnxruntime warns of each); the
+    nodes of subgraphs (If/Loop branches) count, as they may read the outer graph's constants."""
+    used = {o.name for o in model.graph.output}
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            used.update(node.input)
+            for attribute in node.attribute:
+                graphs += ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
     kept = [t for t in model.graph.initializer if t.name in used]
     if len(kept) != len(model.graph.initializer):
         del model.graph.initializer[:]
