@@ -381,3 +381,31 @@ def test_a_graph_fixed_to_batch_one_skips_the_batch_check_saying_why(
     assert checks["batch"]["outcome"] == "skipped"
     assert "the ONNX model fixes the batch size to 1 (1, 3, 32, 32)" in checks["batch"]["message"]
     assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"  # one image per forward, as deployed
+
+
+def test_onnxruntime_execution_providers_are_chosen_and_checked(run_cvdnn: Callable[..., Run], models: dict[str, Path],
+                                                                copy_model: Callable[..., Path],
+                                                                pytester: pytest.Pytester) -> None:
+    """--cvdnn-ort-providers: the onnxruntime runner's providers, in order, each checked against
+    onnxruntime.get_available_providers() before anything runs (a usage error naming what this onnxruntime
+    has); the outputs are cached per provider list, and the report says which ran."""
+    import onnxruntime
+
+    onnx_model = copy_model(models["onnx"])
+    missing = run_cvdnn(f"--cvdnn-model={onnx_model.name}", "--cvdnn-ort-providers=CUDAExecutionProvider",
+                        report=False)
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    assert "CUDAExecutionProvider not available in this onnxruntime" in missing.text
+    assert ", ".join(onnxruntime.get_available_providers()) in missing.text and "onnxruntime-gpu" in missing.text
+    chosen = [p for p in onnxruntime.get_available_providers() if p != "CPUExecutionProvider"][:1]
+    providers = ",".join([*chosen, "CPUExecutionProvider"])
+    cache = pytester.path / "cache"
+    run = run_cvdnn(f"--cvdnn-model={onnx_model.name}", f"--cvdnn-ort-providers={providers}", cache=cache)
+    assert run.ret == 0, run.text
+    assert run.report["models"][0]["environment"]["ort_providers"] == providers.split(",")
+    assert run.checks()["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
+    from pytest_cvdnn.cache import slug
+
+    cached = [p.name for p in (cache / "ort").iterdir()]
+    tag = "" if providers == "CPUExecutionProvider" else f"-{slug(providers.replace(',', '+'))}"
+    assert cached and all(p.endswith(f"{tag}.npz") for p in cached), cached

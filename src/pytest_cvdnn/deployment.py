@@ -568,7 +568,7 @@ class Deployment:
 
         def make() -> Any:
             path = self.probe_path if self.logit_names else self.onnx_path
-            return OrtRunner(path, outputs=self.output_names + self.logit_names)
+            return OrtRunner(path, outputs=self.output_names + self.logit_names, providers=self.settings.ort_providers)
 
         return self.stage("ort", make)
 
@@ -853,7 +853,9 @@ class Deployment:
         key = ("onnxruntime", digest)
         if key not in self._outputs:
             version = tool_versions()["onnxruntime"]
-            name = f"{self.onnx_digest[:24]}-{digest[:24]}-{slug(version)}.npz"
+            providers = self.settings.ort_providers
+            where = "" if providers == ("CPUExecutionProvider",) else "-" + slug("+".join(providers))
+            name = f"{self.onnx_digest[:24]}-{digest[:24]}-{slug(version)}{where}.npz"
             found = self.cache.get_arrays("ort", name)
             if found is None:
                 feeds = self.to_onnx_inputs(inputs)
@@ -1047,7 +1049,8 @@ class Deployment:
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
-                   target=self.target_label, format=self.settings.format)
+                   target=self.target_label, format=self.settings.format,
+                   ort_providers=list(self.settings.ort_providers))
         if self.settings.target is not None:  # "opencv" above is this process's; the target's is another
             env["target_opencv"] = self.target_opencv_version()
         return env

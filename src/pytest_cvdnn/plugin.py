@@ -169,6 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
         samples=values["samples"],
         memory_budget=values["memory_budget"],
         seed=values["seed"],
+        ort_providers=values["ort_providers"],
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),
         save_bundle=config.getoption("cvdnn_save_bundle"),

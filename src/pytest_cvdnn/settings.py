@@ -164,6 +164,24 @@ def parse_formats(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["onnx", *names]))
 
 
+def parse_providers(value: str) -> tuple[str, ...]:
+    """``CUDAExecutionProvider,CPUExecutionProvider`` → the onnxruntime execution providers, in order of
+    preference, each one this onnxruntime has (``onnxruntime.get_available_providers()``)."""
+    names = tuple(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"{value!r}: no execution provider; e.g. CPUExecutionProvider")
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(missing)} not available in this onnxruntime {onnxruntime.__version__} (it has "
+            f"{', '.join(available)}); install the onnxruntime build that has it (e.g. onnxruntime-gpu for "
+            "CUDAExecutionProvider, onnxruntime-openvino for OpenVINOExecutionProvider), or drop it")
+    return names
+
+
 def target_label(target: str | None) -> str:
     if target is None:
         return "local"
@@ -227,6 +245,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("memory_budget", "--cvdnn-memory-budget", "cvdnn_memory_budget", parse_gib, None,
            "largest memory (GiB) the checks of one model may need for their inputs; a model whose inputs need "
            "more is refused before anything is allocated (default: half of this machine's RAM)", "GIB"),
+    Option("ort_providers", "--cvdnn-ort-providers", "cvdnn_ort_providers", parse_providers,
+           ("CPUExecutionProvider",), "onnxruntime execution providers for the onnxruntime runner, in order of "
+           "preference, each checked against onnxruntime.get_available_providers() (default CPUExecutionProvider)",
+           "PROVIDER[,PROVIDER]"),
     Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
            "where converted models and reference outputs are cached (default: pytest's cache dir)", "DIR"),
 )
@@ -263,6 +285,7 @@ class ModelSettings:
     bundle: str | None = None  # this "model" is a bundle folder (--cvdnn-bundle)
     tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
     memory_budget: float | None = None  # --cvdnn-memory-budget (GiB); None: half of the RAM
+    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)  # --cvdnn-ort-providers
 
     @property
     def effective_spec(self) -> InputSpec:
@@ -270,7 +293,8 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.input_range, self.input_shape, self.images, self.samples, self.seed, self.target, self.format)
+                self.inputs, self.input_range, self.input_shape, self.images, self.samples, self.seed, self.target, self.format,
+                self.ort_providers)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""

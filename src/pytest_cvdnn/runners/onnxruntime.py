@@ -1,4 +1,4 @@
-"""The onnxruntime runner (CPU execution provider)."""
+"""The onnxruntime runner (the CPU execution provider, or those of --cvdnn-ort-providers)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ class OrtRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, outputs: list[str] | None = None) -> None:
+    def __init__(self, onnx_path: Path, outputs: list[str] | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
         self.onnx_path = Path(onnx_path)
         self.outputs = list(outputs or [])
+        self.providers = tuple(providers)
         self._session: Any = None
 
     @property
@@ -33,7 +35,7 @@ class OrtRunner:
             threads = thread_share()
             if threads:
                 opts.intra_op_num_threads = threads
-            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=list(self.providers))
         return self._session
 
     @property
