@@ -167,13 +167,13 @@ def search_key(dep: "Deployment", *parts: str, converting: bool = False) -> str 
 
 
 
-def _folder_digest(folder: str | None, rootdir: Path) -> str:
+def _folder_digest(folder: str | None, rootdir: Path | None) -> str:
     """The digest of a folder's files (names and contents); "" for none."""
     from .cache import sha256_bytes
 
     if not folder:
         return ""
-    root = (rootdir / folder).resolve()
+    root = (Path(rootdir or ".") / folder).resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
     return sha256_bytes(b"".join(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() for p in files))
 
