@@ -7,7 +7,6 @@ deployment is wrong, and :class:`StageSkipped` when a stage it needs failed.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -92,12 +91,10 @@ def _convert_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed | None:
         return None
     if not (exc.message.startswith("tf2onnx failed") or "the converted graph" in exc.message):
         return None  # (the model's inputs, a factory, the file: not what another opset changes)
-    from .diagnose import conversion_help, no_fix_summary
+    from .diagnose import conversion_help, invalid_nodes, no_fix_summary
 
-    op_type = next(iter(re.findall(r"has op type '([^']+)'", exc.message)), None)
-    layer = next(iter(re.findall(r"comes from the Keras layer '([^']+)'", exc.message)), None)
-    blocked = [(op_type, layer)] + [(kind, where) for kind, where in re.findall(r"(\w+) in layer '([^']+)'",
-                                                                               exc.message) if kind != op_type]
+    blocked = invalid_nodes(exc.message)
+    op_type, layer = blocked[0]
     started = time.perf_counter()
     text, remedies = _remedies(dep, None, None, dep.settings.fix, converting=True)
     data = {"stage": "convert", "node": exc.node, "op_type": op_type, "keras_layer": layer, "remedies": remedies,

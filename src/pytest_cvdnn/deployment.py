@@ -24,7 +24,7 @@ from .convert import Conversion, ConversionOptions, cached_convert, conversion_k
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
-from .settings import ModelSettings
+from .settings import DEFAULT_ORT_PROVIDERS, ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec, SpecError
 
@@ -854,7 +854,7 @@ class Deployment:
         if key not in self._outputs:
             version = tool_versions()["onnxruntime"]
             providers = self.settings.ort_providers
-            where = "" if providers == ("CPUExecutionProvider",) else "-" + slug("+".join(providers))
+            where = "" if providers == DEFAULT_ORT_PROVIDERS else "-" + slug("+".join(providers))
             name = f"{self.onnx_digest[:24]}-{digest[:24]}-{slug(version)}{where}.npz"
             found = self.cache.get_arrays("ort", name)
             if found is None:

@@ -166,7 +166,6 @@ def search_key(dep: "Deployment", *parts: str, converting: bool = False) -> str 
     return sha256_bytes(text.encode())[:40]
 
 
-
 def _folder_digest(folder: str | None, rootdir: Path | None) -> str:
     """The digest of a folder's files (names and contents); "" for none."""
     from .cache import sha256_bytes
@@ -259,15 +258,22 @@ def remedy_search(dep: "Deployment", make: Any, blocking_op: str | None = None,
     return found
 
 
+def invalid_nodes(message: str) -> list[tuple[str | None, str | None]]:
+    """(op type, Keras layer) of the invalid nodes an invalid-graph message names (graph.validate_onnx): the first
+    node's, then one per other op type ("Erfc in layer 'gelu'"); [(None, None)] if it names none."""
+    op_type = re.search(r"has op type '([^']+)'", message)
+    layer = re.search(r"comes from the Keras layer '([^']+)'", message)
+    first = (op_type.group(1) if op_type else None, layer.group(1) if layer else None)
+    return [first] + [(kind, where) for kind, where in re.findall(r"(\w+) in layer '([^']+)'", message)
+                      if kind != first[0]]
+
+
 def _try_variant(variant: "Deployment", opset: int, layout: str) -> Remedy:
     try:
         variant.require("conversion")
     except StageSkipped as exc:
         text = str(exc).split(": ", 1)[-1].split(". Fix: ")[0]
-        op_type = re.search(r"has op type '([^']+)'", text)
-        layer = re.search(r"comes from the Keras layer '([^']+)'", text)
-        return Remedy(opset, layout, "convert failed", text[:200], op_type.group(1) if op_type else None,
-                      layer.group(1) if layer else None)
+        return Remedy(opset, layout, "convert failed", text[:200], *invalid_nodes(text)[0])
     try:
         variant.require("cv2net")
     except StageSkipped as exc:

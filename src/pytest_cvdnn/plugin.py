@@ -201,8 +201,7 @@ def pytest_configure(config: pytest.Config) -> None:
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
         targets=targets, engines=list(values["engine"][1:]),
-        html_path=(config.rootpath / html if not Path(html).is_absolute() and not config.getoption("cvdnn_html")
-                   else Path(html)) if html else None,
+        html_path=(Path(html) if config.getoption("cvdnn_html") else config.rootpath / html) if html else None,
     )
     state = config.stash[STATE]
     _validate_engines(list(values["engine"]), models)

@@ -143,17 +143,26 @@ def check_structure(path: Path, model: Any) -> None:
     _check_convs(path, graph, channels)
 
 
-def _inferred(model: Any, batch: int) -> Any:
-    """The model with every tensor's shape inferred (unknown batch sizes set to ``batch``); None if it fails."""
+def weightless_copy(model: Any) -> Any:
+    """A copy of ``model`` whose large weights keep their dims but not their values: all that shape inference
+    needs (serialising 30 MB of weights for it was most of its time); small constants stay, as shapes can depend
+    on their values."""
     import onnx
-    from onnx import shape_inference
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for tensor in copy.graph.initializer:  # shapes need the weights' dims, not their values (only small constants)
+    for tensor in copy.graph.initializer:
         if math.prod(tensor.dims) > 64:
             for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
                 tensor.ClearField(name)
+    return copy
+
+
+def _inferred(model: Any, batch: int) -> Any:
+    """The model with every tensor's shape inferred (unknown batch sizes set to ``batch``); None if it fails."""
+    from onnx import shape_inference
+
+    copy = weightless_copy(model)
     inits = {i.name for i in copy.graph.initializer}
     for item in copy.graph.input:
         dims = item.type.tensor_type.shape.dim

@@ -164,6 +164,10 @@ def parse_formats(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["onnx", *names]))
 
 
+#: the onnxruntime runner's execution providers unless --cvdnn-ort-providers says otherwise
+DEFAULT_ORT_PROVIDERS = ("CPUExecutionProvider",)
+
+
 def parse_providers(value: str) -> tuple[str, ...]:
     """``CUDAExecutionProvider,CPUExecutionProvider`` → the onnxruntime execution providers, in order of
     preference, each one this onnxruntime has (``onnxruntime.get_available_providers()``)."""
@@ -246,7 +250,7 @@ OPTIONS: tuple[Option, ...] = (
            "largest memory (GiB) the checks of one model may need for their inputs; a model whose inputs need "
            "more is refused before anything is allocated (default: half of this machine's RAM)", "GIB"),
     Option("ort_providers", "--cvdnn-ort-providers", "cvdnn_ort_providers", parse_providers,
-           ("CPUExecutionProvider",), "onnxruntime execution providers for the onnxruntime runner, in order of "
+           DEFAULT_ORT_PROVIDERS, "onnxruntime execution providers for the onnxruntime runner, in order of "
            "preference, each checked against onnxruntime.get_available_providers() (default CPUExecutionProvider)",
            "PROVIDER[,PROVIDER]"),
     Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
@@ -285,7 +289,7 @@ class ModelSettings:
     bundle: str | None = None  # this "model" is a bundle folder (--cvdnn-bundle)
     tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
     memory_budget: float | None = None  # --cvdnn-memory-budget (GiB); None: half of the RAM
-    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)  # --cvdnn-ort-providers
+    ort_providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS  # --cvdnn-ort-providers
 
     @property
     def effective_spec(self) -> InputSpec:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CvdnnError
+from ..settings import DEFAULT_ORT_PROVIDERS
 from . import thread_share
 
 __all__ = ["OrtRunner"]
@@ -19,7 +20,7 @@ class OrtRunner:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, outputs: list[str] | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+                 providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS) -> None:
         self.onnx_path = Path(onnx_path)
         self.outputs = list(outputs or [])
         self.providers = tuple(providers)
