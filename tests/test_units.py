@@ -866,6 +866,13 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
     subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
+    # as the load item prints it: "python fix.py model.onnx writes fixed.onnx beside fix.py", from the user's folder
+    (tmp_path / "fix" / "fixed.onnx").unlink()
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "model.onnx").write_bytes((tmp_path / "model.onnx").read_bytes())
+    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py"), "model.onnx"], check=True, capture_output=True,
+                   cwd=tmp_path / "user")
+    assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
 
 
 def test_clip_as_hardsigmoid_is_clip_for_any_finite_bounds_and_leaves_other_clips(tmp_path: Path) -> None:

@@ -244,7 +244,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
         message += (f"; remedy: the ONNX rewrite '{fixed.candidate}'{where} {fixed.detail}: "
                     f"{fixed.folder}/fixed.onnx (made by fix.py)")
         fix = (f"ship {fixed.folder}/fixed.onnx, or add {fixed.folder}/fix.py to your export (python fix.py "
-               "model.onnx writes fixed.onnx beside it)")
+               "model.onnx writes fixed.onnx beside fix.py)")
     elif working:
         message += (f"; remedy: --cvdnn-opset={working[0]['opset']} --cvdnn-layout={working[0]['layout']} "
                     "loads and matches Keras here")
