@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import numpy as np
 
@@ -310,7 +310,7 @@ def _topk(expected: np.ndarray, obtained: np.ndarray, k: int, tol: Tolerance) ->
     e = expected.reshape(-1, expected.shape[-1]).astype(np.float64)
     o = obtained.reshape(-1, obtained.shape[-1]).astype(np.float64)
     agree = disagree = ambiguous = 0
-    for er, orow in zip(e, o):
+    for er, orow in zip(e, o, strict=True):  # (the same shape: compare_arrays reshaped obtained)
         order = np.argsort(-er, kind="stable")
         kth = er[order[k - 1]]
         nxt = er[order[k]] if k < er.size else -np.inf
@@ -347,6 +347,116 @@ def worst_order(diff: np.ndarray, bad: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
+class _Identity(TypedDict):
+    """The fields of :class:`ArrayStats` that describe the two arrays, not their differences."""
+
+    name: str
+    shape: tuple[int, ...]
+    expected_shape: tuple[int, ...]
+    dtype: str
+    expected_dtype: str
+
+
+def _identity(name: str, expected: np.ndarray, obtained: np.ndarray) -> _Identity:
+    return _Identity(
+        name=name,
+        shape=tuple(obtained.shape),
+        expected_shape=tuple(expected.shape),
+        dtype=str(obtained.dtype),
+        expected_dtype=str(expected.dtype),
+    )
+
+
+def _shape_mismatch(base: _Identity, size: int) -> ArrayStats:
+    """The statistics of arrays whose shapes cannot be compared: everything failed."""
+    return ArrayStats(
+        **base, max_abs=math.inf, mean_abs=math.inf, median_abs=math.inf, max_rel=math.inf,
+        cosine=0.0, mismatches=size, size=size, nonfinite=0, required_atol=math.inf,
+        required_rtol=math.inf, worst=(), shape_ok=False,
+    )
+
+
+def _abs_error(e: np.ndarray, o: np.ndarray, finite: np.ndarray,
+               all_finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """|Δ| (0 where a value is not finite) and, where some value is not finite, the mask of the elements that are
+    not finite in one array the same way as in the other (None where every value is finite)."""
+    if all_finite:
+        diff = np.subtract(e, o)
+        np.abs(diff, out=diff)
+        return diff, None
+    diff = np.zeros(e.shape)
+    same_nonfinite = ~finite & ((e == o) | (np.isnan(e) & np.isnan(o)))  # (a finite side is never equal)
+    odd = ~finite & ~same_nonfinite
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.abs(np.subtract(e, o, where=finite, out=diff), out=diff)
+    return diff, odd
+
+
+def _mismatches(e: np.ndarray, diff: np.ndarray, finite: np.ndarray | None, odd: np.ndarray | None,
+                tol: Tolerance) -> tuple[np.ndarray, float]:
+    """The mask of the elements beyond atol and rtol (or not finite the same way), and the largest finite
+    relative error; ``finite`` is None where every value is finite."""
+    rel = np.abs(e)  # |Δ| / |ref|: inf where the reference is 0 and Δ is not, 0 where both are
+    zero = rel == 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(diff, rel, out=rel, where=~zero)
+    rel[zero] = np.where(diff[zero] > 0, np.inf, 0.0)
+    del zero
+    if finite is not None:
+        rel[~finite] = 0.0
+    bad = (diff > tol.atol) & (rel > tol.rtol)
+    if odd is not None:
+        bad |= odd
+    max_rel = float(np.max(rel, where=np.isfinite(rel), initial=0.0)) if rel.size else 0.0
+    return bad, max_rel
+
+
+def _cosine(ef: np.ndarray, of: np.ndarray, ne: float, no: float) -> float:
+    """The cosine similarity of two flat arrays of norms ``ne`` and ``no`` (1 for two zero arrays)."""
+    if ne == 0.0 and no == 0.0:
+        return 1.0
+    if ne == 0.0 or no == 0.0:
+        return 0.0
+    return float(np.dot(ef, of) / (ne * no))
+
+
+_Worst = tuple[tuple[int, ...], float, float, float]
+
+
+def _worst_rows(e: np.ndarray, o: np.ndarray, diff: np.ndarray, bad: np.ndarray, k: int) -> tuple[_Worst, ...]:
+    """(index, obtained, expected, |Δ|) of the ``k`` elements to show (:func:`worst_order`)."""
+    return tuple(
+        (
+            tuple(int(i) for i in np.unravel_index(int(flat), e.shape)),
+            float(o.ravel()[flat]),
+            float(e.ravel()[flat]),
+            float(diff.ravel()[flat]),
+        )
+        for flat in worst_order(diff.ravel(), bad.ravel(), k)
+    )
+
+
+def _topk_results(e: np.ndarray, o: np.ndarray, tol: Tolerance, topk: Sequence[int]) -> tuple[TopKResult, ...]:
+    """The top-k agreements of a classifier output (none for a scalar or a single class)."""
+    if e.ndim >= 1 and e.shape[-1] > 1 and e.size:
+        return tuple(_topk(e, o, k, tol) for k in topk if k < e.shape[-1])
+    return ()
+
+
+def _signal_error(ef: np.ndarray, diff: np.ndarray, ne: float) -> tuple[float, float, float, float]:
+    """max|ref| (of the finite reference values ``ef``, of norm ``ne``), max|Δ|, max|Δ| / max|ref| and
+    RMS(Δ) / RMS(ref)."""
+    scale = max(float(ef.max()), -float(ef.min())) if ef.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    if scale > 0:
+        signal_rel = max_abs / scale
+        flat_diff = diff.ravel()  # (Δ is 0 where a value is not finite: the sum runs over the finite ones)
+        nrms = float(np.sqrt(np.dot(flat_diff, flat_diff)) / ne)
+    else:  # an all-zero reference: any difference is an error the size of the signal
+        signal_rel = nrms = 0.0 if max_abs == 0.0 else math.inf
+    return scale, max_abs, signal_rel, nrms
+
+
 def compare_arrays(
     expected: np.ndarray,
     obtained: np.ndarray,
@@ -361,107 +471,38 @@ def compare_arrays(
     expected = np.asarray(expected)
     obtained = np.asarray(obtained)
     size = int(expected.size)
-    base: dict[str, Any] = dict(
-        name=name,
-        shape=tuple(obtained.shape),
-        expected_shape=tuple(expected.shape),
-        dtype=str(obtained.dtype),
-        expected_dtype=str(expected.dtype),
-    )
+    base = _identity(name, expected, obtained)
     if expected.shape != obtained.shape:
         if expected.size == obtained.size and expected.squeeze().shape == obtained.squeeze().shape:
             obtained = obtained.reshape(expected.shape)  # e.g. (1, 10) vs (10,): same data
         else:
-            return ArrayStats(
-                **base, max_abs=math.inf, mean_abs=math.inf, median_abs=math.inf, max_rel=math.inf,
-                cosine=0.0, mismatches=size, size=size, nonfinite=0, required_atol=math.inf,
-                required_rtol=math.inf, worst=(), shape_ok=False,
-            )
+            return _shape_mismatch(base, size)
     # (memory: float64 copies of both arrays, |Δ| and the relative error, a few masks — ~40 bytes per value;
     # the masks and copies of the finite values are made only where something is not finite)
     e = _as_float64(expected)
     o = _as_float64(obtained)
     finite = np.isfinite(e) & np.isfinite(o)
     all_finite = bool(finite.all())
-    if all_finite:
-        diff = np.subtract(e, o)
-        np.abs(diff, out=diff)
-        nonfinite, odd = 0, None
-    else:
-        diff = np.zeros(e.shape)
-        same_nonfinite = ~finite & ((e == o) | (np.isnan(e) & np.isnan(o)))  # (a finite side is never equal)
-        odd = ~finite & ~same_nonfinite
-        nonfinite = int(np.count_nonzero(odd))
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.abs(np.subtract(e, o, where=finite, out=diff), out=diff)
-    rel = np.abs(e)  # |Δ| / |ref|: inf where the reference is 0 and Δ is not, 0 where both are
-    zero = rel == 0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        np.divide(diff, rel, out=rel, where=~zero)
-    rel[zero] = np.where(diff[zero] > 0, np.inf, 0.0)
-    del zero
-    if not all_finite:
-        rel[~finite] = 0.0
-    bad = (diff > tol.atol) & (rel > tol.rtol)
-    if odd is not None:
-        bad |= odd
+    diff, odd = _abs_error(e, o, finite, all_finite)
+    nonfinite = 0 if odd is None else int(np.count_nonzero(odd))
+    bad, max_rel = _mismatches(e, diff, None if all_finite else finite, odd, tol)
     mismatches = int(np.count_nonzero(bad))
-    max_rel = float(np.max(rel, where=np.isfinite(rel), initial=0.0)) if rel.size else 0.0
-    del rel
     ef, of = (e.ravel(), o.ravel()) if all_finite else (e[finite].ravel(), o[finite].ravel())
     ne, no = float(np.linalg.norm(ef)), float(np.linalg.norm(of))
-    if ne == 0.0 and no == 0.0:
-        cosine = 1.0
-    elif ne == 0.0 or no == 0.0:
-        cosine = 0.0
-    else:
-        cosine = float(np.dot(ef, of) / (ne * no))
-    order = worst_order(diff.ravel(), bad.ravel(), worst)
-    worst_rows = tuple(
-        (
-            tuple(int(i) for i in np.unravel_index(int(flat), e.shape)),
-            float(o.ravel()[flat]),
-            float(e.ravel()[flat]),
-            float(diff.ravel()[flat]),
-        )
-        for flat in order
-    )
-    tops: tuple[TopKResult, ...] = ()
-    if classifier and e.ndim >= 1 and e.shape[-1] > 1 and e.size:
-        tops = tuple(_topk(e, o, k, tol) for k in topk if k < e.shape[-1])
+    cosine = _cosine(ef, of, ne, no)
+    worst_rows = _worst_rows(e, o, diff, bad, worst)
+    tops = _topk_results(e, o, tol, topk) if classifier else ()
     del bad
-    scale = max(float(ef.max()), -float(ef.min())) if ef.size else 0.0
-    max_abs = float(diff.max()) if diff.size else 0.0
-    if scale > 0:
-        signal_rel = max_abs / scale
-        flat_diff = diff.ravel()  # (Δ is 0 where a value is not finite: the sum runs over the finite ones)
-        nrms = float(np.sqrt(np.dot(flat_diff, flat_diff)) / ne)
-    else:  # an all-zero reference: any difference is an error the size of the signal
-        signal_rel = nrms = 0.0 if max_abs == 0.0 else math.inf
+    scale, max_abs, signal_rel, nrms = _signal_error(ef, diff, ne)
     mean_abs = float(diff.mean()) if diff.size else 0.0
     median_abs = float(np.median(diff, overwrite_input=True)) if diff.size else 0.0  # (diff is not used after)
     # the smallest max|Δ| / max|ref| that fails: the element-wise rule's, or the rule relative to the signal
     elementwise = max(tol.atol / scale, tol.rtol) if scale > 0 else math.inf
     return ArrayStats(
-        **base,
-        max_abs=max_abs,
-        mean_abs=mean_abs,
-        median_abs=median_abs,
-        max_rel=max_rel,
-        cosine=cosine,
-        mismatches=mismatches,
-        size=size,
-        nonfinite=nonfinite,
-        required_atol=max_abs,
-        required_rtol=max_rel,
-        worst=worst_rows,
-        topk=tops,
-        scale=scale,
-        signal_rel=signal_rel,
-        nrms=nrms,
-        srtol=tol.srtol,
-        detectable_rel=min(elementwise, tol.srtol),
-        elementwise_blind=scale > 0 and tol.atol >= scale,
+        **base, max_abs=max_abs, mean_abs=mean_abs, median_abs=median_abs, max_rel=max_rel, cosine=cosine,
+        mismatches=mismatches, size=size, nonfinite=nonfinite, required_atol=max_abs, required_rtol=max_rel,
+        worst=worst_rows, topk=tops, scale=scale, signal_rel=signal_rel, nrms=nrms, srtol=tol.srtol,
+        detectable_rel=min(elementwise, tol.srtol), elementwise_blind=scale > 0 and tol.atol >= scale,
     )
 
 
@@ -497,7 +538,9 @@ def compare(
         )
         return ParityResult(expected_name, obtained_name, tol, (missing,), tuple(notes))
     stats: list[ArrayStats] = []
-    for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp)):
+    # exp and obt have the same length (checked above) and the flags are padded with False to outlast them;
+    # names are the caller's and may be fewer (zip stops at the last name, as it always has)
+    for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp), strict=False):
         stats.append(compare_arrays(e, o, tol, name=name, classifier=is_softmax))
     return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))
 
@@ -554,7 +597,7 @@ def input_insensitive(expected: Sequence[np.ndarray], names: Sequence[str], tol:
     the samples is within the tolerance, so a graph that ignores its input (or computes something else that is as
     flat) would match too.  Untrained models do this (random weights and a softmax: 0.001 for every class)."""
     found = []
-    for name, ref in zip(names, expected, strict=False):
+    for name, ref in zip(names, expected, strict=False):  # (names are the caller's: an unnamed output is left out)
         if ref.ndim == 0 or len(ref) < 2 or not np.issubdtype(ref.dtype, np.floating) or ref.size == 0:
             continue
         spread = float(np.max(ref.max(axis=0) - ref.min(axis=0)))
