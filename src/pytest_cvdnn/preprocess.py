@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -37,6 +37,13 @@ def _plain_ok(spec: InputSpec) -> bool:
         and spec.interpolation == "bilinear"
         and spec.dtype == "float32"
     )
+
+
+def _plain_scale(spec: InputSpec) -> float:
+    """The scalar scale of a spec plain blobFromImage can express (:func:`_plain_ok`)."""
+    scale = spec.scale
+    assert isinstance(scale, (int, float)), "_plain_ok: a scalar scale"
+    return float(scale)
 
 
 def _has_params() -> bool:
@@ -141,7 +148,7 @@ def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     method = blob_method(spec)
     if method == "blobFromImage":
         return cv2.dnn.blobFromImages(
-            imgs, float(spec.scale), spec.size, _scalar4(spec.per_channel("mean")), spec.swap_rb,
+            imgs, _plain_scale(spec), spec.size, _scalar4(spec.per_channel("mean")), spec.swap_rb,
             spec.crop == "center", cv2.CV_32F
         )
     if method == "blobFromImageWithParams":
@@ -163,7 +170,8 @@ def _as_dtype(blob: np.ndarray, spec: InputSpec) -> np.ndarray:
     if spec.dtype == "float16":
         return blob.astype(np.float16)
     if spec.dtype == "uint8":
-        return np.clip(np.rint(blob), 0, 255).astype(np.uint8)
+        rounded: np.ndarray = np.clip(np.rint(blob), 0, 255).astype(np.uint8)  # (numpy types rint as Any)
+        return rounded
     return blob
 
 
@@ -214,7 +222,7 @@ def cv2_call(spec: InputSpec, opencv: str | None = None) -> str:
     mean = spec.per_channel("mean")
     if _plain_ok(spec):
         return source + (
-            f"blob = cv2.dnn.blobFromImage(img, scalefactor={float(spec.scale)!r}, size={tuple(spec.size)}, "
+            f"blob = cv2.dnn.blobFromImage(img, scalefactor={_plain_scale(spec)!r}, size={tuple(spec.size)}, "
             f"mean={_exact(mean)}, swapRB={spec.swap_rb}, crop={spec.crop == 'center'})"
         )
     if spec.interpolation != "bilinear":
@@ -297,7 +305,7 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
                 f"--cvdnn-images={folder} " + (f"has unreadable images: {', '.join(bad)}" if bad else "holds no images"),
                 fix="point it at a folder of PNG/JPEG photos",
             )
-        return photos
+        return [(name, img) for name, img in photos if img is not None]  # (all of them: none is None)
     from importlib.util import find_spec
 
     spec = find_spec("skimage")
@@ -314,7 +322,7 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     if missing:
         raise CvdnnError(f"scikit-image's photos {', '.join(missing)} are missing from {folder}",
                          fix="reinstall scikit-image, or pass --cvdnn-images=DIR")
-    return photos
+    return [(name, img) for name, img in photos if img is not None]  # (all of them: none is None)
 
 
 def _numpy_blob_pixels(images: Sequence[np.ndarray], spec: InputSpec) -> list[np.ndarray]:
@@ -378,6 +386,11 @@ def to_nhwc(blob: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(blob, (0, 2, 3, 1))) if layout == "nchw" and blob.ndim == 4 else blob
 
 
+#: PIL's nearest-neighbour resample filter: Image.NEAREST, which Pillow's own type hints no longer declare (they
+#: name it Image.Resampling.NEAREST, which Pillow < 9.1 lacks); the value is 0 in every Pillow
+_PIL_NEAREST = 0
+
+
 def pil_nearest_tensor(photos_bgr: Sequence[np.ndarray], expected: InputSpec) -> np.ndarray:
     """The tensor a training pipeline built on ``keras.utils.load_img`` (PIL, nearest) would give."""
     from PIL import Image
@@ -388,7 +401,7 @@ def pil_nearest_tensor(photos_bgr: Sequence[np.ndarray], expected: InputSpec) ->
     pil_mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     for img in photos_bgr:
         pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1])).convert(pil_mode).resize(expected.size,
-                                                                                            Image.NEAREST)
+                                                                                            _PIL_NEAREST)
         rgb = np.asarray(pil, dtype=np.float32).reshape(expected.size[1], expected.size[0], channels)
         rows.append(rgb if expected.swap_rb or channels == 1 else _swapped(rgb))
     return expected.normalize(np.stack(rows))
@@ -414,99 +427,148 @@ def _order(spec: InputSpec) -> str:
     return src[::-1] if spec.swap_rb else src
 
 
-def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> list[Mistake]:
-    """Every field of ``declared`` that differs from ``expected``, named as the usual mistake."""
-    mode = f" ({expected.mode} mode)" if expected.mode else ""
-    found: list[Mistake] = []
+def _mode(expected: InputSpec) -> str:
+    return f" ({expected.mode} mode)" if expected.mode else ""
 
-    def fix(**changes: Any) -> InputSpec:
-        return replace(declared, **changes)
 
-    if declared.n_channels != expected.n_channels:
-        gray = expected.n_channels == 1
-        found.append(Mistake(
-            "channel count",
-            f"the blob has {declared.n_channels} channel(s) but {model} takes {expected.n_channels}"
-            + (": convert the image to gray first (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), or read it with "
-               "cv2.IMREAD_GRAYSCALE)" if gray else ""),
-            fix(channels=expected.channels, mean=expected.mean, std=expected.std, scale=expected.scale,
+def _channel_count_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake:
+    gray = expected.n_channels == 1
+    return Mistake(
+        "channel count",
+        f"the blob has {declared.n_channels} channel(s) but {model} takes {expected.n_channels}"
+        + (": convert the image to gray first (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), or read it with "
+           "cv2.IMREAD_GRAYSCALE)" if gray else ""),
+        replace(declared, channels=expected.channels, mean=expected.mean, std=expected.std, scale=expected.scale,
                 swap_rb=expected.swap_rb),
-        ))
-        return found
-    if expected.n_channels != 1 and _order(declared) != _order(expected):
-        found.append(Mistake(
-            "channels swapped",
-            f"the blob is {_order(declared)} but {model}{mode} expects {_order(expected)}: "
-            f"use swapRB={not declared.swap_rb}",
-            fix(swap_rb=not declared.swap_rb),
-        ))
-    if declared.size != expected.size:
-        found.append(Mistake(
-            "wrong size",
-            f"the blob is {declared.size[0]}x{declared.size[1]} but {model} expects "
-            f"{expected.size[0]}x{expected.size[1]}: use size={expected.size}" if declared.size and expected.size
-            else "the blob size differs from the model input",
-            fix(size=expected.size),
-        ))
-    if declared.layout != expected.layout:
-        found.append(Mistake(
-            "NHWC vs NCHW",
-            f"the blob is {declared.layout.upper()} but the model input is {expected.layout.upper()}: "
-            + ("use blobFromImage (NCHW)" if expected.layout == "nchw"
-               else "use blobFromImageWithParams with datalayout=DNN_LAYOUT_NHWC"),
-            fix(layout=expected.layout),
-        ))
-    if declared.crop != expected.crop:
-        what = {"none": "stretched to size (no crop)", "center": "centre-cropped", "letterbox": "letterboxed"}
-        found.append(Mistake(
-            "crop vs stretch",
-            f"the blob is {what[declared.crop]} but the model expects the image {what[expected.crop]}: "
-            f"use crop={expected.crop == 'center'}" + (" / DNN_PMODE_LETTERBOX" if expected.crop == "letterbox" else ""),
-            fix(crop=expected.crop),
-        ))
-    if declared.interpolation != expected.interpolation:
-        found.append(Mistake(
-            "nearest vs bilinear" if {declared.interpolation, expected.interpolation} == {"nearest", "bilinear"}
-            else "resize interpolation",
-            f"the image is resized with {declared.interpolation} interpolation but the reference pipeline uses "
-            f"{expected.interpolation}: resize with cv2.{_INTERP_NAMES[expected.interpolation]} "
-            "(blobFromImage resizes bilinearly)",
-            fix(interpolation=expected.interpolation),
-        ))
+    )
+
+
+def _swap_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if expected.n_channels == 1 or _order(declared) == _order(expected):
+        return None
+    return Mistake(
+        "channels swapped",
+        f"the blob is {_order(declared)} but {model}{_mode(expected)} expects {_order(expected)}: "
+        f"use swapRB={not declared.swap_rb}",
+        replace(declared, swap_rb=not declared.swap_rb),
+    )
+
+
+def _size_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if declared.size == expected.size:
+        return None
+    return Mistake(
+        "wrong size",
+        f"the blob is {declared.size[0]}x{declared.size[1]} but {model} expects "
+        f"{expected.size[0]}x{expected.size[1]}: use size={expected.size}" if declared.size and expected.size
+        else "the blob size differs from the model input",
+        replace(declared, size=expected.size),
+    )
+
+
+def _layout_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if declared.layout == expected.layout:
+        return None
+    return Mistake(
+        "NHWC vs NCHW",
+        f"the blob is {declared.layout.upper()} but the model input is {expected.layout.upper()}: "
+        + ("use blobFromImage (NCHW)" if expected.layout == "nchw"
+           else "use blobFromImageWithParams with datalayout=DNN_LAYOUT_NHWC"),
+        replace(declared, layout=expected.layout),
+    )
+
+
+_CROP_WORDS = {"none": "stretched to size (no crop)", "center": "centre-cropped", "letterbox": "letterboxed"}
+
+
+def _crop_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if declared.crop == expected.crop:
+        return None
+    return Mistake(
+        "crop vs stretch",
+        f"the blob is {_CROP_WORDS[declared.crop]} but the model expects the image {_CROP_WORDS[expected.crop]}: "
+        f"use crop={expected.crop == 'center'}" + (" / DNN_PMODE_LETTERBOX" if expected.crop == "letterbox" else ""),
+        replace(declared, crop=expected.crop),
+    )
+
+
+def _interpolation_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if declared.interpolation == expected.interpolation:
+        return None
+    return Mistake(
+        "nearest vs bilinear" if {declared.interpolation, expected.interpolation} == {"nearest", "bilinear"}
+        else "resize interpolation",
+        f"the image is resized with {declared.interpolation} interpolation but the reference pipeline uses "
+        f"{expected.interpolation}: resize with cv2.{_INTERP_NAMES[expected.interpolation]} "
+        "(blobFromImage resizes bilinearly)",
+        replace(declared, interpolation=expected.interpolation),
+    )
+
+
+def _mean_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
     exp_mean = np.array(expected.mean)
-    if not np.allclose(declared.mean, exp_mean, atol=1e-3):
-        if expected.n_channels == 3 and np.allclose(declared.mean[::-1], exp_mean, atol=1e-3):
-            msg = (f"the mean {_tuple(declared.mean)} is given in the wrong channel order for a "
-                   f"{_order(expected)} blob: use mean={_tuple(expected.mean)}")
-            name = "mean in wrong channel order"
-        else:
-            msg, name = f"the mean is {_tuple(declared.mean)} but the model expects {_tuple(expected.mean)}", "wrong mean"
-        found.append(Mistake(name, msg, fix(mean=expected.mean)))
-    if (declared.std is None) != (expected.std is None) or (
-        declared.std is not None and expected.std is not None and not np.allclose(declared.std, expected.std)
-    ):
-        if declared.std is None:
-            found.append(Mistake(
-                "std missing",
-                f"std is missing: {model}{mode} divides by std {_tuple(expected.std or (1, 1, 1))} after the mean "
-                "(per-channel scale: blobFromImageWithParams, OpenCV >= 4.8)",
-                fix(std=expected.std, scale=expected.scale),
-            ))
-        else:
-            found.append(Mistake("wrong std", f"std is {_tuple(declared.std)} but the model expects "
-                                 f"{_tuple(expected.std) if expected.std else 'none'}", fix(std=expected.std)))
+    if np.allclose(declared.mean, exp_mean, atol=1e-3):
+        return None
+    if expected.n_channels == 3 and np.allclose(declared.mean[::-1], exp_mean, atol=1e-3):
+        msg = (f"the mean {_tuple(declared.mean)} is given in the wrong channel order for a "
+               f"{_order(expected)} blob: use mean={_tuple(expected.mean)}")
+        name = "mean in wrong channel order"
     else:
-        ratio = _scale3(declared) / _scale3(expected)
-        if not np.allclose(ratio, 1.0, rtol=1e-3):
-            r = float(np.median(ratio))
-            if r > 1.5:
-                name, how = "missing scaling", f"the blob is {r:.4g}x too large: the scaling is missing"
-            elif r < 1 / 1.5:
-                name, how = "double scaling", f"the blob is scaled {1 / r:.4g}x too much (scaled twice?)"
-            else:  # close, but not the same: a rounded or mistyped factor
-                name, how = "wrong scale", (f"the blob is {abs(r - 1) * 100:.2g} % too {'large' if r > 1 else 'small'} "
-                                            f"(scalefactor off by a factor {r:.4g})")
-            exp_scale = expected.scale
-            scale_txt = f"{exp_scale:.9g}" if isinstance(exp_scale, (int, float)) else _tuple(exp_scale)
-            found.append(Mistake(name, f"{how}; the model expects scalefactor={scale_txt}", fix(scale=expected.scale)))
-    return found
+        msg, name = f"the mean is {_tuple(declared.mean)} but the model expects {_tuple(expected.mean)}", "wrong mean"
+    return Mistake(name, msg, replace(declared, mean=expected.mean))
+
+
+def _std_differs(declared: InputSpec, expected: InputSpec) -> bool:
+    return (declared.std is None) != (expected.std is None) or (
+        declared.std is not None and expected.std is not None and not np.allclose(declared.std, expected.std)
+    )
+
+
+def _std_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake:
+    """The std of ``declared``, which differs from the model's (:func:`_std_differs`)."""
+    if declared.std is None:
+        return Mistake(
+            "std missing",
+            f"std is missing: {model}{_mode(expected)} divides by std {_tuple(expected.std or (1, 1, 1))} after the "
+            "mean (per-channel scale: blobFromImageWithParams, OpenCV >= 4.8)",
+            replace(declared, std=expected.std, scale=expected.scale),
+        )
+    return Mistake("wrong std", f"std is {_tuple(declared.std)} but the model expects "
+                   f"{_tuple(expected.std) if expected.std else 'none'}", replace(declared, std=expected.std))
+
+
+def _scale_mistake(declared: InputSpec, expected: InputSpec) -> Mistake | None:
+    """The scale of ``declared`` against the model's, where the std is the same."""
+    ratio = _scale3(declared) / _scale3(expected)
+    if np.allclose(ratio, 1.0, rtol=1e-3):
+        return None
+    r = float(np.median(ratio))
+    if r > 1.5:
+        name, how = "missing scaling", f"the blob is {r:.4g}x too large: the scaling is missing"
+    elif r < 1 / 1.5:
+        name, how = "double scaling", f"the blob is scaled {1 / r:.4g}x too much (scaled twice?)"
+    else:  # close, but not the same: a rounded or mistyped factor
+        name, how = "wrong scale", (f"the blob is {abs(r - 1) * 100:.2g} % too {'large' if r > 1 else 'small'} "
+                                    f"(scalefactor off by a factor {r:.4g})")
+    exp_scale = expected.scale
+    scale_txt = f"{exp_scale:.9g}" if isinstance(exp_scale, (int, float)) else _tuple(exp_scale)
+    return Mistake(name, f"{how}; the model expects scalefactor={scale_txt}", replace(declared, scale=expected.scale))
+
+
+def _std_or_scale_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake | None:
+    if _std_differs(declared, expected):
+        return _std_mistake(declared, expected, model)
+    return _scale_mistake(declared, expected)
+
+
+#: the checks of one field each, in the order their mistakes are listed
+_FIELD_MISTAKES = (_swap_mistake, _size_mistake, _layout_mistake, _crop_mistake, _interpolation_mistake,
+                   _mean_mistake, _std_or_scale_mistake)
+
+
+def candidate_mistakes(declared: InputSpec, expected: InputSpec, model: str) -> list[Mistake]:
+    """Every field of ``declared`` that differs from ``expected``, named as the usual mistake (a wrong channel
+    count alone: the other fields are then not comparable)."""
+    if declared.n_channels != expected.n_channels:
+        return [_channel_count_mistake(declared, expected, model)]
+    return [m for check in _FIELD_MISTAKES if (m := check(declared, expected, model)) is not None]
