@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
@@ -49,7 +49,7 @@ _CROPS = ("none", "center", "letterbox")
 def _triple(value: Any, field_name: str) -> Triple:
     """Per-channel values: one number (every channel), three (colour) or four (colour + alpha)."""
     if isinstance(value, (int, float)):
-        return (float(value),) * 3  # type: ignore[return-value]
+        return (float(value),) * 3
     try:
         items = [float(v) for v in value]
     except (TypeError, ValueError):
@@ -58,7 +58,7 @@ def _triple(value: Any, field_name: str) -> Triple:
         items *= 3
     if len(items) not in (3, 4):
         raise SpecError(f"{field_name} needs 1, 3 or 4 values (one per channel), got {len(items)}: {value!r}")
-    return tuple(items)  # type: ignore[return-value]
+    return cast(Triple, tuple(items))  # (3 values, or 4 with alpha: Triple stands for both here)
 
 
 #: what the 4th (alpha) channel gets when only three values are given: OpenCV's Scalar pads the mean with 0
