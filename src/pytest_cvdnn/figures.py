@@ -66,7 +66,8 @@ def _shrunk(values: np.ndarray) -> np.ndarray:
     h, w = (-(-values.shape[0] // factor)) * factor, (-(-values.shape[1] // factor)) * factor
     padded = np.zeros((h, w), values.dtype)
     padded[: values.shape[0], : values.shape[1]] = values
-    return padded.reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3))
+    blocks: np.ndarray = padded.reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3))
+    return blocks
 
 
 def _heat(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -87,7 +88,8 @@ def _as_map(sample: np.ndarray) -> np.ndarray | None:
         channels_first = first <= 4 or first < min(rest)
         spatial = rest if channels_first else list(sample.shape[:2])
         if min(spatial) > 1:
-            return sample.max(axis=0) if channels_first else sample.max(axis=2)
+            folded: np.ndarray = sample.max(axis=0) if channels_first else sample.max(axis=2)
+            return folded
     if sample.ndim > 3:
         return _as_map(sample.reshape(-1, *sample.shape[-2:]))
     return None
@@ -127,6 +129,7 @@ def parity_figures(expected: Sequence[np.ndarray], obtained: Sequence[np.ndarray
     """Per output (the first :data:`MAX_OUTPUTS`): where the error sits (a heatmap of sample 0 for a map, bars for
     a vector) and the |Δ| histogram of every sample against ``atol``."""
     figures: list[dict[str, Any]] = []
+    # (strict=False: the outputs that line up are drawn; a count that differs is the comparison's to report)
     for name, a, b in list(zip(names, expected, obtained, strict=False))[:MAX_OUTPUTS]:
         if a.shape != b.shape or a.size == 0 or not np.issubdtype(a.dtype, np.number):
             continue
@@ -155,7 +158,8 @@ def _display(tensor: np.ndarray, low: float, high: float) -> np.ndarray:
     image = np.clip((tensor.astype(np.float64) - low) / span * 255.0, 0, 255).astype(np.uint8)
     if image.shape[-1] == 1:
         return image[..., 0]
-    return image[..., :3][..., ::-1].copy()  # (the tensor's channel order shown as RGB)
+    rgb: np.ndarray = image[..., :3][..., ::-1].copy()  # (the tensor's channel order shown as RGB)
+    return rgb
 
 
 def preprocessing_figures(blob: np.ndarray | None, reference: np.ndarray, mistakes: Sequence[str],

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard, TypeVar
 
 from .errors import CvdnnError
 
@@ -35,20 +35,26 @@ def _bad(folder: Path, field: str, what: str) -> NoReturn:
     raise CvdnnError(f"the bundle {folder} has an invalid manifest.json: {field} {what}", fix=_FIX)
 
 
-def _is(value: Any, kind: type) -> bool:
+_T = TypeVar("_T")
+
+
+def _is(value: Any, kind: type[_T]) -> TypeGuard[_T]:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return (_is(value, int) or _is(value, float)) and math.isfinite(value)
+
+
+def _plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name \
+        and not name.startswith("~")
 
 
 def bundle_file(folder: Path, name: Any) -> Path:
     """``folder / name`` for a plain file name of the bundle; raises if the name (or what it resolves to)
     leaves the folder — it is never opened then."""
-    plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
-        and "\0" not in name and not name.startswith("~")
-    if not plain:
+    if not (isinstance(name, str) and _plain_name(name)):
         _bad(folder, f"the file name {name!r}", "is not a plain file name inside the bundle (a path, '..' or empty)")
     path = folder / name
     if path.is_symlink() or (path.exists() and not path.resolve().is_relative_to(folder.resolve())):

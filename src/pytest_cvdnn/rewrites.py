@@ -39,7 +39,7 @@ def sort_slice_axes(model: Any) -> list[str]:
     from onnx import numpy_helper
 
     inits = constant_tensors(model)
-    changed = []
+    changed: list[str] = []
     for node in model.graph.node:
         if node.op_type != "Slice" or len(node.input) < 4 or node.input[3] not in inits:
             continue
@@ -135,7 +135,7 @@ def clip_as_hardsigmoid(model: Any) -> list[str]:
         bounds = ([numpy_helper.to_array(consts[name]) if name in consts else None for name in node.input[1:3]]
                   if node.op_type == "Clip" and len(node.input) == 3 else [None])  # (not every Conv's weights)
         if (any(b is None or b.size != 1 for b in bounds) or not np.isfinite(np.asarray(bounds, np.float64)).all()
-                or not float(bounds[0]) < float(bounds[1])):
+                or not float(np.asarray(bounds[0])) < float(np.asarray(bounds[1]))):  # (asarray: not None here)
             nodes.append(node)
             continue
         lo, hi = (float(np.asarray(b).reshape(())) for b in bounds)
