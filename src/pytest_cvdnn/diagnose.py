@@ -81,7 +81,8 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
 
     cache_name = f"ops2-{slug(version_key)}-{dep.settings.engine}.json"  # (ops-: named nodes of one model)
     known = dep.cache.get_json("ops", cache_name) or {}
-    results, fresh = [], {}
+    results: list[OpResult] = []
+    fresh: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cvdnn-ops-") as tmp:
         for pattern, nodes in groups.items():
             node = nodes[0]
@@ -399,7 +400,7 @@ def _ort_tensors(path: Path, names: Sequence[str], feeds: dict[str, np.ndarray],
     sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
     have = {o.name for o in sess.get_outputs()}
     wanted = [n for n in names if n in have]
-    return dict(zip(wanted, sess.run(wanted, feeds)))
+    return dict(zip(wanted, sess.run(wanted, feeds), strict=True))
 
 
 def _match_tensors(ref_model: Any, obt_model: Any) -> dict[str, str]:
@@ -488,9 +489,10 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
     inits = {i.name for i in obt_model.graph.initializer}
     order = [(n, node) for n, node in _topological_outputs(obt_model) if n in mapping]
     graph_inputs = [i.name for i in obt_model.graph.input if i.name not in inits]
-    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
+    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
     ref_inputs = [i.name for i in ref_model.graph.input if i.name not in {x.name for x in ref_model.graph.initializer}]
-    ref_feeds = dict(zip(ref_inputs, feeds.values()))
+    # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
+    ref_feeds = dict(zip(ref_inputs, feeds.values(), strict=False))
     checked = 0
     with tempfile.TemporaryDirectory(prefix="cvdnn-div-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -532,7 +534,7 @@ def _cv2_tensors(dep: "Deployment", path: Path, names: Sequence[str], feeds: dic
 
         raise CvdnnError(f"cv2.dnn could not expose intermediate tensors: "
                          f"{opencv_error_line(Exception(resp.get('error', '')))}")
-    return dict(zip(outputs, outs[0]))
+    return dict(zip(outputs, outs[0], strict=True))
 
 
 # -- repro folder ---------------------------------------------------------------------------------------
@@ -581,18 +583,20 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
     folder.mkdir(parents=True, exist_ok=True)
     onnx_utils.extract_model(str(dep.onnx_path), str(folder / "subgraph.onnx"), inputs, outputs, check_model=False)
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
-    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)]))
+    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
     with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
         values = _ort_tensors(dep.onnx_path, [*inputs, *outputs], feeds, Path(tmp))
     for i, name in enumerate(inputs):
-        np.save(folder / f"input{i}.npy", values.get(name, feeds.get(name)))
+        np.save(folder / f"input{i}.npy", np.asanyarray(values.get(name, feeds.get(name))))  # (what np.save does)
     expected_from = "onnxruntime"
     if reference is not None:  # the node's first output, as the reference graph computes it
         for stale in folder.glob("expected*.npy"):
             stale.unlink()
         ref_model = onnx.load(str(reference[0]), load_external_data=False)
         ref_inits = {i.name for i in ref_model.graph.initializer}
-        ref_feeds = dict(zip([i.name for i in ref_model.graph.input if i.name not in ref_inits], feeds.values()))
+        # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
+        ref_feeds = dict(zip([i.name for i in ref_model.graph.input if i.name not in ref_inits], feeds.values(),
+                             strict=False))
         with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
             values = {outputs[0]: _ort_tensors(reference[0], [reference[1]], ref_feeds, Path(tmp))[reference[1]]}
         expected_from = "a fresh conversion of the Keras model (onnxruntime)"

@@ -93,7 +93,7 @@ class ChildRun:
         for r, feeds in enumerate(runs):
             if id(feeds) not in saved:
                 saved[id(feeds)] = [f"in{r}-{i}.npy" for i in range(len(feeds))]
-                for name, x in zip(saved[id(feeds)], feeds):
+                for name, x in zip(saved[id(feeds)], feeds, strict=True):
                     np.save(self.folder / name, np.ascontiguousarray(x))
         request = {"onnx": str(onnx_path), "engine": engine, "input_names": list(input_names),
                    "output_names": list(output_names), "runs": [saved[id(feeds)] for feeds in runs]}
@@ -116,8 +116,9 @@ class ChildRun:
             try:
                 self._result = self._collect()
                 resp, outs = self._result
-                if self.store is not None and resp.get("ok") and all(o is not None for o in outs):
-                    self.store(outs)  # type: ignore[arg-type]
+                finished = [o for o in outs if o is not None]
+                if self.store is not None and resp.get("ok") and len(finished) == len(outs):  # (every forward)
+                    self.store(finished)
             except CvdnnError as exc:
                 self._result = exc
             finally:
@@ -150,8 +151,9 @@ class ChildRun:
 
     def outputs(self, run: int) -> list[np.ndarray]:
         resp, outs = self.result()
-        if run < len(outs) and outs[run] is not None:
-            return outs[run]  # type: ignore[return-value]
+        out = outs[run] if run < len(outs) else None
+        if out is not None:
+            return out
         _raise_for(resp)
         raise CvdnnError("the cv2.dnn child process returned no outputs")
 
