@@ -41,15 +41,15 @@ def has_onnxruntime() -> bool:
     import cv2
 
     m = re.search(r"ONNX Runtime:\s*(\S+)", cv2.getBuildInformation())
-    return bool(m) and m.group(1).upper() not in ("NO", "OFF")
+    return m is not None and m.group(1).upper() not in ("NO", "OFF")
 
 
 def engines() -> dict[str, int | None]:
     """The engines this OpenCV has: name -> ``cv2.dnn.ENGINE_*`` (``{"auto": None}`` on 4.x: no engine argument)."""
     import cv2
 
-    found = {name[len("ENGINE_"):].lower(): int(getattr(cv2.dnn, name))
-             for name in dir(cv2.dnn) if name.startswith("ENGINE_")}
+    found: dict[str, int | None] = {name[len("ENGINE_"):].lower(): int(getattr(cv2.dnn, name))
+                                    for name in dir(cv2.dnn) if name.startswith("ENGINE_")}
     return found or {"auto": None}
 
 
@@ -236,6 +236,8 @@ class Cv2DnnRunner:
         self.net = read_net(self.onnx_path, engine)
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        # (no zip(strict=...) here: this runs in a target's own Python too (runners/isolated.py), which may be
+        # older than 3.10; the input names are the graph's, one per input, and forward gives one output per name)
         net = self.net
         if len(inputs) == 1:
             net.setInput(np.ascontiguousarray(inputs[0]))
