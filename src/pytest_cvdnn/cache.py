@@ -217,6 +217,7 @@ class Cache:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, __count__=np.array(len(arrays)), __check__=np.array(_arrays_check(parts, arrays)),
-                 **{f"a{i}": a for i, a in enumerate(arrays)})
+        # (Any: mypy matches a ** mapping against savez's allow_pickle: bool as well as its arrays)
+        named: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays)}
+        np.savez(buf, __count__=np.array(len(arrays)), __check__=np.array(_arrays_check(parts, arrays)), **named)
         _atomic_write_bytes(self.root.joinpath(*parts), buf.getvalue())

@@ -106,8 +106,8 @@ def tf2onnx_code(keras_meta: dict[str, Any], opts: ConversionOptions, output_pat
     shapes = _signature_shapes(keras_meta, opts)
     names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
     specs = ", ".join(f"tf.TensorSpec({tuple(shape)!r}, tf.{i['dtype']}, name={name!r})"
-                      for shape, i, name in zip(shapes, keras_meta["inputs"], names))
-    nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
+                      for shape, i, name in zip(shapes, keras_meta["inputs"], names, strict=True))
+    nchw = [name for name, shape in zip(names, shapes, strict=True) if opts.layout == "nchw" and len(shape) == 4]
     return (f"tf2onnx.convert.from_keras(model, input_signature=({specs},), opset={opts.opset}"
             + (f", inputs_as_nchw={nchw!r}" if nchw else "") + f", output_path={output_path!r})")
 
@@ -118,7 +118,7 @@ def signature_specs(keras_meta: dict[str, Any], shapes: list[list[int | None]]) 
 
     names = [_safe_name(i["name"], n) for n, i in enumerate(keras_meta["inputs"])]
     specs = tuple(tf.TensorSpec(shape, tf.as_dtype(i["dtype"]), name=name)
-                  for shape, i, name in zip(shapes, keras_meta["inputs"], names))
+                  for shape, i, name in zip(shapes, keras_meta["inputs"], names, strict=True))
     return names, specs
 
 
@@ -129,7 +129,7 @@ def convert_keras(model: Any, keras_meta: dict[str, Any], opts: ConversionOption
 
     shapes = _signature_shapes(keras_meta, opts)
     names, signature = signature_specs(keras_meta, shapes)
-    nchw = [name for name, shape in zip(names, shapes) if opts.layout == "nchw" and len(shape) == 4]
+    nchw = [name for name, shape in zip(names, shapes, strict=True) if opts.layout == "nchw" and len(shape) == 4]
     log = io.StringIO()
     warned = _Warnings()
     try:
@@ -195,12 +195,12 @@ def _from_function(model: Any, signature: Any, opts: ConversionOptions, nchw: li
     import tensorflow as tf
     import tf2onnx
 
-    @tf.function(input_signature=signature)
     def serve(*args: Any) -> Any:
         return model(list(args) if len(args) > 1 else args[0], training=False)
 
+    traced = tf.function(serve, input_signature=signature)  # (a call, not @: tf.function is untyped)
     with contextlib.redirect_stdout(log):
-        tf2onnx.convert.from_function(serve, input_signature=signature, opset=opts.opset,
+        tf2onnx.convert.from_function(traced, input_signature=signature, opset=opts.opset,
                                       output_path=str(out_path), inputs_as_nchw=nchw or None)
 
 

@@ -181,7 +181,7 @@ def guess_layout(onnx_shape: Sequence[int | None], keras_shape: Sequence[int | N
         return "nhwc"
 
     def fits(dims: Sequence[int | None], want: Sequence[int | None]) -> bool:
-        return all(d is None or w is None or d == w for d, w in zip(dims, want))
+        return all(d is None or w is None or d == w for d, w in zip(dims, want, strict=True))
 
     if keras_shape is not None and len(keras_shape) == 4:
         _, h, w, c = keras_shape

@@ -75,7 +75,8 @@ def _histogram_svg(fig: dict[str, Any]) -> str:
     width, height, pad = 440, 170, 30
     if not counts:
         return f'<p class="muted">every value equal ({fig.get("zeros", 0)} of {fig.get("total", 0)})</p>'
-    low, high = edges[0], edges[-1]
+    low: float = edges[0]
+    high: float = edges[-1]
     top = max(counts) or 1
     span = max(high - low, 1e-9)
 

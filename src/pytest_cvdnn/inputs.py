@@ -99,7 +99,7 @@ def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[In
     """
     rng = np.random.default_rng(seed)
     out = []
-    for shape, one in zip(shapes, _per_input(spec, len(shapes))):
+    for shape, one in zip(shapes, _per_input(spec, len(shapes)), strict=True):
         full = (count, *[int(d) for d in shape[1:]])
         if value_range is not None:
             out.append(rng.uniform(value_range[0], value_range[1], size=full).astype(np.float32))

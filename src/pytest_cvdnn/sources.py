@@ -231,7 +231,7 @@ def _tf1_signature(keras: Any, path: Path) -> tuple[dict[str, Any], list[str], A
     pruned = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name(n) for n in ins.values()],
                            fetches=[wrapped.graph.get_tensor_by_name(outs[k]) for k in names])
 
-    class SignatureLayer(keras.layers.Layer):  # type: ignore[misc, name-defined]
+    class SignatureLayer(keras.layers.Layer):  # type: ignore[misc]  # (keras is untyped: a base class of type Any)
         """The frozen serving signature, called like a layer."""
 
         def call(self, x: Any) -> Any:
