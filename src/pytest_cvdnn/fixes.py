@@ -70,7 +70,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     onnx.load_external_data_for_model(model, str(dep.onnx_path.parent))  # fixed.onnx holds its weights
     try:
         results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])
-                   for r in found["results"]]  # type: ignore[index]
+                   for r in (found or {})["results"]]  # (a cache miss: the KeyError below)
         by_label = {c.label: c for c in candidates(model)}
         for r in results:  # a warm run writes the files again (cheap), it does not verify again
             if r.works:

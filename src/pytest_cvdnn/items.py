@@ -58,8 +58,9 @@ class _ChecksMixin:
     entry: ModelEntry
 
     def _items(self) -> Iterator["CheckItem"]:
+        assert isinstance(self, pytest.Collector)  # (every class that mixes this in is one)
         for spec in self.entry.checks:
-            yield CheckItem.from_parent(self, name=spec.name, check=spec.check, target=spec.target,  # type: ignore[arg-type]
+            yield CheckItem.from_parent(self, name=spec.name, check=spec.check, target=spec.target,
                                         fmt=spec.fmt, engine=spec.engine)
 
 
@@ -128,7 +129,9 @@ class CheckItem(pytest.Item):
 
     @property
     def entry(self) -> ModelEntry:
-        return self.parent.entry  # type: ignore[union-attr,no-any-return]
+        parent = self.parent
+        assert isinstance(parent, _ChecksMixin)  # (a check item is made by its model's collector only)
+        return parent.entry
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
         dep = self.entry.deployment(self.target, self.fmt, self.engine)

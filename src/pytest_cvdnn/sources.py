@@ -14,7 +14,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .errors import CvdnnError
 
@@ -254,10 +254,10 @@ def _without_exits(fn: Callable[[], Any]) -> Any:
     session without a summary.  (``sys.exit`` raises SystemExit, caught by the caller.)"""
     real = os._exit
 
-    def refuse(code: Any = 0) -> None:
-        raise _HardExit(code)
+    def refuse(status: Any = 0) -> NoReturn:  # (os._exit's own parameter name)
+        raise _HardExit(status)
 
-    os._exit = refuse  # type: ignore[assignment]
+    os._exit = refuse
     try:
         return fn()
     finally:
