@@ -232,9 +232,11 @@ def test_warm_run_replays_auxiliary_cv2_outputs_and_still_compares_them(
         assert "replayed from the cache" in warm.checks()[check]["message"]
     assert warm.report["models"][0]["parity"] == cold.report["models"][0]["parity"]
 
-    (child,) = [p for p in (cache / "cv2").glob("*.npz") if not p.name.startswith("logits-")]
+    (child,) = list((cache / "cv2").glob("*.npz"))
     _tamper(child, 1, 1e-3)  # the fresh net's output (stored as [counts, fresh..., batch...])
-    for logits in (cache / "cv2").glob("logits-*.npz"):
+    logit_entries = list((cache / "outputs").glob("cv2dnn-logits-*.npz"))  # the probe's, by the runner wrapper
+    assert logit_entries
+    for logits in logit_entries:
         _tamper(logits, 0, 0.5)
     bad = run_cvdnn("--cvdnn-model=m.keras", "-k", "determinism or batch or parity", cache=cache)
     checks = bad.checks()

@@ -404,8 +404,12 @@ def test_onnxruntime_execution_providers_are_chosen_and_checked(run_cvdnn: Calla
     assert run.ret == 0, run.text
     assert run.report["models"][0]["environment"]["ort_providers"] == providers.split(",")
     assert run.checks()["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
-    from pytest_cvdnn.cache import slug
 
-    cached = [p.name for p in (cache / "ort").iterdir()]
-    tag = "" if providers == "CPUExecutionProvider" else f"-{slug(providers.replace(',', '+'))}"
-    assert cached and all(p.endswith(f"{tag}.npz") for p in cached), cached
+    def identities() -> set[str]:  # outputs/<runner>-<identity>-<inputs>.npz
+        return {p.name.split("-")[1] for p in (cache / "outputs").glob("onnxruntime-*.npz")}
+
+    chosen_ids = identities()
+    assert len(chosen_ids) == 1, chosen_ids
+    again = run_cvdnn(f"--cvdnn-model={onnx_model.name}", "--cvdnn-ort-providers=CPUExecutionProvider", cache=cache)
+    assert again.ret == 0, again.text
+    assert len(identities()) == (1 if providers == "CPUExecutionProvider" else 2)  # cached per provider list

@@ -189,7 +189,8 @@ def test_bundle_manifest_mutants_end_in_clear_errors(run_cvdnn: Any, pytester: p
     """A bundle of a small ONNX model, its manifest mutated field by field and byte by byte: each mutant is
     refused with a message naming the bundle (or replayed, when the edit changes nothing that matters); no file
     outside the bundle is opened, whatever the manifest names."""
-    from pytest_cvdnn.bundle import BUNDLE_CHECKS, BundleDeployment
+    from pytest_cvdnn.bundle import BundleDeployment
+    from pytest_cvdnn.checks import checks_of
     from pytest_cvdnn.cache import Cache
     from pytest_cvdnn.checks import run_check
     from pytest_cvdnn.errors import CvdnnError, StageSkipped
@@ -234,7 +235,7 @@ def test_bundle_manifest_mutants_end_in_clear_errors(run_cvdnn: Any, pytester: p
             unclear.append((what, f"{type(exc).__name__}: {exc}"[:300]))
             continue
         counts["replayed"] += 1
-        for check in BUNDLE_CHECKS:  # a replay: each check passes, is skipped or fails with a clear message
+        for check in (c.name for c in checks_of("bundle")):  # a replay: each check passes, is skipped or fails with a clear message
             try:
                 run_check(dep, check)
             except StageSkipped:

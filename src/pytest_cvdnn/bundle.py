@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,15 +28,13 @@ from .deployment import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo
 from .manifest import BUNDLE_FORMAT, bundle_file, load_manifest
+from .runners import Runner
 from .settings import ModelSettings
 from .spec import InputSpec
 
-__all__ = ["save_bundle", "BundleDeployment", "find_bundles", "BUNDLE_FORMAT", "BUNDLE_CHECKS"]
+__all__ = ["save_bundle", "BundleDeployment", "find_bundles", "BUNDLE_FORMAT"]
 
 _REGENERATE = "regenerate it with --cvdnn-save-bundle on the machine that has TensorFlow"
-BUNDLE_CHECKS = ("verify", "load", "input_spec", "preprocessing", "output_spec", "parity[onnxruntime-cv2dnn]",
-                 "parity[keras-cv2dnn]", "batch", "determinism")
-
 
 def _npz(arrays: Sequence[np.ndarray]) -> bytes:
     buf = io.BytesIO()
@@ -156,10 +154,32 @@ def _spec(data: dict[str, Any]) -> InputSpec:
     return InputSpec(**fields)
 
 
+class ReplayRunner:
+    """A reference replayed from a bundle: its outputs and logits on the inputs the bundle stored them for."""
+
+    def __init__(self, name: str, stored: list[dict[str, Any]], file: Callable[[str], Path],
+                 digest: Callable[[Sequence[np.ndarray]], str]) -> None:
+        self.name, self.stored, self.file, self.digest = name, stored, file, digest
+        self.output_count = 0  # (set per forward: the outputs, then the logits where the bundle has them)
+
+    def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        wanted = self.digest(inputs)
+        found = {bool(ref["logits"]): _load_npz(self.file(ref["file"])) for ref in self.stored
+                 if ref["inputs"] == wanted}
+        if False not in found:
+            raise StageSkipped(f"the bundle has no stored {self.name} outputs for these inputs")
+        self.output_count = len(found[False])
+        return found[False] + found.get(True, [])
+
+
 class BundleDeployment(Deployment):
     """A deployment replayed from a bundle folder: cv2.dnn runs, references are read from files."""
 
     can_convert = False
+
+    @property
+    def kind(self) -> str:
+        return "bundle"
 
     def __init__(self, settings: ModelSettings, folder: Path, cache: Cache) -> None:
         self.folder = Path(folder)
@@ -269,23 +289,14 @@ class BundleDeployment(Deployment):
             raise StageSkipped(f"the bundle has no {name} (written by an older pytest-cvdnn): regenerate it")
         return _load_npz(self._file(name))[0]
 
-    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
-            logits: bool = False) -> list[np.ndarray]:
-        if runner == "cv2dnn":
-            return super().run(runner, inputs, per_sample=per_sample, logits=logits)
-        wanted = self.inputs_hash(list(self.inputs if inputs is None else inputs))
-        for ref in self.manifest["references"]:
-            if ref["runner"] == runner and ref["logits"] == logits and ref["inputs"] == wanted:
-                return _load_npz(self._file(ref["file"]))
-        raise StageSkipped(f"the bundle has no stored {runner} outputs for these inputs")
-
-    def require_runner(self, name: str) -> None:
+    def replay_runner(self, name: str, logits: bool) -> Runner | None:
+        """The stored outputs of the references (Keras, onnxruntime); cv2.dnn runs."""
         if name == "cv2dnn":
-            super().require_runner(name)
-            return
-        self.require("conversion")  # the checksums
-        if not any(ref["runner"] == name for ref in self.manifest["references"]):
+            return None
+        stored = [ref for ref in self.manifest["references"] if ref["runner"] == name]
+        if not stored:
             raise StageSkipped(f"the bundle has no stored {name} outputs")
+        return ReplayRunner(name, stored, self._file, self.inputs_hash)
 
     def variant(self, settings: ModelSettings) -> Deployment:
         raise StageSkipped("a bundle cannot be converted again (no TensorFlow here)")

@@ -18,9 +18,11 @@ from .cache import slug
 from .compare import Tolerance, compare, compare_arrays, input_insensitive
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .deployment import Deployment
+from .runners import blame as runner_blame
 from .spec import InputSpec
 
-__all__ = ["CheckResult", "CheckFailed", "CHECKS", "PARITY_PAIRS", "TARGET_CHECKS", "check_names", "check_items", "run_check", "ItemSpec"]
+__all__ = ["CheckResult", "CheckFailed", "Check", "TABLE", "CHECKS", "PARITY_PAIRS", "TARGET_CHECKS", "checks_of",
+           "check_names", "check_items", "run_check", "ItemSpec"]
 
 
 @dataclass
@@ -595,10 +597,6 @@ def _resize_note(dep: Deployment, expected: InputSpec, photos: list[np.ndarray],
             f"by max |Δ| {moved.max_abs:.3g}{_top1_text(moved)}")
 
 
-def _runners(dep: Deployment) -> list[str]:
-    return [r for r in dep.runners if dep.has_keras or r != "keras"]
-
-
 def _check_finite(dep: Deployment, outputs: dict[str, list[np.ndarray]]) -> None:
     """NaN or Inf in any runner's outputs is a broken model (or runtime), whatever the parity says."""
     bad = []
@@ -622,10 +620,10 @@ def check_output_spec(dep: Deployment) -> CheckResult:
     from .compare import align_outputs
 
     # the same inputs as the parity items: each runner's forward pass is shared with them
-    full = {name: dep.run(name, per_sample=name == "cv2dnn") for name in _runners(dep)}
+    full = {name: dep.run(name, per_sample=name == "cv2dnn") for name in list(dep.runners)}
     _check_finite(dep, full)
     results = {name: [o[:1] for o in outs] for name, outs in full.items()}
-    ref_outs = results[_runners(dep)[0]]
+    ref_outs = results[list(dep.runners)[0]]
     notes: list[str] = []
     for name, outs in results.items():
         results[name], moved = align_outputs([o.shape for o in ref_outs], outs, dep.output_names,
@@ -633,7 +631,7 @@ def check_output_spec(dep: Deployment) -> CheckResult:
         notes += moved
     table = {name: [(tuple(o.shape), str(o.dtype)) for o in outs] for name, outs in results.items()}
     data = {"outputs": {name: [{"shape": list(s), "dtype": d} for s, d in rows] for name, rows in table.items()}}
-    ref_name = _runners(dep)[0]
+    ref_name = list(dep.runners)[0]
     ref = table[ref_name]
     problems: list[str] = []
     for name, rows in table.items():
@@ -661,11 +659,6 @@ def check_output_spec(dep: Deployment) -> CheckResult:
 
 
 # -- parity ----------------------------------------------------------------------------------
-_BLAME = {
-    ("keras", "onnxruntime"): "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
-    ("onnxruntime", "cv2dnn"): "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime",
-    ("keras", "cv2dnn"): "the deployed model does not reproduce Keras",
-}
 
 
 def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
@@ -716,13 +709,13 @@ def _insensitive_note(flat: list[dict[str, Any]]) -> str:
 def parity_diagnosis(dep: Deployment, expected: str, obtained: str, result: Any) -> str:
     """For a project's ``assert_parity(runner, runner)`` that fails: the blame, the first divergent node and the
     repro folder, as the generated parity item gives them ("" where there is nothing to add)."""
-    if (expected, obtained) not in _BLAME or dep.settings.format != "onnx":
+    if runner_blame(expected, obtained) is None or dep.settings.format != "onnx":
         return ""
     data = result.as_dict()
     try:
         text, extra = _blamed(dep, expected, obtained, data)
     except Exception as exc:  # noqa: BLE001 - a diagnosis is a bonus: the statistics stand without it
-        return f"{_BLAME[(expected, obtained)]} (not localised: {type(exc).__name__}: {exc})"
+        return f"{runner_blame(expected, obtained)} (not localised: {type(exc).__name__}: {exc})"
     if data.get("first_divergent_text"):
         text += f"; {data['first_divergent_text']}"
     return text + (f"\n{extra}" if extra else "")
@@ -732,7 +725,7 @@ def _blamed(dep: Deployment, expected: str, obtained: str, data: dict[str, Any])
     """(who is to blame, extra text): the pair's blame, or where localisation puts it (it adds the first divergent
     node to ``data``)."""
     where, extra = _localise(dep, expected, obtained, data)
-    return where or _BLAME[(expected, obtained)], extra
+    return where or runner_blame(expected, obtained), extra
 
 
 def _blind_note(result: Any) -> str:
@@ -921,39 +914,72 @@ def check_bundle(dep: Deployment) -> CheckResult:
                        f"with: pytest --cvdnn-bundle={folder}", {"bundle": str(folder)})
 
 
-PARITY_PAIRS = (("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"), ("tflite", "cv2dnn"))
-
-CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {
-    "convert": check_convert,
-    "ops": check_ops,
-    "load": check_load,
-    "remedies": check_remedies,
-    "input_spec": check_input_spec,
-    "preprocessing": check_preprocessing,
-    "output_spec": check_output_spec,
-    **{f"parity[{a}-{b}]": (lambda dep, a=a, b=b: check_parity(dep, a, b)) for a, b in PARITY_PAIRS},
-    "batch": check_batch,
-    "determinism": check_determinism,
-    "verify": check_verify,
-    "bundle": check_bundle,
-}
+#: what is checked (see Deployment.kind)
+KINDS = ("keras", "onnx", "export", "tflite", "bundle")
 
 
-#: checks that run again on every extra OpenCV target (the rest use the cv2 installed here)
-TARGET_CHECKS = ("ops", "load", "output_spec", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]",
-                 "parity[tflite-cv2dnn]", "batch", "determinism")
+@dataclass(frozen=True)
+class Check:
+    """One check and where it applies: the deployment kinds it runs for, whether it runs again on every other
+    OpenCV target and cv2.dnn engine, the runners it compares (an item only where each has a model: no Keras
+    item for an ONNX source), and the option that turns it on (None: always)."""
 
-#: the checks of a .tflite source: the file itself in cv2.dnn against the TFLite interpreter
-TFLITE_SOURCE_CHECKS = ("convert", "load", "input_spec", "output_spec", "parity[tflite-cv2dnn]", "batch",
-                        "determinism")
+    name: str
+    run: Callable[[Deployment], CheckResult]
+    kinds: frozenset[str]
+    per_target: bool = False
+    runners: tuple[str, ...] = ()
+    option: str | None = None
+
+
+def _parity_check(expected: str, obtained: str) -> Check:
+    """The parity check of a registered pair: for the kinds where both runners run (a bundle compares what
+    runs where it is replayed, cv2.dnn, with the references it stores), on every target where cv2.dnn is one."""
+    from .runners import runner_spec
+
+    kinds = runner_spec(expected).kinds & runner_spec(obtained).kinds
+    if obtained != "cv2dnn":
+        kinds -= {"bundle"}
+    return Check(f"parity[{expected}-{obtained}]", lambda dep: check_parity(dep, expected, obtained),
+                 frozenset(kinds), per_target="cv2dnn" in (expected, obtained), runners=(expected, obtained))
+
+
+def _table() -> tuple[Check, ...]:
+    from .runners import parity_pairs
+
+    everywhere, replayable = frozenset(KINDS), frozenset({"keras", "onnx", "bundle", "tflite"})
+    return (
+        Check("verify", check_verify, frozenset({"bundle"})),
+        Check("convert", check_convert, everywhere - {"bundle"}),
+        Check("ops", check_ops, frozenset({"keras", "onnx"}), per_target=True),
+        Check("load", check_load, everywhere, per_target=True),
+        Check("remedies", check_remedies, frozenset({"keras"}), per_target=True, option="fix"),
+        Check("input_spec", check_input_spec, replayable),
+        Check("preprocessing", check_preprocessing, replayable - {"tflite"}),
+        Check("output_spec", check_output_spec, everywhere, per_target=True),
+        *(_parity_check(a, b) for a, b in parity_pairs()),
+        Check("batch", check_batch, replayable, per_target=True),
+        Check("determinism", check_determinism, replayable, per_target=True),
+        Check("bundle", check_bundle, frozenset({"keras", "onnx"}), option="save_bundle"),
+    )
+
+
+#: every check, in the order its items run
+TABLE = _table()
+CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {c.name: c.run for c in TABLE}
+PARITY_PAIRS = tuple(c.runners for c in TABLE if c.runners)
+#: checks that run again on every extra OpenCV target and engine (the rest use the cv2 installed here)
+TARGET_CHECKS = tuple(c.name for c in TABLE if c.per_target and c.option is None)
+
+
+def checks_of(kind: str, has_keras: bool = True, **options: bool) -> list[Check]:
+    """The checks of a deployment ``kind`` (see KINDS), with the options that are on (``fix``, ``save_bundle``)."""
+    return [c for c in TABLE if kind in c.kinds and (c.option is None or options.get(c.option, False))
+            and (has_keras or "keras" not in c.runners)]
 
 
 def check_names(has_keras: bool, fix: bool = False, save_bundle: bool = False) -> list[str]:
-    optional = {"remedies": fix and has_keras, "bundle": save_bundle, "verify": False}
-    names = [n for n in CHECKS if optional.get(n, True) and "tflite" not in n]
-    if not has_keras:
-        names = [n for n in names if "keras" not in n]
-    return names
+    return [c.name for c in checks_of("keras" if has_keras else "onnx", has_keras, fix=fix, save_bundle=save_bundle)]
 
 
 def item_name(check: str, label: str) -> str:
@@ -978,31 +1004,19 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
     """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
     per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
     (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
-    from .formats import FORMAT_CHECKS
     from .settings import target_label
 
-    if bundle:
-        from .bundle import BUNDLE_CHECKS
-
-        local = [c for c in BUNDLE_CHECKS if has_keras or "keras" not in c]
-    elif source_kind == "tflite":
-        local = list(TFLITE_SOURCE_CHECKS)
-    else:
-        local = check_names(has_keras, fix, save_bundle)
-    items = [ItemSpec(name, name) for name in local]
-    per_target = TARGET_CHECKS + (("remedies",) if "remedies" in local else ())
-    for target in targets:
-        items += [ItemSpec(item_name(c, target_label(target)), c, target) for c in per_target
-                  if c in local and not (bundle and c == "ops")]
-    for engine in engines:
-        items += [ItemSpec(item_name(c, f"engine-{engine}"), c, None, "onnx", engine) for c in per_target
-                  if c in local]
-    for fmt in () if bundle or not has_keras else formats:
-        if fmt == "onnx":
-            continue
-        items += [ItemSpec(f"{fmt}:{c}", c, None, fmt) for c in FORMAT_CHECKS]
-        items += [ItemSpec(f"{fmt}:{item_name(c, target_label(t))}", c, t, fmt)
-                  for t in targets for c in FORMAT_CHECKS if c != "convert"]
+    kind = "bundle" if bundle else "tflite" if source_kind == "tflite" else "keras" if has_keras else "onnx"
+    local = checks_of(kind, has_keras, fix=fix, save_bundle=save_bundle)
+    items = [ItemSpec(c.name, c.name) for c in local]
+    again = [c.name for c in local if c.per_target]
+    items += [ItemSpec(item_name(c, target_label(t)), c, t) for t in targets for c in again]
+    items += [ItemSpec(item_name(c, f"engine-{e}"), c, None, "onnx", e) for e in engines for c in again]
+    exported = checks_of("export") if kind == "keras" else []
+    for fmt in (f for f in formats if f != "onnx"):
+        items += [ItemSpec(f"{fmt}:{c.name}", c.name, None, fmt) for c in exported]
+        items += [ItemSpec(f"{fmt}:{item_name(c.name, target_label(t))}", c.name, t, fmt)
+                  for t in targets for c in exported if c.per_target]
     return items
 
 

@@ -18,13 +18,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cache import Cache, sha256_bytes, slug
+from .cache import Cache, sha256_bytes
 from .compare import ParityResult, align_outputs, compare
 from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
-from .settings import DEFAULT_ORT_PROVIDERS, ModelSettings
+from .runners import RUNNER_NAMES, Runner, runner_spec
+from .runners.cached import CachedRunner
+from .settings import ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec, SpecError
 
@@ -38,7 +40,6 @@ class Deployment:
     """A Keras (or ONNX) model on its way to cv2.dnn."""
 
     can_convert = True  # False for a bundle replayed without TensorFlow
-    runners: tuple[str, ...] = ("keras", "onnxruntime", "cv2dnn")  # what can run this deployment's artifact
     reorder_outputs = False  # True where the importer, not the artifact, decides the order of the outputs
 
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
@@ -50,7 +51,8 @@ class Deployment:
         self._stages: dict[str, tuple[bool, Any]] = {}
         self.timings: dict[str, float] = {}
         self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
-        self._outputs: dict[tuple[Any, ...], list[np.ndarray]] = {}  # runner outputs by inputs (runners are pure)
+        self._outputs: dict[tuple[str, str, str], list[np.ndarray]] = {}  # runner results by identity + inputs
+        self._runners: dict[tuple[str, bool], CachedRunner] = {}
         self.upcoming: set[str] = set()  # checks this session will run (the plugin sets it): work can start early
         self.exhibits: dict[str, Any] = {}  # the arrays a check compared, by check (figures.py draws them)
 
@@ -89,6 +91,17 @@ class Deployment:
     @property
     def label(self) -> str:
         return self.settings.model
+
+    @property
+    def kind(self) -> str:
+        """What is checked: "keras" (a Keras model converted to ONNX), "onnx" (an ONNX file given as the model),
+        "export" (the Keras model exported as TFLite or a frozen graph), "tflite" (a .tflite file), "bundle"."""
+        return "keras" if self.has_keras else "onnx"
+
+    @property
+    def format_name(self) -> str:
+        """The artifact cv2.dnn reads, in words."""
+        return "ONNX"
 
     @property
     def has_keras(self) -> bool:
@@ -395,7 +408,7 @@ class Deployment:
                 for resize in ("opencv", "keras"):
                     self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n), resize)
         notify("references")
-        self.keras_outputs(self.inputs)
+        self.run("keras")
 
     def _user_onnx(self) -> Path:
         raw = Path(str(self.settings.onnx)).expanduser()
@@ -561,18 +574,6 @@ class Deployment:
 
     # -- runners ----------------------------------------------------------------------------
     @property
-    def ort(self) -> Any:
-        """onnxruntime on the graph that also outputs the logits (outputs and logits in one pass); its
-        session is created on the first forward."""
-        from .runners.onnxruntime import OrtRunner
-
-        def make() -> Any:
-            path = self.probe_path if self.logit_names else self.onnx_path
-            return OrtRunner(path, outputs=self.output_names + self.logit_names, providers=self.settings.ort_providers)
-
-        return self.stage("ort", make)
-
-    @property
     def target_label(self) -> str:
         from .settings import target_label
 
@@ -596,7 +597,7 @@ class Deployment:
 
         return self.stage("target", resolve)
 
-    def _cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Any:
+    def cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Any:
         from .runners.cv2dnn import Cv2DnnRunner
         from .runners.isolated import RemoteCv2Runner
 
@@ -614,7 +615,7 @@ class Deployment:
 
         def load() -> Any:
             try:
-                return self._cv2_runner(self.onnx_path, self.output_names)
+                return self.cv2_runner(self.onnx_path, self.output_names)
             except ChildError as exc:
                 raw = exc.raw.strip() or exc.message
                 version = exc.opencv or (opencv_version() if self.target.is_local else "?")
@@ -783,134 +784,86 @@ class Deployment:
         """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
         return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
 
+    # -- runners (see runners/__init__.py: one protocol, one registry, one caching wrapper) -------------------
+    @property
+    def runners(self) -> tuple[str, ...]:
+        """The runners that can run this deployment, in the registry's order."""
+        return tuple(name for name in RUNNER_NAMES if not runner_spec(name).unavailable(self))
+
+    def replay_runner(self, name: str, logits: bool) -> Runner | None:
+        """A runner that replays stored outputs instead of computing them (a bundle's references); None here."""
+        return None
+
     def require_runner(self, name: str) -> None:
-        """StageSkipped (with the reason) unless ``name`` can run: "keras", "onnxruntime" or "cv2dnn"."""
-        if name == "cv2dnn":
-            self.require("cv2net")
-        elif name == "onnxruntime":
-            self.require("conversion")
-            self.require("ort")
-        elif name == "keras" and not self.has_keras:
-            raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras reference")
-        elif name == "tflite":
-            self.require("tflite_meta")  # the interpreter itself starts only when an output is not cached
+        """StageSkipped (with the reason) unless runner ``name`` can run: it applies to this deployment and the
+        stages it needs succeeded (a runner itself is made when an output is not cached)."""
+        spec = runner_spec(name)
+        why = spec.unavailable(self)
+        if why:
+            raise StageSkipped(why)
+        if self.replay_runner(name, False) is not None:
+            self.require("conversion")  # (a bundle: its checksums)
+            return
+        for stage in spec.needs:
+            self.require(stage)
+
+    def _cached_runner(self, name: str, logits: bool) -> CachedRunner:
+        """Runner ``name`` (its logits twin with ``logits``, where the runner gives them separately) behind the
+        caching wrapper: made on the first miss, its results kept by identity + inputs."""
+        spec = runner_spec(name)
+        separate = logits and spec.logits == "separate"
+        memo = (name, separate)
+        if memo not in self._runners:
+            replay = self.replay_runner(name, separate)
+
+            def make() -> Runner:
+                return replay if replay is not None else spec.factory(self, separate)
+
+            by_layout = "model" if replay is not None else spec.layout  # (replays: stored by the model's inputs)
+            wait = None
+            if spec.helper_phase is not None and replay is None:
+                phase = spec.helper_phase
+                wait = lambda path: self._tf_elsewhere(phase, path.is_file)  # noqa: E731
+            self._runners[memo] = CachedRunner(
+                f"{name}-logits" if separate else name, make, None if replay else spec.key(self, separate), self.cache,
+                self._outputs, joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
+                one_at_a_time=lambda: by_layout == "graph" and self.fixed_batch_of_one, digest=self.inputs_hash,
+                wait=wait)
+        return self._runners[memo]
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
-        """Outputs of ``runner`` ("keras", "onnxruntime" or "cv2dnn") on inputs in the Keras layout.
+        """Outputs of ``runner`` ("keras", "onnxruntime", "tflite" or "cv2dnn") on inputs in the Keras layout.
 
         ``logits=True`` returns the inputs of the final Softmax nodes instead of the outputs.
-        ``per_sample=True`` runs one sample per forward (how cv2.dnn is usually deployed).
+        ``per_sample=True`` runs one sample per forward (how cv2.dnn is usually deployed); each sample's forward
+        is shared with the checks that forward that sample alone.
         """
-        inputs = list(self.inputs if inputs is None else inputs)
-        if runner == "keras":
-            return self.keras_outputs(inputs, logits=logits)
-        if runner == "onnxruntime":
-            return self.ort_outputs(inputs, logits=logits)
-        if runner == "tflite":
-            return self.tflite_outputs(inputs, logits=logits)
-        if runner != "cv2dnn":
-            raise ValueError(f"unknown runner {runner!r}; use keras, onnxruntime, tflite or cv2dnn")
-        if not logits:
-            self.require("cv2net")
-        if not (per_sample or self.fixed_batch_of_one):
-            return [o.copy() for o in self._forward(logits, inputs)]
-        return _stacked([self._forward(logits, [x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))])
-
-    def _forward(self, logits: bool, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One cv2.dnn forward, shared by the checks (a sample forwarded alone is one row of a per-sample run).
-
-        The shipped graph runs every time.  The logits come from the probe graph, which does not ship:
-        on the cv2 installed here they are cached by probe graph + inputs + OpenCV build and threads."""
-        digest = self.inputs_hash(inputs)
-        key = ("cv2dnn", logits, digest)
-        if key in self._outputs:
-            return self._outputs[key]
-        if not logits:
-            self._outputs[key] = self.require("cv2net").infer(self.to_onnx_inputs(inputs))
-            return self._outputs[key]
-        name = None
-        if self.target.is_local:
-            probe = f"{self.onnx_digest}|{','.join(self.logit_names)}"  # what the probe graph is made from
-            name = sha256_bytes(f"{probe}|{self.settings.engine}|{self.opencv_build}|{digest}".encode())[:40]
-            found = self.cache.get_arrays("cv2", f"logits-{name}.npz")
-            if found is not None:
-                self._outputs[key] = found
-                return found
-        net = self.stage("cv2_logits", lambda: self._cv2_runner(self.probe_path, self.logit_names))
-        self._outputs[key] = net.infer(self.to_onnx_inputs(inputs))
-        if name is not None:
-            self.cache.put_arrays(self._outputs[key], "cv2", f"logits-{name}.npz")
-        return self._outputs[key]
-
-    def ort_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
-        """onnxruntime's outputs (or logits), cached on disk by ONNX hash + inputs hash + onnxruntime version:
-        a reference like Keras', so a warm run creates no session."""
-        if logits and not self.logit_names:
+        spec = runner_spec(runner)
+        if logits and spec.logits == "none":
+            raise CvdnnError(f"the {runner} runner of {self.label} has no logits to compare")
+        if logits and spec.logits == "joint" and not self.logit_names:
             raise CvdnnError("the graph has no final Softmax whose input could be compared")
-        runner = self.require("ort")
-        digest = self.inputs_hash(inputs)
-        key = ("onnxruntime", digest)
-        if key not in self._outputs:
-            version = tool_versions()["onnxruntime"]
-            providers = self.settings.ort_providers
-            where = "" if providers == DEFAULT_ORT_PROVIDERS else "-" + slug("+".join(providers))
-            name = f"{self.onnx_digest[:24]}-{digest[:24]}-{slug(version)}{where}.npz"
-            found = self.cache.get_arrays("ort", name)
-            if found is None:
-                feeds = self.to_onnx_inputs(inputs)
-                if self.fixed_batch_of_one:
-                    found = _stacked([runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))])
-                else:
-                    found = runner.infer(feeds)
-                self.cache.put_arrays(found, "ort", name)
-            self._outputs[key] = found
-        count = len(self.output_names)
-        both = self._outputs[key]
-        return [o.copy() for o in (both[count:] if logits else both[:count])]
+        if not logits and spec.layout == "graph":
+            self.require_runner(runner)  # (a failed load or conversion: the reason, before any work)
+        inputs = list(self.inputs if inputs is None else inputs)
+        cached = self._cached_runner(runner, logits)
+        if per_sample and len(inputs[0]) > 1:
+            rows = [cached.infer([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
+            return _stacked([r.logits if logits and cached.joint else r.outputs for r in rows])
+        found = cached.infer(inputs)
+        if logits and cached.joint:
+            if not found.logits:
+                raise CvdnnError(f"the {runner} reference has no final softmax whose input could be compared")
+            return found.logits
+        return found.outputs
 
-    def tflite_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
-        raise StageSkipped(f"{self.label} is not a TFLite model: the TFLite interpreter is the reference of "
-                           ".tflite sources only")
-
-    def keras_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
-        """Keras reference outputs, cached by model hash + inputs hash (no TensorFlow when warm).
-
-        Outputs and logits (the inputs of final softmaxes) come from one forward pass and are cached together.
-        """
-        from .runners.keras import KerasRunner, import_keras, keras_logits_model
-
-        names = {kind: f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}{kind}.npz" for kind in ("", "-logits")}
-        name = names["-logits" if logits else ""]
-        cached = self._from_cache(lambda: self.cache.get_arrays("ref", name), "ref", name, "done")
-        if cached is not None:
-            return cached
-        model = self.require("keras_model")
-        try:
-            logit_model = self.stage("keras_logits", lambda: keras_logits_model(model))
-        except CvdnnError:
-            if logits:
-                raise
-            logit_model = None  # e.g. a subclassed model: its outputs alone
-        if logit_model is None and logits:
-            raise CvdnnError("the Keras model has no final softmax whose input could be compared")
-        count = None if logit_model is None else len(model.outputs)
-        both = model if logit_model is None else self.stage(
-            "keras_both", lambda: import_keras().Model(model.inputs, list(model.outputs) + list(logit_model.outputs)))
-        results = KerasRunner(both).infer(inputs)
-        outputs = self._in_graph_order(results[:count])
-        logit_outputs = results[count:] if count is not None else []
-        self.cache.put_arrays(outputs, "ref", names[""])
-        if logit_model is not None:
-            self.cache.put_arrays(logit_outputs, "ref", names["-logits"])
-        return logit_outputs if logits else outputs
-
-    def _in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+    def in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         """Keras outputs reordered as the ONNX graph lists them (tf2onnx names outputs after the layers)."""
         keras_names = list(self.keras_meta.get("output_names") or [])
         graph_names = [n.split(":")[0] for n in self.output_names]
         if len(keras_names) == len(outputs) > 1 and sorted(keras_names) == sorted(graph_names):
-            by_name = dict(zip(keras_names, outputs))
+            by_name = dict(zip(keras_names, outputs, strict=True))
             return [by_name[n] for n in graph_names]
         return outputs
 

@@ -31,14 +31,11 @@ from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, TensorInfo
 from .runners.cv2dnn import READERS
 
-__all__ = ["FILENAMES", "FORMAT_CHECKS", "export_keras", "constants_as_tensor_content", "ArtifactDeployment",
+__all__ = ["FILENAMES", "export_keras", "constants_as_tensor_content", "ArtifactDeployment",
            "format_label"]
 
 FILENAMES = {"tflite": "model.tflite", "tf": "frozen_graph.pb"}
 _NAMES = {"onnx": "ONNX", "tflite": "TFLite", "tf": "TensorFlow frozen graph"}
-
-#: the checks run on a non-ONNX artifact (onnxruntime and the ONNX graph tools do not apply)
-FORMAT_CHECKS = ("convert", "load", "output_spec", "parity[keras-cv2dnn]")
 
 
 def format_label(fmt: str) -> str:
@@ -111,12 +108,19 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
 class ArtifactDeployment(Deployment):
     """The Keras model exported as TFLite or a frozen graph, run by cv2.dnn and compared with Keras."""
 
-    runners = ("keras", "cv2dnn")
     reorder_outputs = True  # cv2.dnn's TFLite/TensorFlow importers list outputs in their own order
+
+    @property
+    def kind(self) -> str:
+        return "export"
 
     @property
     def fmt(self) -> str:
         return self.settings.format
+
+    @property
+    def format_name(self) -> str:
+        return format_label(self.fmt)
 
     @property
     def conversion(self) -> Any:
@@ -185,10 +189,6 @@ class ArtifactDeployment(Deployment):
         return self.stage("probe", lambda: self._export(logits=True).onnx_path)
 
     @property
-    def ort(self) -> Any:
-        raise StageSkipped(f"onnxruntime does not run a {format_label(self.fmt)}")
-
-    @property
     def cv2net(self) -> Any:
         """The load stage; an OpenCV without this format's importer skips it (and what needs it) with the reason."""
         try:
@@ -203,7 +203,7 @@ class ArtifactDeployment(Deployment):
                      else "check it on OpenCV >= 4.8 (--cvdnn-target=opencv==4.12.0), or ship the ONNX")
             raise StageSkipped(f"{reason.rstrip('. ')}; {other}") from None
 
-    def _cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
+    def cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
         """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
         model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's
         order (lined up with Keras' by shape when compared)."""
@@ -223,7 +223,9 @@ class TFLiteSourceDeployment(ArtifactDeployment):
     TFLite interpreter on the same float inputs (a quantized model's are quantized with its own parameters,
     its outputs dequantized; see runners/tflite.py).  Nothing is converted."""
 
-    runners = ("tflite", "cv2dnn")
+    @property
+    def kind(self) -> str:
+        return "tflite"
 
     @property
     def fmt(self) -> str:
@@ -276,30 +278,6 @@ class TFLiteSourceDeployment(ArtifactDeployment):
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:
         return []
-
-    @property
-    def tflite_runner(self) -> Any:
-        from .runners.tflite import TFLiteRunner
-
-        assert self.source.path is not None
-        path = self.source.path
-        return self.stage("tflite_runner", lambda: TFLiteRunner(path))
-
-    def tflite_outputs(self, inputs: Sequence[np.ndarray], logits: bool = False) -> list[np.ndarray]:
-        """The interpreter's outputs, cached by file hash + inputs hash + interpreter version (no TensorFlow
-        when warm)."""
-        from .cache import slug
-        from .convert import tool_versions
-
-        if logits:
-            raise CvdnnError("a TFLite source has no logits twin to compare")
-        name = f"{self.model_hash[:24]}-{self.inputs_hash(inputs)[:24]}-tflite-{slug(tool_versions()['tensorflow'])}.npz"
-        cached = self._from_cache(lambda: self.cache.get_arrays("ref", name), "ref", name, "done")
-        if cached is not None:
-            return cached
-        outputs = self.require("tflite_runner").infer(list(inputs))
-        self.cache.put_arrays(outputs, "ref", name)
-        return outputs
 
     @property
     def probe_path(self) -> Path:

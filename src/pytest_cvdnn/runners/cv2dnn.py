@@ -9,11 +9,15 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import CvdnnError
+from . import Runner, RunnerSpec
+
+if TYPE_CHECKING:
+    from ..deployment import Deployment
 
 __all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines",
            "opencv_error_line", "opencv_node", "unsupported_ops", "missing_reader", "opencv_log"]
@@ -254,3 +258,24 @@ class Cv2DnnRunner:
         else:  # classic engine: outputs are named after layers, ask for the graph's names
             outs = list(net.forward(self.output_names))
         return [np.array(o, copy=True) for o in outs]
+
+
+def _for_deployment(dep: Deployment, logits: bool) -> Runner:
+    """The load stage's runner of the shipped graph; with ``logits`` one of the probe graph (which does not
+    ship) that outputs the inputs of the final softmaxes."""
+    if not logits:
+        runner: Runner = dep.require("cv2net")
+        return runner
+    return dep.stage("cv2_logits", lambda: dep.cv2_runner(dep.probe_path, dep.logit_names))
+
+
+def _key(dep: Deployment, logits: bool) -> str | None:
+    """The shipped graph runs in every session; the logits probe's outputs, on the cv2 installed here, are
+    cached by what the probe is made of + engine + OpenCV build and threads."""
+    if not logits or not dep.target.is_local:
+        return None
+    return f"{dep.onnx_digest}|{','.join(dep.logit_names)}|{dep.settings.engine}|{dep.opencv_build}"
+
+
+SPEC = RunnerSpec("cv2dnn", _for_deployment, lambda dep: "", _key, needs=("cv2net",), logits="separate",
+                  layout="graph")

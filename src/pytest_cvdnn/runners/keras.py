@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["KerasRunner", "import_keras", "keras_metadata", "as_functional"]
+from . import RunnerSpec
+
+if TYPE_CHECKING:
+    from ..deployment import Deployment
+
+__all__ = ["KerasRunner", "KerasReference", "import_keras", "keras_metadata", "as_functional", "SPEC"]
 
 
 def import_keras() -> Any:
@@ -141,3 +146,47 @@ def keras_logits_model(model: Any) -> Any | None:
     if not logits:
         return None
     return keras.Model(model.inputs, logits)
+
+
+class KerasReference:
+    """The reference of a Keras source: its outputs (in the ONNX graph's order) then the logits of its final
+    softmaxes, from one forward pass of a model that returns both."""
+
+    name = "keras"
+
+    def __init__(self, model: Any, output_count: int, order: Callable[[list[np.ndarray]], list[np.ndarray]]) -> None:
+        self.runner = KerasRunner(model)
+        self.output_count = output_count
+        self.order = order
+
+    def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        results = self.runner.infer(inputs)
+        return self.order(results[: self.output_count]) + results[self.output_count :]
+
+
+def _for_deployment(dep: Deployment, logits: bool) -> KerasReference:
+    from ..errors import CvdnnError
+
+    model = dep.require("keras_model")
+    try:
+        logit_model = dep.stage("keras_logits", lambda: keras_logits_model(model))
+    except CvdnnError:
+        logit_model = None  # e.g. a subclassed model: its outputs alone
+    if logit_model is None:
+        return KerasReference(model, len(model.outputs), dep.in_graph_order)
+    both = dep.stage("keras_both", lambda: import_keras().Model(
+        model.inputs, list(model.outputs) + list(logit_model.outputs)))
+    return KerasReference(both, len(model.outputs), dep.in_graph_order)
+
+
+def _key(dep: Deployment, logits: bool) -> str:
+    from ..convert import tool_versions
+
+    return f"{dep.model_hash}|keras {tool_versions()['keras']}"
+
+
+SPEC = RunnerSpec(
+    "keras", _for_deployment, lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras "
+    "reference", _key, kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
+    compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
+                   "cv2dnn": "the deployed model does not reproduce Keras"})

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..errors import CvdnnError
 from ..settings import DEFAULT_ORT_PROVIDERS
-from . import thread_share
+from . import RunnerSpec, thread_share
 
-__all__ = ["OrtRunner"]
+if TYPE_CHECKING:
+    from ..deployment import Deployment
+
+__all__ = ["OrtRunner", "SPEC"]
 
 
 class OrtRunner:
@@ -20,10 +23,11 @@ class OrtRunner:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, outputs: list[str] | None = None,
-                 providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS) -> None:
+                 providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS, output_count: int | None = None) -> None:
         self.onnx_path = Path(onnx_path)
         self.outputs = list(outputs or [])
         self.providers = tuple(providers)
+        self.output_count = len(self.outputs) if output_count is None else output_count  # the rest: logits
         self._session: Any = None
 
     @property
@@ -58,3 +62,27 @@ class OrtRunner:
                              fix="the model's declared inputs do not take what the checks feed, or the model is "
                              "broken: check its input shapes and types (a fixed batch other than 1 needs "
                              "a re-export with a dynamic batch)") from None
+
+
+def _for_deployment(dep: Deployment, logits: bool) -> OrtRunner:
+    """onnxruntime on the graph that also outputs the logits (outputs and logits in one pass)."""
+
+    def make() -> OrtRunner:
+        path = dep.probe_path if dep.logit_names else dep.onnx_path
+        return OrtRunner(path, outputs=dep.output_names + dep.logit_names, providers=dep.settings.ort_providers,
+                         output_count=len(dep.output_names))
+
+    return dep.stage("ort", make)
+
+
+def _key(dep: Deployment, logits: bool) -> str:
+    from ..convert import tool_versions
+
+    return f"{dep.onnx_digest}|onnxruntime {tool_versions()['onnxruntime']}|{'+'.join(dep.settings.ort_providers)}"
+
+
+SPEC = RunnerSpec(
+    "onnxruntime", _for_deployment,
+    lambda dep: "" if dep.settings.format == "onnx" else f"onnxruntime does not run a {dep.format_name}",
+    _key, kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
+    compared_with={"cv2dnn": "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"})

@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..errors import CvdnnError
+from . import RunnerSpec
 
-__all__ = ["TFLiteRunner", "tflite_metadata", "quantize", "dequantize", "interpreter_name"]
+if TYPE_CHECKING:
+    from ..deployment import Deployment
+
+__all__ = ["TFLiteRunner", "tflite_metadata", "quantize", "dequantize", "interpreter_name", "SPEC"]
 
 
 def _interpreter_class() -> tuple[Any, str]:
@@ -114,3 +118,23 @@ class TFLiteRunner:
             self.interp.invoke()
             rows.append([dequantize(self.interp.get_tensor(o["index"]), o) for o in self.meta["outputs"]])
         return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(self.meta["outputs"]))]
+
+
+def _for_deployment(dep: Deployment, logits: bool) -> TFLiteRunner:
+    path = dep.source.path
+    assert path is not None
+    return dep.stage("tflite_runner", lambda: TFLiteRunner(path))
+
+
+def _key(dep: Deployment, logits: bool) -> str:
+    from ..convert import tool_versions
+
+    return f"{dep.model_hash}|tflite {tool_versions()['tensorflow']}"
+
+
+SPEC = RunnerSpec(
+    "tflite", _for_deployment,
+    lambda dep: "" if dep.kind == "tflite" else f"{dep.label} is not a TFLite model: the TFLite interpreter is the "
+    "reference of .tflite sources only",
+    _key, kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
+    compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"})
