@@ -24,7 +24,7 @@ import numpy as np
 from .cache import Cache, sha256_bytes, sha256_file, slug
 from .compare import DEFAULT_SRTOL, Tolerance
 from .convert import Conversion
-from .deployment import Deployment
+from .core import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo
 from .manifest import BUNDLE_FORMAT, bundle_file, load_manifest

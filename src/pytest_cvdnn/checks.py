@@ -17,7 +17,7 @@ import numpy as np
 from .cache import slug
 from .compare import Tolerance, compare, compare_arrays, input_insensitive
 from .errors import CvdnnError, StageSkipped, unrecognised
-from .deployment import Deployment
+from .core import Deployment
 from .runners import blame as runner_blame
 from .spec import InputSpec
 
@@ -265,7 +265,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
 
 
 def _newer_than(dep: Deployment) -> str:
-    from .deployment import _newer_opencv
+    from .core import _newer_opencv
 
     return _newer_opencv(dep.target_opencv_version())
 

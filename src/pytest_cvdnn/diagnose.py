@@ -28,7 +28,7 @@ from .errors import CvdnnError, StageSkipped
 from .graph import keras_layer_of, op_pattern
 
 if TYPE_CHECKING:
-    from .deployment import Deployment
+    from .core import Deployment
 
 __all__ = ["op_scan", "remedy_search", "first_divergence", "write_repro", "KNOWN_IMPORTERS"]
 

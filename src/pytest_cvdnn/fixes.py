@@ -21,7 +21,7 @@ import numpy as np
 from .errors import CvdnnError, StageSkipped
 
 if TYPE_CHECKING:
-    from .deployment import Deployment
+    from .core import Deployment
 
 __all__ = ["OnnxRemedy", "onnx_remedies", "EQUIVALENCE"]
 
@@ -132,7 +132,7 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[O
 
 def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> str | None:
     """Why onnxruntime computes something else on the rewritten graph (None: the same, within EQUIVALENCE)."""
-    from .deployment import _stacked
+    from .core import _stacked
     from .runners.onnxruntime import OrtRunner
 
     try:
@@ -189,7 +189,7 @@ def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.nda
                nodes: tuple[str, ...]) -> OnnxRemedy:
     """The target's cv2.dnn, in a child: load, each sample alone, then the whole batch, against the reference."""
     from .compare import align_outputs, compare
-    from .deployment import _stacked
+    from .core import _stacked
     from .runners.cv2dnn import opencv_error_line
     from .runners.isolated import ChildError, ChildRun
 

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .compare import nchw_shape
-from .deployment import Deployment
+from .core import Deployment
+from .helper import by_helper
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, TensorInfo
 from .runners.cv2dnn import READERS
@@ -150,8 +151,8 @@ class ArtifactDeployment(Deployment):
 
         artifact = f"{self.fmt}-logits" if logits else self.fmt
         key = conversion_key(self.model_hash, opts, artifact=artifact)
-        elsewhere = self._tf_elsewhere("converted", (self.cache.onnx_dir(key) / FILENAMES[self.fmt]).is_file)
-        conv = self.by_helper(cached_artifact(
+        elsewhere = self._tf_elsewhere("converted", self._artifact_entry(artifact).is_file)
+        conv = by_helper(cached_artifact(
             self.cache, self.model_hash, key,
             FILENAMES[self.fmt], load, lambda m, km, out: export_keras(m, km, self.fmt, opts.size, out),
             {**opts.as_dict(), "format": artifact},
@@ -159,6 +160,15 @@ class ArtifactDeployment(Deployment):
         if not logits:
             self.events.append("cache-hit" if conv.cached else "converted")
         return conv
+
+    def _artifact_entry(self, artifact: str) -> Path:
+        from .convert import ConversionOptions, conversion_key
+
+        key = conversion_key(self.model_hash, ConversionOptions(0, "nhwc", self.spec.size), artifact=artifact)
+        return self.cache.onnx_dir(key) / FILENAMES[self.fmt]
+
+    def converted_entry(self) -> Path:
+        return self._artifact_entry(self.fmt)
 
     @property
     def graph(self) -> GraphInfo:

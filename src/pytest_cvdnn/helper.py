@@ -35,12 +35,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import CvdnnError
 
-__all__ = ["helper_wanted", "start_server", "use_server", "server_address", "submit", "wait", "error", "crashed_loading", "close"]
+if TYPE_CHECKING:
+    from .convert import Conversion
+    from .core import Deployment
+
+__all__ = ["helper_wanted", "start_server", "use_server", "server_address", "submit", "wait", "error", "crashed_loading",
+           "close", "pending", "queue", "queued", "made_elsewhere", "by_helper"]
 
 # The server: imports TensorFlow (what every job needs) once, then forks a job process per connection.
 # It ends when its owner closes its stdin (or dies); its job processes end when their client goes away.
@@ -79,7 +85,7 @@ def serve(conn):
             settings, root, rootdir, path = pickle.loads(bytes.fromhex(payload))
             sys.path.extend(p for p in path if p not in sys.path)  # the client's (factories' modules)
             settings = dataclasses.replace(settings, tf_helper=False)
-            build_deployment(settings, Cache(root), rootdir).prepare(notify)
+            build_deployment(settings, Cache(root), rootdir).precompute(notify)
         except BaseException as exc:
             error = {}
             # the model loaded but its conversion failed: the client would fail the same way, so it gets
@@ -291,3 +297,87 @@ def close() -> None:
         _SERVER_PROC.close()
         _SERVER_PROC = None
     _DIED = False
+
+
+# -- a deployment's queue: what Deployment.prepare() starts and its stages wait for -------------------------------
+def _job_key(dep: Deployment) -> tuple[str, Any]:
+    """Where ``dep.memo`` keeps the deployment's helper job (None: the helper could not take it)."""
+    return ("tf-helper", dep.settings.key())
+
+
+def pending(dep: Deployment) -> bool:
+    """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache only: no
+    model is loaded and no helper started (the xdist controller asks before its workers start)."""
+    if dep.settings.bundle is not None or dep.settings.onnx or not dep.has_keras:
+        return False
+    try:
+        if dep.cache.get_json("failed", f"{dep.meta_failure_key}.json") is not None:
+            return False  # a remembered failure: nothing to convert
+        if dep.cache.get_json("keras", f"{dep.model_hash[:40]}.json") is None:
+            return True
+        return not dep.converted_entry().is_file()
+    except Exception:  # noqa: BLE001 - only a hint (an unreadable model: its checks will say so)
+        return False
+
+
+def queued(dep: Deployment) -> bool:
+    """Has the helper this deployment's job (queued in this session)?"""
+    return dep.memo.get(_job_key(dep)) is not None
+
+
+def queue(dep: Deployment) -> bool:
+    """Have the helper process do this deployment's TensorFlow work (queued once; the plugin queues a session's
+    cold models in the order their checks run, so the helper converts the next model while the pytest process
+    checks this one).  False if the helper is not used for it."""
+    key = _job_key(dep)
+    if key not in dep.memo:  # (once queued, it is waited for, even if TensorFlow got imported here since)
+        if not dep.has_keras or not helper_wanted(dep.settings):
+            return False
+        dep.memo[key] = submit(dep.settings, dep.cache.root, dep.rootdir)
+        if dep.memo[key] is not None:
+            _import_runners()  # while the helper works: what the checks will need next
+    return dep.memo[key] is not None
+
+
+def made_elsewhere(dep: Deployment, phase: str, present: Callable[[], bool]) -> bool:
+    """Wait until the helper's job of ``dep`` (if one was queued: this starts none) reached ``phase``; True if
+    it made what ``present`` looks for.  Its conversion error is raised here (it would fail here the same way),
+    and a factory that crashed the helper is not called again in the pytest process."""
+    key = _job_key(dep)
+    if present():
+        return key in dep.memo  # made by the helper if it was asked to in this session
+    job = dep.memo.get(key)
+    if job is None:
+        return False
+    wait(job, phase)
+    if present():
+        return True
+    failure = error(job)
+    if failure is not None:
+        raise failure
+    crash = crashed_loading(job) if dep.source.kind == "factory" else None
+    if crash:
+        module, name = dep.settings.model.split(":")[0], dep.settings.model.split(":")[-1]
+        raise CvdnnError(
+            f"the model factory {dep.settings.model!r} crashed the TensorFlow helper process that called it "
+            f"({crash.removeprefix('Fatal Python error: ')}, in native code); it is not run again in the pytest "
+            "process",
+            fix=f"call the factory alone to see the crash (python -c \"import {module} as m; m.{name}()\")")
+    return False
+
+
+def by_helper(conv: Conversion, elsewhere: bool) -> Conversion:
+    """A conversion the helper made in this session is reported as converted, not as a cache hit."""
+    if not elsewhere:
+        return conv
+    return replace(conv, cached=False, seconds=float(conv.meta.get("convert_seconds", 0.0)),
+                   where="in the TensorFlow helper process")
+
+
+def _import_runners() -> None:
+    """Import cv2, onnxruntime and onnx (once; they are imported lazily, so a plugin load stays light)."""
+    for name in ("cv2", "onnxruntime", "onnx"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing or broken one is reported by the check that needs it
+            pass

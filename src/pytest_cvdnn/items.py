@@ -14,7 +14,7 @@ from .errors import CvdnnError, StageSkipped
 
 if TYPE_CHECKING:
     from .checks import ItemSpec
-    from .deployment import Deployment
+    from .core import Deployment
     from .settings import ModelSettings
     from .sources import ModelSource
 
@@ -161,6 +161,7 @@ class CheckItem(pytest.Item):
             dep.upcoming.update(i.check for i in self.session.items if isinstance(i, CheckItem)
                                 and i.parent is self.parent
                                 and (i.target, i.fmt, i.engine) == (self.target, self.fmt, self.engine))
+        dep.prepare()  # (the TensorFlow helper takes a cold model's conversion: queued once)
         start = time.perf_counter()
         try:
             result, seconds = run_check(dep, self.check)

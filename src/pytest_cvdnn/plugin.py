@@ -295,9 +295,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if isinstance(item, CheckItem) and item.fmt == "onnx" and id(item.entry) not in seen:
             # (the TFLite/frozen-graph exports are asked for when needed)
             seen.add(id(item.entry))
-            dep = item.entry.deployment(None, "onnx")
-            if dep.tf_work_pending():
-                dep.queue_tf_work()
+            item.entry.deployment(None, "onnx").prepare()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -561,6 +559,7 @@ def cvdnn_model(request: pytest.FixtureRequest, input_spec: Any) -> Any:
     state = request.config.stash[STATE]
     settings = replace(_marker_settings(request), spec=input_spec)
     dep = state.deployment(settings)
+    dep.prepare()  # (the TensorFlow helper, where the conversion is not cached)
     try:
         dep.require("conversion")
     except Exception as exc:  # StageSkipped wrapping the conversion error

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # (the specs read a deployment; deployment.py imports this package at run time)
-    from ..deployment import Deployment
+    from ..core import Deployment
 
 __all__ = ["Runner", "RunnerSpec", "REGISTRY", "RUNNER_NAMES", "runner_spec", "parity_pairs", "blame",
            "thread_share"]

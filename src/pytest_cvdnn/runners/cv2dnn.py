@@ -17,7 +17,7 @@ from ..errors import CvdnnError
 from . import Runner, RunnerSpec
 
 if TYPE_CHECKING:
-    from ..deployment import Deployment
+    from ..core import Deployment
 
 __all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines",
            "opencv_error_line", "opencv_node", "unsupported_ops", "missing_reader", "opencv_log"]

@@ -10,7 +10,7 @@ import numpy as np
 from . import RunnerSpec
 
 if TYPE_CHECKING:
-    from ..deployment import Deployment
+    from ..core import Deployment
 
 __all__ = ["KerasRunner", "KerasReference", "import_keras", "keras_metadata", "as_functional", "SPEC"]
 

@@ -12,7 +12,7 @@ from ..settings import DEFAULT_ORT_PROVIDERS
 from . import RunnerSpec, thread_share
 
 if TYPE_CHECKING:
-    from ..deployment import Deployment
+    from ..core import Deployment
 
 __all__ = ["OrtRunner", "SPEC"]
 

@@ -19,7 +19,7 @@ from ..errors import CvdnnError
 from . import RunnerSpec
 
 if TYPE_CHECKING:
-    from ..deployment import Deployment
+    from ..core import Deployment
 
 __all__ = ["TFLiteRunner", "tflite_metadata", "quantize", "dequantize", "interpreter_name", "SPEC"]
 

@@ -1,0 +1,994 @@
+"""One model prepared for deployment: source → ONNX → runners, every stage memoised.
+
+A :class:`Deployment` is what the ``cvdnn_model`` fixture returns and what the
+generated check items share.  Stages run lazily, once per process; a failed stage is
+remembered so that the items depending on it are skipped with its reason.  Heavy
+work is cached on disk by content hash, so a warm run neither converts nor imports
+TensorFlow (the Keras reference outputs are cached too).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, TypeVar
+
+import numpy as np
+
+from .cache import Cache, sha256_bytes
+from .compare import ParityResult
+from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
+from .errors import CvdnnError, StageSkipped, unrecognised
+from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
+from .helper import by_helper
+from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
+from .runners import RUNNER_NAMES, Runner, runner_spec
+from .runners.cached import CachedRunner
+from .settings import ModelSettings
+from .sources import ModelSource, parse_source
+from .spec import InputSpec, SpecError
+
+__all__ = ["Deployment", "Assembly"]
+
+GRAPH_SUMMARY_VERSION = 1
+_STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
+
+T = TypeVar("T")
+
+
+class Assembly(Protocol):
+    """What a deployment asks of the layers above it (deployment.py gives it to every deployment it builds):
+    another deployment of the same model, and a check run on this one."""
+
+    def build(self, settings: ModelSettings, cache: Cache, rootdir: Path | None,
+              memo: dict[str, Any] | None) -> Deployment: ...
+
+    def run_check(self, dep: Deployment, name: str) -> tuple[Any, float]: ...
+
+
+class Deployment:
+    """A Keras (or ONNX) model on its way to cv2.dnn."""
+
+    can_convert = True  # False for a bundle replayed without TensorFlow
+    reorder_outputs = False  # True where the importer, not the artifact, decides the order of the outputs
+    assembly: Assembly | None = None  # set by deployment.build_deployment
+
+    def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
+                 memo: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.memo = memo if memo is not None else {}  # shared with other deployments of the same source
+        self.cache = cache
+        self.rootdir = rootdir
+        self._stages: dict[str, tuple[bool, Any]] = {}
+        self.timings: dict[str, float] = {}
+        self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
+        self._outputs: dict[tuple[str, str, str], list[np.ndarray]] = {}  # runner results by identity + inputs
+        self._runners: dict[tuple[str, bool], CachedRunner] = {}
+        self.upcoming: set[str] = set()  # checks this session will run (the plugin sets it): work can start early
+        self.exhibits: dict[str, Any] = {}  # the arrays a check compared, by check (figures.py draws them)
+
+    # -- stage machinery ----------------------------------------------------------------
+    def stage(self, name: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` once; remember its result or its error."""
+        if name not in self._stages:
+            start = time.perf_counter()
+            try:
+                self._stages[name] = (True, fn())
+            except (CvdnnError, StageSkipped) as exc:
+                self._stages[name] = (False, exc)
+            except Exception as exc:  # noqa: BLE001 - turned into a message naming the file and the stage
+                self._stages[name] = (False, unrecognised(
+                    f"{self.settings.model}: the {_STAGE_LABELS.get(name, name)} stage", exc))
+            self.timings[name] = time.perf_counter() - start
+        ok, value = self._stages[name]
+        if not ok:
+            raise value
+        return value
+
+    def require(self, name: str) -> Any:
+        """The value of a prerequisite stage, or StageSkipped naming why it is unavailable."""
+        try:
+            return getattr(self, name)
+        except StageSkipped:
+            raise
+        except CvdnnError as exc:
+            raise StageSkipped(f"{_STAGE_LABELS.get(name, name)} failed: {exc}") from exc
+
+    # -- source ---------------------------------------------------------------------------
+    @cached_property
+    def source(self) -> ModelSource:
+        return parse_source(self.settings.model, self.rootdir)
+
+    @property
+    def label(self) -> str:
+        return self.settings.model
+
+    @property
+    def kind(self) -> str:
+        """What is checked: "keras" (a Keras model converted to ONNX), "onnx" (an ONNX file given as the model),
+        "export" (the Keras model exported as TFLite or a frozen graph), "tflite" (a .tflite file), "bundle"."""
+        return "keras" if self.has_keras else "onnx"
+
+    @property
+    def format_name(self) -> str:
+        """The artifact cv2.dnn reads, in words."""
+        return "ONNX"
+
+    @property
+    def has_keras(self) -> bool:
+        return self.source.has_keras
+
+    @cached_property
+    def model_hash(self) -> str:
+        """The source's content hash (and the declared input shapes, which change the model that is built)."""
+        if self.settings.input_shape:
+            return sha256_bytes(f"{self.source.content_hash()}\0{self.settings.input_shape!r}".encode())
+        return self.source.content_hash()
+
+    @property
+    def keras_layer_names(self) -> list[str]:
+        """Names of the Keras model's layers (to map ONNX nodes back); empty for an ONNX source."""
+        return [x["name"] for x in self.keras_meta["layers"]] if self.has_keras else []
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model (loads TensorFlow)."""
+        if not self.has_keras:
+            raise StageSkipped(f"{self.label} is an ONNX model: there is no Keras model")
+
+        def load() -> Any:
+            key = f"keras:{self.settings.model}:{self.settings.input_shape}"
+            if key not in self.memo:
+                self.memo[key] = self.source.load_keras(self.settings.input_shape)
+                self.events.append("keras-loaded")
+            return self.memo[key]
+
+        return self.stage("keras_model", load)
+
+    @property
+    def keras_meta(self) -> dict[str, Any]:
+        """Input/output shapes, names and layers of the Keras model (cached: no TensorFlow on warm runs)."""
+
+        def meta() -> dict[str, Any]:
+            from .runners.keras import keras_metadata
+
+            return self._model_json("keras", lambda: keras_metadata(self.keras_model))
+
+        return self.stage("keras_meta", lambda: self._remembering_failure(self.meta_failure_key, meta))
+
+    @property
+    def meta_failure_key(self) -> str:
+        """Where a failure to load the model is remembered: its bytes, the file (the message names it: the same
+        bytes elsewhere, two empty files, must not share it) and the tools."""
+        versions = tool_versions()
+        return sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
+                            f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
+
+    def _model_json(self, folder: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """What ``make()`` says about the model file, cached in ``folder`` by its content hash (a warm run
+        neither loads the model nor imports TensorFlow); the file's structure is checked first."""
+        self.source.check_readable()
+        key = f"{self.model_hash[:40]}.json"
+        cached = self._from_cache(lambda: self.cache.get_json(folder, key), folder, key, "converted")
+        if cached is not None:
+            return cached
+        data = make()
+        self.cache.put_json(data, folder, key)
+        return data
+
+    def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``; a CvdnnError it raises is kept in the cache under ``key`` (which names the file's content
+        and the tools) and raised again by later runs without running ``fn``: a warm run of a model that cannot
+        be loaded or converted is as fast as a warm pass, and a changed file (or tool) is tried again."""
+        name = f"{key}.json"
+        found = self.cache.get_json("failed", name)
+        if found is not None and isinstance(found.get("message"), str):
+            # the same words as the first time (the TensorFlow helper's failure, remembered, is the verdict of this
+            # very session); where it comes from is in the details
+            note = ("remembered from an earlier attempt on the same file and tools (this session's TensorFlow helper, "
+                    "or an earlier run; no TensorFlow was needed here to report it); --cache-clear or a changed file "
+                    "tries again")
+            raise CvdnnError(found["message"], fix=found.get("fix"), node=found.get("node"),
+                             details=note + (f"\n\n{found['details']}" if found.get("details") else ""))
+        try:
+            return fn()
+        except CvdnnError as exc:
+            self.cache.put_json({"message": exc.message, "fix": exc.fix, "details": exc.details, "node": exc.node},
+                                "failed", name)
+            raise
+
+    # -- conversion -------------------------------------------------------------------------
+    @property
+    def image_inputs(self) -> list[int]:
+        """Indices of the image inputs (4-D with 1, 3 or 4 channels), in the Keras order."""
+        return [n for n, shape in enumerate(self._raw_input_shapes()) if len(shape) == 4 and shape[3] in (1, 3, 4)]
+
+    @property
+    def _first_image(self) -> int:
+        return (self.image_inputs or [0])[0]
+
+    @property
+    def expected_spec(self) -> InputSpec:
+        """What the model expects: detected from the Keras model (see InputSpec.from_model), in the ONNX layout."""
+        return self.expected_spec_for(self._first_image)
+
+    def expected_spec_for(self, index: int) -> InputSpec:
+        """The spec detected for input ``index`` (one detection per model), in that input's layout."""
+        layout = self.onnx_layouts[index] if len(self.graph.inputs[index].shape) == 4 else self.settings.layout
+        if self.has_keras:
+            return self._detected_spec(layout, index)
+        return self._sized(InputSpec(layout=layout, note=f"a {'TFLite' if self.source.kind == 'tflite' else 'ONNX'} "
+                                     "model: its preprocessing is unknown, raw 0..255 assumed"), index)
+
+    def _detected_spec(self, layout: str, index: int = 0) -> InputSpec:
+        """The spec of the preprocessing detected from the Keras model (cached in its metadata)."""
+        found = self.keras_meta.get("preprocessing") or {"mode": "none", "note": ""}
+        return self._sized(InputSpec.from_keras_mode(found["mode"], note=found["note"], layout=layout), index)
+
+    @property
+    def declared(self) -> bool:
+        return self.settings.spec is not None or bool(self.settings.input_specs)
+
+    def declared_for(self, index: int) -> bool:
+        return self.settings.spec is not None or self._named_spec(index) is not None
+
+    @property
+    def spec(self) -> InputSpec:
+        """The deployment's input spec (of the first image input): the declared one, else the detected one."""
+        return self.spec_for(self._first_image)
+
+    def _named_spec(self, index: int) -> InputSpec | None:
+        """The spec given for input ``index`` by name (its Keras or its graph name); an unknown name is an error."""
+        if not self.settings.input_specs:
+            return None
+        names = self._input_names()
+        unknown = [n for n, _ in self.settings.input_specs if n not in names]
+        if unknown:
+            raise CvdnnError(f"the input spec names {', '.join(map(repr, unknown))} but {self.label} has the inputs "
+                             f"{', '.join(map(repr, names))}", fix="write NAME:SPEC with the model's input names")
+        return dict(self.settings.input_specs).get(names[index])
+
+    def spec_for(self, index: int) -> InputSpec:
+        """The spec of input ``index``: named for it, else the default declared one, else the detected one."""
+        named = self._named_spec(index)
+        if named is not None:
+            return self._sized(named, index)
+        if self.settings.spec is not None:
+            return self._sized(self.settings.spec, index)
+        if self.has_keras:
+            return self._detected_spec(self.settings.layout, index)
+        return self._sized(self.settings.effective_spec, index)
+
+    def _sized(self, spec: InputSpec, index: int = 0) -> InputSpec:
+        """The spec with the size and channel count of model input ``index`` where it leaves them open."""
+        shape = self._raw_input_shapes()[index]
+        if spec.size is None and len(shape) == 4 and shape[1] and shape[2]:
+            spec = spec.with_size(shape[2], shape[1])
+        if spec.channels is None and len(shape) == 4 and shape[3] in (1, 4):
+            try:
+                spec = spec.with_channels(int(shape[3]))
+            except SpecError as exc:
+                raise CvdnnError(f"the input spec does not fit input {index} of {self.label}, which takes "
+                                 f"{shape[3]} channel(s): {exc}",
+                                 fix="declare the spec of this input with channels=" + str(shape[3])
+                                 + " and one mean/scale value per channel") from None
+        return spec
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Alias of :attr:`spec` (the name the fixtures use)."""
+        return self.spec
+
+    @property
+    def conversion(self) -> Conversion:
+        def run() -> Conversion:
+            if self.source.is_onnx or self.settings.onnx:
+                path = self.source.path if self.source.is_onnx else self._user_onnx()
+                assert path is not None
+                self.source.check_readable()
+                model = self._check_sizes(path)  # (reads the graph: a clear error if the file is not ONNX)
+                validate_onnx(path, self.keras_layer_names, provided=True, model=model)
+                return Conversion(path, {"provided": str(path)}, cached=False, seconds=0.0)
+            opts = self.conversion_options()
+            meta = self.keras_meta
+            elsewhere = self._tf_elsewhere("converted", self.onnx_entry(opts).is_file)
+
+            def load() -> tuple[Any, dict[str, Any]]:
+                return self.keras_model, meta
+
+            conv = by_helper(cached_convert(self.cache, self.model_hash, opts, load), elsewhere)
+            self.events.append("cache-hit" if conv.cached else "converted")
+            return conv
+
+        if self.source.is_onnx or self.settings.onnx:
+            return self.stage("convert", run)
+        def remembered() -> Conversion:
+            where = f"{self.source.kind}|{self.source.path or self.source.text}"  # the message names the file
+            key = conversion_key(sha256_bytes(f"{self.model_hash}|{where}".encode()), self.conversion_options(),
+                                 artifact="onnx-failure")
+            return self._remembering_failure(key, run)
+
+        return self.stage("convert", remembered)
+
+    def _check_sizes(self, path: Path) -> Any:
+        """The ONNX file's ModelProto, refused if one of its tensors alone would not fit the memory budget at the
+        check batch."""
+        from .graph import load_model
+        from .inputs import memory_budget_bytes
+        from .sanity import check_tensor_sizes
+
+        model = load_model(path)
+        check_tensor_sizes(path, model, self.settings.samples, memory_budget_bytes(self.settings.memory_budget))
+        return model
+
+    def conversion_options(self) -> ConversionOptions:
+        return ConversionOptions(self.settings.opset, self.settings.layout, self.spec.size)
+
+    def onnx_entry(self, opts: ConversionOptions) -> Path:
+        """Where the cache keeps this model's conversion with ``opts``."""
+        return self.cache.onnx_dir(conversion_key(self.model_hash, opts)) / "model.onnx"
+
+    def converted_entry(self) -> Path:
+        """Where the cache keeps this deployment's conversion (what a cold run makes with TensorFlow)."""
+        return self.onnx_entry(self.conversion_options())
+
+    # -- the TensorFlow helper (see helper.py) -------------------------------------------------
+    def prepare(self) -> bool:
+        """Start this deployment's TensorFlow work in the helper process if a run needs it (its conversion is not
+        cached) and the helper is wanted: the explicit start (the stages only wait for a job queued here).
+        True if the helper has it."""
+        from . import helper
+
+        return self.stage("prepare", lambda: helper.queue(self) if helper.pending(self) else helper.queued(self))
+
+    def tf_work_pending(self) -> bool:
+        """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache only."""
+        from . import helper
+
+        return helper.pending(self)
+
+    def _tf_elsewhere(self, phase: str, present: Callable[[], bool]) -> bool:
+        from . import helper
+
+        return helper.made_elsewhere(self, phase, present)
+
+    def _from_cache(self, read: Callable[[], Any], folder: str, name: str, phase: str) -> Any:
+        """``read()`` of a cache entry; on a miss, once the helper reached ``phase`` (None: do it here)."""
+        found = read()
+        if found is None and self._tf_elsewhere(phase, (self.cache.root / folder / name).is_file):
+            found = read()
+        return found
+
+    def precompute(self, notify: Callable[[str], None] = lambda phase: None) -> None:
+        """Everything a cold run needs TensorFlow for, into the cache (what the helper process runs), in
+        the order the checks need it: the conversion (and the logits probe), Keras' preprocessing of the
+        photos, then Keras' outputs and logits on the check inputs."""
+        self.keras_meta  # (the stages raise what went wrong)
+        notify("loaded")
+        self.conversion
+        if self.logit_names:
+            self.probe_path
+        notify("converted")
+        if self.preprocessing_known:  # (else the preprocessing item is skipped: no reference needed)
+            for n in self.image_inputs:
+                for resize in ("opencv", "keras"):
+                    self.reference_tensor(self.photos(), self.preprocessing_reference_spec(n), resize)
+        notify("references")
+        self.run("keras")
+
+    def _user_onnx(self) -> Path:
+        raw = Path(str(self.settings.onnx)).expanduser()
+        if not raw.is_absolute() and not raw.exists() and self.rootdir is not None:
+            raw = self.rootdir / raw
+        if not raw.is_file():
+            raise CvdnnError(f"the ONNX file {self.settings.onnx!r} given with --cvdnn-onnx does not exist",
+                             fix="check the path of the artifact you ship")
+        return raw.resolve()
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.conversion.onnx_path
+
+    @property
+    def onnx_digest(self) -> str:
+        """SHA-256 of the deployed ONNX (a cached conversion's is in its metadata, verified on every read)."""
+        from .cache import sha256_file
+
+        return self.conversion.meta.get("sha256") or self.stage("onnx_digest", lambda: sha256_file(self.onnx_path))
+
+    @property
+    def graph_summary(self) -> dict[str, Any]:
+        """What the checks read from the graph (:func:`~pytest_cvdnn.graph.summarize`), cached by content hash."""
+        from .graph import summarize
+
+        def make() -> dict[str, Any]:
+            name = f"{self.onnx_digest[:40]}.json"
+            found = self.cache.get_json("graph", name)
+            if found is not None and found.get("version") == GRAPH_SUMMARY_VERSION:
+                return found
+            data = {**summarize(self.onnx_path), "version": GRAPH_SUMMARY_VERSION}
+            self.cache.put_json(data, "graph", name)
+            return data
+
+        return self.stage("graph_summary", make)
+
+    @property
+    def graph(self) -> GraphInfo:
+        return self.stage("graph", lambda: GraphInfo.from_dict(self.graph_summary["graph"]))
+
+    @property
+    def onnx_layouts(self) -> list[str]:
+        """Layout of each ONNX input, read from the graph (an artifact may differ from --cvdnn-layout)."""
+        keras_shapes = [i["shape"] for i in self.keras_meta["inputs"]] if self.has_keras else []
+        result = []
+        for n, info in enumerate(self.graph.inputs):
+            kshape = keras_shapes[n] if n < len(keras_shapes) else None
+            result.append(guess_layout(info.shape, kshape, self.settings.layout))
+        return result
+
+    @property
+    def fixed_batch_of_one(self) -> bool:
+        """The ONNX graph fixes the batch dimension to 1: feed one sample at a time."""
+        return any(len(i.shape) > 0 and i.shape[0] == 1 for i in self.graph.inputs)
+
+    @property
+    def softmax_outputs(self) -> list[bool]:
+        return list(self.graph.softmax_outputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.graph.outputs]
+
+    # -- inputs -----------------------------------------------------------------------------
+    def _raw_input_shapes(self) -> list[list[int | None]]:
+        """Per-input shapes in the Keras layout (NHWC for images), possibly with None dims."""
+        if self.has_keras:
+            return [list(i["shape"]) for i in self.keras_meta["inputs"]]
+        raw = []
+        for info, layout in zip(self.graph.inputs, self.onnx_layouts):
+            shape = list(info.shape)
+            raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
+        return raw
+
+    def _input_names(self) -> list[str]:
+        """Input names in the order of :meth:`_raw_input_shapes`."""
+        if self.has_keras:
+            return [i["name"] for i in self.keras_meta["inputs"]]
+        return [i.name for i in self.graph.inputs]
+
+    def input_shapes(self) -> list[list[int]]:
+        """Concrete per-input shapes in the Keras layout (NHWC for images), batch 1."""
+        shapes = []
+        for n, (raw, name) in enumerate(zip(self._raw_input_shapes(), self._input_names())):
+            shape = fill_spatial(raw, self.spec_for(n).size, name)
+            if any(d is None for d in shape[1:]):
+                raise CvdnnError(
+                    f"input {n} of {self.label} has undefined dimensions {tuple(shape)}",
+                    fix="build the model with a fixed input shape",
+                )
+            shapes.append([1, *shape[1:]])
+        return shapes
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        """The samples every check uses, in the Keras layout (NHWC), identical for every runner."""
+
+        def make() -> list[np.ndarray]:
+            self._check_fixed_batch()
+            shapes = self.input_shapes()
+            check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
+            specs = [self.spec_for(n) for n in range(len(shapes))]
+            if self.settings.inputs:
+                arrays = load_inputs(Path(self.settings.inputs), shapes, specs)
+            else:
+                arrays = random_inputs(shapes, specs, self.settings.samples, self.settings.seed,
+                                       self.settings.input_range)
+            for x in arrays:  # shared by every check and runner: nobody may change them (and their digests stay)
+                x.flags.writeable = False
+            return arrays
+
+        return self.stage("inputs", make)
+
+    def _check_fixed_batch(self) -> None:
+        """Refuse an ONNX input whose batch is fixed above 1: the checks feed single samples and batches."""
+        for info in self.graph.inputs:
+            if len(info.shape) > 1 and info.shape[0] is not None and info.shape[0] > 1:
+                raise CvdnnError(
+                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {info.shape[0]} (shape "
+                    f"{info.shape}); the checks run one sample at a time, as cv2.dnn is usually deployed, and "
+                    f"batches of {self.settings.samples}",
+                    fix="re-export the model with batch 1 or a dynamic batch (a named dimension): cv2.dnn takes "
+                    "the batch from the blob")
+
+    @property
+    def inputs_description(self) -> str:
+        """What the checks feed the model, and on what grounds (said with every parity verdict)."""
+        n = self.settings.samples
+        if self.settings.inputs:
+            return f"inputs: the files in {self.settings.inputs} through the input spec"
+        if self.settings.input_range is not None:
+            lo, hi = self.settings.input_range
+            return f"inputs: {n} seeded random samples uniform in [{lo:g}, {hi:g}] (--cvdnn-input-range)"
+        parts = []
+        for k in self.image_inputs:
+            spec = self.spec_for(k)
+            lo, hi = spec.value_range()
+            if self.declared_for(k):
+                why = "the declared input spec"
+            elif self.preprocessing_known:
+                why = ("raw pixels: the model normalises its input itself" if spec.mode == "none"
+                       else f"the detected Keras {spec.mode!r} preprocessing")
+            else:
+                why = ("ASSUMED raw 0..255 pixels: the model's preprocessing is unknown; set --cvdnn-input-range "
+                       "or declare --cvdnn-preprocess")
+            parts.append(f"{n} seeded random images in [{lo:.4g}, {hi:.4g}] ({why})")
+        return "inputs: " + ("; ".join(parts) if parts else f"{n} seeded random samples in [-1, 1]")
+
+    @staticmethod
+    def inputs_hash(inputs: Sequence[np.ndarray]) -> str:
+        """Digest of arrays (the key of every cached output); remembered for read-only arrays (the samples and
+        their slices), which the checks hash again and again."""
+        key = _frozen_key(inputs)
+        if key is not None and key in _DIGESTS:
+            return _DIGESTS[key][1]
+        digest = sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+        if key is not None:
+            if len(_DIGESTS) >= 256:  # bounded: a key goes with the arrays it holds
+                _DIGESTS.clear()
+            _DIGESTS[key] = (list(inputs), digest)  # (held: their memory cannot be reused while the key exists)
+        return digest
+
+    # -- runners ----------------------------------------------------------------------------
+    @property
+    def target_label(self) -> str:
+        from .settings import target_label
+
+        return target_label(self.settings.target)
+
+    @property
+    def target(self) -> Any:
+        """Where cv2.dnn runs (installed side by side on first use for ``opencv==X``)."""
+        from .runners.isolated import LOCAL, Target
+
+        def resolve() -> Any:
+            spec = self.settings.target
+            if spec is None:
+                return LOCAL
+            if spec.startswith("opencv=="):
+                from .targets import opencv_env, provision_opencv
+
+                folder = provision_opencv(spec.split("==", 1)[1], self.cache.root)
+                return Target(self.target_label, env=opencv_env(folder))
+            return Target(self.target_label, python=spec)
+
+        return self.stage("target", resolve)
+
+    def cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Any:
+        from .runners.cv2dnn import Cv2DnnRunner
+        from .runners.isolated import RemoteCv2Runner
+
+        names = [i.name for i in self.graph.inputs]
+        target = self.target
+        if target.is_local:
+            return Cv2DnnRunner(onnx_path, names, output_names, self.settings.engine)
+        return RemoteCv2Runner(onnx_path, names, output_names, self.settings.engine, target)
+
+    @property
+    def cv2net(self) -> Any:
+        """The cv2.dnn runner of the deployment's target (the load stage)."""
+        from .runners.cv2dnn import opencv_error_line, opencv_node, opencv_version
+        from .runners.isolated import ChildError
+
+        def load() -> Any:
+            try:
+                return self.cv2_runner(self.onnx_path, self.output_names)
+            except ChildError as exc:
+                raw = exc.raw.strip() or exc.message
+                version = exc.opencv or (opencv_version() if self.target.is_local else "?")
+            except CvdnnError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cv2.error
+                raw, version = str(exc), opencv_version()
+            found = opencv_node(Exception(raw))
+            if found is None:  # OpenCV 5.1: an empty network, the op types only in its log
+                blocking = self._unimportable_nodes(raw)
+                if blocking:
+                    raise self._unimportable_error(blocking, version, raw)
+            layer = None
+            line = opencv_error_line(Exception(raw))
+            if found:  # OpenCV 4.5 names a node by its output tensor: name the node itself
+                node = self._node_named(found[0])
+                line = line.replace(f"node {found[0]!r}", f"node {node!r}", 1)
+                found = (node, found[1])
+            if found and self.has_keras:
+                layer = keras_layer_for(found[0], self.keras_layer_names)
+            raise CvdnnError(
+                f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read "
+                f"{self.onnx_path.name}: {line}"
+                + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
+                fix=self.load_fix,
+                details=raw.strip(),
+                node=found[0] if found else None,
+            )
+
+        return self.stage("load", load)
+
+    def _node_named(self, name: str) -> str:
+        """The ONNX node called ``name``, or producing the tensor ``name`` (as OpenCV 4.5 names nodes)."""
+        if self.settings.format != "onnx":
+            return name
+        try:
+            import onnx
+
+            graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
+        except Exception:  # noqa: BLE001 - a name is still a name
+            return name
+        found = next((n for n in graph.node if n.name == name), None) or next(
+            (n for n in graph.node if name in n.output), None)
+        return found.name if found is not None and found.name else name
+
+    def _unimportable_nodes(self, raw: str) -> list[tuple[str, str, str]]:
+        """(node, op type, why) of the nodes an import error without a node name is about: the op types OpenCV
+        logged as unsupported (5.1), else the op patterns that fail when probed alone (see diagnose.op_scan)."""
+        from .runners.cv2dnn import unsupported_ops
+
+        if self.settings.format != "onnx":
+            return []
+        patterns = self.graph_summary["patterns"]
+        ops = unsupported_ops(raw)
+        if ops:
+            first = {}
+            for op_type, names in patterns.values():
+                if op_type in ops and names:
+                    first.setdefault(op_type, names[0])
+            return [(first[op], op, "unsupported operation") for op in ops if op in first]
+        from .diagnose import op_scan
+
+        try:
+            return [(r.nodes[0], r.op_type, r.error) for r in op_scan(self, whole_graph=False) if not r.ok]
+        except Exception:  # noqa: BLE001 - the probes are a diagnosis; the load error stands without them
+            return []
+
+    def _unimportable_error(self, blocking: list[tuple[str, str, str]], version: str, raw: str) -> CvdnnError:
+        """The load error naming each node (op type, Keras layer) that this OpenCV cannot import."""
+        parts = []
+        for node, op_type, why in blocking:
+            layer = keras_layer_for(node, self.keras_layer_names) if self.has_keras else None
+            reason = ("this OpenCV's ONNX importer does not implement it" if why == "unsupported operation"
+                      else f"fails when imported alone: {why}")
+            parts.append(f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "")
+                         + f") cannot be imported: {reason}")
+        ops = sorted({op for _, op, _ in blocking})
+        return CvdnnError(
+            f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read {self.onnx_path.name}: "
+            + "; ".join(parts),
+            fix=(f"replace the layer(s) that make {', '.join(ops)} with ops this OpenCV imports, or compute them "
+                 "outside the network; the ops item lists every unsupported node, the remedy search below the "
+                 "opsets/layouts that load" + _newer_opencv(version)),
+            details=raw.strip(), node=blocking[0][0],
+        )
+
+    @property
+    def load_fix(self) -> str:
+        version = self.target_opencv_version()
+        if not self.has_keras or self.settings.onnx:  # a given ONNX file: no conversion option changes it
+            return ("export the model again so that the node uses operators this OpenCV imports (the ONNX rewrites "
+                    "the plugin tried, if any, are listed below)" + _newer_opencv(version))
+        older = version.startswith(("3.", "4."))
+        return ("try another --cvdnn-opset" + (" (11 or 10 for OpenCV 4.5)" if older else "")
+                + " or --cvdnn-layout (see the remedy search)" + _newer_opencv(version))
+
+    def target_opencv_version(self) -> str:
+        """The version of the target's OpenCV: the local one, or the one a target names (``opencv==X``)."""
+        from .runners.cv2dnn import opencv_version
+
+        spec = self.settings.target
+        if spec is None:
+            return opencv_version()
+        return spec.split("==", 1)[1] if spec.startswith("opencv==") else "?"
+
+    @property
+    def net(self) -> Any:
+        """A fresh ``cv2.dnn.Net`` for the deployment's ONNX (the cv2 installed here)."""
+        from .runners.cv2dnn import read_net
+
+        if self.settings.target is not None:
+            raise CvdnnError(f".net is a cv2.dnn.Net of this process; target {self.target_label} runs in a child",
+                             fix="use .run('cv2dnn', inputs) to run on a target")
+        self.require("cv2net")
+        return read_net(self.onnx_path, self.settings.engine)
+
+    @property
+    def opencv_build(self) -> str:
+        """Digest of the installed OpenCV's version, build information and thread count."""
+        from .runners.cv2dnn import opencv_build
+
+        return self.stage("opencv_build", opencv_build)
+
+    def isolated_forwards(self) -> Any:
+        """A :class:`~pytest_cvdnn.runners.isolated.ChildRun`: a freshly loaded net in a child process
+        forwards sample 0 alone, then the whole batch.  The determinism check's fresh net and the batch
+        check (a batch that crashes OpenCV cannot take the session down) share it; the load check
+        starts it when those checks are upcoming, so it runs while the other checks do.
+
+        On the cv2 installed here its outputs are cached by graph hash + inputs hash + OpenCV build and
+        thread count: a warm run replays them (a :class:`ReplayedRun`), and the checks compare them with
+        this session's forwards of the net, which still run — across sessions, bit for bit."""
+        from .runners.isolated import ChildRun, ReplayedRun
+
+        def start() -> Any:
+            runner = self.require("cv2net")
+            feeds = self.to_onnx_inputs(self.inputs)
+            runs = [[x[:1] for x in feeds]]
+            if len(feeds[0]) > 1 and not self.fixed_batch_of_one:
+                runs.append(feeds)
+            store = None
+            if self.target.is_local:
+                name = sha256_bytes("|".join([self.onnx_digest, self.settings.engine, self.opencv_build,
+                                              *(self.inputs_hash(r) for r in runs)]).encode())[:40] + ".npz"
+                found = self.cache.get_arrays("cv2", name)
+                if found is not None:
+                    counts = [int(c) for c in found[0]]
+                    starts = np.cumsum([1, *counts])
+                    return ReplayedRun([found[a:b] for a, b in zip(starts[:-1], starts[1:])])
+
+                def store(outs: list[list[np.ndarray]]) -> None:
+                    self.cache.put_arrays([np.array([len(o) for o in outs]), *(a for o in outs for a in o)], "cv2", name)
+
+            return ChildRun(self.target, self.onnx_path, self.settings.engine, runner.input_names,
+                            runner.output_names, runs, store=store)
+
+        return self.stage("isolated_forwards", start)
+
+    def close(self) -> None:
+        """Stop what still runs in the background (the session ends)."""
+        ok, child = self._stages.get("isolated_forwards", (False, None))
+        if ok:
+            child.close()
+
+    def to_onnx_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
+        return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
+
+    # -- runners (see runners/__init__.py: one protocol, one registry, one caching wrapper) -------------------
+    @property
+    def runners(self) -> tuple[str, ...]:
+        """The runners that can run this deployment, in the registry's order."""
+        return tuple(name for name in RUNNER_NAMES if not runner_spec(name).unavailable(self))
+
+    def replay_runner(self, name: str, logits: bool) -> Runner | None:
+        """A runner that replays stored outputs instead of computing them (a bundle's references); None here."""
+        return None
+
+    def require_runner(self, name: str) -> None:
+        """StageSkipped (with the reason) unless runner ``name`` can run: it applies to this deployment and the
+        stages it needs succeeded (a runner itself is made when an output is not cached)."""
+        spec = runner_spec(name)
+        why = spec.unavailable(self)
+        if why:
+            raise StageSkipped(why)
+        if self.replay_runner(name, False) is not None:
+            self.require("conversion")  # (a bundle: its checksums)
+            return
+        for stage in spec.needs:
+            self.require(stage)
+
+    def _cached_runner(self, name: str, logits: bool) -> CachedRunner:
+        """Runner ``name`` (its logits twin with ``logits``, where the runner gives them separately) behind the
+        caching wrapper: made on the first miss, its results kept by identity + inputs."""
+        spec = runner_spec(name)
+        separate = logits and spec.logits == "separate"
+        memo = (name, separate)
+        if memo not in self._runners:
+            replay = self.replay_runner(name, separate)
+
+            def make() -> Runner:
+                return replay if replay is not None else spec.factory(self, separate)
+
+            by_layout = "model" if replay is not None else spec.layout  # (replays: stored by the model's inputs)
+            wait = None
+            if spec.helper_phase is not None and replay is None:
+                phase = spec.helper_phase
+                wait = lambda path: self._tf_elsewhere(phase, path.is_file)  # noqa: E731
+            self._runners[memo] = CachedRunner(
+                f"{name}-logits" if separate else name, make, None if replay else spec.key(self, separate), self.cache,
+                self._outputs, joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
+                one_at_a_time=lambda: by_layout == "graph" and self.fixed_batch_of_one, digest=self.inputs_hash,
+                wait=wait)
+        return self._runners[memo]
+
+    def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
+            logits: bool = False) -> list[np.ndarray]:
+        """Outputs of ``runner`` ("keras", "onnxruntime", "tflite" or "cv2dnn") on inputs in the Keras layout.
+
+        ``logits=True`` returns the inputs of the final Softmax nodes instead of the outputs.
+        ``per_sample=True`` runs one sample per forward (how cv2.dnn is usually deployed); each sample's forward
+        is shared with the checks that forward that sample alone.
+        """
+        spec = runner_spec(runner)
+        if logits and spec.logits == "none":
+            raise CvdnnError(f"the {runner} runner of {self.label} has no logits to compare")
+        if logits and spec.logits == "joint" and not self.logit_names:
+            raise CvdnnError("the graph has no final Softmax whose input could be compared")
+        if not logits and spec.layout == "graph":
+            self.require_runner(runner)  # (a failed load or conversion: the reason, before any work)
+        inputs = list(self.inputs if inputs is None else inputs)
+        cached = self._cached_runner(runner, logits)
+        if per_sample and len(inputs[0]) > 1:
+            rows = [cached.infer([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
+            return _stacked([r.logits if logits and cached.joint else r.outputs for r in rows])
+        found = cached.infer(inputs)
+        if logits and cached.joint:
+            if not found.logits:
+                raise CvdnnError(f"the {runner} reference has no final softmax whose input could be compared")
+            return found.logits
+        return found.outputs
+
+    def in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Keras outputs reordered as the ONNX graph lists them (tf2onnx names outputs after the layers)."""
+        keras_names = list(self.keras_meta.get("output_names") or [])
+        graph_names = [n.split(":")[0] for n in self.output_names]
+        if len(keras_names) == len(outputs) > 1 and sorted(keras_names) == sorted(graph_names):
+            by_name = dict(zip(keras_names, outputs, strict=True))
+            return [by_name[n] for n in graph_names]
+        return outputs
+
+    def photos(self) -> list[np.ndarray]:
+        """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's."""
+        from .preprocess import load_photos
+
+        return [img for _, img in load_photos(Path(self.settings.images) if self.settings.images else None)]
+
+    @property
+    def preprocessing_known(self) -> bool:
+        """Could the preprocessing the model expects be derived (a keras.applications family, or normalisation
+        layers at its input)?  Only then is there a Keras reference to verify a blob against."""
+        return self.has_keras and bool(self.keras_meta.get("preprocessing", {}).get("confident", False))
+
+    def preprocessing_reference_spec(self, index: int | None = None) -> InputSpec:
+        """What Keras feeds input ``index`` (meaningful where :attr:`preprocessing_known`)."""
+        return self.expected_spec_for(self._first_image if index is None else index)
+
+    def reference_tensor(self, photos: Sequence[np.ndarray], expected: InputSpec, resize: str = "opencv") -> np.ndarray:
+        """Keras' preprocessing of the photos, resized by OpenCV or by Keras (see reference.keras_reference;
+        cached: no TensorFlow when warm)."""
+        from .reference import keras_reference
+
+        key = sha256_bytes(self.inputs_hash(photos).encode() + repr(expected).encode() + resize.encode())[:32]
+        cached = self._from_cache(lambda: self.cache.get_arrays("ref", f"prep-{key}.npz"), "ref", f"prep-{key}.npz",
+                                  "references")
+        if cached is not None:
+            return cached[0]
+        tensor = keras_reference(photos, expected, resize)
+        self.cache.put_arrays([tensor], "ref", f"prep-{key}.npz")
+        return tensor
+
+    # -- logits (inputs of final Softmax nodes) ------------------------------------------------
+    @property
+    def softmax_logits(self) -> list[tuple[int, str]]:
+        """(output index, logits tensor) for each graph output made by a Softmax node."""
+        return [(int(k), str(name)) for k, name in self.graph_summary["softmax_inputs"]]
+
+    @property
+    def logit_names(self) -> list[str]:
+        return [name for _, name in self.softmax_logits]
+
+    @property
+    def probe_path(self) -> Path:
+        """A copy of the ONNX (in the cache, never beside the user's file) that also outputs the logits."""
+        from .cache import sha256_file
+        from .graph import with_extra_outputs
+
+        def make() -> Path:
+            key = sha256_bytes((sha256_file(self.onnx_path) + "|".join(self.logit_names)).encode())[:32]
+            path = self.cache.root / "probe" / f"{key}.onnx"
+            digest = path.with_suffix(".sha256")  # (a damaged probe is rebuilt, never read)
+
+            def intact() -> bool:
+                try:
+                    return path.is_file() and digest.read_text().strip() == sha256_file(path)
+                except OSError:
+                    return False
+
+            if not intact():
+                with self.cache.lock(f"probe-{key}"):
+                    if not intact():
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                        with_extra_outputs(self.onnx_path, self.logit_names, tmp)
+                        check = sha256_file(tmp)
+                        os.replace(tmp, path)
+                        tmp.write_text(check)
+                        os.replace(tmp, digest)
+            return path
+
+        return self.stage("probe", make)
+
+    # -- comparisons ----------------------------------------------------------------------
+    def parity(self, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None,
+               whole_batch: bool = False) -> ParityResult:
+        """Compare two runners on the outputs and, for final Softmax outputs, on their logits (see parity.py)."""
+        from .parity import runner_parity
+
+        return runner_parity(self, expected, obtained, inputs, whole_batch)
+
+    def _assembly(self) -> Assembly:
+        if self.assembly is None:
+            raise CvdnnError(f"{self.label}: this deployment was not made by build_deployment",
+                             fix="make deployments with pytest_cvdnn.deployment.build_deployment")
+        return self.assembly
+
+    def variant(self, settings: ModelSettings) -> "Deployment":
+        """Another deployment of the same model (other opset/layout/format), sharing cache and loaded models."""
+        return self._assembly().build(settings, self.cache, self.rootdir, self.memo)
+
+    def as_format(self, fmt: str) -> "Deployment":
+        """The same model exported as ``"tflite"`` or ``"tf"`` (a frozen graph), or ``"onnx"``: e.g.
+        ``cvdnn_model.as_format("tflite").check("parity[keras-cv2dnn]")`` in a project's own test."""
+        from .settings import FORMATS
+
+        if fmt not in FORMATS:
+            raise CvdnnError(f"unknown format {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
+        return self.variant(replace(self.settings, format=fmt))
+
+    def check(self, name: str) -> Any:
+        """Run one of the generated checks (e.g. "preprocessing") from a project's own test.
+
+        Returns the CheckResult; raises CheckFailed (an AssertionError-like failure with the
+        diagnosis) or StageSkipped — raised from here, so that pytest shows the calling test and the
+        diagnosis, not a traceback through the plugin.
+        """
+        __tracebackhide__ = True
+        try:
+            return self._assembly().run_check(self, name)[0]
+        except (CvdnnError, StageSkipped) as exc:
+            raise exc.with_traceback(None) from None
+
+    def environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = dict(tool_versions())
+        env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
+                   target=self.target_label, format=self.settings.format,
+                   ort_providers=list(self.settings.ort_providers))
+        if self.settings.target is not None:  # "opencv" above is this process's; the target's is another
+            env["target_opencv"] = self.target_opencv_version()
+        return env
+
+
+#: digests of read-only arrays by where they are (data pointer, shape, strides, dtype), with the arrays held
+_DIGESTS: dict[tuple[Any, ...], tuple[list[np.ndarray], str]] = {}
+
+
+def _frozen_key(arrays: Sequence[np.ndarray]) -> tuple[Any, ...] | None:
+    """A key for arrays whose contents cannot change: read-only all the way down to the memory's owner."""
+    key = []
+    for x in arrays:
+        base: Any = x
+        while isinstance(base, np.ndarray):
+            if base.flags.writeable:
+                return None
+            base = base.base
+        if base is not None and not isinstance(base, bytes):  # memory of another kind (mmap, buffer): unknown
+            return None
+        key.append((x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str))
+    return tuple(key)
+
+
+#: the newest OpenCV release this plugin is tested on (pyproject.toml's bound; README "Supported OpenCV")
+NEWEST_OPENCV = (5, 1)
+
+
+def _newer_opencv(version: str) -> str:
+    """", or an OpenCV newer than X" where a newer release than ``version`` exists ("" on the newest)."""
+    try:
+        here = tuple(int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return ""
+    return f", or an OpenCV newer than {version}" if here < NEWEST_OPENCV else ""
+
+
+def _stacked(rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Per-sample outputs (one list per forward) as one batch per output."""
+    return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]

@@ -1,0 +1,59 @@
+"""Parity of two runners of a deployment: their outputs and, for final Softmax outputs, their logits, lined
+up (NCHW vs NHWC, an importer's output order) and compared with the deployment's tolerance (see compare.py,
+which this feeds: pure numpy)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .compare import ParityResult, align_outputs, compare
+from .errors import CvdnnError, StageSkipped
+
+if TYPE_CHECKING:
+    from .core import Deployment
+
+__all__ = ["runner_parity"]
+
+Arrays = list[np.ndarray]
+
+
+def runner_parity(dep: Deployment, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None = None,
+                  whole_batch: bool = False) -> ParityResult:
+    """Compare runner ``obtained`` with ``expected`` on ``inputs`` (the deployment's samples by default).
+    cv2.dnn runs one sample at a time (as it is usually deployed), or the whole batch at once with
+    ``whole_batch``.  The arrays compared on the deployment's own samples are kept for the report's figures."""
+    one = not whole_batch
+    exp = dep.run(expected, inputs, per_sample=one and expected == "cv2dnn")
+    obt = dep.run(obtained, inputs, per_sample=one and obtained == "cv2dnn")
+    names, softmax = list(dep.output_names), list(dep.softmax_outputs)
+    obt, notes = align_outputs([e.shape for e in exp], obt, names, dep.reorder_outputs)  # NCHW vs NHWC
+    if dep.logit_names and len(exp) == len(obt):
+        logits = _logits(dep, expected, obtained, inputs, one, notes)
+        if logits is not None:
+            exp, obt = exp + logits[0], obt + logits[1]
+            names += [f"{dep.output_names[k]} (logits)" for k, _ in dep.softmax_logits]
+            softmax += [False] * len(logits[0])
+    result = compare(exp, obt, dep.settings.tolerance, expected_name=expected, obtained_name=obtained,
+                     output_names=names, softmax=softmax)
+    if inputs is None and not whole_batch:  # (references: the arrays are the run cache's)
+        dep.exhibits[f"parity[{expected}-{obtained}]"] = (exp, obt, names)
+    return replace(result, notes=result.notes + tuple(notes)) if notes else result
+
+
+def _logits(dep: Deployment, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None, one: bool,
+            notes: list[str]) -> tuple[Arrays, Arrays] | None:
+    """Both runners' logits, lined up (None, with a note saying why, where they cannot be compared)."""
+    try:
+        exp = dep.run(expected, inputs, per_sample=one and expected == "cv2dnn", logits=True)
+        obt = dep.run(obtained, inputs, per_sample=one and obtained == "cv2dnn", logits=True)
+    except (CvdnnError, StageSkipped) as exc:
+        notes.append(f"logits not compared: {exc}")
+        return None
+    if not len(exp) == len(obt) == len(dep.logit_names):
+        notes.append("logits not compared: the Keras and ONNX softmax outputs do not line up")
+        return None
+    obt, _ = align_outputs([e.shape for e in exp], obt, reorder=dep.reorder_outputs)
+    return exp, obt
