@@ -38,7 +38,8 @@ _REGENERATE = "regenerate it with --cvdnn-save-bundle on the machine that has Te
 
 def _npz(arrays: Sequence[np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
+    entries: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays)}  # (savez's **kwds are typed as its flags)
+    np.savez(buf, **entries)
     return buf.getvalue()
 
 
@@ -56,19 +57,34 @@ def _load_npz(path: Path) -> list[np.ndarray]:
 def save_bundle(dep: Deployment, root: Path) -> Path:
     """Write the bundle of ``dep`` under ``root``; never replaces another model's bundle."""
     folder = Path(root) / slug(Path(dep.label).name or dep.label)
+    _refuse_another_model(folder, dep)
+    files, references, preprocessing = _bundle_files(dep)
+    manifest = _manifest(dep, files, references, preprocessing)
+    _publish(folder, files, manifest)
+    return folder
+
+
+def _refuse_another_model(folder: Path, dep: Deployment) -> None:
+    """A bundle folder may be regenerated for the same model, never overwritten with another's."""
     manifest_path = folder / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            old = {}
-        old = old if isinstance(old, dict) else {}
-        if old.get("model_hash") != dep.model_hash:
-            raise CvdnnError(
-                f"{folder} already holds a bundle of another model ({old.get('model', '?')}, "
-                f"hash {str(old.get('model_hash'))[:12]}); refusing to overwrite it",
-                fix="pass another --cvdnn-save-bundle folder, or delete that bundle yourself",
-            )
+    if not manifest_path.is_file():
+        return
+    try:
+        old = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    if old.get("model_hash") != dep.model_hash:
+        raise CvdnnError(
+            f"{folder} already holds a bundle of another model ({old.get('model', '?')}, "
+            f"hash {str(old.get('model_hash'))[:12]}); refusing to overwrite it",
+            fix="pass another --cvdnn-save-bundle folder, or delete that bundle yourself",
+        )
+
+
+def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes], list[dict[str, Any]], dict[str, Any] | None]:
+    """The files of the bundle (ONNX, probe, inputs, the references' outputs on them, the photos and Keras'
+    preprocessing of them), the references' index, and the preprocessing reference's description."""
     files: dict[str, bytes] = {"model.onnx": dep.onnx_path.read_bytes()}
     references: list[dict[str, Any]] = []
 
@@ -80,11 +96,10 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
 
     inputs = dep.inputs
     files["inputs.npz"] = _npz(inputs)
-    runners = (["keras"] if dep.has_keras else []) + ["onnxruntime"]
-    first = [x[:1] for x in inputs]
+    runners = [r for r in dep.runners if r != "cv2dnn"]  # (what does not run where the bundle is replayed)
     for runner in runners:
         reference(runner, inputs)
-        reference(runner, first)
+        reference(runner, [x[:1] for x in inputs])
         if dep.logit_names:
             reference(runner, inputs, logits=True)
     if dep.logit_names:
@@ -101,10 +116,15 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
             reference(runner, [tensor])
         preprocessing = {"photos": dep.inputs_hash(photos), "expected_spec": expected.as_dict(),
                          "expected_note": expected.note}
+    return files, references, preprocessing
+
+
+def _manifest(dep: Deployment, files: dict[str, bytes], references: list[dict[str, Any]],
+              preprocessing: dict[str, Any] | None) -> dict[str, Any]:
     from .preprocess import cv2_call
 
     graph = dep.graph
-    manifest = {
+    return {
         "format": BUNDLE_FORMAT,
         "model": dep.label,
         "model_hash": dep.model_hash,
@@ -124,6 +144,10 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
         "environment": dep.environment(),
         "files": {name: sha256_bytes(data) for name, data in files.items()},
     }
+
+
+def _publish(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """The bundle written in a staging folder beside ``folder``, then swapped in (readers never see half)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -136,7 +160,6 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return folder
 
 
 def find_bundles(path: Path) -> list[Path]:
@@ -203,7 +226,7 @@ class BundleDeployment(Deployment):
         return bool(self.manifest["has_keras"])
 
     @property
-    def model_hash(self) -> str:  # type: ignore[override]
+    def model_hash(self) -> str:
         return str(self.manifest["model_hash"])
 
     @property

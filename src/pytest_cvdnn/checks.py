@@ -131,15 +131,18 @@ def check_load(dep: Deployment) -> CheckResult:
     outs = dep.run("cv2dnn", [x[:1] for x in dep.inputs])  # shared with the parity items (row 0)
     if {"batch", "determinism"} & dep.upcoming:
         dep.isolated_forwards()  # starts the child now: it runs while the next checks do
-    inputs = [f"{i.name} {_shape(i.shape)} {lay.upper()} {i.dtype}" for i, lay in zip(graph.inputs, dep.onnx_layouts)]
-    outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs)]
+    inputs = [f"{i.name} {_shape(i.shape)} {lay.upper()} {i.dtype}"
+              for i, lay in zip(graph.inputs, dep.onnx_layouts, strict=True)]
+    # (an importer may return another number of outputs: the output_spec item says so; listed here as named)
+    outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs, strict=False)]
     version = getattr(runner, "opencv", None) or _local_opencv()
     data = {
         "opencv": version,
         "target": dep.target_label,
         "engine": dep.settings.engine,
-        "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts)],
-        "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)} for n, o in zip(dep.output_names, outs)],
+        "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts, strict=True)],
+        "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)}
+                    for n, o in zip(dep.output_names, outs, strict=False)],
     }
     note = _engine_note(dep)
     if note:
@@ -295,7 +298,7 @@ def check_ops(dep: Deployment) -> CheckResult:
 
     results = op_scan(dep)
     bad = [r for r in results if not r.ok]
-    data = {"patterns": [r.as_dict() for r in results], "op_types": sorted({r.op_type for r in results}),
+    data: dict[str, Any] = {"patterns": [r.as_dict() for r in results], "op_types": sorted({r.op_type for r in results}),
             "unsupported": [r.as_dict() for r in bad], "target": dep.target_label}
     if bad:
         lines = []
@@ -360,9 +363,21 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
     code = cv2_call(spec)
     data.update(blob_shape=list(blob.shape), blob_dtype=str(blob.dtype), code=code)
     want = info.shape
+    wrong = _blob_misfit(dep, n, spec, blob, data)
+    if wrong is not None:
+        raise wrong
+    _blob_forward(dep, n, blob, data)
+    return CheckResult(f"blob {tuple(blob.shape)} {blob.dtype} {spec.layout.upper()} fits {info.name!r} "
+                       f"{_shape(want)}; deployment code: {code}", data)
+
+
+def _blob_misfit(dep: Deployment, n: int, spec: InputSpec, blob: np.ndarray, data: dict[str, Any]) -> CheckFailed | None:
+    """What is wrong with the spec's blob for graph input ``n``: its layout, channels, size or dtype (None: it fits)."""
+    info, layout = dep.graph.inputs[n], dep.onnx_layouts[n]
+    want = info.shape
     if layout != spec.layout:
         nhwc = layout == "nhwc"
-        raise CheckFailed(
+        return CheckFailed(
             f"the model {dep.onnx_path.name} expects {_shape(want)} {layout.upper()} but the spec's blob is "
             f"{tuple(blob.shape)} {spec.layout.upper()} (input {info.name!r})",
             fix=(
@@ -373,14 +388,15 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
             ),
             data=data,
         )
-    bad = [n for n, (b, w) in enumerate(zip(blob.shape[1:], want[1:]), start=1) if w is not None and b != w]
+    # (the ranks may differ: said below)
+    bad = [k for k, (b, w) in enumerate(zip(blob.shape[1:], want[1:], strict=False), start=1) if w is not None and b != w]
     axis = 1 if layout == "nchw" else 3
     if len(blob.shape) == len(want) and axis in bad:
         channels = want[axis]
         how = {1: "gray: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) or cv2.imread(path, cv2.IMREAD_GRAYSCALE)",
                3: "colour: cv2.imread(path, cv2.IMREAD_COLOR)",
-               4: "BGRA: cv2.imread(path, cv2.IMREAD_UNCHANGED) of a PNG with alpha"}.get(channels, "")
-        raise CheckFailed(
+               4: "BGRA: cv2.imread(path, cv2.IMREAD_UNCHANGED) of a PNG with alpha"}.get(channels or 0, "")
+        return CheckFailed(
             f"the spec's blob {tuple(blob.shape)} has {blob.shape[axis]} channel(s) but the model input {info.name!r} "
             f"{_shape(want)} ({layout.upper()}) takes {channels}; spec: {spec.describe()}",
             fix=(f"set channels={channels} in the input spec (or leave it out: it is taken from the model) and feed "
@@ -388,7 +404,7 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
             data=data,
         )
     if bad or len(blob.shape) != len(want):
-        raise CheckFailed(
+        return CheckFailed(
             f"the spec's blob {tuple(blob.shape)} does not fit the model input {info.name!r} {_shape(want)} "
             f"({layout.upper()}); spec: {spec.describe()}",
             fix=f"set size=({want[3] if layout == 'nchw' else want[2]}, {want[2] if layout == 'nchw' else want[1]}) "
@@ -396,8 +412,13 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
             data=data,
         )
     if info.dtype != str(blob.dtype):
-        raise CheckFailed(f"the model input {info.name!r} is {info.dtype} but the blob is {blob.dtype}",
-                          fix="use ddepth=cv2.CV_32F (float32) for the blob", data=data)
+        return CheckFailed(f"the model input {info.name!r} is {info.dtype} but the blob is {blob.dtype}",
+                           fix="use ddepth=cv2.CV_32F (float32) for the blob", data=data)
+    return None
+
+
+def _blob_forward(dep: Deployment, n: int, blob: np.ndarray, data: dict[str, Any]) -> None:
+    """cv2.dnn takes the blob as graph input ``n`` (CheckFailed with OpenCV's words if it does not)."""
     from .runners.cv2dnn import opencv_error_line
 
     first = [x[:1] for x in dep.inputs]
@@ -412,10 +433,9 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raise CheckFailed(
             f"cv2.dnn rejects the spec's blob {tuple(blob.shape)}: {opencv_error_line(exc)}",
-            fix="make the blob match the model input " + _shape(want), details=str(exc), data=data,
+            fix="make the blob match the model input " + _shape(dep.graph.inputs[n].shape), details=str(exc),
+            data=data,
         ) from exc
-    return CheckResult(f"blob {tuple(blob.shape)} {blob.dtype} {spec.layout.upper()} fits {info.name!r} "
-                       f"{_shape(want)}; deployment code: {code}", data)
 
 
 def check_preprocessing(dep: Deployment) -> CheckResult:
@@ -444,90 +464,135 @@ def check_preprocessing(dep: Deployment) -> CheckResult:
                           fix="; ".join(f"input {name!r}: {exc.fix}" for name, exc in failures),
                           details="\n\n".join(exc.details or "" for _, exc in failures),
                           data={"inputs": {name: exc.data for name, exc in failures}})
-    return CheckResult("; ".join(f"input {names[n]!r}: {r.message}" for n, r in zip(images, results)),
-                       {"inputs": {names[n]: r.data for n, r in zip(images, results)}})
+    return CheckResult("; ".join(f"input {names[n]!r}: {r.message}" for n, r in zip(images, results, strict=True)),
+                       {"inputs": {names[n]: r.data for n, r in zip(images, results, strict=True)}})
+
+
+def _preprocessing_unknown(dep: Deployment, n: int) -> StageSkipped:
+    """Nothing independent to compare the blob of input ``n`` with: not a pass."""
+    what = (f"the declared spec ({dep.spec_for(n).describe()}) is used as given" if dep.declared_for(n)
+            else "the checks assumed raw 0..255 RGB pixels")
+    return StageSkipped(
+        f"cannot verify the blob: the preprocessing {dep.keras_meta['name']!r} expects cannot be derived (it is not a "
+        f"keras.applications model and has no Rescaling/Normalization layer at its input); {what}. Declare "
+        "the preprocessing the model was trained with in the model (a Rescaling layer) or check your spec "
+        "against the training pipeline; --cvdnn-input-range sets the range of the check inputs"
+    )
+
+
+@dataclass(frozen=True)
+class _BlobMatch:
+    ok: bool
+    stats: Any  # compare.ArrayStats of the blob against Keras' arithmetic on the same pixels
+    pixels: float  # pixel levels against Keras' own resize
+    blob: np.ndarray  # (NHWC)
+
+
+@dataclass
+class _BlobJudge:
+    """Does a spec's blob of the photos equal Keras' reference?  The blob's own tolerances (pixels, not the parity
+    outputs'): the arithmetic on the same pixels to ARITHMETIC_TOL of the tensor's magnitude, and the whole
+    pipeline, resize included, to a pixel level."""
+
+    photos: list[np.ndarray]
+    ref: np.ndarray  # Keras' arithmetic on OpenCV's resized pixels
+    keras_resized: np.ndarray  # and on Keras' own resize
+    expected: InputSpec
+
+    def match(self, spec: InputSpec) -> _BlobMatch | None:
+        """None where the blob's geometry (layout, size, channels) cannot be the model's."""
+        from . import preprocess as pp
+
+        want = self.expected
+        if (spec.layout, spec.size, spec.n_channels) != (want.layout, want.size, want.n_channels):
+            return None
+        blob = pp.to_nhwc(spec.blob(self.photos), spec.layout)
+        magnitude = max(1.0, float(np.abs(self.ref).max()))
+        arithmetic = Tolerance(atol=pp.ARITHMETIC_TOL * magnitude, rtol=0.0, srtol=pp.ARITHMETIC_TOL)
+        stats = compare_arrays(self.ref, blob, arithmetic, name="blob")
+        pixels = pp.pixel_error(blob, self.keras_resized, want)
+        return _BlobMatch(stats.ok and pixels <= pp.pixel_limit(want), stats, pixels, blob)
+
+    def accepts(self, spec: InputSpec) -> bool:
+        found = self.match(spec)
+        return found is not None and found.ok
 
 
 def _preprocessing_one(dep: Deployment, n: int) -> CheckResult:
     """The preprocessing check of image input ``n``."""
     from . import preprocess as pp
 
+    if not dep.preprocessing_known:
+        raise _preprocessing_unknown(dep, n)
     declared, expected = dep.spec_for(n), dep.preprocessing_reference_spec(n)
-    model = dep.keras_meta["name"]
-    if not dep.preprocessing_known:  # nothing independent to compare the blob with: not a pass
-        what = (f"the declared spec ({declared.describe()}) is used as given" if dep.declared_for(n)
-                else "the checks assumed raw 0..255 RGB pixels")
-        raise StageSkipped(
-            f"cannot verify the blob: the preprocessing {model!r} expects cannot be derived (it is not a "
-            f"keras.applications model and has no Rescaling/Normalization layer at its input); {what}. Declare "
-            "the preprocessing the model was trained with in the model (a Rescaling layer) or check your spec "
-            "against the training pipeline; --cvdnn-input-range sets the range of the check inputs"
-        )
     photos = dep.photos()
-    ref = dep.reference_tensor(photos, expected)  # Keras' arithmetic on OpenCV's resized pixels
-    keras_resized = dep.reference_tensor(photos, expected, "keras")  # and on Keras' own resize
+    judge = _BlobJudge(photos, dep.reference_tensor(photos, expected), dep.reference_tensor(photos, expected, "keras"),
+                       expected)
     data: dict[str, Any] = {
         "declared": declared.as_dict(), "expected": expected.as_dict(), "expected_note": expected.note,
         "photos": len(photos), "method": pp.blob_method(declared), "code": pp.cv2_call(declared),
     }
-    # the blob's own tolerances (pixels, not the parity outputs'): the arithmetic on the same pixels to
-    # ARITHMETIC_TOL of the tensor's magnitude, and the whole pipeline, resize included, to a pixel level
-    magnitude = max(1.0, float(np.abs(ref).max()))
-    arithmetic = Tolerance(atol=pp.ARITHMETIC_TOL * magnitude, rtol=0.0, srtol=pp.ARITHMETIC_TOL)
-
-    def matches(spec: InputSpec) -> tuple[bool, Any]:
-        if (spec.layout, spec.size, spec.n_channels) != (expected.layout, expected.size, expected.n_channels):
-            return False, None
-        blob = pp.to_nhwc(spec.blob(photos), spec.layout)
-        if spec is declared:
-            dep.exhibits[f"preprocessing:{n}"] = (blob, ref)
-        stats = compare_arrays(ref, blob, arithmetic, name="blob")
-        pixels = pp.pixel_error(blob, keras_resized, expected)
-        return stats.ok and pixels <= pp.pixel_limit(expected), (stats, pixels)
-
-    ok, found_stats = matches(declared)
-    stats = found_stats[0] if found_stats is not None else None
-    if found_stats is not None:
-        data["tensor"] = stats.as_dict()
-        data["keras_resize_pixels"] = found_stats[1]
-    effect = _preprocessing_effect(dep, declared, photos, ref, n)
+    found = judge.match(declared)
+    if found is not None:
+        dep.exhibits[f"preprocessing:{n}"] = (found.blob, judge.ref)
+        data["tensor"], data["keras_resize_pixels"] = found.stats.as_dict(), found.pixels
+    effect = _preprocessing_effect(dep, declared, photos, judge.ref, n)
     data["effect"] = effect.as_dict() if effect is not None else None
-    notes = _resize_note(dep, expected, photos, ref, data, n)
-    if ok:
+    notes = _resize_note(dep, expected, photos, judge.ref, data, n)
+    if found is not None and found.ok:
         return CheckResult(
             f"the blob equals Keras' reference ({expected.note or expected.describe()}) on {len(photos)} photos: "
-            f"max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}) against preprocess_input on the same "
-            f"resized pixels, {found_stats[1]:.2f} pixel levels against Keras' own resize (OpenCV rounds to uint8; "
-            f"limit {pp.pixel_limit(expected):g})"
+            f"max |Δ| {found.stats.max_abs:.3g} (mean {found.stats.mean_abs:.3g}) against preprocess_input on the "
+            f"same resized pixels, {found.pixels:.2f} pixel levels against Keras' own resize (OpenCV rounds to "
+            f"uint8; limit {pp.pixel_limit(expected):g})"
             + (f"; cv2.dnn(blob) vs the model on Keras' tensor: {effect.summary_line()}" if effect is not None else "")
             + f"; deployment code: {pp.cv2_call(declared)}" + notes,
             data,
         )
-    mistakes = pp.candidate_mistakes(declared, expected, model)
-    confirmed = [m for m in mistakes if matches(m.corrected)[0]]
-    corrected = confirmed[0].corrected if confirmed else declared
-    if not confirmed and len(mistakes) > 1:  # several mistakes at once: all fixes together
+    raise _preprocessing_failure(dep, judge, declared, found, effect, data)
+
+
+def _diagnosed(judge: _BlobJudge, declared: InputSpec, model: str) -> tuple[list[Any], InputSpec]:
+    """The usual mistakes whose correction makes the blob match (one, else all of them together), and the
+    corrected spec (the declared one where none does)."""
+    from . import preprocess as pp
+
+    mistakes = pp.candidate_mistakes(declared, judge.expected, model)
+    confirmed = [m for m in mistakes if judge.accepts(m.corrected)]
+    if confirmed:
+        return confirmed, confirmed[0].corrected
+    if len(mistakes) > 1:  # several mistakes at once: all fixes together
         combined = declared
         for m in mistakes:
             combined = replace(combined, **{k: getattr(m.corrected, k) for k in _changed(declared, m.corrected)})
-        if matches(combined)[0]:
-            confirmed, corrected = mistakes, combined
+        if judge.accepts(combined):
+            return mistakes, combined
+    return [], declared
+
+
+def _preprocessing_failure(dep: Deployment, judge: _BlobJudge, declared: InputSpec, found: _BlobMatch | None,
+                           effect: Any, data: dict[str, Any]) -> CheckFailed:
+    """The blob differs: the mistakes that explain it and the corrected code, or the difference alone."""
+    from . import preprocess as pp
+
+    expected = judge.expected
+    confirmed, corrected = _diagnosed(judge, declared, dep.keras_meta["name"])
     data["diagnosis"] = [m.name for m in confirmed]
     data["corrected_code"] = pp.cv2_call(corrected) if confirmed else None
-    tensor = (f"the blob differs from Keras' reference by max |Δ| {stats.max_abs:.3g} (mean {stats.mean_abs:.3g}; "
-              f"{found_stats[1]:.3g} pixel levels)"
-              if stats is not None else f"the blob {declared.size} {declared.n_channels}-channel "
+    tensor = (f"the blob differs from Keras' reference by max |Δ| {found.stats.max_abs:.3g} (mean "
+              f"{found.stats.mean_abs:.3g}; {found.pixels:.3g} pixel levels)"
+              if found is not None else f"the blob {declared.size} {declared.n_channels}-channel "
               f"{declared.layout.upper()} does not fit the model input {expected.size} {expected.n_channels}-channel "
               f"{expected.layout.upper()}")
     outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect else ""
     if confirmed:
-        raise CheckFailed(
+        return CheckFailed(
             "; ".join(m.message for m in confirmed) + f" ({tensor}{outputs})",
             fix=f"{pp.cv2_call(corrected)}",
             details=f"declared: {declared.describe()}\nexpected: {expected.describe()}\n  because {expected.note}",
             data=data,
         )
-    raise CheckFailed(
+    return CheckFailed(
         f"{tensor}{outputs}; no single usual mistake explains it (declared: {declared.describe()}; "
         f"expected: {expected.describe()})",
         fix="compare your preprocessing with the model's preprocess_input step by step",
@@ -638,7 +703,7 @@ def check_output_spec(dep: Deployment) -> CheckResult:
         if len(rows) != len(ref):
             problems.append(f"{name} returns {len(rows)} output(s), {ref_name} {len(ref)}")
             continue
-        for k, ((shape, dtype), (rshape, rdtype)) in enumerate(zip(rows, ref)):
+        for k, ((shape, dtype), (rshape, rdtype)) in enumerate(zip(rows, ref, strict=True)):
             if shape != rshape:
                 same_data = int(np.prod(shape)) == int(np.prod(rshape)) and \
                     tuple(d for d in shape if d != 1) == tuple(d for d in rshape if d != 1)
@@ -725,7 +790,7 @@ def _blamed(dep: Deployment, expected: str, obtained: str, data: dict[str, Any])
     """(who is to blame, extra text): the pair's blame, or where localisation puts it (it adds the first divergent
     node to ``data``)."""
     where, extra = _localise(dep, expected, obtained, data)
-    return where or runner_blame(expected, obtained), extra
+    return where or runner_blame(expected, obtained) or f"{obtained} does not reproduce {expected}", extra
 
 
 def _blind_note(result: Any) -> str:
@@ -865,7 +930,10 @@ def check_determinism(dep: Deployment) -> CheckResult:
                           fix="see the load and batch items; the child's OpenCV output is below",
                           details=exc.details or getattr(exc, "raw", None)) from exc
     for label, other in (("a second forward of the same net", second), ("a freshly loaded net", fresh)):
-        for k, (a, b) in enumerate(zip(first, other)):
+        if len(other) != len(first):
+            raise CheckFailed(f"cv2.dnn is not deterministic: {label} returns {len(other)} output(s), the first "
+                              f"forward {len(first)}", fix="report it to OpenCV with the repro of the load item")
+        for k, (a, b) in enumerate(zip(first, other, strict=True)):
             if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
                 diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.shape == b.shape else float("inf")
                 raise CheckFailed(

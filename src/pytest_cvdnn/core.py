@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Assembly(Protocol):
     another deployment of the same model, and a check run on this one."""
 
     def build(self, settings: ModelSettings, cache: Cache, rootdir: Path | None,
-              memo: dict[str, Any] | None) -> Deployment: ...
+              memo: dict[Any, Any] | None) -> Deployment: ...
 
     def run_check(self, dep: Deployment, name: str) -> tuple[Any, float]: ...
 
@@ -57,7 +57,7 @@ class Deployment:
     assembly: Assembly | None = None  # set by deployment.build_deployment
 
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
-                 memo: dict[str, Any] | None = None) -> None:
+                 memo: dict[Any, Any] | None = None) -> None:
         self.settings = settings
         self.memo = memo if memo is not None else {}  # shared with other deployments of the same source
         self.cache = cache
@@ -86,7 +86,7 @@ class Deployment:
         ok, value = self._stages[name]
         if not ok:
             raise value
-        return value
+        return cast(T, value)  # (what fn() returned, the first time)
 
     def require(self, name: str) -> Any:
         """The value of a prerequisite stage, or StageSkipped naming why it is unavailable."""
@@ -179,7 +179,7 @@ class Deployment:
         self.cache.put_json(data, folder, key)
         return data
 
-    def _remembering_failure(self, key: str, fn: Callable[[], Any]) -> Any:
+    def _remembering_failure(self, key: str, fn: Callable[[], T]) -> T:
         """``fn()``; a CvdnnError it raises is kept in the cache under ``key`` (which names the file's content
         and the tools) and raised again by later runs without running ``fn``: a warm run of a model that cannot
         be loaded or converted is as fast as a warm pass, and a changed file (or tool) is tried again."""
@@ -355,7 +355,7 @@ class Deployment:
 
         return helper.made_elsewhere(self, phase, present)
 
-    def _from_cache(self, read: Callable[[], Any], folder: str, name: str, phase: str) -> Any:
+    def _from_cache(self, read: Callable[[], T | None], folder: str, name: str, phase: str) -> T | None:
         """``read()`` of a cache entry; on a miss, once the helper reached ``phase`` (None: do it here)."""
         found = read()
         if found is None and self._tf_elsewhere(phase, (self.cache.root / folder / name).is_file):
@@ -448,7 +448,7 @@ class Deployment:
         if self.has_keras:
             return [list(i["shape"]) for i in self.keras_meta["inputs"]]
         raw = []
-        for info, layout in zip(self.graph.inputs, self.onnx_layouts):
+        for info, layout in zip(self.graph.inputs, self.onnx_layouts, strict=True):
             shape = list(info.shape)
             raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
         return raw
@@ -461,15 +461,15 @@ class Deployment:
 
     def input_shapes(self) -> list[list[int]]:
         """Concrete per-input shapes in the Keras layout (NHWC for images), batch 1."""
-        shapes = []
-        for n, (raw, name) in enumerate(zip(self._raw_input_shapes(), self._input_names())):
+        shapes: list[list[int]] = []
+        for n, (raw, name) in enumerate(zip(self._raw_input_shapes(), self._input_names(), strict=True)):
             shape = fill_spatial(raw, self.spec_for(n).size, name)
             if any(d is None for d in shape[1:]):
                 raise CvdnnError(
                     f"input {n} of {self.label} has undefined dimensions {tuple(shape)}",
                     fix="build the model with a fixed input shape",
                 )
-            shapes.append([1, *shape[1:]])
+            shapes.append([1, *(int(d) for d in shape[1:] if d is not None)])
         return shapes
 
     @property
@@ -566,7 +566,7 @@ class Deployment:
 
         return self.stage("target", resolve)
 
-    def cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Any:
+    def cv2_runner(self, onnx_path: Path, output_names: Sequence[str]) -> Runner:
         from .runners.cv2dnn import Cv2DnnRunner
         from .runners.isolated import RemoteCv2Runner
 
@@ -640,7 +640,7 @@ class Deployment:
         patterns = self.graph_summary["patterns"]
         ops = unsupported_ops(raw)
         if ops:
-            first = {}
+            first: dict[str, str] = {}
             for op_type, names in patterns.values():
                 if op_type in ops and names:
                     first.setdefault(op_type, names[0])
@@ -733,7 +733,7 @@ class Deployment:
                 if found is not None:
                     counts = [int(c) for c in found[0]]
                     starts = np.cumsum([1, *counts])
-                    return ReplayedRun([found[a:b] for a, b in zip(starts[:-1], starts[1:])])
+                    return ReplayedRun([found[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)])
 
                 def store(outs: list[list[np.ndarray]]) -> None:
                     self.cache.put_arrays([np.array([len(o) for o in outs]), *(a for o in outs for a in o)], "cv2", name)
@@ -751,7 +751,12 @@ class Deployment:
 
     def to_onnx_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Inputs in the Keras layout (NHWC) → the layout of each ONNX input."""
-        return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, self.onnx_layouts)]
+        layouts = self.onnx_layouts
+        if len(inputs) != len(layouts):
+            raise CvdnnError(f"{len(inputs)} input array(s) given, but {self.label} takes {len(layouts)} input(s) "
+                             f"({', '.join(i.name for i in self.graph.inputs)})",
+                             fix="pass one array per model input, in the model's order")
+        return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, layouts, strict=True)]
 
     # -- runners (see runners/__init__.py: one protocol, one registry, one caching wrapper) -------------------
     @property
@@ -861,7 +866,7 @@ class Deployment:
         cached = self._from_cache(lambda: self.cache.get_arrays("ref", f"prep-{key}.npz"), "ref", f"prep-{key}.npz",
                                   "references")
         if cached is not None:
-            return cached[0]
+            return np.asarray(cached[0])
         tensor = keras_reference(photos, expected, resize)
         self.cache.put_arrays([tensor], "ref", f"prep-{key}.npz")
         return tensor

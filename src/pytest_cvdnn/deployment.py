@@ -22,7 +22,7 @@ class _Assembly:
     """The layers above a deployment, for a deployment: another deployment of the model, a check."""
 
     def build(self, settings: ModelSettings, cache: Cache, rootdir: Path | None,
-              memo: dict[str, Any] | None) -> Deployment:
+              memo: dict[Any, Any] | None) -> Deployment:
         return build_deployment(settings, cache, rootdir, memo)
 
     def run_check(self, dep: Deployment, name: str) -> tuple[Any, float]:
@@ -35,7 +35,7 @@ _ASSEMBLY = _Assembly()
 
 
 def build_deployment(settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
-                     memo: dict[str, Any] | None = None) -> Deployment:
+                     memo: dict[Any, Any] | None = None) -> Deployment:
     """The deployment for ``settings``: a replayed bundle, an exported TFLite/frozen graph, or the ONNX."""
     dep: Deployment
     if settings.bundle is not None:

@@ -26,10 +26,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .compare import nchw_shape
+from .convert import Conversion
 from .core import Deployment
 from .helper import by_helper
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo, TensorInfo
+from .runners import Runner
 from .runners.cv2dnn import READERS
 
 __all__ = ["FILENAMES", "export_keras", "constants_as_tensor_content", "ArtifactDeployment",
@@ -75,9 +77,10 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
     shapes = [[1, *fill_spatial(i["shape"], size, i["name"])[1:]] for i in keras_meta["inputs"]]
     names, signature = signature_specs(keras_meta, shapes)
 
-    @tf.function(input_signature=signature)
     def serve(*args: Any) -> Any:
         return model(list(args) if len(args) > 1 else args[0], training=False)
+
+    traced = tf.function(serve, input_signature=signature)  # (a call, not @: tf.function is untyped)
 
     rewritten = 0
     try:
@@ -85,7 +88,7 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
 
         # frozen first: a TFLite made from the live function keeps VAR_HANDLE/READ_VARIABLE ops,
         # which cv2.dnn (5.0) rejects as PLACEHOLDER_FOR_GREATER_OP_CODES
-        frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+        frozen = convert_variables_to_constants_v2(traced.get_concrete_function())
         with contextlib.redirect_stdout(io.StringIO()):
             if fmt == "tflite":
                 out_path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
@@ -99,10 +102,11 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
             f"TensorFlow could not export the Keras model as a {format_label(fmt)}: {type(exc).__name__}: {first}",
             fix="drop this format from --cvdnn-format, or replace the layer TensorFlow cannot export",
         ) from exc
+    output_names = keras_meta.get("output_names") or [o["name"] for o in keras_meta["outputs"]]
     outputs = [{"name": n, "shape": [1, *o["shape"][1:]]}
-               for n, o in zip(keras_meta.get("output_names") or [o["name"] for o in keras_meta["outputs"]],
-                               keras_meta["outputs"])]
-    return {"format": fmt, "inputs": [{"name": n, "shape": s} for n, s in zip(names, shapes)], "outputs": outputs,
+               for n, o in zip(output_names, keras_meta["outputs"], strict=True)]
+    return {"format": fmt, "inputs": [{"name": n, "shape": s} for n, s in zip(names, shapes, strict=True)],
+            "outputs": outputs,
             "constants_rewritten": rewritten, "versions": tool_versions()}
 
 
@@ -127,7 +131,7 @@ class ArtifactDeployment(Deployment):
     def conversion(self) -> Any:
         return self.stage("convert", lambda: self._export(logits=False))
 
-    def _export(self, logits: bool) -> Any:
+    def _export(self, logits: bool) -> Conversion:
         """The artifact (cached by content hash); ``logits=True``: its twin without the final Softmax."""
         from .convert import ConversionOptions, cached_artifact, conversion_key
 
@@ -138,8 +142,9 @@ class ArtifactDeployment(Deployment):
         meta = self.keras_meta
         if logits:
             soft = meta.get("softmax_outputs") or []
-            meta = {**meta, "outputs": [o for o, s in zip(meta["outputs"], soft) if s],
-                    "output_names": [n for n, s in zip(meta.get("output_names") or [], soft) if s]}
+            meta = {**meta, "outputs": [o for o, s in zip(meta["outputs"], soft, strict=True) if s],
+                    # (no names: none)
+                    "output_names": [n for n, s in zip(meta.get("output_names") or [], soft, strict=False) if s]}
 
         def load() -> tuple[Any, dict[str, Any]]:
             if not logits:
@@ -176,7 +181,7 @@ class ArtifactDeployment(Deployment):
             meta = self.conversion.meta
             dtypes = [i["dtype"] for i in self.keras_meta["inputs"]]
             inputs = tuple(TensorInfo(i["name"], nchw_shape(i["shape"]) or tuple(i["shape"]), d)
-                           for i, d in zip(meta["inputs"], dtypes))
+                           for i, d in zip(meta["inputs"], dtypes, strict=True))
             outputs = tuple(TensorInfo(o["name"], tuple(o["shape"]), "float32") for o in meta["outputs"])
             soft = list(self.keras_meta.get("softmax_outputs") or [])
             return GraphInfo(inputs, outputs, tuple(bool(x) for x in (soft + [False] * len(outputs))[: len(outputs)]),
@@ -192,7 +197,8 @@ class ArtifactDeployment(Deployment):
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:
         """Final Softmax outputs: their logits come from a twin artifact exported without the Softmax."""
-        return [(k, f"{name} (logits)") for k, (name, s) in enumerate(zip(self.output_names, self.softmax_outputs)) if s]
+        return [(k, f"{name} (logits)") for k, (name, s) in enumerate(zip(self.output_names, self.softmax_outputs, strict=True))
+                if s]
 
     @property
     def probe_path(self) -> Path:
@@ -213,7 +219,7 @@ class ArtifactDeployment(Deployment):
                      else "check it on OpenCV >= 4.8 (--cvdnn-target=opencv==4.12.0), or ship the ONNX")
             raise StageSkipped(f"{reason.rstrip('. ')}; {other}") from None
 
-    def cv2_runner(self, path: Path, output_names: Sequence[str]) -> Any:
+    def cv2_runner(self, path: Path, output_names: Sequence[str]) -> Runner:
         """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
         model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's
         order (lined up with Keras' by shape when compared)."""

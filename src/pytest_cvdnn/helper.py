@@ -155,7 +155,8 @@ class _Server:
         threading.Thread(target=self.proc.wait, daemon=True).start()
         for stream in (self.proc.stdin, self.log):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except (OSError, AttributeError):  # a pipe to a killed process
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -10,12 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from .errors import CvdnnError
+from .folders import IMAGE_SUFFIXES, folder_files
 from .spec import InputSpec
 
 __all__ = ["random_inputs", "load_inputs", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def to_layout(x: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Transpose a 4-D batch between NHWC and NCHW (other ranks pass through)."""
@@ -109,23 +107,6 @@ def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[In
         else:
             out.append(rng.uniform(-1.0, 1.0, size=full).astype(np.float32))
     return out
-
-
-def folder_files(folder: Path, suffixes: Sequence[str], option: str) -> list[Path]:
-    """The files of ``folder`` with one of ``suffixes``, sorted; anything else with such a name (a named
-    pipe, a device, a folder) is named and refused — reading a pipe would wait forever."""
-    found = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in suffixes:
-            continue
-        if not path.is_file():
-            kind = ("a named pipe" if path.is_fifo() else "a folder" if path.is_dir() else "a socket"
-                    if path.is_socket() else "a device" if path.is_char_device() or path.is_block_device()
-                    else "missing (a broken link?)")
-            raise CvdnnError(f"{option}={folder}: {path.name} is not a regular file ({kind})",
-                             fix=f"remove it from {folder}, or point {option} at a folder of regular files")
-        found.append(path)
-    return found
 
 
 def _read_npy(path: Path) -> np.ndarray:

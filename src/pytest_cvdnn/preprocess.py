@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .errors import CvdnnError
-from .spec import InputSpec
+
+if TYPE_CHECKING:  # (spec.py's InputSpec.blob() calls this module: a type here, no import cycle)
+    from .spec import InputSpec
 
 __all__ = ["make_blob", "source_image", "cv2_call", "numpy_code", "blob_method", "load_photos", "pil_nearest_tensor", "candidate_mistakes", "Mistake", "to_nhwc"]
 
@@ -293,7 +295,7 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     import cv2
 
     if folder is not None:
-        from .inputs import IMAGE_SUFFIXES, folder_files
+        from .folders import IMAGE_SUFFIXES, folder_files
 
         if not Path(folder).is_dir():
             raise CvdnnError(f"--cvdnn-images={folder} is not a folder", fix="pass a folder of PNG/JPEG photos")

@@ -39,7 +39,7 @@ def _defined(model: Any) -> bool:
 def _built_shapes(model: Any) -> list[tuple[int | None, ...]]:
     """The input shapes (batch included) a subclassed model was built or first called with, if any."""
     shapes = getattr(model, "_build_shapes_dict", None) or {}
-    found = []
+    found: list[tuple[int | None, ...]] = []
     for value in shapes.values():
         if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
             found.extend(tuple(v) for v in value)

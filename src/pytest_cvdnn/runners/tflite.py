@@ -26,7 +26,7 @@ __all__ = ["TFLiteRunner", "tflite_metadata", "quantize", "dequantize", "interpr
 
 def _interpreter_class() -> tuple[Any, str]:
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+        from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, "LiteRT (ai_edge_litert)"
     except ImportError:
@@ -86,7 +86,7 @@ def quantize(x: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         return np.asarray(np.rint(x), dtype=dtype)
     limits = np.iinfo(dtype)
     q = np.rint(np.asarray(x, dtype=np.float64) / info["scale"]) + info["zero_point"]
-    return np.clip(q, limits.min, limits.max).astype(dtype)
+    return np.asarray(np.clip(q, limits.min, limits.max), dtype=dtype)
 
 
 def dequantize(q: np.ndarray, info: dict[str, Any]) -> np.ndarray:
@@ -95,7 +95,7 @@ def dequantize(q: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         return np.asarray(q, dtype=np.float32)
     if not info["scale"]:
         return np.asarray(q, dtype=np.float32)
-    return ((np.asarray(q, dtype=np.float64) - info["zero_point"]) * info["scale"]).astype(np.float32)
+    return np.asarray((np.asarray(q, dtype=np.float64) - info["zero_point"]) * info["scale"], dtype=np.float32)
 
 
 class TFLiteRunner:
