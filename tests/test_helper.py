@@ -234,3 +234,33 @@ def test_the_helper_converts_the_next_model_while_the_pytest_process_checks_this
     assert built > min(first_checks)
     for index in (0, 1):
         assert "in the TensorFlow helper process" in run.checks(index)["convert"]["message"]
+
+
+def test_reading_a_stage_starts_no_process_prepare_does(models: dict[str, Path], tmp_path: Path) -> None:
+    """A property only waits for a job that was queued: the explicit ``prepare()`` queues the helper's work."""
+    import subprocess
+    import sys
+
+    script = """
+import json, sys
+from pytest_cvdnn import helper
+from pytest_cvdnn.cache import Cache
+from pytest_cvdnn.deployment import build_deployment
+from pytest_cvdnn.settings import ModelSettings
+dep = build_deployment(ModelSettings(model=sys.argv[1], tf_helper=True), Cache(sys.argv[2]))
+pending = dep.tf_work_pending()
+queued = dep.prepare() if sys.argv[3] == "prepare" else False
+where = dep.conversion.where
+print(json.dumps({"pending": pending, "queued": queued, "where": where, "helper": helper.server_address() is not None,
+                  "tf": "tensorflow" in sys.modules}))
+helper.close()
+"""
+    runs = {}
+    for how in ("read", "prepare"):
+        done = subprocess.run([sys.executable, "-c", script, str(models["cnn"]), str(tmp_path / how), how],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[how] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["read"] == {"pending": True, "queued": False, "where": "", "helper": False, "tf": True}
+    assert runs["prepare"] == {"pending": True, "queued": True, "where": "in the TensorFlow helper process",
+                               "helper": True, "tf": False}

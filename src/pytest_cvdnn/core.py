@@ -25,7 +25,7 @@ from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
 from .helper import by_helper
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
-from .runners import RUNNER_NAMES, Runner, runner_spec
+from .runners import Runner, runner_names, runner_spec
 from .runners.cached import CachedRunner
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
@@ -762,7 +762,7 @@ class Deployment:
     @property
     def runners(self) -> tuple[str, ...]:
         """The runners that can run this deployment, in the registry's order."""
-        return tuple(name for name in RUNNER_NAMES if not runner_spec(name).unavailable(self))
+        return tuple(name for name in runner_names() if not runner_spec(name).unavailable(self))
 
     def replay_runner(self, name: str, logits: bool) -> Runner | None:
         """A runner that replays stored outputs instead of computing them (a bundle's references); None here."""
@@ -928,7 +928,9 @@ class Deployment:
 
     def variant(self, settings: ModelSettings) -> "Deployment":
         """Another deployment of the same model (other opset/layout/format), sharing cache and loaded models."""
-        return self._assembly().build(settings, self.cache, self.rootdir, self.memo)
+        variant = self._assembly().build(settings, self.cache, self.rootdir, self.memo)
+        variant.prepare()  # (like this one: a cold conversion goes to the TensorFlow helper, where it is used)
+        return variant
 
     def as_format(self, fmt: str) -> "Deployment":
         """The same model exported as ``"tflite"`` or ``"tf"`` (a frozen graph), or ``"onnx"``: e.g.

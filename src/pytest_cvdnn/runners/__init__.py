@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # (the specs read a deployment; deployment.py imports this package at run time)
     from ..core import Deployment
 
-__all__ = ["Runner", "RunnerSpec", "REGISTRY", "RUNNER_NAMES", "runner_spec", "parity_pairs", "blame",
+__all__ = ["Runner", "RunnerSpec", "REGISTRY", "runner_names", "runner_spec", "parity_pairs", "blame",
            "thread_share"]
 
 
@@ -61,7 +61,7 @@ class RunnerSpec:
     compared_with: dict[str, str] = field(default_factory=dict)
 
 
-#: runner name -> its module in this package.  The order is the order of the references a parity item
+#: runner name -> its module in this package (or a dotted module path: a runner shipped elsewhere).  The order is the order of the references a parity item
 #: compares an obtained runner with: the nearest stage first (onnxruntime, then Keras, then TFLite for cv2.dnn).
 REGISTRY: dict[str, str] = {
     "tflite": "tflite",
@@ -69,20 +69,25 @@ REGISTRY: dict[str, str] = {
     "onnxruntime": "onnxruntime",
     "cv2dnn": "cv2dnn",
 }
-RUNNER_NAMES = tuple(REGISTRY)
+
+
+def runner_names() -> tuple[str, ...]:
+    """The registered runners, in the registry's order."""
+    return tuple(REGISTRY)
 
 
 def runner_spec(name: str) -> RunnerSpec:
     """The spec of runner ``name`` (its module is imported, not its framework); ValueError for an unknown one."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown runner {name!r}; use {', '.join(RUNNER_NAMES)}")
-    spec: RunnerSpec = importlib.import_module(f"{__name__}.{REGISTRY[name]}").SPEC
+        raise ValueError(f"unknown runner {name!r}; use {', '.join(REGISTRY)}")
+    module = REGISTRY[name] if "." in REGISTRY[name] else f"{__name__}.{REGISTRY[name]}"
+    spec: RunnerSpec = importlib.import_module(module).SPEC
     return spec
 
 
 def parity_pairs() -> list[tuple[str, str]]:
     """(expected, obtained) of every parity check: per obtained runner, its references nearest first."""
-    specs = [runner_spec(name) for name in RUNNER_NAMES]
+    specs = [runner_spec(name) for name in REGISTRY]
     return [(ref.name, spec.name) for spec in specs for ref in reversed(specs) if spec.name in ref.compared_with]
 
 
