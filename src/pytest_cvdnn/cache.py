@@ -3,8 +3,12 @@
 Layout under the cache root::
 
     onnx/<key>/model.onnx + meta.json      converted models (meta holds the checksum)
-    keras/<model-hash>/meta.json           what the Keras model looks like (shapes, names)
-    ref/<model-hash>-<inputs-hash>.npz     Keras reference outputs for given inputs
+    keras/<model-hash>.json                what the Keras model looks like (shapes, names)
+    outputs/<runner>-<identity>-<inputs>.npz   a runner's outputs (and logits) on given inputs
+                                           (runners/cached.py: Keras, onnxruntime, TFLite, the cv2 logits probe)
+    ref/prep-<key>.npz                     Keras' preprocessing of the photos
+    cv2/<key>.npz                          the fresh-net/batch child process's outputs on the cv2 here
+    graph/, probe/, failed/, ...           graph summaries, logits probe graphs, remembered failures
     locks/<key>.lock                       one lock per entry (filelock)
 
 Every entry is written to a temporary name in the same directory and renamed into

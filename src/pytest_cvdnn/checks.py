@@ -268,9 +268,9 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
 
 
 def _newer_than(dep: Deployment) -> str:
-    from .core import _newer_opencv
+    from .load import newer_opencv
 
-    return _newer_opencv(dep.target_opencv_version())
+    return newer_opencv(dep.target_opencv_version())
 
 
 def _onnx_fixes(dep: Deployment) -> tuple[list[Any], str]:

@@ -22,7 +22,7 @@ from .cache import Cache, sha256_bytes
 from .compare import ParityResult
 from .convert import Conversion, ConversionOptions, cached_convert, conversion_key, tool_versions
 from .errors import CvdnnError, StageSkipped, unrecognised
-from .graph import GraphInfo, guess_layout, keras_layer_for, validate_onnx
+from .graph import GraphInfo, guess_layout, validate_onnx
 from .helper import by_helper
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
 from .runners import Runner, runner_names, runner_spec
@@ -578,108 +578,22 @@ class Deployment:
 
     @property
     def cv2net(self) -> Any:
-        """The cv2.dnn runner of the deployment's target (the load stage)."""
-        from .runners.cv2dnn import opencv_error_line, opencv_node, opencv_version
-        from .runners.isolated import ChildError
+        """The cv2.dnn runner of the deployment's target (the load stage; why it fails: see load.py)."""
+        from .load import load_runner
 
-        def load() -> Any:
-            try:
-                return self.cv2_runner(self.onnx_path, self.output_names)
-            except ChildError as exc:
-                raw = exc.raw.strip() or exc.message
-                version = exc.opencv or (opencv_version() if self.target.is_local else "?")
-            except CvdnnError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - cv2.error
-                raw, version = str(exc), opencv_version()
-            found = opencv_node(Exception(raw))
-            if found is None:  # OpenCV 5.1: an empty network, the op types only in its log
-                blocking = self._unimportable_nodes(raw)
-                if blocking:
-                    raise self._unimportable_error(blocking, version, raw)
-            layer = None
-            line = opencv_error_line(Exception(raw))
-            if found:  # OpenCV 4.5 names a node by its output tensor: name the node itself
-                node = self._node_named(found[0])
-                line = line.replace(f"node {found[0]!r}", f"node {node!r}", 1)
-                found = (node, found[1])
-            if found and self.has_keras:
-                layer = keras_layer_for(found[0], self.keras_layer_names)
-            raise CvdnnError(
-                f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read "
-                f"{self.onnx_path.name}: {line}"
-                + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
-                fix=self.load_fix,
-                details=raw.strip(),
-                node=found[0] if found else None,
-            )
-
-        return self.stage("load", load)
-
-    def _node_named(self, name: str) -> str:
-        """The ONNX node called ``name``, or producing the tensor ``name`` (as OpenCV 4.5 names nodes)."""
-        if self.settings.format != "onnx":
-            return name
-        try:
-            import onnx
-
-            graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
-        except Exception:  # noqa: BLE001 - a name is still a name
-            return name
-        found = next((n for n in graph.node if n.name == name), None) or next(
-            (n for n in graph.node if name in n.output), None)
-        return found.name if found is not None and found.name else name
-
-    def _unimportable_nodes(self, raw: str) -> list[tuple[str, str, str]]:
-        """(node, op type, why) of the nodes an import error without a node name is about: the op types OpenCV
-        logged as unsupported (5.1), else the op patterns that fail when probed alone (see diagnose.op_scan)."""
-        from .runners.cv2dnn import unsupported_ops
-
-        if self.settings.format != "onnx":
-            return []
-        patterns = self.graph_summary["patterns"]
-        ops = unsupported_ops(raw)
-        if ops:
-            first: dict[str, str] = {}
-            for op_type, names in patterns.values():
-                if op_type in ops and names:
-                    first.setdefault(op_type, names[0])
-            return [(first[op], op, "unsupported operation") for op in ops if op in first]
-        from .diagnose import op_scan
-
-        try:
-            return [(r.nodes[0], r.op_type, r.error) for r in op_scan(self, whole_graph=False) if not r.ok]
-        except Exception:  # noqa: BLE001 - the probes are a diagnosis; the load error stands without them
-            return []
-
-    def _unimportable_error(self, blocking: list[tuple[str, str, str]], version: str, raw: str) -> CvdnnError:
-        """The load error naming each node (op type, Keras layer) that this OpenCV cannot import."""
-        parts = []
-        for node, op_type, why in blocking:
-            layer = keras_layer_for(node, self.keras_layer_names) if self.has_keras else None
-            reason = ("this OpenCV's ONNX importer does not implement it" if why == "unsupported operation"
-                      else f"fails when imported alone: {why}")
-            parts.append(f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "")
-                         + f") cannot be imported: {reason}")
-        ops = sorted({op for _, op, _ in blocking})
-        return CvdnnError(
-            f"cv2.dnn (OpenCV {version}, engine {self.settings.engine}) cannot read {self.onnx_path.name}: "
-            + "; ".join(parts),
-            fix=(f"replace the layer(s) that make {', '.join(ops)} with ops this OpenCV imports, or compute them "
-                 "outside the network; the ops item lists every unsupported node, the remedy search below the "
-                 "opsets/layouts that load" + _newer_opencv(version)),
-            details=raw.strip(), node=blocking[0][0],
-        )
+        return self.stage("load", lambda: load_runner(self))
 
     @property
     def load_fix(self) -> str:
+        from .load import newer_opencv
+
         version = self.target_opencv_version()
         if not self.has_keras or self.settings.onnx:  # a given ONNX file: no conversion option changes it
             return ("export the model again so that the node uses operators this OpenCV imports (the ONNX rewrites "
-                    "the plugin tried, if any, are listed below)" + _newer_opencv(version))
+                    "the plugin tried, if any, are listed below)" + newer_opencv(version))
         older = version.startswith(("3.", "4."))
         return ("try another --cvdnn-opset" + (" (11 or 10 for OpenCV 4.5)" if older else "")
-                + " or --cvdnn-layout (see the remedy search)" + _newer_opencv(version))
+                + " or --cvdnn-layout (see the remedy search)" + newer_opencv(version))
 
     def target_opencv_version(self) -> str:
         """The version of the target's OpenCV: the local one, or the one a target names (``opencv==X``)."""
@@ -981,19 +895,6 @@ def _frozen_key(arrays: Sequence[np.ndarray]) -> tuple[Any, ...] | None:
             return None
         key.append((x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str))
     return tuple(key)
-
-
-#: the newest OpenCV release this plugin is tested on (pyproject.toml's bound; README "Supported OpenCV")
-NEWEST_OPENCV = (5, 1)
-
-
-def _newer_opencv(version: str) -> str:
-    """", or an OpenCV newer than X" where a newer release than ``version`` exists ("" on the newest)."""
-    try:
-        here = tuple(int(v) for v in version.split(".")[:2])
-    except ValueError:
-        return ""
-    return f", or an OpenCV newer than {version}" if here < NEWEST_OPENCV else ""
 
 
 def _stacked(rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:

@@ -1,0 +1,129 @@
+"""The load stage: cv2.dnn reads the deployment's artifact on its target, and when it cannot, the error names
+the node (as the ONNX graph calls it), its op type and Keras layer, and what to change."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import CvdnnError
+from .graph import keras_layer_for
+from .runners import Runner
+
+if TYPE_CHECKING:
+    from .core import Deployment
+
+__all__ = ["load_runner", "newer_opencv", "NEWEST_OPENCV"]
+
+#: the newest OpenCV release this plugin is tested on (pyproject.toml's bound; README "Supported OpenCV")
+NEWEST_OPENCV = (5, 1)
+
+
+def newer_opencv(version: str) -> str:
+    """", or an OpenCV newer than X" where a newer release than ``version`` exists ("" on the newest)."""
+    try:
+        here = tuple(int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return ""
+    return f", or an OpenCV newer than {version}" if here < NEWEST_OPENCV else ""
+
+
+def load_runner(dep: Deployment) -> Runner:
+    """The cv2.dnn runner of ``dep``'s artifact on its target; a CvdnnError saying why cv2.dnn cannot read it."""
+    from .runners.cv2dnn import opencv_version
+    from .runners.isolated import ChildError
+
+    try:
+        return dep.cv2_runner(dep.onnx_path, dep.output_names)
+    except ChildError as exc:
+        raw = exc.raw.strip() or exc.message
+        version = exc.opencv or (opencv_version() if dep.target.is_local else "?")
+    except CvdnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - cv2.error
+        raw, version = str(exc), opencv_version()
+    raise _load_error(dep, raw, version)
+
+
+def _load_error(dep: Deployment, raw: str, version: str) -> CvdnnError:
+    from .runners.cv2dnn import opencv_error_line, opencv_node
+
+    found = opencv_node(Exception(raw))
+    if found is None:  # OpenCV 5.1: an empty network, the op types only in its log
+        blocking = _unimportable_nodes(dep, raw)
+        if blocking:
+            return _unimportable_error(dep, blocking, version, raw)
+    layer = None
+    line = opencv_error_line(Exception(raw))
+    if found:  # OpenCV 4.5 names a node by its output tensor: name the node itself
+        node = _node_named(dep, found[0])
+        line = line.replace(f"node {found[0]!r}", f"node {node!r}", 1)
+        found = (node, found[1])
+    if found and dep.has_keras:
+        layer = keras_layer_for(found[0], dep.keras_layer_names)
+    return CvdnnError(
+        f"cv2.dnn (OpenCV {version}, engine {dep.settings.engine}) cannot read "
+        f"{dep.onnx_path.name}: {line}"
+        + (f"; the node comes from the Keras layer {layer!r}" if layer else ""),
+        fix=dep.load_fix,
+        details=raw.strip(),
+        node=found[0] if found else None,
+    )
+
+
+def _node_named(dep: Deployment, name: str) -> str:
+    """The ONNX node called ``name``, or producing the tensor ``name`` (as OpenCV 4.5 names nodes)."""
+    if dep.settings.format != "onnx":
+        return name
+    try:
+        import onnx
+
+        graph = onnx.load(str(dep.onnx_path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a name is still a name
+        return name
+    found = next((n for n in graph.node if n.name == name), None) or next(
+        (n for n in graph.node if name in n.output), None)
+    return str(found.name) if found is not None and found.name else name
+
+
+def _unimportable_nodes(dep: Deployment, raw: str) -> list[tuple[str, str, str]]:
+    """(node, op type, why) of the nodes an import error without a node name is about: the op types OpenCV
+    logged as unsupported (5.1), else the op patterns that fail when probed alone (see diagnose.op_scan)."""
+    from .runners.cv2dnn import unsupported_ops
+
+    if dep.settings.format != "onnx":
+        return []
+    patterns = dep.graph_summary["patterns"]
+    ops = unsupported_ops(raw)
+    if ops:
+        first: dict[str, str] = {}
+        for op_type, names in patterns.values():
+            if op_type in ops and names:
+                first.setdefault(op_type, names[0])
+        return [(first[op], op, "unsupported operation") for op in ops if op in first]
+    from .diagnose import op_scan
+
+    try:
+        return [(r.nodes[0], r.op_type, r.error) for r in op_scan(dep, whole_graph=False) if not r.ok]
+    except Exception:  # noqa: BLE001 - the probes are a diagnosis; the load error stands without them
+        return []
+
+
+def _unimportable_error(dep: Deployment, blocking: list[tuple[str, str, str]], version: str,
+                        raw: str) -> CvdnnError:
+    """The load error naming each node (op type, Keras layer) that this OpenCV cannot import."""
+    parts = []
+    for node, op_type, why in blocking:
+        layer = keras_layer_for(node, dep.keras_layer_names) if dep.has_keras else None
+        reason = ("this OpenCV's ONNX importer does not implement it" if why == "unsupported operation"
+                  else f"fails when imported alone: {why}")
+        parts.append(f"node {node!r} (op {op_type}" + (f", Keras layer {layer!r}" if layer else "")
+                     + f") cannot be imported: {reason}")
+    ops = sorted({op for _, op, _ in blocking})
+    return CvdnnError(
+        f"cv2.dnn (OpenCV {version}, engine {dep.settings.engine}) cannot read {dep.onnx_path.name}: "
+        + "; ".join(parts),
+        fix=(f"replace the layer(s) that make {', '.join(ops)} with ops this OpenCV imports, or compute them "
+             "outside the network; the ops item lists every unsupported node, the remedy search below the "
+             "opsets/layouts that load" + newer_opencv(version)),
+        details=raw.strip(), node=blocking[0][0],
+    )
