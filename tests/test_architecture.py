@@ -110,6 +110,7 @@ def test_a_new_runner_is_one_module_and_one_registry_line(tmp_path: Path, monkey
     (tmp_path / "cvdnn_extra" / "numpy_reference.py").write_text(
         "from pytest_cvdnn.runners import RunnerSpec\n"
         "SPEC = RunnerSpec('numpy', lambda dep, logits: None, lambda dep: '', lambda dep, logits: None,\n"
+        "                  lambda dep: 'numpy',\n"
         "                  kinds=frozenset({'onnx'}), compared_with={'cv2dnn': 'cv2.dnn differs from numpy'})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from pytest_cvdnn import checks, runners

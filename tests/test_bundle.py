@@ -126,6 +126,9 @@ def test_bundle_replay_where_cv2_diverges_from_the_stored_references(run_cvdnn: 
     assert checks["parity[keras-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
     assert checks["parity[onnxruntime-cv2dnn@opencv-4.12.0]"]["outcome"] == "passed"
     assert run.report["models"][0]["environment"]["target"] == "opencv-4.12.0"
+    runners = run.report["models"][0]["environment"]["runners"]  # (of the target's items, as "target" says)
+    assert runners["cv2dnn"].startswith("cv2.dnn of OpenCV 4.12.0") and "opencv-4.12.0" in runners["cv2dnn"]
+    assert runners["keras"].startswith("replayed from the bundle (Keras ")
 
 
 def test_hostile_bundles_are_usage_errors_that_open_nothing_outside(run_cvdnn: Callable[..., Run],

@@ -403,6 +403,9 @@ def test_onnxruntime_execution_providers_are_chosen_and_checked(run_cvdnn: Calla
     run = run_cvdnn(f"--cvdnn-model={onnx_model.name}", f"--cvdnn-ort-providers={providers}", cache=cache)
     assert run.ret == 0, run.text
     assert run.report["models"][0]["environment"]["ort_providers"] == providers.split(",")
+    runners = run.report["models"][0]["environment"]["runners"]  # each runner and its version (no Keras here)
+    assert runners["onnxruntime"] == f"onnxruntime {onnxruntime.__version__} ({', '.join(providers.split(','))})"
+    assert set(runners) == {"onnxruntime", "cv2dnn"} and runners["cv2dnn"].startswith("cv2.dnn of OpenCV ")
     assert run.checks()["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
 
     def identities() -> set[str]:  # outputs/<runner>-<identity>-<inputs>.npz

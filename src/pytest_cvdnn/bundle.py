@@ -335,5 +335,13 @@ class BundleDeployment(Deployment):
                 pass
         env.update(opencv=env.get("opencv-python-headless") or env.get("opencv-python", "?"),
                    engine=self.settings.engine, opset=self.settings.opset, layout=self.settings.layout,
-                   target=self.target_label)
+                   target=self.target_label, runners=self.runner_versions())
         return env
+
+    def replay_version(self, name: str) -> str:
+        if name == "cv2dnn":
+            return ""
+        env = self.manifest.get("environment")
+        runners = env.get("runners") if isinstance(env, dict) else None
+        stored = runners.get(name) if isinstance(runners, dict) else None
+        return f"replayed from the bundle ({stored if isinstance(stored, str) else 'stored outputs'})"

@@ -25,7 +25,7 @@ from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, validate_onnx
 from .helper import by_helper
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
-from .runners import Runner, runner_names, runner_spec
+from .runners import Runner, RunnerSpec, runner_names, runner_spec
 from .runners.cached import CachedRunner
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
@@ -713,11 +713,16 @@ class Deployment:
                 phase = spec.helper_phase
                 wait = lambda path: self._tf_elsewhere(phase, path.is_file)  # noqa: E731
             self._runners[memo] = CachedRunner(
-                f"{name}-logits" if separate else name, make, None if replay else spec.key(self, separate), self.cache,
+                f"{name}-logits" if separate else name, make, None if replay else self._identity(spec, separate), self.cache,
                 self._outputs, joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
                 one_at_a_time=lambda: by_layout == "graph" and self.fixed_batch_of_one, digest=self.inputs_hash,
                 wait=wait)
         return self._runners[memo]
+
+    def _identity(self, spec: RunnerSpec, logits: bool) -> str | None:
+        """What a runner's cached outputs are a function of: the model (its spec's key) and the runner's version."""
+        key = spec.key(self, logits)
+        return None if key is None else f"{key}|{spec.version(self)}"
 
     def run(self, runner: str, inputs: Sequence[np.ndarray] | None = None, *, per_sample: bool = False,
             logits: bool = False) -> list[np.ndarray]:
@@ -868,11 +873,23 @@ class Deployment:
         except (CvdnnError, StageSkipped) as exc:
             raise exc.with_traceback(None) from None
 
+    def runner_versions(self) -> dict[str, str]:
+        """Each runner of the deployment and its version, as the report says it ({} where the model is unreadable:
+        its items say why)."""
+        try:
+            return {name: self.replay_version(name) or runner_spec(name).version(self) for name in self.runners}
+        except (CvdnnError, StageSkipped):
+            return {}
+
+    def replay_version(self, name: str) -> str:
+        """Where runner ``name``'s outputs are replayed from ("" here: it runs)."""
+        return ""
+
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
         env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
                    target=self.target_label, format=self.settings.format,
-                   ort_providers=list(self.settings.ort_providers))
+                   ort_providers=list(self.settings.ort_providers), runners=self.runner_versions())
         if self.settings.target is not None:  # "opencv" above is this process's; the target's is another
             env["target_opencv"] = self.target_opencv_version()
         return env

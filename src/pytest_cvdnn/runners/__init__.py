@@ -44,8 +44,10 @@ class RunnerSpec:
     factory: Callable[[Deployment, bool], Runner]
     #: why the runner cannot run this deployment ("": it can)
     unavailable: Callable[[Deployment], str]
-    #: the identity of its outputs on disk: what they are a function of (None: it runs every session)
+    #: the identity of its outputs on disk: the model they are a function of (None: it runs every session)
     key: Callable[[Deployment, bool], str | None]
+    #: the runner and its version, as the report says it (part of the identity of its cached outputs too)
+    version: Callable[[Deployment], str]
     #: the deployment kinds it runs for (see Deployment.kind; "bundle": replayed from stored outputs)
     kinds: frozenset[str] = frozenset({"keras", "onnx", "export", "tflite", "bundle"})
     #: deployment stages it needs: their failure skips the items that use it, with the reason

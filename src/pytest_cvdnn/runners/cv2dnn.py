@@ -277,5 +277,9 @@ def _key(dep: Deployment, logits: bool) -> str | None:
     return f"{dep.onnx_digest}|{','.join(dep.logit_names)}|{dep.settings.engine}|{dep.opencv_build}"
 
 
-SPEC = RunnerSpec("cv2dnn", _for_deployment, lambda dep: "", _key, needs=("cv2net",), logits="separate",
+def _version(dep: Deployment) -> str:
+    return f"cv2.dnn of OpenCV {dep.target_opencv_version()} (engine {dep.settings.engine}, {dep.target_label})"
+
+
+SPEC = RunnerSpec("cv2dnn", _for_deployment, lambda dep: "", _key, _version, needs=("cv2net",), logits="separate",
                   layout="graph")

@@ -179,14 +179,15 @@ def _for_deployment(dep: Deployment, logits: bool) -> KerasReference:
     return KerasReference(both, len(model.outputs), dep.in_graph_order)
 
 
-def _key(dep: Deployment, logits: bool) -> str:
+def _version(dep: Deployment) -> str:
     from ..convert import tool_versions
 
-    return f"{dep.model_hash}|keras {tool_versions()['keras']}"
+    versions = tool_versions()
+    return f"Keras {versions['keras']} on TensorFlow {versions['tensorflow']}"
 
 
 SPEC = RunnerSpec(
     "keras", _for_deployment, lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras "
-    "reference", _key, kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
+    "reference", lambda dep, logits: dep.model_hash, _version, kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
     compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
                    "cv2dnn": "the deployed model does not reproduce Keras"})

@@ -75,14 +75,14 @@ def _for_deployment(dep: Deployment, logits: bool) -> OrtRunner:
     return dep.stage("ort", make)
 
 
-def _key(dep: Deployment, logits: bool) -> str:
+def _version(dep: Deployment) -> str:
     from ..convert import tool_versions
 
-    return f"{dep.onnx_digest}|onnxruntime {tool_versions()['onnxruntime']}|{'+'.join(dep.settings.ort_providers)}"
+    return f"onnxruntime {tool_versions()['onnxruntime']} ({', '.join(dep.settings.ort_providers)})"
 
 
 SPEC = RunnerSpec(
     "onnxruntime", _for_deployment,
     lambda dep: "" if dep.settings.format == "onnx" else f"onnxruntime does not run a {dep.format_name}",
-    _key, kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
+    lambda dep, logits: dep.onnx_digest, _version, kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
     compared_with={"cv2dnn": "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"})

@@ -126,15 +126,21 @@ def _for_deployment(dep: Deployment, logits: bool) -> TFLiteRunner:
     return dep.stage("tflite_runner", lambda: TFLiteRunner(path))
 
 
-def _key(dep: Deployment, logits: bool) -> str:
+def _version(dep: Deployment) -> str:
+    """Which interpreter runs the file, from the installed packages (importing it would import TensorFlow)."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
     from ..convert import tool_versions
 
-    return f"{dep.model_hash}|tflite {tool_versions()['tensorflow']}"
+    if find_spec("ai_edge_litert") is not None:
+        return f"LiteRT {metadata.version('ai-edge-litert')}"
+    return f"tf.lite.Interpreter (TensorFlow {tool_versions()['tensorflow']})"
 
 
 SPEC = RunnerSpec(
     "tflite", _for_deployment,
     lambda dep: "" if dep.kind == "tflite" else f"{dep.label} is not a TFLite model: the TFLite interpreter is the "
     "reference of .tflite sources only",
-    _key, kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
+    lambda dep, logits: dep.model_hash, _version, kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
     compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"})
