@@ -616,7 +616,7 @@ def assert_parity(request: pytest.FixtureRequest) -> Callable[..., ParityResult]
         if not result:
             text = result.format_failure()
             if dep is not None and isinstance(expected, str) and isinstance(obtained, str) and inputs is None:
-                from .checks import parity_diagnosis  # (the seeded inputs: the generated item's diagnosis)
+                from .checks_outputs import parity_diagnosis  # (the seeded inputs: the generated item's diagnosis)
 
                 found = parity_diagnosis(dep, expected, obtained, result)
                 text = f"{found}\n\n{text}" if found else text
