@@ -707,16 +707,16 @@ class Deployment:
             def make() -> Runner:
                 return replay if replay is not None else spec.factory(self, separate)
 
+            def made_by_helper(path: Path) -> bool:  # (a reference the TensorFlow helper computes on a cold run)
+                return spec.helper_phase is not None and self._tf_elsewhere(spec.helper_phase, path.is_file)
+
             by_layout = "model" if replay is not None else spec.layout  # (replays: stored by the model's inputs)
-            wait = None
-            if spec.helper_phase is not None and replay is None:
-                phase = spec.helper_phase
-                wait = lambda path: self._tf_elsewhere(phase, path.is_file)  # noqa: E731
             self._runners[memo] = CachedRunner(
-                f"{name}-logits" if separate else name, make, None if replay else self._identity(spec, separate), self.cache,
-                self._outputs, joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
+                f"{name}-logits" if separate else name, make,
+                None if replay is not None else self._identity(spec, separate), self.cache, self._outputs,
+                joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
                 one_at_a_time=lambda: by_layout == "graph" and self.fixed_batch_of_one, digest=self.inputs_hash,
-                wait=wait)
+                wait=made_by_helper if replay is None and spec.helper_phase is not None else None)
         return self._runners[memo]
 
     def _identity(self, spec: RunnerSpec, logits: bool) -> str | None:
