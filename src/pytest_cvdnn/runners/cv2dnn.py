@@ -281,5 +281,7 @@ def _version(dep: Deployment) -> str:
     return f"cv2.dnn of OpenCV {dep.target_opencv_version()} (engine {dep.settings.engine}, {dep.target_label})"
 
 
-SPEC = RunnerSpec("cv2dnn", _for_deployment, lambda dep: "", _key, _version, needs=("cv2net",), logits="separate",
-                  layout="graph")
+SPEC = RunnerSpec(
+    "cv2dnn", factory=_for_deployment, unavailable=lambda dep: "", key=_key, version=_version,
+    needs=("cv2net",), logits="separate", layout="graph",
+)

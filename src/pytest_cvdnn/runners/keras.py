@@ -187,7 +187,10 @@ def _version(dep: Deployment) -> str:
 
 
 SPEC = RunnerSpec(
-    "keras", _for_deployment, lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras "
-    "reference", lambda dep, logits: dep.model_hash, _version, kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
+    "keras", factory=_for_deployment,
+    unavailable=lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras reference",
+    key=lambda dep, logits: dep.model_hash, version=_version,
+    kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
     compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
-                   "cv2dnn": "the deployed model does not reproduce Keras"})
+                   "cv2dnn": "the deployed model does not reproduce Keras"},
+)

@@ -82,7 +82,9 @@ def _version(dep: Deployment) -> str:
 
 
 SPEC = RunnerSpec(
-    "onnxruntime", _for_deployment,
-    lambda dep: "" if dep.settings.format == "onnx" else f"onnxruntime does not run a {dep.format_name}",
-    lambda dep, logits: dep.onnx_digest, _version, kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
-    compared_with={"cv2dnn": "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"})
+    "onnxruntime", factory=_for_deployment,
+    unavailable=lambda dep: "" if dep.settings.format == "onnx" else f"onnxruntime does not run a {dep.format_name}",
+    key=lambda dep, logits: dep.onnx_digest, version=_version,
+    kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
+    compared_with={"cv2dnn": "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"},
+)

@@ -139,8 +139,10 @@ def _version(dep: Deployment) -> str:
 
 
 SPEC = RunnerSpec(
-    "tflite", _for_deployment,
-    lambda dep: "" if dep.kind == "tflite" else f"{dep.label} is not a TFLite model: the TFLite interpreter is the "
-    "reference of .tflite sources only",
-    lambda dep, logits: dep.model_hash, _version, kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
-    compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"})
+    "tflite", factory=_for_deployment,
+    unavailable=lambda dep: "" if dep.kind == "tflite" else f"{dep.label} is not a TFLite model: the TFLite "
+    "interpreter is the reference of .tflite sources only",
+    key=lambda dep, logits: dep.model_hash, version=_version,
+    kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
+    compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"},
+)
