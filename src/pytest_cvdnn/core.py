@@ -67,6 +67,7 @@ class Deployment:
         self.events: list[str] = []  # e.g. "converted", "keras-loaded" (tests and benchmarks read it)
         self._outputs: dict[tuple[str, str, str], list[np.ndarray]] = {}  # runner results by identity + inputs
         self._runners: dict[tuple[str, bool], CachedRunner] = {}
+        self._prepared: bool | None = None  # (prepare(): queued with the TensorFlow helper, once)
         self.upcoming: set[str] = set()  # checks this session will run (the plugin sets it): work can start early
         self.exhibits: dict[str, Any] = {}  # the arrays a check compared, by check (figures.py draws them)
 
@@ -342,7 +343,12 @@ class Deployment:
         True if the helper has it."""
         from . import helper
 
-        return self.stage("prepare", lambda: helper.queue(self) if helper.pending(self) else helper.queued(self))
+        if self._prepared is None:
+            try:
+                self._prepared = helper.queue(self) if helper.pending(self) else helper.queued(self)
+            except Exception:  # noqa: BLE001 - an accelerator: without it the work is done here, and reported there
+                self._prepared = False
+        return self._prepared
 
     def tf_work_pending(self) -> bool:
         """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache only."""

@@ -309,9 +309,9 @@ def _job_key(dep: Deployment) -> tuple[str, Any]:
 def pending(dep: Deployment) -> bool:
     """Would a run need TensorFlow for this deployment (its conversion is not cached)?  Reads the cache only: no
     model is loaded and no helper started (the xdist controller asks before its workers start)."""
-    if dep.settings.bundle is not None or dep.settings.onnx or not dep.has_keras:
-        return False
     try:
+        if dep.settings.bundle is not None or dep.settings.onnx or not dep.has_keras:
+            return False
         if dep.cache.get_json("failed", f"{dep.meta_failure_key}.json") is not None:
             return False  # a remembered failure: nothing to convert
         if dep.cache.get_json("keras", f"{dep.model_hash[:40]}.json") is None:
