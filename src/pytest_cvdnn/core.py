@@ -26,7 +26,7 @@ from .graph import GraphInfo, guess_layout, validate_onnx
 from .helper import by_helper
 from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
 from .runners import Runner, RunnerSpec, runner_names, runner_spec
-from .runners.cached import CachedRunner
+from .runners.cached import CachedRunner, inputs_digest, stacked
 from .settings import ModelSettings
 from .sources import ModelSource, parse_source
 from .spec import InputSpec, SpecError
@@ -540,7 +540,7 @@ class Deployment:
         key = _frozen_key(inputs)
         if key is not None and key in _DIGESTS:
             return _DIGESTS[key][1]
-        digest = sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+        digest = inputs_digest(inputs)
         if key is not None:
             if len(_DIGESTS) >= 256:  # bounded: a key goes with the arrays it holds
                 _DIGESTS.clear()
@@ -749,7 +749,7 @@ class Deployment:
         cached = self._cached_runner(runner, logits)
         if per_sample and len(inputs[0]) > 1:
             rows = [cached.infer([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
-            return _stacked([r.logits if logits and cached.joint else r.outputs for r in rows])
+            return stacked([r.logits if logits and cached.joint else r.outputs for r in rows])
         found = cached.infer(inputs)
         if logits and cached.joint:
             if not found.logits:
@@ -918,8 +918,3 @@ def _frozen_key(arrays: Sequence[np.ndarray]) -> tuple[Any, ...] | None:
             return None
         key.append((x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str))
     return tuple(key)
-
-
-def _stacked(rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
-    """Per-sample outputs (one list per forward) as one batch per output."""
-    return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]

@@ -132,13 +132,13 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[O
 
 def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> str | None:
     """Why onnxruntime computes something else on the rewritten graph (None: the same, within EQUIVALENCE)."""
-    from .core import _stacked
+    from .runners.cached import stacked
     from .runners.onnxruntime import OrtRunner
 
     try:
         original = dep.run("onnxruntime")  # (cached: the outputs the parity items compare)
         runner = OrtRunner(path, outputs=dep.output_names)
-        rewritten = (_stacked([runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))])
+        rewritten = (stacked([runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))])
                      if dep.fixed_batch_of_one else runner.infer(feeds))
     except (CvdnnError, StageSkipped) as exc:
         return f"onnxruntime cannot run it: {str(exc)[:200]}"
@@ -189,7 +189,7 @@ def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.nda
                nodes: tuple[str, ...]) -> OnnxRemedy:
     """The target's cv2.dnn, in a child: load, each sample alone, then the whole batch, against the reference."""
     from .compare import align_outputs, compare
-    from .core import _stacked
+    from .runners.cached import stacked
     from .runners.cv2dnn import opencv_error_line
     from .runners.isolated import ChildError, ChildRun
 
@@ -217,7 +217,7 @@ def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.nda
     except (CvdnnError, StageSkipped) as exc:
         return OnnxRemedy(label, "parity failed", f"no {reference_name} reference: {exc}"[:300], nodes)
     shapes = [r.shape for r in reference]
-    checks = [("one sample at a time", _stacked(rows))]
+    checks = [("one sample at a time", stacked(rows))]
     if whole is not None:
         checks.append((f"a batch of {count}", whole))
     worst = 0.0

@@ -17,10 +17,7 @@ import numpy as np
 from ..cache import Cache, sha256_bytes
 from . import Runner
 
-__all__ = ["CachedRunner", "Results", "inputs_digest"]
-
-#: the joint results' first array says how many of the rest are outputs (the logits follow)
-_COUNT = "count"
+__all__ = ["CachedRunner", "Results", "inputs_digest", "stacked"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +31,11 @@ class Results:
 def inputs_digest(inputs: Sequence[np.ndarray]) -> str:
     """The digest of arrays: their bytes and shapes."""
     return sha256_bytes(b"".join(np.ascontiguousarray(x).tobytes() + str(x.shape).encode() for x in inputs))
+
+
+def stacked(rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Per-sample outputs (one list per forward) as one batch per output."""
+    return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
 
 
 class CachedRunner:
@@ -78,7 +80,7 @@ class CachedRunner:
         feeds = self._feed(inputs)
         if self._one_at_a_time() and len(feeds[0]) > 1:  # a graph fixed to batch 1: one sample per forward
             rows = [runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
-            results = [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(rows[0]))]
+            results = stacked(rows)
         else:
             results = [np.asarray(o) for o in runner.infer(feeds)]
         if self.joint:  # (outputs, then logits: the runner says how many are outputs)

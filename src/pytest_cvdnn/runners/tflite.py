@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CvdnnError
 from . import RunnerSpec
+from .cached import stacked
 
 if TYPE_CHECKING:
     from ..core import Deployment
@@ -117,7 +118,7 @@ class TFLiteRunner:
                 self.interp.set_tensor(info["index"], quantize(x[i : i + 1], info).reshape(info["shape"]))
             self.interp.invoke()
             rows.append([dequantize(self.interp.get_tensor(o["index"]), o) for o in self.meta["outputs"]])
-        return [np.concatenate([r[k] for r in rows], axis=0) for k in range(len(self.meta["outputs"]))]
+        return stacked(rows)
 
 
 def _for_deployment(dep: Deployment, logits: bool) -> TFLiteRunner:
