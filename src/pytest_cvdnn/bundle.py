@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -54,14 +52,30 @@ def _load_npz(path: Path) -> list[np.ndarray]:
             from None
 
 
+def bundle_folder(root: Path, model: str, path: Path | None) -> Path:
+    """Where the bundle of a model goes: ``root / <the model's file or folder name>`` (a factory: its text)."""
+    name = Path(os.path.realpath(path)).name if path is not None else model
+    return Path(root) / (slug(name.strip(".")) or "model")
+
+
 def save_bundle(dep: Deployment, root: Path) -> Path:
-    """Write the bundle of ``dep`` under ``root``; never replaces another model's bundle."""
-    folder = Path(root) / slug(Path(dep.label).name or dep.label)
+    """Write the bundle of ``dep`` under ``root``; never replaces another model's bundle, nor anything the
+    plugin did not write (ownership.publish_folder)."""
+    from .ownership import check_folder_destination, publish_folder
+
+    folder = bundle_folder(root, dep.label, dep.source.path)
+    protected = dep.settings.protected_paths()
+    check_folder_destination(folder, "--cvdnn-save-bundle", protected)
     _refuse_another_model(folder, dep)
     files, references, preprocessing = _bundle_files(dep)
     manifest = _manifest(dep, files, references, preprocessing)
-    _publish(folder, files, manifest)
-    return folder
+
+    def fill(staging: Path) -> None:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+    return publish_folder(folder, fill, "--cvdnn-save-bundle", protected)
 
 
 def _refuse_another_model(folder: Path, dep: Deployment) -> None:
@@ -144,22 +158,6 @@ def _manifest(dep: Deployment, files: dict[str, bytes], references: list[dict[st
         "environment": dep.environment(),
         "files": {name: sha256_bytes(data) for name, data in files.items()},
     }
-
-
-def _publish(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
-    """The bundle written in a staging folder beside ``folder``, then swapped in (readers never see half)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-        shutil.rmtree(folder, ignore_errors=True)  # same model: regenerate
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def find_bundles(path: Path) -> list[Path]:

@@ -578,9 +578,20 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
     node = next((n for n in model.graph.node if n.name == node_name or node_name in n.output), None)
     if node is None:
         return None
+    from .ownership import publish_folder
+
+    return publish_folder(folder, lambda staging: _fill_repro(dep, staging, model, node, problem, reference),
+                          "--cvdnn-repro", dep.settings.protected_paths())
+
+
+def _fill_repro(dep: "Deployment", folder: Path, model: Any, node: Any, problem: str,
+                reference: tuple[Path, str] | None) -> None:
+    import onnx
+    from onnx import utils as onnx_utils
+
+    inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in node.input if i and i not in inits]
     outputs = [o for o in node.output if o]
-    folder.mkdir(parents=True, exist_ok=True)
     onnx_utils.extract_model(str(dep.onnx_path), str(folder / "subgraph.onnx"), inputs, outputs, check_model=False)
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
@@ -590,8 +601,6 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
         np.save(folder / f"input{i}.npy", np.asanyarray(values.get(name, feeds.get(name))))  # (what np.save does)
     expected_from = "onnxruntime"
     if reference is not None:  # the node's first output, as the reference graph computes it
-        for stale in folder.glob("expected*.npy"):
-            stale.unlink()
         ref_model = onnx.load(str(reference[0]), load_external_data=False)
         ref_inits = {i.name for i in ref_model.graph.initializer}
         # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
@@ -608,7 +617,6 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
             "versions": dep.environment()}
     (folder / "repro.json").write_text(json.dumps(info, indent=2, default=str))
     (folder / "repro.py").write_text(REPRO_SCRIPT)
-    return folder
 
 
 def repro_root(dep: "Deployment", configured: str | None) -> Path:

@@ -101,11 +101,14 @@ def _moved(result: OnnxRemedy, folder: Path) -> OnnxRemedy:
 def _write(dep: "Deployment", folder: Path, candidate: Any, model: Any) -> None:
     import onnx
 
+    from .ownership import publish_folder
     from .rewrites import fix_script
 
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(folder / "fixed.onnx"))
-    (folder / "fix.py").write_text(fix_script(candidate, str(dep.onnx_path)))
+    def fill(staging: Path) -> None:
+        onnx.save(model, str(staging / "fixed.onnx"))
+        (staging / "fix.py").write_text(fix_script(candidate, str(dep.onnx_path)))
+
+    publish_folder(folder, fill, "--cvdnn-repro", dep.settings.protected_paths())
 
 
 def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[OnnxRemedy, Any]:

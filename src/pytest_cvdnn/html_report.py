@@ -280,14 +280,16 @@ def render(report: dict[str, Any]) -> str:
     tools = ", ".join(f"{k} {env[k]}" for k in names if env.get(k) and env[k] != "not installed")
     failed = sum(1 for m in models for c in (m.get("checks") or {}).values() if c["outcome"] == "failed")
     title = f"pytest-cvdnn: {len(models)} model(s), {failed} failed item(s)"
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + _e(title) + "</title>"
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="generator" content="pytest-cvdnn"><title>' + _e(title) + "</title>"
             f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>"
             f'<p class="muted env">{_e(time.strftime("%Y-%m-%d %H:%M:%S"))}{"; " + _e(tools) if tools else ""}</p>'
             + "".join(_model_section(m) for m in models) + "</body></html>")
 
 
-def write_html(path: Path, report: dict[str, Any]) -> None:
-    """Write the page (atomically, readable by others: report.publish)."""
+def write_html(path: Path, report: dict[str, Any], protected: Any = None) -> None:
+    """Write the page (atomically, readable by others, never over a file the plugin did not write:
+    report.publish)."""
     from .report import publish
 
-    publish(Path(path), render(report))
+    publish(Path(path), render(report), "--cvdnn-html", protected)

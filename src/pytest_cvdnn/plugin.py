@@ -9,6 +9,7 @@ import argparse
 import fnmatch
 import json
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -164,6 +165,7 @@ def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption("cvdnn_report")
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
     restrict = bool(cli_models) and config.args_source != pytest.Config.ArgsSource.ARGS
+    base = replace(base, protected=_protected(config, base, models))
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
@@ -171,6 +173,7 @@ def pytest_configure(config: pytest.Config) -> None:
         html_path=(Path(html) if config.getoption("cvdnn_html") else config.rootpath / html) if html else None,
     )
     state = config.stash[STATE]
+    _check_destinations(state)
     _validate_engines(list(values["engine"]), models)
     try:
         state.entries = _model_entries(state)
@@ -185,6 +188,53 @@ def pytest_configure(config: pytest.Config) -> None:
     state.spelled = {p: next((e.source.given for e in es if e.source.given), p) for p, es in state.entries.items()}
     paths = [str(p) for p in state.spelled.values()]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
+
+
+def _model_path(text: str, rootdir: Path) -> Path | None:
+    """The file or folder a model text names (a factory: its module file; None where it cannot be resolved:
+    the model's own items say why)."""
+    if text.startswith(BUNDLE_PREFIX):
+        return Path(text[len(BUNDLE_PREFIX):])
+    from .sources import factory_module_file, parse_source
+
+    try:
+        source = parse_source(text, rootdir)
+        return source.path if source.path is not None else factory_module_file(source)
+    except Exception:  # noqa: BLE001 - reported by the collection with its own message
+        return None
+
+
+def _protected(config: pytest.Config, base: ModelSettings, models: list[str]) -> Any:
+    """What this session must never replace: every model and input it reads, the rootdir, the working directory."""
+    from .ownership import Protected
+
+    paths = [_model_path(m, config.rootpath) for m in models]
+    return Protected.of([*paths, base.onnx, base.inputs, base.images], config.rootpath,
+                        config.invocation_params.dir)
+
+
+def _check_destinations(state: CvdnnState) -> None:
+    """Reports and bundles go only where the plugin owns the path: a usage error before any work otherwise."""
+    from .ownership import check_folder_destination, check_report_path
+
+    protected = state.base.protected
+    try:
+        for option, path in (("--cvdnn-report", state.report_path), ("--cvdnn-html", state.html_path)):
+            if path is not None:
+                check_report_path(path, option, protected)
+        if state.report_path is not None and state.html_path is not None and \
+                os.path.realpath(state.report_path) == os.path.realpath(state.html_path):
+            raise CvdnnError(f"--cvdnn-report and --cvdnn-html name the same file {state.report_path}",
+                             fix="give the JSON and the HTML report different files")
+        if state.base.save_bundle is not None:
+            from .bundle import bundle_folder
+
+            root = Path(state.base.save_bundle)
+            for text in state.models:
+                path = _model_path(text, state.rootdir)
+                check_folder_destination(bundle_folder(root, text, path), "--cvdnn-save-bundle", protected)
+    except CvdnnError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettings:
@@ -510,13 +560,20 @@ class ResultsPlugin:
         for line in self.state.results.summary_lines():
             terminalreporter.write_line(line)
 
-    def pytest_sessionfinish(self) -> None:
-        if not self.is_worker and self.state.report_path is not None:
-            self.state.results.write_json(self.state.report_path)
-        if not self.is_worker and self.state.html_path is not None:
-            from .html_report import write_html
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        protected = self.state.base.protected
+        try:
+            if self.state.report_path is not None:
+                self.state.results.write_json(self.state.report_path, protected)
+            if self.state.html_path is not None:
+                from .html_report import write_html
 
-            write_html(self.state.html_path, self.state.results.as_json())
+                write_html(self.state.html_path, self.state.results.as_json(), protected)
+        except CvdnnError as exc:  # (checked when the session started; the path changed meanwhile)
+            sys.stderr.write(f"pytest-cvdnn: ERROR {exc}\n")
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 # -- fixtures --------------------------------------------------------------------------------

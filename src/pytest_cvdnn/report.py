@@ -123,14 +123,18 @@ class Results:
             )
         return {"schema": SCHEMA_VERSION, "tool": "pytest-cvdnn", "models": models}
 
-    def write_json(self, path: Path) -> None:
-        publish(Path(path), json.dumps(self.as_json(), indent=2, default=str))
+    def write_json(self, path: Path, protected: Any = None) -> None:
+        publish(Path(path), json.dumps(self.as_json(), indent=2, default=str), "--cvdnn-report", protected)
 
 
-def publish(path: Path, text: str) -> None:
+def publish(path: Path, text: str, option: str = "the report", protected: Any = None) -> None:
     """Write a report atomically (a reader never sees half a file), readable by others (0644, not mkstemp's 0600:
     a report is for CI artifacts and web servers; the umask is not read, as changing it to read it would race
-    with the threads that write files meanwhile)."""
+    with the threads that write files meanwhile).  Never over an input, a link or a file the plugin did not write
+    (ownership.check_report_path)."""
+    from .ownership import Protected, check_report_path
+
+    check_report_path(path, option, protected if protected is not None else Protected.of([]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -290,6 +290,16 @@ class ModelSettings:
     tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
     memory_budget: float | None = None  # --cvdnn-memory-budget (GiB); None: half of the RAM
     ort_providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS  # --cvdnn-ort-providers
+    protected: Any = None  # ownership.Protected: what this session must never replace (the plugin sets it)
+
+    def protected_paths(self) -> Any:
+        """The session's ownership.Protected (this model's own paths where the plugin did not set one)."""
+        from .ownership import Protected
+
+        if self.protected is not None:
+            return self.protected
+        return Protected.of([self.model if Path(self.model).exists() else None, self.onnx, self.inputs, self.images,
+                             self.bundle])
 
     @property
     def effective_spec(self) -> InputSpec:
