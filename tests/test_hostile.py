@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -373,3 +374,17 @@ def test_a_model_whose_inputs_would_not_fit_in_memory_is_refused_with_the_number
     assert ("the model's inputs hold 1,200,000,000 values per sample (the largest: 'x' of shape (1, 20000, 20000, 3) "
             "NHWC)" in text), text
     assert "raise --cvdnn-memory-budget" in text and "Traceback" not in text and "MemoryError" not in text
+
+
+def test_a_cv2_side_parity_failure_of_a_dense_model_is_localised_not_an_unknown_error(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """Tolerances of 0 on the shipped example: OpenCV's float error fails the cv2 side; the localisation asks
+    cv2.dnn for intermediate tensors, of which 5.1 gives None for the fused Dense MatMul: the first divergent node
+    is named (that tensor skipped), never "an error the plugin does not recognise"."""
+    shutil.copyfile(Path(__file__).parents[1] / "examples" / "tiny_cnn.keras", pytester.path / "tiny_cnn.keras")
+    run = run_cvdnn("--cvdnn-model=tiny_cnn.keras", "--cvdnn-atol=0", "--cvdnn-rtol=0", "-k",
+                    "parity and onnxruntime-cv2dnn")
+    parity = run.checks()["parity[onnxruntime-cv2dnn]"]
+    assert parity["outcome"] == "failed", parity
+    assert "does not recognise" not in parity["message"] and "pickle" not in run.text
+    assert "first divergent node" in parity["message"] and parity["data"]["first_divergent"]["node"], parity

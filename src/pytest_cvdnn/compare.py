@@ -53,6 +53,25 @@ DEFAULT_RTOL = 1e-3
 DEFAULT_SRTOL = 1e-3
 
 
+#: the relative tolerances must stay below this: at 1 an error as large as the signal itself passes
+RELATIVE_LIMIT = 1.0
+
+
+def tolerance_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the tolerance ``name`` (atol, rtol, srtol), or None.  A relative tolerance of 1 or
+    more accepts an error the size of the signal (an output replaced by its negative or by zeros): no parity
+    item could fail, so it is refused; atol is judged against each output's size when compared (a comparison
+    whose atol covers the signal relies on srtol alone and says so)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return f"{name} must be a finite number >= 0, got {value!r}"
+    if name in ("rtol", "srtol") and value >= RELATIVE_LIMIT:
+        what = "|Δ| / |ref| per element" if name == "rtol" else "max|Δ| / max|ref|"
+        return (f"{name} = {value:g} would accept an error as large as the signal itself ({what} up to {value:g}): "
+                f"no parity item could fail; use a value below {RELATIVE_LIMIT:g} (default "
+                f"{DEFAULT_RTOL if name == 'rtol' else DEFAULT_SRTOL:g})")
+    return None
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """Absolute and relative tolerance (an element fails only if it exceeds both), and the tolerance relative
@@ -64,9 +83,9 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         for name in ("atol", "rtol", "srtol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            problem = tolerance_problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(problem)
 
     def __str__(self) -> str:
         return f"atol={self.atol:g}, rtol={self.rtol:g}, srtol={self.srtol:g}"

@@ -528,13 +528,15 @@ def _cv2_tensors(dep: "Deployment", path: Path, names: Sequence[str], feeds: dic
     probe = tmp / f"cv2-{abs(hash(tuple(names)))}.onnx"
     _with_outputs(path, names, probe)
     outputs = [o.name for o in onnx.load(str(probe), load_external_data=False).graph.output]
-    resp, outs = child_call(dep.target, probe, dep.settings.engine, list(feeds), outputs, list(feeds.values()))
+    resp, outs = child_call(dep.target, probe, dep.settings.engine, list(feeds), outputs, list(feeds.values()),
+                            partial=True)
     if not resp.get("ok"):
         from .runners.cv2dnn import opencv_error_line
 
         raise CvdnnError(f"cv2.dnn could not expose intermediate tensors: "
                          f"{opencv_error_line(Exception(resp.get('error', '')))}")
-    return dict(zip(outputs, outs[0], strict=True))
+    missing = set(resp.get("missing", ()))  # (tensors OpenCV fused away: not compared, their consumers are)
+    return {n: o for k, (n, o) in enumerate(zip(outputs, outs[0], strict=True)) if k not in missing}
 
 
 # -- repro folder ---------------------------------------------------------------------------------------

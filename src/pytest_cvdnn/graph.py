@@ -154,8 +154,15 @@ def _check_external_data(path: Path, model: Any) -> None:
                 fix="keep the external data files beside the .onnx (onnx.save_model(..., save_as_external_data=True, "
                 "location='weights.bin')), or save the model as one file",
             )
+        if target == Path(path).resolve():
+            raise CvdnnError(
+                f"{path}: tensor {tensor.name!r} says its external data is stored in the .onnx file itself "
+                f"({location!r}); its values would be the model's own bytes read as numbers",
+                fix="the file was edited or written wrongly: re-export it (onnx.save_model(..., "
+                "save_as_external_data=True, location='weights.bin') keeps the weights in their own file)")
         if not target.is_file():
-            raise CvdnnError(f"{path}: the external data file {location!r} of tensor {tensor.name!r} is missing",
+            raise CvdnnError(f"{path}: the external data file {location!r} of tensor {tensor.name!r} is missing"
+                             + (" or not a regular file" if target.exists() else ""),
                              fix="copy it next to the .onnx file")
         _check_extent(path, tensor, location, target.stat().st_size)
 
@@ -229,10 +236,8 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = 
     import onnx
 
     model = load_model(path) if model is None else model
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
-        onnx.load_external_data_for_model(model, str(Path(path).parent))  # (inside the folder: load_model checked)
     what = f"the ONNX file {path.name}" if provided else f"the converted graph {path.name}"
-    fix = ("re-export the model, or fix the node with the onnx API (onnx.checker.check_model(model, full_check=True) "
+    fix = ("re-export the model, or fix the node with the onnx API (onnx.checker.check_model(path, full_check=True) "
            "names it too)" if provided else "try another --cvdnn-opset, or report the conversion problem to tf2onnx")
     bad = [n for n in model.graph.node if not _known_op(model, n)]
     if bad:
@@ -253,10 +258,11 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = 
                  "layer with standard Keras layers; report it to tf2onnx with the repro"),
             node=node.name,
         )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
-        raise _rejected(f"onnx.checker rejects {what}", exc, layer_names, fix) from exc
+    try:  # (on the path, as the Fix recommends: external data is read from its file, a model over 2 GiB works)
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError, shape inference's errors and friends
+        raise _rejected(f"onnx.checker (full check: strict shape inference) rejects {what}", exc, layer_names,
+                        fix) from exc
     import onnxruntime as ort
 
     try:

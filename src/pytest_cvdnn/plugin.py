@@ -161,6 +161,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"--cvdnn-onnx={base.onnx} needs exactly one --cvdnn-model (its Keras source); got {len(models)}"
         )
+    if base.onnx:
+        _refuse_onnx_without_keras(base.onnx, models[0], config.rootpath)
     targets = _targets(config)
     report = config.getoption("cvdnn_report")
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
@@ -188,6 +190,18 @@ def pytest_configure(config: pytest.Config) -> None:
     state.spelled = {p: next((e.source.given for e in es if e.source.given), p) for p, es in state.entries.items()}
     paths = [str(p) for p in state.spelled.values()]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
+
+
+def _refuse_onnx_without_keras(onnx: str, model: str, rootdir: Path) -> None:
+    """--cvdnn-onnx is the ONNX converted from a Keras model; beside a model that is itself a deployable file it
+    would never be opened (the model would be checked, the artifact to ship not): a usage error."""
+    path = _model_path(model, rootdir)
+    if model.startswith(BUNDLE_PREFIX) or (path is not None and path.suffix.lower() in (".onnx", ".tflite")):
+        raise pytest.UsageError(
+            f"--cvdnn-onnx={onnx}: the model {model} is not a Keras model, so there is nothing to convert and "
+            f"--cvdnn-onnx would never be checked. Fix: check the file you will ship as the model: "
+            f"--cvdnn-model={onnx} (an ONNX file is checked against onnxruntime and in cv2.dnn), or give the Keras "
+            "model it was converted from as --cvdnn-model")
 
 
 def _model_path(text: str, rootdir: Path) -> Path | None:

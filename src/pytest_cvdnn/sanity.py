@@ -42,6 +42,19 @@ def _names(graph: Any) -> Iterator[tuple[str, Any]]:
             yield where, item.name
 
 
+def _check_opsets(path: Path, model: Any) -> None:
+    """One opset import per domain (two versions of one operator set leave every node's meaning open)."""
+    seen: dict[str, int] = {}
+    for op in model.opset_import:
+        domain = op.domain or "ai.onnx"
+        if domain in seen:
+            raise CvdnnError(
+                f"{path}: the model imports the operator set {domain!r} twice (versions {seen[domain]} and "
+                f"{op.version}); which version its nodes follow is undefined",
+                fix=f"{_REEXPORT}, or keep one import: del model.opset_import[k]; onnx.save(model, path)")
+        seen[domain] = int(op.version)
+
+
 def _check_names(path: Path, model: Any) -> None:
     domains = ((f"the domain of opset import #{k}", op.domain) for k, op in enumerate(model.opset_import))
     for where, name in (*domains, *_names(model.graph)):
@@ -133,6 +146,7 @@ def _check_convs(path: Path, graph: Any, channels: dict[str, int]) -> None:
 def check_structure(path: Path, model: Any) -> None:
     """Names, interface types and sizes, and Conv weights against their attributes (no allocation)."""
     graph = model.graph
+    _check_opsets(path, model)
     _check_names(path, model)
     _check_interface(path, graph)
     channels = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance, tolerance_problem
 from .spec import InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
@@ -58,14 +58,24 @@ def parse_engines(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def parse_tol(value: str) -> float:
+def parse_tol(value: str, name: str = "atol") -> float:
     try:
         tol = float(value)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 1e-4") from None
     if not math.isfinite(tol) or tol < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be a finite number >= 0")
+    problem = tolerance_problem(name, tol)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return tol
+
+
+def _tol(name: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        return parse_tol(value, name)
+
+    return parse
 
 
 def parse_range(value: str) -> tuple[float, float]:
@@ -220,10 +230,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine", "--cvdnn-engine", "cvdnn_engine", parse_engines, ("auto",),
            "cv2.dnn engine on OpenCV 5: auto (default), opencv or ort on 5.1 (classic or new on 5.0); a comma list "
            "checks several engines in one session (items per engine)", "ENGINE[,ENGINE]"),
-    Option("atol", "--cvdnn-atol", "cvdnn_atol", parse_tol, DEFAULT_ATOL,
+    Option("atol", "--cvdnn-atol", "cvdnn_atol", _tol("atol"), DEFAULT_ATOL,
            f"absolute tolerance (default {DEFAULT_ATOL:g}); an element fails only if it exceeds atol and rtol", "X"),
-    Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", parse_tol, DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
-    Option("srtol", "--cvdnn-srtol", "cvdnn_srtol", parse_tol, DEFAULT_SRTOL,
+    Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", _tol("rtol"), DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
+    Option("srtol", "--cvdnn-srtol", "cvdnn_srtol", _tol("srtol"), DEFAULT_SRTOL,
            f"tolerance relative to the signal (default {DEFAULT_SRTOL:g}): an output fails if max|Δ| / max|ref| exceeds "
            "it, however small its values (random-weight logits of 1e-11 included)", "X"),
     Option("preprocess", "--cvdnn-preprocess", "cvdnn_preprocess", parse_spec, None,
@@ -341,4 +351,8 @@ class ModelSettings:
                 changes["input_shape"] = parse_input_shape(value)
             elif key in ("seed", "samples"):
                 changes[key] = int(value)
-        return replace(self, **changes)
+        result = replace(self, **changes)
+        if result.onnx and Path(result.model).suffix.lower() in (".onnx", ".tflite"):
+            raise ValueError(f"onnx={result.onnx!r} is given with the model {result.model!r}, which is not a Keras "
+                             "model: it would never be checked; pass the file you will ship as model=")
+        return result

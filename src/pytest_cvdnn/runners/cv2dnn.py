@@ -240,6 +240,20 @@ class Cv2DnnRunner:
         self.net = read_net(self.onnx_path, engine)
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The outputs, one per output name; an output cv2.dnn gives no value for is a clear error (OpenCV 5.1
+        returns None for a tensor it fused into another layer, e.g. the MatMul of a Dense layer and its Add)."""
+        outs = self.forward(inputs)
+        names = self.output_names or ["#%d" % k for k in range(len(outs))]
+        missing = [n for n, o in zip(names, outs) if o is None]
+        if missing:
+            raise CvdnnError(
+                "cv2.dnn returned no value for the output(s) %s: OpenCV fused that tensor into another layer and "
+                "cannot give it out" % ", ".join(repr(n) for n in missing),
+                fix="compare the graph's real outputs (the tensor feeding them is checked through them)")
+        return [o for o in outs if o is not None]
+
+    def forward(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """One forward; None where cv2.dnn gives no value for a requested tensor (see infer)."""
         # (no zip(strict=...) here: this runs in a target's own Python too (runners/isolated.py), which may be
         # older than 3.10; the input names are the graph's, one per input, and forward gives one output per name)
         net = self.net
@@ -251,13 +265,13 @@ class Cv2DnnRunner:
         # OpenCV 5's new engine wants all outputs requested at once; pick ours by name after.
         known = list(net.getUnconnectedOutLayersNames())
         if not self.output_names:  # TFLite / frozen graphs: every output, in OpenCV's order
-            return [np.array(o, copy=True) for o in net.forward(known)]
-        if set(self.output_names) <= set(known):
+            outs = list(net.forward(known))
+        elif set(self.output_names) <= set(known):
             by_name = dict(zip(known, net.forward(known)))
             outs = [by_name[n] for n in self.output_names]
         else:  # classic engine: outputs are named after layers, ask for the graph's names
             outs = list(net.forward(self.output_names))
-        return [np.array(o, copy=True) for o in outs]
+        return [None if o is None else np.array(o, copy=True) for o in outs]
 
 
 def _for_deployment(dep: Deployment, logits: bool) -> Runner:

@@ -39,9 +39,12 @@ try:
     runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"])
     resp["stage"] = "forward"
     for r, names in enumerate(req["runs"]):
-        outs = runner.infer([np.load(f"{folder}/{name}") for name in names])
-        for k, out in enumerate(outs):
-            np.save(f"{folder}/out{r}-{k}.npy", out)
+        feeds = [np.load(f"{folder}/{name}") for name in names]
+        outs = runner.forward(feeds) if req.get("partial") else runner.infer(feeds)
+        for k, out in enumerate(outs):  # (a tensor cv2.dnn gives no value for: an empty array, listed as missing)
+            np.save(f"{folder}/out{r}-{k}.npy", np.zeros(0, np.float32) if out is None else np.asarray(out))
+            if out is None:
+                resp.setdefault("missing", []).append(k)
         open(f"{folder}/done{r}", "w").write(str(len(outs)))
     resp["ok"] = True
 except BaseException as exc:
@@ -85,7 +88,8 @@ class ChildRun:
 
     def __init__(self, target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                  output_names: Sequence[str], runs: Sequence[Sequence[np.ndarray]] = (),
-                 timeout: float = 600.0, store: Callable[[list[list[np.ndarray]]], None] | None = None) -> None:
+                 timeout: float = 600.0, store: Callable[[list[list[np.ndarray]]], None] | None = None,
+                 partial: bool = False) -> None:
         self.target, self.timeout, self.n_runs, self.store = target, timeout, len(runs), store
         self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-child-"))
         self._result: tuple[dict[str, Any], list[list[np.ndarray] | None]] | CvdnnError | None = None
@@ -96,7 +100,8 @@ class ChildRun:
                 for name, x in zip(saved[id(feeds)], feeds, strict=True):
                     np.save(self.folder / name, np.ascontiguousarray(x))
         request = {"onnx": str(onnx_path), "engine": engine, "input_names": list(input_names),
-                   "output_names": list(output_names), "runs": [saved[id(feeds)] for feeds in runs]}
+                   "output_names": list(output_names), "runs": [saved[id(feeds)] for feeds in runs],
+                   "partial": partial}
         (self.folder / "request.json").write_text(json.dumps(request))
         package_root = str(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.append({package_root!r})\n" + _CHILD
@@ -180,10 +185,12 @@ class ReplayedRun:
 
 def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                output_names: Sequence[str], feeds: Sequence[np.ndarray] = (), repeat: int = 1,
-               timeout: float = 600.0) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
-    """Load (and forward ``feeds`` ``repeat`` times) in a child; returns (response, outputs per repeat)."""
+               timeout: float = 600.0, partial: bool = False) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+    """Load (and forward ``feeds`` ``repeat`` times) in a child; returns (response, outputs per repeat).
+    ``partial``: a tensor cv2.dnn gives no value for is an empty array listed in the response's "missing"
+    (otherwise it fails the forward, naming the tensor)."""
     resp, outs = ChildRun(target, onnx_path, engine, input_names, output_names, [feeds] * repeat if feeds else [],
-                          timeout).result()
+                          timeout, partial=partial).result()
     if resp.get("signal"):
         _raise_for(resp)
     return resp, [o for o in outs if o is not None] if resp.get("ok") else []

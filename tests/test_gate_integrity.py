@@ -1,0 +1,158 @@
+"""No silent wrong pass: an option cannot make the gate vacuous, and a graph onnx.checker's full check rejects
+never passes (quick tier: ONNX models only, no TensorFlow)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from onnx_mutants import base_model
+
+
+def _save(model: Any, path: Path) -> Path:
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_onnx_beside_an_onnx_model_is_refused_not_ignored(run_cvdnn: Callable[..., Any],
+                                                             pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "good.onnx")
+    _save(base_model(seed=1), pytester.path / "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=good.onnx", "--cvdnn-onnx=shipped.onnx", report=False)
+    assert run.ret == 4, run.text
+    assert "--cvdnn-onnx=shipped.onnx: the model good.onnx is not a Keras model" in run.text
+    assert "Fix: check the file you will ship as the model: --cvdnn-model=shipped.onnx" in run.text
+
+
+def test_the_marker_refuses_an_onnx_beside_an_onnx_model() -> None:
+    from pytest_cvdnn.settings import ModelSettings
+
+    with pytest.raises(ValueError, match="onnx='shipped.onnx' is given with the model 'good.onnx'"):
+        ModelSettings(model="good.onnx").with_marker({"onnx": "shipped.onnx"})
+    assert ModelSettings(model="m.keras").with_marker({"onnx": "m.onnx"}).onnx == "m.onnx"
+
+
+@pytest.mark.parametrize("name", ["rtol", "srtol"])
+def test_a_relative_tolerance_that_accepts_the_signal_itself_is_refused(name: str) -> None:
+    from pytest_cvdnn.compare import Tolerance, compare_arrays
+    from pytest_cvdnn.settings import parse_tol
+
+    for bad in ("1", "1e308"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{name} = .* would accept an error as large as the "
+                           "signal itself"):
+            parse_tol(bad, name)
+        with pytest.raises(ValueError, match="no parity item could fail"):
+            Tolerance(**{name: float(bad)})
+    assert parse_tol("0.5", name) == 0.5
+    # the bound is what keeps the gate able to fail: at the largest accepted tolerances and a huge atol, an output
+    # replaced by its negative (an error the size of the signal) still fails
+    ref = np.linspace(-1, 1, 40, dtype=np.float32).reshape(1, 40)
+    tol = Tolerance(atol=1e308, rtol=0.999, srtol=0.999)
+    assert not compare_arrays(ref, -ref, tol).ok
+    assert compare_arrays(ref, ref * (1 + 1e-6), tol).ok
+
+
+def test_absurd_tolerances_on_the_command_line_are_usage_errors(run_cvdnn: Callable[..., Any],
+                                                                pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-srtol=1e308", report=False)
+    assert run.ret == 4 and "srtol = 1e+308 would accept an error as large as the signal itself" in run.text, run.text
+
+
+def _self_external(path: Path) -> Path:
+    """A valid model whose first weight says it is stored in the .onnx file itself."""
+    import onnx
+    from onnx import TensorProto
+
+    model = base_model()
+    tensor = model.graph.initializer[0]
+    length = len(tensor.raw_data) or tensor.ByteSize()
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", path.name), ("offset", "0"), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def _mutant(kind: str, path: Path) -> Path:
+    from onnx import helper
+
+    model = base_model()
+    if kind == "output-shape":
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7  # the Gemm makes 5 classes
+    elif kind == "duplicate-opset":
+        model.opset_import.append(helper.make_opsetid("", 11))
+    elif kind == "self-external":
+        return _self_external(path)
+    return _save(model, path)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("output-shape", ["onnx.checker (full check", "softmax", "differ in dimension 1: (5) vs (7)"]),
+    ("duplicate-opset", ["imports the operator set 'ai.onnx' twice (versions 13 and 11)"]),
+    ("self-external", ["stored in the .onnx file itself", "conv_w"]),
+])
+def test_a_graph_the_full_check_rejects_fails_convert_with_a_clear_message(kind: str, words: list[str],
+                                                                          run_cvdnn: Callable[..., Any],
+                                                                          pytester: pytest.Pytester) -> None:
+    _mutant(kind, pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx")
+    assert run.ret == 1, run.text
+    checks = run.checks()
+    convert = next(c for name, c in checks.items() if name.endswith("convert"))
+    assert convert["outcome"] == "failed" and "Fix:" in convert["message"], convert
+    assert all(w in convert["message"] for w in words), convert["message"]
+    assert not any(c["outcome"] == "passed" for name, c in checks.items() if "parity" in name)
+
+
+def _dense_onnx(path: Path) -> Path:
+    """x -> MatMul -> Add -> Relu, with the MatMul's output also a graph output (what the localisation asks
+    cv2.dnn for): OpenCV 5.1 fuses MatMul+Add and gives None for that tensor."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="dense/MatMul"),
+             helper.make_node("Add", ["mm", "b"], ["z"], name="dense/Add"),
+             helper.make_node("Relu", ["z"], ["y"], name="relu")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("y", "mm")]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _save(model, path)
+
+
+def test_a_tensor_cv2_gives_no_value_for_is_named_never_pickled(tmp_path: Path) -> None:
+    import cv2
+
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.runners.cv2dnn import Cv2DnnRunner
+    from pytest_cvdnn.runners.isolated import LOCAL, child_call
+
+    path = _dense_onnx(tmp_path / "dense.onnx")
+    x = np.ones((1, 8), np.float32)
+    runner = Cv2DnnRunner(path, ["x"], ["y", "mm"], "auto")
+    outs = runner.forward([x])
+    assert outs[0] is not None and outs[0].shape == (1, 4)
+    if int(cv2.__version__.split(".")[0]) < 5:
+        pytest.skip(f"OpenCV {cv2.__version__} gives the fused tensor's value (5.1 returns None)")
+    assert outs[1] is None
+    with pytest.raises(CvdnnError, match="cv2.dnn returned no value for the output\\(s\\) 'mm'"):
+        runner.infer([x])
+    # the child process: strict, the forward fails naming the tensor (no object array is ever saved or loaded)
+    resp, _ = child_call(LOCAL, path, "auto", ["x"], ["y", "mm"], [x])
+    assert not resp["ok"] and "no value for the output(s) 'mm'" in resp["error"], resp
+    # partial (the localisation's intermediate tensors): the others come back, the missing one is listed
+    resp, outs2 = child_call(LOCAL, path, "auto", ["x"], ["y", "mm"], [x], partial=True)
+    assert resp["ok"] and resp["missing"] == [1] and outs2[0][0].shape == (1, 4), resp
