@@ -97,7 +97,8 @@ def _mutant(kind: str, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("output-shape", ["onnx.checker (full check", "softmax", "differ in dimension 1: (5) vs (7)"]),
+    ("output-shape", ["the graph output 'y' is declared (1, 7) but its nodes make (1, 5)",
+                      "size 7 at axis 1, the graph makes 5"]),
     ("duplicate-opset", ["imports the operator set 'ai.onnx' twice (versions 13 and 11)"]),
     ("self-external", ["stored in the .onnx file itself", "conv_w"]),
 ])
@@ -156,3 +157,139 @@ def test_a_tensor_cv2_gives_no_value_for_is_named_never_pickled(tmp_path: Path) 
     # partial (the localisation's intermediate tensors): the others come back, the missing one is listed
     resp, outs2 = child_call(LOCAL, path, "auto", ["x"], ["y", "mm"], [x], partial=True)
     assert resp["ok"] and resp["missing"] == [1] and outs2[0][0].shape == (1, 4), resp
+
+
+def _endless_loop(path: Path) -> Path:
+    """A valid graph (onnx.checker's full check passes) whose Loop runs 2^62 times."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "one"], ["v_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "one")])
+    inits = [numpy_helper.from_array(np.array(2 ** 62, np.int64), "trip"), numpy_helper.from_array(np.array(True), "cond")]
+    graph = helper.make_graph([helper.make_node("Loop", ["trip", "cond", "x"], ["y"], body=body)], "endless",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _save(model, path)
+
+
+def test_a_graph_that_runs_for_ever_fails_within_the_time_limit(run_cvdnn: Callable[..., Any],
+                                                                pytester: pytest.Pytester) -> None:
+    import time
+
+    _endless_loop(pytester.path / "endless.onnx")
+    start = time.monotonic()
+    run = run_cvdnn("--cvdnn-model=endless.onnx", "--cvdnn-timeout=2")
+    assert time.monotonic() - start < 120, "the session did not end within its limits"
+    output_spec = run.checks()["output_spec"]
+    assert output_spec["outcome"] == "failed"
+    assert "onnxruntime did not finish one forward of endless.onnx within 2 s" in output_spec["message"]
+    assert "--cvdnn-timeout" in output_spec["message"]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1e9", "x"])
+def test_a_time_limit_out_of_range_is_a_usage_error(value: str) -> None:
+    from pytest_cvdnn.settings import parse_seconds
+
+    with pytest.raises(argparse.ArgumentTypeError, match="seconds"):
+        parse_seconds(value)
+
+
+# -- absurd values are refused at start-up, with their range ---------------------------------------------------
+@pytest.mark.parametrize("parse, value, words", [
+    ("parse_seed", "-1", "a seed is an integer from 0 to 2**32-1"),
+    ("parse_seed", str(2 ** 40), "a seed is an integer from 0 to 2**32-1"),
+    ("parse_range", "-1e308,1e308", "must lie within"),
+    ("parse_spec", "scale=0", "scale must not be 0"),
+    ("parse_spec", "size=100000x100000", "larger than 16384 pixels"),
+    ("parse_spec", "batch=1000000", "batch must be between 1 and 4096"),
+    ("parse_spec", "mean=1e308/0/0", "mean must be finite numbers of magnitude at most"),
+])
+def test_absurd_option_values_are_refused_with_their_range(parse: str, value: str, words: str) -> None:
+    from pytest_cvdnn import settings
+
+    with pytest.raises(argparse.ArgumentTypeError, match=words.replace("*", r"\*")):
+        getattr(settings, parse)(value)
+
+
+def test_the_marker_validates_seed_and_samples() -> None:
+    from pytest_cvdnn.settings import ModelSettings
+
+    for kwargs in ({"seed": -1}, {"samples": 0}):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ModelSettings(model="m.keras").with_marker(kwargs)
+
+
+def test_an_export_format_for_a_model_with_nothing_to_export_is_a_usage_error(run_cvdnn: Callable[..., Any],
+                                                                            pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-format=tflite", report=False)
+    assert run.ret == 4 and "m.onnx is not a Keras model, so there is no tflite to export" in run.text, run.text
+
+
+# -- memory budget before any allocation -----------------------------------------------------------------------
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """The first bytes of a PNG that says it is ``width`` x ``height`` (never decoded: refused from its header)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64)
+    return path
+
+
+def test_image_sizes_are_read_from_headers(tmp_path: Path) -> None:
+    import cv2
+
+    from pytest_cvdnn.folders import image_dimensions
+
+    img = np.zeros((37, 53, 3), np.uint8)
+    for ext in (".png", ".jpg", ".bmp"):
+        cv2.imwrite(str(tmp_path / f"x{ext}"), img)
+        assert image_dimensions(tmp_path / f"x{ext}") == (53, 37), ext
+    assert image_dimensions(_png_header(tmp_path / "big.png", 20000, 20000)) == (20000, 20000)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert image_dimensions(tmp_path / "junk.png") is None
+
+
+def test_a_huge_photo_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.preprocess import load_photos
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _png_header(folder / "scan.png", 20000, 20000)
+    with pytest.raises(CvdnnError, match=r"--cvdnn-images: scan.png is 20000x20000 pixels; .* GiB, more than the "
+                       r"memory budget .*it is not read\. Fix: resize it"):
+        load_photos(folder)
+
+
+def test_a_blob_beyond_the_budget_is_refused_before_it_is_made() -> None:
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.preprocess import make_blob
+    from pytest_cvdnn.spec import InputSpec
+
+    photos = [np.zeros((8, 8, 3), np.uint8)] * 3
+    with pytest.raises(CvdnnError, match="a blob of 3 image\\(s\\) at 16384x16384x4 would need about"):
+        make_blob(photos, InputSpec(size=(16384, 16384)))
+    assert make_blob(photos, InputSpec(size=(16, 16))).shape == (3, 3, 16, 16)
+
+
+def test_a_huge_image_in_the_inputs_folder_fails_its_items_with_the_numbers(run_cvdnn: Callable[..., Any],
+                                                                           pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    (pytester.path / "imgs").mkdir()
+    _png_header(pytester.path / "imgs" / "scan.png", 20000, 20000)
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-inputs=imgs")
+    assert run.ret == 1 and "Traceback" not in run.text.split("deployment summary")[-1]
+    failed = [c["message"] for c in run.checks().values() if c["outcome"] == "failed"]
+    assert failed and all("scan.png is 20000x20000 pixels" in m for m in failed), failed

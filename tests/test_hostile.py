@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -388,3 +389,67 @@ def test_a_cv2_side_parity_failure_of_a_dense_model_is_localised_not_an_unknown_
     assert parity["outcome"] == "failed", parity
     assert "does not recognise" not in parity["message"] and "pickle" not in run.text
     assert "first divergent node" in parity["message"] and parity["data"]["first_divergent"]["node"], parity
+
+
+def _session_members(sid: int) -> list[int]:
+    """The pids of the processes in session ``sid`` (the TensorFlow helper's own session)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines() if line.strip()) if int(s) == sid]
+
+
+def test_a_killed_session_takes_its_tensorflow_helper_and_jobs_with_it(pytester: pytest.Pytester,
+                                                                       tmp_path: Path) -> None:
+    """pytest is SIGKILLed while the helper's job process converts (a factory that takes its time): the helper
+    server, its job process and its temp folder are gone within seconds; the next session sweeps the rest."""
+    import time
+
+    pytester.makeconftest("import os\nos.environ['CVDNN_TEST_MAIN_PID'] = str(os.getpid())\n")
+    pytester.makepyfile(slow="""
+import os, time
+def make():
+    import keras
+    if os.getpid() != int(os.environ["CVDNN_TEST_MAIN_PID"]):  # in the helper's job process
+        open(os.environ["CVDNN_TEST_FLAG"], "w").write(str(os.getpid()))
+        time.sleep(120)
+    inp = keras.Input((8, 8, 3))
+    return keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)))
+""")
+    flag = tmp_path / "job.pid"
+    env = {**os.environ, "CVDNN_TEST_FLAG": str(flag), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cvdnn-model=slow:make",
+                             f"--cvdnn-cache-dir={tmp_path / 'cache'}"], cwd=pytester.path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not flag.is_file() or not flag.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "the helper's job never started"
+        time.sleep(0.2)
+    job = int(flag.read_text())
+    sid = os.getsid(job)
+    assert sid != os.getsid(proc.pid) and len(_session_members(sid)) >= 2  # the server and its job
+    folders = [*tmp_path.glob(f"cvdnn-tf-{proc.pid}-*"), *Path("/tmp").glob(f"cvdnn-tf-{proc.pid}-*")]
+    assert folders  # (in /tmp when TMPDIR is too long for a socket path)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while _session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_members(sid) == [], "the helper or its job outlived the killed session"
+    assert not any(f.exists() for f in folders)  # its socket folder went with it
+
+
+def test_a_factory_that_raises_keyboardinterrupt_or_generatorexit_fails_its_item_not_the_session(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(raises="""
+        def interrupt():
+            raise KeyboardInterrupt("from the factory")
+
+        def generator_exit():
+            raise GeneratorExit
+    """)
+    run = run_cvdnn("--cvdnn-model=raises:interrupt", "--cvdnn-model=raises:generator_exit", "-k", "convert or load")
+    assert run.ret == 1, run.text
+    assert "cvdnn deployment summary" in run.text and "KeyboardInterrupt" not in run.text.split("summary")[0][-200:]
+    first, second = run.checks(0)["convert"], run.checks(1)["convert"]
+    assert first["outcome"] == second["outcome"] == "failed"
+    assert "'raises:interrupt' raised KeyboardInterrupt: from the factory (not a Ctrl-C" in first["message"]
+    assert "'raises:generator_exit' raised GeneratorExit" in second["message"]

@@ -49,7 +49,9 @@ def test_numbers_ranges_and_formats() -> None:
     for bad in ("0", "-2", "x"):
         with pytest.raises(BAD):
             parse_positive(bad)
-    assert parse_seed("-5") == -5
+    assert parse_seed("5") == 5
+    with pytest.raises(argparse.ArgumentTypeError, match="a seed is an integer from 0"):
+        parse_seed("-5")
     with pytest.raises(BAD):
         parse_seed("1.5")
     assert parse_range("-1,1") == (-1.0, 1.0) and parse_range("0:255") == (0.0, 255.0)
@@ -236,7 +238,7 @@ def test_parse_every_key_and_its_errors() -> None:
                        ("swap_rb=maybe", "bad value"), ("colour=1", "unknown key 'colour'"),
                        ("scale=a", "bad value"), ("layout=chw", "layout must be one of"),
                        ("mean=1/2", "1, 3 or 4 values"), ("std=1/0/1", "std must not contain 0"),
-                       ("batch=0", "batch must be >= 1"), ("dtype=int8", "dtype must be"),
+                       ("batch=0", "batch must be between 1 and"), ("dtype=int8", "dtype must be"),
                        ("size=0x4", "positive"), ("crop=diagonal", "crop must be one of"),
                        ("channel_order=bgra", "channel_order must be"), ("interpolation=lanczos", "interpolation")):
         with pytest.raises(SpecError, match=match):
@@ -801,7 +803,8 @@ def test_inputs_that_would_not_fit_in_memory_are_refused_before_allocation() -> 
     """A valid model that declares a 1x3x20000x20000 input made the plugin try to allocate tens of GiB: the size
     is checked against the budget first (default half the RAM, --cvdnn-memory-budget), with the numbers."""
     from pytest_cvdnn.errors import CvdnnError
-    from pytest_cvdnn.inputs import PEAK_BYTES_PER_VALUE, check_input_sizes, ram_bytes
+    from pytest_cvdnn.budget import ram_bytes
+    from pytest_cvdnn.inputs import PEAK_BYTES_PER_VALUE, check_input_sizes
     from pytest_cvdnn.settings import parse_gib
 
     huge = [[1, 20000, 20000, 3]]

@@ -23,15 +23,20 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import time
 import zipfile
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["Cache", "sha256_file", "sha256_path", "sha256_bytes", "default_user_cache", "slug"]
+from .scratch import cache_prefix
+
+__all__ = ["Cache", "regular_file", "sha256_file", "sha256_path", "sha256_bytes", "default_user_cache", "slug"]
 
 _CHUNK = 1 << 20
 
@@ -99,9 +104,31 @@ def default_user_cache() -> Path:
     return Path(base) / "pytest-cvdnn"
 
 
+def regular_file(path: Path) -> bool:
+    """Is ``path`` a regular file (not a link, FIFO, device or folder)?  Only those are read as cache entries:
+    a FIFO would block the read for ever, a link could lead anywhere (/dev/zero, a loop)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _discard(path: Path) -> None:
+    """Remove a damaged entry of the cache (a link itself, never what it points to)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=cache_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -118,6 +145,30 @@ class Cache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.repairs: list[str] = []  # damaged entries this process discarded (each is rebuilt)
+
+    def _repaired(self, path: Path, why: str) -> None:
+        """Discard a damaged entry, once, with a note (the caller rebuilds it)."""
+        _discard(path)
+        note = f"{path.relative_to(self.root) if path.is_relative_to(self.root) else path}: {why}"
+        self.repairs.append(note)
+        with contextlib.suppress(OSError):
+            self.log_event({"event": "cache-entry-discarded", "entry": note, "time": time.time(), "pid": os.getpid()})
+
+    def check_writable(self) -> None:
+        """The cache root can hold entries (a read-only or full disk: an error naming it and the fix)."""
+        from .errors import CvdnnError
+
+        existing = self.root  # (nothing is created here: a session that checks nothing leaves no cache folder)
+        while not os.path.lexists(existing) and existing.parent != existing:
+            existing = existing.parent
+        why = ("it is not a folder" if not existing.is_dir() else
+               "it is on a read-only file system or not writable by this user" if not os.access(existing, os.W_OK | os.X_OK)
+               else None)
+        if why:
+            where = self.root if existing == self.root else f"{self.root} (at {existing})"
+            raise CvdnnError(f"the cache folder {where} cannot be written: {why}",
+                             fix="pass --cvdnn-cache-dir=DIR on a writable disk with free space")
 
     # -- locking ----------------------------------------------------------------------
     @contextmanager
@@ -138,32 +189,46 @@ class Cache:
         (then removed)."""
         entry = self.onnx_dir(key)
         meta_path, model_path = entry / "meta.json", entry / filename
-        if not (meta_path.is_file() and model_path.is_file()):
+        if not os.path.lexists(entry):
             return None
+        if entry.is_symlink() or not entry.is_dir():
+            self._repaired(entry, "not a folder")
+            return None
+        if not (os.path.lexists(meta_path) and os.path.lexists(model_path)):
+            return None  # (absent, or another artifact of the same entry: a .tflite beside no .onnx)
         try:
+            if not (regular_file(meta_path) and regular_file(model_path)):
+                raise ValueError("an entry file is missing or not a regular file")
             meta = json.loads(meta_path.read_text())
-            if meta.get("sha256") != sha256_file(model_path):
+            if not isinstance(meta, dict) or meta.get("sha256") != sha256_file(model_path):
                 raise ValueError("checksum mismatch")
-        except (ValueError, OSError):
-            shutil.rmtree(entry, ignore_errors=True)  # corrupted or truncated: rebuild
+        except (ValueError, OSError) as exc:  # corrupted or truncated: rebuilt
+            self._repaired(entry, f"damaged ({exc})")
             return None
         return model_path, meta
 
     def put_onnx(self, key: str, produced: Path, meta: dict[str, Any],
                  filename: str = "model.onnx") -> tuple[Path, dict[str, Any]]:
         """Copy a freshly produced artifact into the cache atomically; returns its path and metadata."""
+        from .errors import CvdnnError
+
         entry = self.onnx_dir(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+        staging: Path | None = None
         try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=cache_prefix(key), dir=entry.parent))
             shutil.copyfile(produced, staging / filename)
             meta = dict(meta, sha256=sha256_file(staging / filename))
             (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-            shutil.rmtree(entry, ignore_errors=True)
+            _discard(entry)
             os.replace(staging, entry)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        except OSError as exc:
+            raise CvdnnError(f"the converted model cannot be stored in the cache {self.root} "
+                             f"({exc.strerror or exc})",
+                             fix="free some space there, or pass --cvdnn-cache-dir=DIR on a writable disk") from None
+        finally:
+            if staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         return entry / filename, meta
 
     # -- event log (one JSON line per conversion; O_APPEND keeps lines whole across processes) --
@@ -179,42 +244,66 @@ class Cache:
 
     def events(self) -> list[dict[str, Any]]:
         path = self.root / "events.jsonl"
-        if not path.is_file():
+        if not regular_file(path):
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = []
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line) if line.strip() else None
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
 
     # -- small JSON documents ------------------------------------------------------------
     # Each entry carries a SHA-256 over its name and its content: a damaged entry, one emptied to ``{}``, or one
     # copied from another name reads as missing (and is rebuilt), never as a wrong document.
     def get_json(self, *parts: str) -> dict[str, Any] | None:
         path = self.root.joinpath(*parts)
+        if not os.path.lexists(path):
+            return None
         try:
+            if not regular_file(path):
+                raise ValueError("not a regular file")
             stored = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            self._repaired(path, f"unreadable ({exc})")
             return None
         data = stored.get("data") if isinstance(stored, dict) and set(stored) == {"data", "sha256"} else None
         if not isinstance(data, dict) or stored["sha256"] != _entry_check(parts, _canonical(data)):
-            path.unlink(missing_ok=True)
+            self._repaired(path, "its checksum does not match")
             return None
         return data
 
+    def _put(self, data: bytes, parts: tuple[str, ...]) -> None:
+        """Write an entry; a disk that cannot take it (full, read-only) leaves it uncached, with a note: the cache
+        is an accelerator, the check goes on."""
+        try:
+            _atomic_write_bytes(self.root.joinpath(*parts), data)
+        except OSError as exc:
+            self.repairs.append(f"{'/'.join(parts)}: not cached ({exc.strerror or exc})")
+
     def put_json(self, data: dict[str, Any], *parts: str) -> None:
         stored = {"data": data, "sha256": _entry_check(parts, _canonical(data))}
-        _atomic_write_bytes(self.root.joinpath(*parts), json.dumps(stored, indent=2, sort_keys=True).encode())
+        self._put(json.dumps(stored, indent=2, sort_keys=True).encode(), parts)
 
     # -- arrays ---------------------------------------------------------------------------
     def get_arrays(self, *parts: str) -> list[np.ndarray] | None:
         path = self.root.joinpath(*parts)
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
         try:  # (the file is opened here: np.load leaks its handle when the archive is damaged)
+            if not regular_file(path):
+                raise ValueError("not a regular file")
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-                arrays = [data[f"a{i}"] for i in range(int(data["__count__"]))]
+                count = data["__count__"]
+                if count.shape != () or not 0 <= int(count) <= len(data.files):
+                    raise ValueError(f"a count of shape {count.shape}")
+                arrays = [data[f"a{i}"] for i in range(int(count))]
                 if str(data["__check__"]) != _arrays_check(parts, arrays):
                     raise ValueError("checksum mismatch")  # damaged, or another entry's arrays
                 return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # corrupt: rebuilt
-            path.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # corrupt: rebuilt
+            self._repaired(path, f"damaged ({type(exc).__name__}: {str(exc)[:80]})")
             return None
 
     def put_arrays(self, arrays: list[np.ndarray], *parts: str) -> None:
@@ -224,4 +313,4 @@ class Cache:
         # (Any: mypy matches a ** mapping against savez's allow_pickle: bool as well as its arrays)
         named: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays)}
         np.savez(buf, __count__=np.array(len(arrays)), __check__=np.array(_arrays_check(parts, arrays)), **named)
-        _atomic_write_bytes(self.root.joinpath(*parts), buf.getvalue())
+        self._put(buf.getvalue(), parts)

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from .scratch import prefix
 from .cache import Cache, sha256_bytes
 from .errors import CvdnnError
 from .graph import validate_onnx
@@ -237,7 +238,7 @@ def cached_artifact(
             return Conversion(hit[0], hit[1], cached=True, seconds=0.0)
         model, keras_meta = load()
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="cvdnn-convert-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=prefix("convert")) as tmp:
             produced = Path(tmp) / filename
             meta = produce(model, keras_meta, produced)
             seconds = time.perf_counter() - start

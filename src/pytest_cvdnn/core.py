@@ -318,7 +318,7 @@ class Deployment:
         """The ONNX file's ModelProto, refused if one of its tensors alone would not fit the memory budget at the
         check batch."""
         from .graph import load_model
-        from .inputs import memory_budget_bytes
+        from .budget import memory_budget_bytes
         from .sanity import check_tensor_sizes
 
         model = load_model(path)
@@ -659,7 +659,7 @@ class Deployment:
                     self.cache.put_arrays([np.array([len(o) for o in outs]), *(a for o in outs for a in o)], "cv2", name)
 
             return ChildRun(self.target, self.onnx_path, self.settings.engine, runner.input_names,
-                            runner.output_names, runs, store=store)
+                            runner.output_names, runs, timeout=self.settings.timeout, store=store)
 
         return self.stage("isolated_forwards", start)
 
@@ -809,7 +809,7 @@ class Deployment:
     @property
     def probe_path(self) -> Path:
         """A copy of the ONNX (in the cache, never beside the user's file) that also outputs the logits."""
-        from .cache import sha256_file
+        from .cache import regular_file, sha256_file
         from .graph import with_extra_outputs
 
         def make() -> Path:
@@ -819,7 +819,8 @@ class Deployment:
 
             def intact() -> bool:
                 try:
-                    return path.is_file() and digest.read_text().strip() == sha256_file(path)
+                    return (regular_file(path) and regular_file(digest)
+                            and digest.read_text().strip() == sha256_file(path))
                 except OSError:
                     return False
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .scratch import prefix
 from .compare import Tolerance, compare_arrays
 from .errors import CvdnnError, StageSkipped
 from .graph import keras_layer_of, op_pattern
@@ -83,7 +84,7 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
     known = dep.cache.get_json("ops", cache_name) or {}
     results: list[OpResult] = []
     fresh: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="cvdnn-ops-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix("ops")) as tmp:
         for pattern, nodes in groups.items():
             node = nodes[0]
             key = f"{dep.graph.opset}|{pattern}"
@@ -494,7 +495,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
     # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
     ref_feeds = dict(zip(ref_inputs, feeds.values(), strict=False))
     checked = 0
-    with tempfile.TemporaryDirectory(prefix="cvdnn-div-") as tmp_dir:
+    with tempfile.TemporaryDirectory(prefix=prefix("div")) as tmp_dir:
         tmp = Path(tmp_dir)
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
@@ -597,7 +598,7 @@ def _fill_repro(dep: "Deployment", folder: Path, model: Any, node: Any, problem:
     onnx_utils.extract_model(str(dep.onnx_path), str(folder / "subgraph.onnx"), inputs, outputs, check_model=False)
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
-    with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix("repro")) as tmp:
         values = _ort_tensors(dep.onnx_path, [*inputs, *outputs], feeds, Path(tmp))
     for i, name in enumerate(inputs):
         np.save(folder / f"input{i}.npy", np.asanyarray(values.get(name, feeds.get(name))))  # (what np.save does)
@@ -608,7 +609,7 @@ def _fill_repro(dep: "Deployment", folder: Path, model: Any, node: Any, problem:
         # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
         ref_feeds = dict(zip([i.name for i in ref_model.graph.input if i.name not in ref_inits], feeds.values(),
                              strict=False))
-        with tempfile.TemporaryDirectory(prefix="cvdnn-repro-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=prefix("repro")) as tmp:
             values = {outputs[0]: _ort_tensors(reference[0], [reference[1]], ref_feeds, Path(tmp))[reference[1]]}
         expected_from = "a fresh conversion of the Keras model (onnxruntime)"
     for k, name in enumerate(outputs):

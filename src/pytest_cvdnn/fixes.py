@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .scratch import prefix
 from .errors import CvdnnError, StageSkipped
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     except (TypeError, KeyError, ValueError):
         pass
     results = []
-    with tempfile.TemporaryDirectory(prefix="cvdnn-fix-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix("fix")) as tmp:
         for n, candidate in enumerate(candidates(model)):
             result, fixed = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
             if result.works:
@@ -179,7 +180,7 @@ def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed
         return None
     inputs = [i.name for i in dep.graph.inputs]
     feed = dict(zip(inputs, [x[:1] if dep.fixed_batch_of_one else x[:2] for x in feeds], strict=True))
-    with tempfile.TemporaryDirectory(prefix="cvdnn-fix-tensors-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix("fix-tensors")) as tmp:
         try:
             before = _ort_tensors(dep.onnx_path, names, feed, Path(tmp))
             after = _ort_tensors(path, names, feed, Path(tmp))

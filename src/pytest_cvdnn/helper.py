@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .scratch import prefix
 from .errors import CvdnnError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ __all__ = ["helper_wanted", "start_server", "use_server", "server_address", "sub
            "close", "pending", "queue", "queued", "made_elsewhere", "by_helper"]
 
 # The server: imports TensorFlow (what every job needs) once, then forks a job process per connection.
-# It ends when its owner closes its stdin (or dies); its job processes end when their client goes away.
+# It ends when its owner closes its stdin (or dies), and takes its job processes (its process group) with it.
 _SERVER = r"""
 import gc, os, selectors, signal, socket, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -104,8 +105,10 @@ watch.register(listener, selectors.EVENT_READ)
 watch.register(sys.stdin, selectors.EVENT_READ)  # readable only at EOF: the owner is gone
 while True:
     for key, _ in watch.select():
-        if key.fileobj is sys.stdin:
-            os._exit(0)
+        if key.fileobj is sys.stdin:  # the owner is gone (ended or killed): so are its jobs and their folder
+            import shutil
+            shutil.rmtree(os.path.dirname(listener.getsockname()), ignore_errors=True)
+            os.killpg(0, signal.SIGKILL)  # (its own session: the job processes it forked, and itself)
         conn, _ = listener.accept()
         if os.fork() == 0:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -122,10 +125,10 @@ class _Server:
     """The helper server process, started by this process (which ends it)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-tf-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix("tf")))
         if len(str(self.folder)) > 80:  # a socket path has ~100 bytes (a long TMPDIR)
             shutil.rmtree(self.folder)
-            self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-tf-", dir="/tmp"))
+            self.folder = Path(tempfile.mkdtemp(prefix=prefix("tf"), dir="/tmp"))
         self.address = str(self.folder / "tf.sock")
         self.log = tempfile.TemporaryFile()  # the server's stderr (TensorFlow's chatter), read by nobody
         if sys.platform == "darwin":  # forking after Apple frameworks are loaded aborts the child without this

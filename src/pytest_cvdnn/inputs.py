@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .budget import memory_budget_bytes
 from .errors import CvdnnError
 from .folders import IMAGE_SUFFIXES, folder_files
 from .spec import InputSpec
@@ -42,19 +42,6 @@ def fill_spatial(shape: Sequence[int | None], size: tuple[int, int] | None, name
 #: issue 16's work on compare (float64 temporaries, index arrays of n), 309 after — the samples, their NCHW
 #: copies, two runners' outputs and one comparison (~45 bytes per compared value); 80 x 4 samples = 320 covers it
 PEAK_BYTES_PER_VALUE = 80
-
-
-def ram_bytes() -> int:
-    """This machine's physical memory (8 GiB where it cannot be read)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
-
-
-def memory_budget_bytes(budget_gib: float | None) -> float:
-    """The memory budget in bytes: ``budget_gib`` (--cvdnn-memory-budget), else half of the RAM."""
-    return budget_gib * (1 << 30) if budget_gib is not None else ram_bytes() / 2
 
 
 def check_input_sizes(shapes: Sequence[Sequence[int]], names: Sequence[str], samples: int,
@@ -124,6 +111,10 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_image(path: Path, spec: InputSpec, width: int, height: int, channels: int) -> np.ndarray:
     import cv2
+
+    from .budget import check_image_budget
+
+    check_image_budget(path, "--cvdnn-inputs")
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:

@@ -10,6 +10,7 @@ import fnmatch
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -163,6 +164,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if base.onnx:
         _refuse_onnx_without_keras(base.onnx, models[0], config.rootpath)
+    _refuse_formats_without_keras(base.formats, models, config.rootpath)
     targets = _targets(config)
     report = config.getoption("cvdnn_report")
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
@@ -176,6 +178,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     state = config.stash[STATE]
     _check_destinations(state)
+    if models:
+        try:
+            state.cache.check_writable()
+        except CvdnnError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if not hasattr(config, "workerinput"):  # what killed sessions left: their temp folders, half-written entries
+            from .scratch import sweep
+
+            sweep(state.cache.root)
     _validate_engines(list(values["engine"]), models)
     try:
         state.entries = _model_entries(state)
@@ -202,6 +213,19 @@ def _refuse_onnx_without_keras(onnx: str, model: str, rootdir: Path) -> None:
             f"--cvdnn-onnx would never be checked. Fix: check the file you will ship as the model: "
             f"--cvdnn-model={onnx} (an ONNX file is checked against onnxruntime and in cv2.dnn), or give the Keras "
             "model it was converted from as --cvdnn-model")
+
+
+def _refuse_formats_without_keras(formats: tuple[str, ...], models: list[str], rootdir: Path) -> None:
+    """--cvdnn-format=tflite/tf exports the Keras model; for an ONNX or TFLite file there is none to export."""
+    extra = [f for f in formats if f != "onnx"]
+    deployable = [m for m in models if (p := _model_path(m, rootdir)) is not None and p.suffix.lower() in
+                  (".onnx", ".tflite")]
+    if extra and deployable:
+        raise pytest.UsageError(
+            f"--cvdnn-format={','.join(formats)}: {deployable[0]} is not a Keras model, so there is no "
+            f"{'/'.join(extra)} to export from it and those items would be skipped unseen. Fix: check the "
+            f"{'/'.join(extra)} file you ship as its own --cvdnn-model (a .tflite is checked with "
+            "readNetFromTFLite), or give the Keras model it comes from")
 
 
 def _model_path(text: str, rootdir: Path) -> Path | None:
@@ -271,6 +295,7 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
         memory_budget=values["memory_budget"],
         seed=values["seed"],
         ort_providers=values["ort_providers"],
+        timeout=values["timeout"],
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),
         save_bundle=config.getoption("cvdnn_save_bundle"),
@@ -561,6 +586,7 @@ class ResultsPlugin:
     def __init__(self, state: CvdnnState, config: pytest.Config) -> None:
         self.state = state
         self.is_worker = hasattr(config, "workerinput")
+        self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in getattr(report, "user_properties", ()):
@@ -572,6 +598,12 @@ class ResultsPlugin:
             return
         terminalreporter.section("cvdnn deployment summary")
         for line in self.state.results.summary_lines():
+            terminalreporter.write_line(line)
+        repaired = [f"note: cache entry {e.get('entry', '?')}; discarded and rebuilt"
+                    for e in self.state.cache.events()  # (the workers' too: they log to the shared cache)
+                    if e.get("event") == "cache-entry-discarded" and e.get("time", 0) >= self.started]
+        uncached = [f"note: {n}" for n in self.state.cache.repairs if "not cached" in n]
+        for line in [*repaired, *uncached][:10]:
             terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -146,6 +146,9 @@ def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 
     if spec.size is None:
         raise ValueError("the input spec has no size; set InputSpec(size=(w, h)) or let the model supply it")
+    from .budget import check_blob_budget
+
+    check_blob_budget(int(spec.size[0]), int(spec.size[1]), 4, len(images), "the input spec's blob")
     imgs = [source_image(img, spec) for img in images]
     method = blob_method(spec)
     if method == "blobFromImage":
@@ -300,6 +303,10 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
         if not Path(folder).is_dir():
             raise CvdnnError(f"--cvdnn-images={folder} is not a folder", fix="pass a folder of PNG/JPEG photos")
         files = folder_files(Path(folder), IMAGE_SUFFIXES, "--cvdnn-images")[:limit]
+        from .budget import check_image_budget
+
+        for path in files:
+            check_image_budget(path, "--cvdnn-images")
         photos = [(p.name, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in files]
         bad = [name for name, img in photos if img is None]
         if not files or bad:

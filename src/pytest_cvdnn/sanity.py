@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from .errors import CvdnnError
 
-__all__ = ["check_structure", "check_tensor_sizes", "largest_tensor"]
+__all__ = ["check_structure", "check_tensor_sizes", "largest_tensor", "check_declared_outputs"]
 
 _REEXPORT = "re-export the model from its framework (the file is damaged or was edited by hand)"
 
@@ -248,3 +248,34 @@ def check_tensor_sizes(path: Path, model: Any, batch: int, budget_bytes: float) 
         fix=f"check that node's attributes and constant inputs ({_REEXPORT} if they are wrong); if the model is "
         "meant to be this large, raise --cvdnn-memory-budget (GiB) on a machine that has the memory",
         node=node.name if node else None)
+
+
+def check_declared_outputs(path: Path, model: Any) -> None:
+    """The shapes the graph declares for its outputs agree with the shapes its nodes make (what onnx.checker's full
+    check finds with strict shape inference, without its false alarms on function ops): a runtime would either
+    refuse the file or hand the user a tensor of another shape than the one the interface promises."""
+    from onnx import shape_inference
+
+    copy = weightless_copy(model)
+    for item in copy.graph.output:
+        item.type.tensor_type.ClearField("shape")
+    try:
+        inferred = shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model inference cannot follow is judged by the checker and runtimes
+        return
+    declared = {item.name: item for item in model.graph.output}
+    for item in inferred.graph.output:
+        own = declared.get(item.name)
+        if own is None or not own.type.tensor_type.HasField("shape") or not item.type.tensor_type.HasField("shape"):
+            continue
+        want, made = own.type.tensor_type.shape.dim, item.type.tensor_type.shape.dim
+        axes = [k for k, (a, b) in enumerate(zip(want, made)) if a.HasField("dim_value") and b.HasField("dim_value")
+                and a.dim_value > 0 and b.dim_value > 0 and a.dim_value != b.dim_value]
+        if len(want) != len(made) or axes:
+            what = (f"rank {len(want)}, the graph makes rank {len(made)}" if len(want) != len(made) else
+                    f"size {want[axes[0]].dim_value} at axis {axes[0]}, the graph makes {made[axes[0]].dim_value}")
+            raise CvdnnError(
+                f"{path}: the graph output {item.name!r} is declared {_shape_text(own)} but its nodes make "
+                f"{_shape_text(item)} ({what}); the interface contradicts the graph",
+                fix=f"{_REEXPORT}, or correct the declared shape (or clear it: "
+                "model.graph.output[k].type.tensor_type.ClearField('shape'); onnx.save(model, path))")

@@ -87,8 +87,15 @@ def parse_range(value: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{value!r} is not a range; write LOW,HIGH, e.g. -1,1 or 0,255") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise argparse.ArgumentTypeError(f"{value!r}: the range needs finite LOW < HIGH")
+    if max(abs(lo), abs(hi)) > MAX_INPUT_VALUE:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: the values fed to the model must lie within ±{MAX_INPUT_VALUE:g} (float32 inputs; larger "
+            "ones overflow to inf in the model's first layers)")
     return lo, hi
 
+
+#: the largest magnitude --cvdnn-input-range accepts
+MAX_INPUT_VALUE = 1e9
 
 InputShapes = tuple[tuple[int, ...], ...]
 
@@ -139,11 +146,25 @@ def parse_gib(value: str) -> float:
     return gib
 
 
+def parse_seconds(value: str) -> float:
+    """A time limit in seconds (> 0, at most a day)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds in (0, 86400]")
+    return seconds
+
+
 def parse_seed(value: str) -> int:
     try:
-        return int(value)
+        seed = int(value)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+    if not 0 <= seed < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{value!r}: a seed is an integer from 0 to 2**32-1")
+    return seed
 
 
 def parse_target(value: str) -> str:
@@ -263,6 +284,9 @@ OPTIONS: tuple[Option, ...] = (
            DEFAULT_ORT_PROVIDERS, "onnxruntime execution providers for the onnxruntime runner, in order of "
            "preference, each checked against onnxruntime.get_available_providers() (default CPUExecutionProvider)",
            "PROVIDER[,PROVIDER]"),
+    Option("timeout", "--cvdnn-timeout", "cvdnn_timeout", parse_seconds, 600.0,
+           "the longest one forward of the model may take in onnxruntime or cv2.dnn (a target's child process) "
+           "before its item fails (default 600 s): a graph that runs for ever never hangs the session", "SECONDS"),
     Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
            "where converted models and reference outputs are cached (default: pytest's cache dir)", "DIR"),
 )
@@ -300,6 +324,7 @@ class ModelSettings:
     tf_helper: bool = False  # a cold cache's TensorFlow work in a helper process (the plugin turns it on)
     memory_budget: float | None = None  # --cvdnn-memory-budget (GiB); None: half of the RAM
     ort_providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS  # --cvdnn-ort-providers
+    timeout: float = 600.0  # --cvdnn-timeout: one forward's time limit (s)
     protected: Any = None  # ownership.Protected: what this session must never replace (the plugin sets it)
 
     def protected_paths(self) -> Any:
@@ -349,8 +374,10 @@ class ModelSettings:
                                                      else str(value))
             elif key == "input_shape":
                 changes["input_shape"] = parse_input_shape(value)
-            elif key in ("seed", "samples"):
-                changes[key] = int(value)
+            elif key == "seed":
+                changes[key] = parse_seed(str(value))
+            elif key == "samples":
+                changes[key] = parse_positive(str(value))
         result = replace(self, **changes)
         if result.onnx and Path(result.model).suffix.lower() in (".onnx", ".tflite"):
             raise ValueError(f"onnx={result.onnx!r} is given with the model {result.model!r}, which is not a Keras "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import threading
+import signal
 import re
 import sys
 import zipfile
@@ -116,6 +118,11 @@ class ModelSource:
                     f"the model factory {self.text!r} called {how}({exc.code!r}) instead of returning a model",
                     fix="return a keras.Model from the function; a factory runs inside the pytest session, so it must "
                     "not exit the process",
+                ) from None
+            except _Raised as exc:
+                raise CvdnnError(
+                    f"the model factory {self.text!r} raised {exc} (not a Ctrl-C: the session goes on)",
+                    fix="make the function return a keras.Model without arguments",
                 ) from None
             except Exception as exc:  # noqa: BLE001 - the user's code, reported with its type
                 raise CvdnnError(
@@ -258,10 +265,34 @@ def _without_exits(fn: Callable[[], Any]) -> Any:
         raise _HardExit(status)
 
     os._exit = refuse
+    interrupted: list[int] = []  # a real Ctrl-C while the factory runs (its KeyboardInterrupt is let through)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    if main and previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         return fn()
+    except (KeyboardInterrupt, GeneratorExit) as exc:
+        if interrupted:
+            raise
+        raise _Raised(exc) from None
     finally:
         os._exit = real
+        if main and previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Raised(Exception):
+    """A factory raised KeyboardInterrupt or GeneratorExit itself (no Ctrl-C): its item fails, the session goes on."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}")
+        self.original = exc
 
 
 def factory_module_file(source: ModelSource) -> Path:

@@ -12,6 +12,8 @@ interprets them.
 
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, cast
@@ -63,6 +65,10 @@ def _triple(value: Any, field_name: str) -> Triple:
 
 #: what the 4th (alpha) channel gets when only three values are given: OpenCV's Scalar pads the mean with 0
 _ALPHA = {"mean": 0.0, "std": 1.0, "scale": 1.0}
+#: bounds of a spec's values: a blob side, the images per forward, and a scale/mean/std's magnitude
+MAX_SIDE = 16384
+MAX_BATCH = 4096
+MAX_VALUE = 1e6
 
 
 def _per_channel(values: tuple[float, ...], channels: int, field_name: str) -> tuple[float, ...]:
@@ -140,8 +146,19 @@ class InputSpec:
             object.__setattr__(self, "std", std)
         if n == 1 and self.swap_rb:  # nothing to swap in a gray image (and blobFromImage would swap the mean)
             object.__setattr__(self, "swap_rb", False)
-        if int(self.batch) < 1:
-            raise SpecError(f"batch must be >= 1, got {self.batch!r}")
+        if not 1 <= int(self.batch) <= MAX_BATCH:
+            raise SpecError(f"batch must be between 1 and {MAX_BATCH} (the images a deployment feeds per "
+                            f"net.forward()), got {self.batch!r}")
+        if self.size is not None and max(self.size) > MAX_SIDE:
+            raise SpecError(f"size {self.size[0]}x{self.size[1]} is larger than {MAX_SIDE} pixels on a side; no "
+                            "cv2.dnn image model takes such a blob (write the model's input size, e.g. 224x224)")
+        scales = [self.scale] if isinstance(self.scale, (int, float)) else list(self.scale)
+        for name, values in (("scale", scales), ("mean", list(self.mean)), ("std", list(self.std or ()))):
+            if any(not math.isfinite(float(v)) or abs(float(v)) > MAX_VALUE for v in values):
+                raise SpecError(f"{name} must be finite numbers of magnitude at most {MAX_VALUE:g}, got {values!r}")
+        if any(float(v) == 0 for v in scales):
+            raise SpecError(f"scale must not be 0 (every pixel would become the same value), got {self.scale!r}; "
+                            "e.g. scale=0.00392 for 1/255")
         if self.dtype not in ("float32", "float16", "uint8"):
             raise SpecError(f"dtype must be float32, float16 or uint8, got {self.dtype!r}")
 

@@ -22,13 +22,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..scratch import prefix
 from ..errors import CvdnnError
 
 __all__ = ["Target", "LOCAL", "ChildRun", "ReplayedRun", "forward_isolated", "child_call", "RemoteCv2Runner", "ChildError"]
 
 _CHILD = r"""
-import json, sys, traceback
+import json, os, sys, threading, time, traceback
 folder = sys.argv[1]
+owner = os.getppid()
+
+
+def _orphaned():  # the session that started this child was killed: stop (its folder is swept by the next one)
+    while os.getppid() == owner:
+        time.sleep(0.5)
+    os._exit(3)
+
+
+threading.Thread(target=_orphaned, daemon=True).start()
 req = json.load(open(folder + "/request.json"))
 resp = {"ok": False}
 try:
@@ -91,7 +102,7 @@ class ChildRun:
                  timeout: float = 600.0, store: Callable[[list[list[np.ndarray]]], None] | None = None,
                  partial: bool = False) -> None:
         self.target, self.timeout, self.n_runs, self.store = target, timeout, len(runs), store
-        self.folder = Path(tempfile.mkdtemp(prefix="cvdnn-child-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix("child")))
         self._result: tuple[dict[str, Any], list[list[np.ndarray] | None]] | CvdnnError | None = None
         saved: dict[int, list[str]] = {}  # a feed list given twice (repeated forwards) is written once
         for r, feeds in enumerate(runs):

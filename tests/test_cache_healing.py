@@ -1,0 +1,157 @@
+"""A damaged cache entry is discarded and rebuilt, once, with a note; nothing in the cache is ever read that is not
+a regular file (a FIFO would hang the session, a link could lead anywhere).  Quick tier: no TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from onnx_mutants import base_model
+from pytest_cvdnn.cache import Cache
+from pytest_cvdnn.errors import CvdnnError
+
+
+@pytest.fixture(autouse=True)
+def _never_hang() -> Iterator[None]:
+    """A read that blocks (a FIFO opened as a cache entry) fails the test instead of hanging the suite."""
+    def timeout(*_: Any) -> None:
+        raise TimeoutError("a cache read blocked")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _onnx_entry(cache: Cache, tmp_path: Path) -> Path:
+    produced = tmp_path / "produced.onnx"
+    produced.write_bytes(b"onnx bytes")
+    cache.put_onnx("k1", produced, {"opset": 13})
+    assert cache.get_onnx("k1") is not None
+    return cache.onnx_dir("k1")
+
+
+@pytest.mark.parametrize("meta", ["[]", "null", "7", '"text"', "{", ""])
+def test_a_converted_models_meta_that_is_not_an_object_is_rebuilt(meta: str, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    entry = _onnx_entry(cache, tmp_path)
+    (entry / "meta.json").write_text(meta)
+    assert cache.get_onnx("k1") is None  # (was: AttributeError on every later run)
+    assert not entry.exists() and len(cache.repairs) == 1 and "onnx/k1" in cache.repairs[0]
+    assert cache.get_onnx("k1") is None and len(cache.repairs) == 1  # discarded once: now simply missing
+
+
+@pytest.mark.parametrize("damage", ["fifo", "dev-zero-link", "symlink-loop", "folder", "file-for-folder"])
+def test_special_files_in_the_cache_are_never_opened(damage: str, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.put_json({"a": 1}, "graph", "x.json")
+    cache.put_arrays([np.ones(3)], "outputs", "y.npz")
+    entry = _onnx_entry(cache, tmp_path)
+    targets = [cache.root / "graph" / "x.json", cache.root / "outputs" / "y.npz", entry / "meta.json"]
+    for path in targets:
+        path.unlink()
+        if damage == "fifo":
+            os.mkfifo(path)
+        elif damage == "dev-zero-link":
+            path.symlink_to("/dev/zero")
+        elif damage == "symlink-loop":
+            path.symlink_to(path)
+        elif damage in ("folder", "file-for-folder"):
+            path.mkdir()
+    if damage == "file-for-folder":  # the entry folder itself is a file
+        import shutil
+
+        shutil.rmtree(entry)
+        entry.write_text("x")
+    assert cache.get_json("graph", "x.json") is None
+    assert cache.get_arrays("outputs", "y.npz") is None
+    assert cache.get_onnx("k1") is None
+    assert len(cache.repairs) == 3, cache.repairs
+    assert not any(os.path.lexists(p) for p in targets[:2]) and not os.path.lexists(entry)
+    assert Path("/dev/zero").exists()  # (a link's target is never touched)
+    cache.put_json({"a": 2}, "graph", "x.json")  # rebuilt
+    assert cache.get_json("graph", "x.json") == {"a": 2}
+
+
+def test_a_non_scalar_array_count_is_a_damaged_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    path = cache.root / "outputs" / "z.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, __count__=np.array([1, 2]), __check__=np.array("x"), a0=np.ones(2))
+    assert cache.get_arrays("outputs", "z.npz") is None and not path.exists() and cache.repairs
+
+
+def test_an_unwritable_cache_is_named_with_the_fix(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(CvdnnError, match=r"the cache folder .*blocker/cache .*cannot be written: it is not a folder.*Fix: pass "
+                       "--cvdnn-cache-dir=DIR on a writable disk"):
+        Cache(blocker / "cache").check_writable()
+    produced = tmp_path / "m.onnx"
+    produced.write_bytes(b"x")
+    with pytest.raises(CvdnnError, match="the converted model cannot be stored in the cache"):
+        Cache(blocker / "cache").put_onnx("k", produced, {})
+    cache = Cache(blocker / "cache")
+    cache.put_json({"a": 1}, "graph", "x.json")  # an accelerator: not cached, noted, no error
+    assert cache.repairs and "not cached" in cache.repairs[0]
+
+
+def test_the_plugin_rebuilds_every_damaged_entry_and_says_so(tmp_path: Path) -> None:
+    import onnx
+
+    onnx.save(base_model(), str(tmp_path / "m.onnx"))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cvdnn-model=m.onnx",
+                               "--cvdnn-cache-dir=cache", "--cvdnn-report=r.json"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    outcomes = {k: c["outcome"] for k, c in json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"].items()}
+    entries = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix in (".json", ".npz", ".sha256")
+               and p.name != "events.jsonl"]
+    assert len(entries) >= 3
+    for k, path in enumerate(entries):  # each damaged its own way
+        path.unlink()
+        [lambda: path.write_text("null"), lambda: os.mkfifo(path), lambda: path.symlink_to("/dev/zero")][k % 3]()
+    second = run()
+    text = second.stdout + second.stderr
+    assert second.returncode == 0, text
+    assert {k: c["outcome"] for k, c in
+            json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"].items()} == outcomes
+    assert "discarded and rebuilt" in text and "Traceback" not in text
+
+
+def test_what_a_killed_session_left_is_swept_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    from pytest_cvdnn.scratch import cache_prefix, prefix, sweep
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    temp, cache = tmp_path / "tmp", tmp_path / "cache"
+    (cache / "outputs").mkdir(parents=True)
+    (cache / "onnx").mkdir()
+    stale = [temp / f"cvdnn-child-{dead}-abc", temp / f"cvdnn-tf-{dead}-x1", temp / f"cvdnn-fix-tensors-{dead}-q",
+             cache / "outputs" / f".r.npz.{dead}.k2j3.tmp", cache / f".p.onnx.{dead}.tmp",
+             cache / "onnx" / f".key1.{dead}.zz9"]
+    live = [temp / (prefix("child") + "abc"), cache / "outputs" / (cache_prefix("r.npz") + "k2j3.tmp"),
+            temp / "cvdnn-child-abc", temp / "someone-else-123-x", cache / "outputs" / "r.npz"]
+    for path in stale + live:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".tmp", ".npz"):
+            path.write_text("x")
+        else:
+            path.mkdir()
+    removed = sweep(cache, temp)
+    assert sorted(removed) == sorted(stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
