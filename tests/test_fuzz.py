@@ -251,3 +251,36 @@ def test_bundle_manifest_mutants_end_in_clear_errors(run_cvdnn: Any, pytester: p
     assert counts["refused"] > len(mutants) // 2, counts
     print(f"bundle manifest mutants: {len(mutants)} tried, {counts['refused']} refused with a clear error, "
           f"{counts['replayed']} replayed, {len(unclear)} other")
+
+
+OP_MUTANTS = int(os.environ.get("CVDNN_FUZZ_OPS", "100"))
+
+
+def test_operator_level_mutants_end_in_clear_verdicts(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """The second family: seeded edits of the nodes (op types, attributes, inputs, outputs, node order,
+    initializers, casts), each one to three per mutant, in one session: a clear failure or a benign pass each,
+    the session ends with its summary, the files are left as they were."""
+    from op_mutants import op_mutants
+
+    mutants = op_mutants(OP_MUTANTS, seed=0)
+    folder = pytester.path / "models"
+    paths = write_mutants(folder, {"control": base_model().SerializeToString(),
+                                   **{name: data for name, (data, _) in mutants.items()}})
+    before = _digests(folder)
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "-q", f"--cvdnn-cache-dir={tmp_path / 'cache'}", f"--cvdnn-report={report}",
+        "--cvdnn-timeout=60", *(f"--cvdnn-model={p.relative_to(pytester.path)}" for p in paths), timeout=900)
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "INTERNALERROR" not in text, text[-3000:]
+    assert "cvdnn deployment summary" in text
+    assert _digests(folder) == before, "an input file was changed"
+    verdicts = _verdicts(json.loads(report.read_text()))
+    assert len(verdicts) == len(paths)
+    assert verdicts.pop("control.onnx") == "benign pass"
+    other = {k: (v, mutants[k[:-5]][1]) for k, v in verdicts.items() if v not in ("clear failure", "benign pass")}
+    assert not other, other
+    counts = {v: list(verdicts.values()).count(v) for v in ("clear failure", "benign pass")}
+    assert counts["clear failure"] > len(verdicts) // 2  # (most edits break the graph: the family is not benign)
+    print(f"operator mutants: {len(verdicts)} tried, {counts['clear failure']} clear failures, "
+          f"{counts['benign pass']} benign passes, 0 other")

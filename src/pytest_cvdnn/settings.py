@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance, tolerance_problem
-from .spec import InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
+from .spec import MAX_SIDE, InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
            "parse_range", "parse_target", "target_label", "parse_formats", "FORMATS"]
@@ -226,9 +226,15 @@ def target_label(target: str | None) -> str:
 def parse_spec(value: str) -> tuple[InputSpec | None, NamedSpecs]:
     """A default spec and/or ``NAME:SPEC`` parts per input (see :func:`~pytest_cvdnn.spec.parse_specs`)."""
     try:
-        return parse_specs(value)
+        default, named = parse_specs(value)
     except SpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    for spec in (default, *(s for _, s in named)):  # (a model may declare any size; a typed one is bounded)
+        if spec is not None and spec.size is not None and max(spec.size) > MAX_SIDE:
+            raise argparse.ArgumentTypeError(
+                f"size {spec.size[0]}x{spec.size[1]} is larger than {MAX_SIDE} pixels on a side; no cv2.dnn image "
+                "model takes such a blob (write the model's input size, e.g. size=224x224)")
+    return default, named
 
 
 @dataclass(frozen=True)

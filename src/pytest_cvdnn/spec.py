@@ -149,9 +149,6 @@ class InputSpec:
         if not 1 <= int(self.batch) <= MAX_BATCH:
             raise SpecError(f"batch must be between 1 and {MAX_BATCH} (the images a deployment feeds per "
                             f"net.forward()), got {self.batch!r}")
-        if self.size is not None and max(self.size) > MAX_SIDE:
-            raise SpecError(f"size {self.size[0]}x{self.size[1]} is larger than {MAX_SIDE} pixels on a side; no "
-                            "cv2.dnn image model takes such a blob (write the model's input size, e.g. 224x224)")
         scales = [self.scale] if isinstance(self.scale, (int, float)) else list(self.scale)
         for name, values in (("scale", scales), ("mean", list(self.mean)), ("std", list(self.std or ()))):
             if any(not math.isfinite(float(v)) or abs(float(v)) > MAX_VALUE for v in values):
