@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,16 +18,6 @@ def _save(model: Any, path: Path) -> Path:
 
     onnx.save(model, str(path))
     return path
-
-
-def test_an_onnx_beside_an_onnx_model_is_refused_not_ignored(run_cvdnn: Callable[..., Any],
-                                                             pytester: pytest.Pytester) -> None:
-    _save(base_model(), pytester.path / "good.onnx")
-    _save(base_model(seed=1), pytester.path / "shipped.onnx")
-    run = run_cvdnn("--cvdnn-model=good.onnx", "--cvdnn-onnx=shipped.onnx", report=False)
-    assert run.ret == 4, run.text
-    assert "--cvdnn-onnx=shipped.onnx: the model good.onnx is not a Keras model" in run.text
-    assert "Fix: check the file you will ship as the model: --cvdnn-model=shipped.onnx" in run.text
 
 
 def test_the_marker_refuses_an_onnx_beside_an_onnx_model() -> None:
@@ -56,13 +46,6 @@ def test_a_relative_tolerance_that_accepts_the_signal_itself_is_refused(name: st
     tol = Tolerance(atol=1e308, rtol=0.999, srtol=0.999)
     assert not compare_arrays(ref, -ref, tol).ok
     assert compare_arrays(ref, ref * (1 + 1e-6), tol).ok
-
-
-def test_absurd_tolerances_on_the_command_line_are_usage_errors(run_cvdnn: Callable[..., Any],
-                                                                pytester: pytest.Pytester) -> None:
-    _save(base_model(), pytester.path / "m.onnx")
-    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-srtol=1e308", report=False)
-    assert run.ret == 4 and "srtol = 1e+308 would accept an error as large as the signal itself" in run.text, run.text
 
 
 def _self_external(path: Path) -> Path:
@@ -94,25 +77,6 @@ def _mutant(kind: str, path: Path) -> Path:
     elif kind == "self-external":
         return _self_external(path)
     return _save(model, path)
-
-
-@pytest.mark.parametrize("kind, words", [
-    ("output-shape", ["the graph output 'y' is declared (1, 7) but its nodes make (1, 5)",
-                      "size 7 at axis 1, the graph makes 5"]),
-    ("duplicate-opset", ["imports the operator set 'ai.onnx' twice (versions 13 and 11)"]),
-    ("self-external", ["stored in the .onnx file itself", "conv_w"]),
-])
-def test_a_graph_the_full_check_rejects_fails_convert_with_a_clear_message(kind: str, words: list[str],
-                                                                          run_cvdnn: Callable[..., Any],
-                                                                          pytester: pytest.Pytester) -> None:
-    _mutant(kind, pytester.path / "m.onnx")
-    run = run_cvdnn("--cvdnn-model=m.onnx")
-    assert run.ret == 1, run.text
-    checks = run.checks()
-    convert = next(c for name, c in checks.items() if name.endswith("convert"))
-    assert convert["outcome"] == "failed" and "Fix:" in convert["message"], convert
-    assert all(w in convert["message"] for w in words), convert["message"]
-    assert not any(c["outcome"] == "passed" for name, c in checks.items() if "parity" in name)
 
 
 def _dense_onnx(path: Path) -> Path:
@@ -181,20 +145,6 @@ def _endless_loop(path: Path) -> Path:
     return _save(model, path)
 
 
-def test_a_graph_that_runs_for_ever_fails_within_the_time_limit(run_cvdnn: Callable[..., Any],
-                                                                pytester: pytest.Pytester) -> None:
-    import time
-
-    _endless_loop(pytester.path / "endless.onnx")
-    start = time.monotonic()
-    run = run_cvdnn("--cvdnn-model=endless.onnx", "--cvdnn-timeout=2")
-    assert time.monotonic() - start < 120, "the session did not end within its limits"
-    output_spec = run.checks()["output_spec"]
-    assert output_spec["outcome"] == "failed"
-    assert "onnxruntime did not finish one forward of endless.onnx within 2 s" in output_spec["message"]
-    assert "--cvdnn-timeout" in output_spec["message"]
-
-
 @pytest.mark.parametrize("value", ["0", "-5", "1e9", "x"])
 def test_a_time_limit_out_of_range_is_a_usage_error(value: str) -> None:
     from pytest_cvdnn.settings import parse_seconds
@@ -226,13 +176,6 @@ def test_the_marker_validates_seed_and_samples() -> None:
     for kwargs in ({"seed": -1}, {"samples": 0}):
         with pytest.raises(argparse.ArgumentTypeError):
             ModelSettings(model="m.keras").with_marker(kwargs)
-
-
-def test_an_export_format_for_a_model_with_nothing_to_export_is_a_usage_error(run_cvdnn: Callable[..., Any],
-                                                                            pytester: pytest.Pytester) -> None:
-    _save(base_model(), pytester.path / "m.onnx")
-    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-format=tflite", report=False)
-    assert run.ret == 4 and "m.onnx is not a Keras model, so there is no tflite to export" in run.text, run.text
 
 
 # -- memory budget before any allocation -----------------------------------------------------------------------
@@ -284,12 +227,3 @@ def test_a_blob_beyond_the_budget_is_refused_before_it_is_made() -> None:
     assert make_blob(photos, InputSpec(size=(16, 16))).shape == (3, 3, 16, 16)
 
 
-def test_a_huge_image_in_the_inputs_folder_fails_its_items_with_the_numbers(run_cvdnn: Callable[..., Any],
-                                                                           pytester: pytest.Pytester) -> None:
-    _save(base_model(), pytester.path / "m.onnx")
-    (pytester.path / "imgs").mkdir()
-    _png_header(pytester.path / "imgs" / "scan.png", 20000, 20000)
-    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-inputs=imgs")
-    assert run.ret == 1 and "Traceback" not in run.text.split("deployment summary")[-1]
-    failed = [c["message"] for c in run.checks().values() if c["outcome"] == "failed"]
-    assert failed and all("scan.png is 20000x20000 pixels" in m for m in failed), failed

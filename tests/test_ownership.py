@@ -1,7 +1,6 @@
 """Nothing the user owns is removed or overwritten: bundles, repro/fix folders and reports are written only where
-the plugin owns the path (quick tier: ONNX models and fake SavedModel folders only, no TensorFlow).
-
-Every plugin run here hashes the user's folder before and after."""
+the plugin owns the path (quick tier: the rules themselves; whole plugin sessions, each hashing the user's folder
+before and after, are in test_hostile_sessions.py).  ``_project``, ``_run`` and ``_tree`` serve both."""
 
 from __future__ import annotations
 
@@ -131,68 +130,5 @@ def test_a_report_replaces_only_a_report(tmp_path: Path) -> None:
 
 
 # -- the plugin, as users ran it ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["bundle-root-holds-savedmodel", "bundle-root-is-project-from-inside",
-                                  "report-is-the-model", "html-is-the-model", "report-is-a-user-file",
-                                  "bundle-dest-is-a-user-folder", "report-is-the-rootdir"])
-def test_a_destination_the_user_owns_is_a_usage_error_and_nothing_changes(case: str, tmp_path: Path) -> None:
-    project = _project(tmp_path)
-    (project / "bundles" / "small.onnx").mkdir(parents=True)
-    (project / "bundles" / "small.onnx" / "handmade.txt").write_text("the user's own folder")
-    (project / "results.json").write_text('{"accuracy": 0.9}')
-    cache = tmp_path / "cache"
-    cwd, args, words = {
-        "bundle-root-holds-savedmodel": (project, ["--cvdnn-model=export", "--cvdnn-save-bundle=."],
-                                         ["--cvdnn-save-bundle", "export", "is the session's input"]),
-        "bundle-root-is-project-from-inside": (project / "export" / "variables",
-                                               ["--cvdnn-model=..", f"--cvdnn-save-bundle={project}"],
-                                               ["--cvdnn-save-bundle", "is the session's input"]),
-        "report-is-the-model": (project, ["--cvdnn-model=small.onnx", "--cvdnn-report=small.onnx"],
-                                ["--cvdnn-report", "small.onnx", "is the session's input"]),
-        "html-is-the-model": (project, ["--cvdnn-model=small.onnx", "--cvdnn-html=small.onnx"],
-                              ["--cvdnn-html", "is the session's input"]),
-        "report-is-a-user-file": (project, ["--cvdnn-model=small.onnx", "--cvdnn-report=results.json"],
-                                  ["--cvdnn-report", "not a report pytest-cvdnn wrote"]),
-        "bundle-dest-is-a-user-folder": (project, ["--cvdnn-model=small.onnx", "--cvdnn-save-bundle=bundles"],
-                                         ["not written by pytest-cvdnn", MARKER]),
-        "report-is-the-rootdir": (project, ["--cvdnn-model=small.onnx", f"--cvdnn-html={project}"],
-                                  ["--cvdnn-html", "it holds"]),
-    }[case]
-    before = _tree(project)
-    result = _run(cwd, *args, cache=cache)
-    text = result.stdout + result.stderr
-    assert result.returncode == 4, text  # a usage error, before any work
-    first = next(line for line in text.splitlines() if "will not write" in line)
-    assert all(w in first for w in words) and "Fix:" in first, first
-    assert _tree(project) == before
 
 
-def test_bundles_from_inside_a_savedmodel_leave_other_bundles_alone(tmp_path: Path) -> None:
-    """`--cvdnn-model=.` from inside the model: the bundle is named after the model's folder, not the root."""
-    from pytest_cvdnn.bundle import bundle_folder
-
-    project = _project(tmp_path)
-    (project / "bundles" / "other").mkdir(parents=True)
-    (project / "bundles" / "other" / "manifest.json").write_text('{"format": 1, "files": {}}')
-    assert bundle_folder(project / "bundles", ".", project / "export") == project / "bundles" / "export"
-    before = _tree(project)
-    result = _run(project / "export", "--cvdnn-model=.", "--cvdnn-save-bundle=../bundles", cache=tmp_path / "cache")
-    text = result.stdout + result.stderr
-    assert result.returncode == 1, text  # the fake SavedModel cannot load: its items fail, nothing is written
-    assert "INTERNALERROR" not in text
-    assert _tree(project) == before
-
-
-def test_a_bundle_is_written_beside_the_model_and_regenerated_in_place(tmp_path: Path) -> None:
-    project = _project(tmp_path)
-    cache = tmp_path / "cache"
-    before = _tree(project)
-    for _ in range(2):  # the second run replaces the plugin's own bundle
-        result = _run(project, "--cvdnn-model=small.onnx", "--cvdnn-save-bundle=bundles",
-                      "--cvdnn-report=report.json", "--cvdnn-html=report.html", cache=cache)
-        assert result.returncode == 0, result.stdout + result.stderr
-    bundle = project / "bundles" / "small.onnx"
-    assert (bundle / MARKER).is_file() and (bundle / "manifest.json").is_file()
-    after = _tree(project)
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing the user had changed
-    assert owned_report(project / "report.json") and owned_report(project / "report.html")
-    assert [p for p in project.rglob(".cvdnn-tmp*")] == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -72,7 +73,10 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
 
     def fill(staging: Path) -> None:
         for name, data in files.items():
-            (staging / name).write_bytes(data)
+            if isinstance(data, bytes):
+                (staging / name).write_bytes(data)
+            else:
+                shutil.copyfile(data, staging / name)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
 
     return publish_folder(folder, fill, "--cvdnn-save-bundle", protected)
@@ -96,10 +100,12 @@ def _refuse_another_model(folder: Path, dep: Deployment) -> None:
         )
 
 
-def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes], list[dict[str, Any]], dict[str, Any] | None]:
+def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes | Path], list[dict[str, Any]], dict[str, Any] | None]:
     """The files of the bundle (ONNX, probe, inputs, the references' outputs on them, the photos and Keras'
     preprocessing of them), the references' index, and the preprocessing reference's description."""
-    files: dict[str, bytes] = {"model.onnx": dep.onnx_path.read_bytes()}
+    shared: dict[tuple[int, int], str] = {}
+    model_bytes, external = _shippable_onnx(dep.onnx_path, shared)
+    files: dict[str, bytes | Path] = {"model.onnx": model_bytes, **external}
     references: list[dict[str, Any]] = []
 
     def reference(runner: str, inputs: Sequence[np.ndarray], logits: bool = False) -> None:
@@ -117,7 +123,8 @@ def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes], list[dict[str, Any
         if dep.logit_names:
             reference(runner, inputs, logits=True)
     if dep.logit_names:
-        files["probe.onnx"] = dep.probe_path.read_bytes()
+        files["probe.onnx"], more = _shippable_onnx(dep.probe_path, shared)
+        files.update(more)
     preprocessing = None
     if dep.preprocessing_known and len(dep.graph.inputs) == 1 and len(dep.graph.inputs[0].shape) == 4:
         photos = dep.photos()
@@ -133,7 +140,29 @@ def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes], list[dict[str, Any
     return files, references, preprocessing
 
 
-def _manifest(dep: Deployment, files: dict[str, bytes], references: list[dict[str, Any]],
+def _shippable_onnx(path: Path, shared: dict[tuple[int, int], str]) -> tuple[bytes, dict[str, Path]]:
+    """A graph for the bundle and, where it keeps weights in external data files, those files (named
+    model.onnx.<k>.data in the bundle and copied from disk: a model over 2 GiB is never serialized whole).
+    ``shared``: data files already in the bundle by (device, inode) — the logits probe reuses the model's."""
+    from .graph import all_tensors, load_model
+
+    model = load_model(path)  # (checked: external data only inside the model's folder)
+    external: dict[str, Path] = {}
+    for tensor in all_tensors(model.graph):
+        for entry in tensor.external_data if tensor.data_location == 1 else ():  # (TensorProto.EXTERNAL)
+            if entry.key == "location":
+                source = Path(path).parent / entry.value
+                st = source.stat()
+                key = (st.st_dev, st.st_ino)
+                if key not in shared:
+                    shared[key] = f"model.onnx.{len(shared)}.data"
+                    external[shared[key]] = source
+                entry.value = shared[key]
+    changed = any(t.data_location == 1 for t in all_tensors(model.graph))
+    return (model.SerializeToString() if changed else Path(path).read_bytes()), external
+
+
+def _manifest(dep: Deployment, files: dict[str, bytes | Path], references: list[dict[str, Any]],
               preprocessing: dict[str, Any] | None) -> dict[str, Any]:
     from .preprocess import cv2_call
 
@@ -156,7 +185,8 @@ def _manifest(dep: Deployment, files: dict[str, bytes], references: list[dict[st
         "preprocessing": preprocessing,
         "references": references,
         "environment": dep.environment(),
-        "files": {name: sha256_bytes(data) for name, data in files.items()},
+        "files": {name: sha256_bytes(data) if isinstance(data, bytes) else sha256_file(data)
+                  for name, data in files.items()},
     }
 
 

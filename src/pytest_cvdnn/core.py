@@ -829,7 +829,7 @@ class Deployment:
                     if not intact():
                         path.parent.mkdir(parents=True, exist_ok=True)
                         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                        with_extra_outputs(self.onnx_path, self.logit_names, tmp)
+                        with_extra_outputs(self.onnx_path, self.logit_names, tmp, final=path)
                         check = sha256_file(tmp)
                         os.replace(tmp, path)
                         tmp.write_text(check)

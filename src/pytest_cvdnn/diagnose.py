@@ -574,10 +574,8 @@ def write_repro(dep: "Deployment", folder: Path, node_name: str, problem: str,
     ``reference`` (graph, tensor): the expected output is that tensor of another graph (a fresh conversion of
     the Keras model) instead of onnxruntime on the node itself: an artifact fault then reproduces too."""
     import onnx
-    from onnx import utils as onnx_utils
 
     model = onnx.load(str(dep.onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
     node = next((n for n in model.graph.node if n.name == node_name or node_name in n.output), None)
     if node is None:
         return None

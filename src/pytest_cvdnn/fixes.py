@@ -57,6 +57,10 @@ def _key(dep: "Deployment") -> str | None:
                       sha256_file(Path(rewrites.__file__)))
 
 
+#: protobuf's limit for one serialized message: a model this large only exists with external data
+PROTOBUF_LIMIT = 2 ** 31 - 1
+
+
 def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     """Try the candidates in order until one works (remembered per graph and target); the working one's
     ``fixed.onnx`` and ``fix.py`` are (re)written to ``folder``."""
@@ -65,9 +69,16 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
 
     import onnx
 
+    from .graph import external_bytes
+
     key = _key(dep)
     found = dep.cache.get_json("rewrites", f"{key}.json") if key else None
     model = load_model(dep.onnx_path)  # (checked: external data only inside the model's folder)
+    size = dep.onnx_path.stat().st_size + external_bytes(dep.onnx_path, model)
+    if size >= PROTOBUF_LIMIT:  # a rewrite is proven on a copy of the whole graph, weights included
+        return [OnnxRemedy("every rewrite", "cannot apply",
+                           f"the model holds {size / (1 << 30):.2f} GiB, more than a single ONNX file can hold "
+                           "(protobuf's 2 GiB): rewrites are not tried on models this large")]
     onnx.load_external_data_for_model(model, str(dep.onnx_path.parent))  # fixed.onnx holds its weights
     try:
         results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])

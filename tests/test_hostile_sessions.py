@@ -1,0 +1,222 @@
+"""Plugin sessions on hostile inputs that need no TensorFlow (ONNX models, fake SavedModel folders): the user's
+files are never changed, no option makes the gate vacuous, a broken graph never passes, a graph that runs for
+ever fails within its limit, damaged cache entries are rebuilt.  Default tier (each is a whole pytest session);
+the unit tests of the same rules are in the quick tier (test_ownership.py, test_gate_integrity.py,
+test_cache_healing.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from onnx_mutants import base_model
+from pytest_cvdnn.ownership import MARKER, owned_report
+from test_gate_integrity import _endless_loop, _mutant, _png_header, _save
+from test_ownership import _project, _run, _tree
+
+
+@pytest.mark.parametrize("case", ["bundle-root-holds-savedmodel", "bundle-root-is-project-from-inside",
+                                  "report-is-the-model", "html-is-the-model", "report-is-a-user-file",
+                                  "bundle-dest-is-a-user-folder", "report-is-the-rootdir"])
+def test_a_destination_the_user_owns_is_a_usage_error_and_nothing_changes(case: str, tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "bundles" / "small.onnx").mkdir(parents=True)
+    (project / "bundles" / "small.onnx" / "handmade.txt").write_text("the user's own folder")
+    (project / "results.json").write_text('{"accuracy": 0.9}')
+    cache = tmp_path / "cache"
+    cwd, args, words = {
+        "bundle-root-holds-savedmodel": (project, ["--cvdnn-model=export", "--cvdnn-save-bundle=."],
+                                         ["--cvdnn-save-bundle", "export", "is the session's input"]),
+        "bundle-root-is-project-from-inside": (project / "export" / "variables",
+                                               ["--cvdnn-model=..", f"--cvdnn-save-bundle={project}"],
+                                               ["--cvdnn-save-bundle", "is the session's input"]),
+        "report-is-the-model": (project, ["--cvdnn-model=small.onnx", "--cvdnn-report=small.onnx"],
+                                ["--cvdnn-report", "small.onnx", "is the session's input"]),
+        "html-is-the-model": (project, ["--cvdnn-model=small.onnx", "--cvdnn-html=small.onnx"],
+                              ["--cvdnn-html", "is the session's input"]),
+        "report-is-a-user-file": (project, ["--cvdnn-model=small.onnx", "--cvdnn-report=results.json"],
+                                  ["--cvdnn-report", "not a report pytest-cvdnn wrote"]),
+        "bundle-dest-is-a-user-folder": (project, ["--cvdnn-model=small.onnx", "--cvdnn-save-bundle=bundles"],
+                                         ["not written by pytest-cvdnn", MARKER]),
+        "report-is-the-rootdir": (project, ["--cvdnn-model=small.onnx", f"--cvdnn-html={project}"],
+                                  ["--cvdnn-html", "it holds"]),
+    }[case]
+    before = _tree(project)
+    result = _run(cwd, *args, cache=cache)
+    text = result.stdout + result.stderr
+    assert result.returncode == 4, text  # a usage error, before any work
+    first = next(line for line in text.splitlines() if "will not write" in line)
+    assert all(w in first for w in words) and "Fix:" in first, first
+    assert _tree(project) == before
+
+
+
+def test_bundles_from_inside_a_savedmodel_leave_other_bundles_alone(tmp_path: Path) -> None:
+    """`--cvdnn-model=.` from inside the model: the bundle is named after the model's folder, not the root."""
+    from pytest_cvdnn.bundle import bundle_folder
+
+    project = _project(tmp_path)
+    (project / "bundles" / "other").mkdir(parents=True)
+    (project / "bundles" / "other" / "manifest.json").write_text('{"format": 1, "files": {}}')
+    assert bundle_folder(project / "bundles", ".", project / "export") == project / "bundles" / "export"
+    before = _tree(project)
+    result = _run(project / "export", "--cvdnn-model=.", "--cvdnn-save-bundle=../bundles", cache=tmp_path / "cache")
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text  # the fake SavedModel cannot load: its items fail, nothing is written
+    assert "INTERNALERROR" not in text
+    assert _tree(project) == before
+
+
+
+def test_a_bundle_is_written_beside_the_model_and_regenerated_in_place(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    cache = tmp_path / "cache"
+    before = _tree(project)
+    for _ in range(2):  # the second run replaces the plugin's own bundle
+        result = _run(project, "--cvdnn-model=small.onnx", "--cvdnn-save-bundle=bundles",
+                      "--cvdnn-report=report.json", "--cvdnn-html=report.html", cache=cache)
+        assert result.returncode == 0, result.stdout + result.stderr
+    bundle = project / "bundles" / "small.onnx"
+    assert (bundle / MARKER).is_file() and (bundle / "manifest.json").is_file()
+    after = _tree(project)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing the user had changed
+    assert owned_report(project / "report.json") and owned_report(project / "report.html")
+    assert [p for p in project.rglob(".cvdnn-tmp*")] == []
+
+
+
+def test_a_bundle_of_a_model_with_external_data_carries_its_weights_and_replays(tmp_path: Path) -> None:
+    """A model that keeps its weights in a data file beside it (as large models must): the bundle holds its own
+    copy of the data, named in the manifest, and replays where only the bundle is."""
+    import shutil
+
+    import onnx
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    onnx.save(base_model(), str(project / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    assert (project / "ext.weights").stat().st_size > 0
+    cache = tmp_path / "cache"
+    saved = _run(project, "--cvdnn-model=ext.onnx", "--cvdnn-save-bundle=bundles", cache=cache)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    bundle = project / "bundles" / "ext.onnx"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "model.onnx.0.data" in manifest["files"] and (bundle / "model.onnx.0.data").is_file()
+    moved = tmp_path / "elsewhere" / "ext"
+    shutil.copytree(bundle, moved)  # (the model and its data file are not there)
+    replay = _run(tmp_path / "elsewhere", f"--cvdnn-bundle={moved}", "--cvdnn-report=r.json", cache=tmp_path / "c2")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    checks = json.loads((tmp_path / "elsewhere" / "r.json").read_text())["models"][0]["checks"]
+    assert checks["verify"]["outcome"] == "passed" and checks["load"]["outcome"] == "passed", checks
+
+
+
+def test_an_onnx_beside_an_onnx_model_is_refused_not_ignored(run_cvdnn: Callable[..., Any],
+                                                             pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "good.onnx")
+    _save(base_model(seed=1), pytester.path / "shipped.onnx")
+    run = run_cvdnn("--cvdnn-model=good.onnx", "--cvdnn-onnx=shipped.onnx", report=False)
+    assert run.ret == 4, run.text
+    assert "--cvdnn-onnx=shipped.onnx: the model good.onnx is not a Keras model" in run.text
+    assert "Fix: check the file you will ship as the model: --cvdnn-model=shipped.onnx" in run.text
+
+
+
+def test_absurd_tolerances_on_the_command_line_are_usage_errors(run_cvdnn: Callable[..., Any],
+                                                                pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-srtol=1e308", report=False)
+    assert run.ret == 4 and "srtol = 1e+308 would accept an error as large as the signal itself" in run.text, run.text
+
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("output-shape", ["the graph output 'y' is declared (1, 7) but its nodes make (1, 5)",
+                      "size 7 at axis 1, the graph makes 5"]),
+    ("duplicate-opset", ["imports the operator set 'ai.onnx' twice (versions 13 and 11)"]),
+    ("self-external", ["stored in the .onnx file itself", "conv_w"]),
+])
+def test_a_graph_the_full_check_rejects_fails_convert_with_a_clear_message(kind: str, words: list[str],
+                                                                          run_cvdnn: Callable[..., Any],
+                                                                          pytester: pytest.Pytester) -> None:
+    _mutant(kind, pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx")
+    assert run.ret == 1, run.text
+    checks = run.checks()
+    convert = next(c for name, c in checks.items() if name.endswith("convert"))
+    assert convert["outcome"] == "failed" and "Fix:" in convert["message"], convert
+    assert all(w in convert["message"] for w in words), convert["message"]
+    assert not any(c["outcome"] == "passed" for name, c in checks.items() if "parity" in name)
+
+
+
+def test_a_graph_that_runs_for_ever_fails_within_the_time_limit(run_cvdnn: Callable[..., Any],
+                                                                pytester: pytest.Pytester) -> None:
+    import time
+
+    _endless_loop(pytester.path / "endless.onnx")
+    start = time.monotonic()
+    run = run_cvdnn("--cvdnn-model=endless.onnx", "--cvdnn-timeout=2")
+    assert time.monotonic() - start < 120, "the session did not end within its limits"
+    output_spec = run.checks()["output_spec"]
+    assert output_spec["outcome"] == "failed"
+    assert "onnxruntime did not finish one forward of endless.onnx within 2 s" in output_spec["message"]
+    assert "--cvdnn-timeout" in output_spec["message"]
+
+
+
+def test_an_export_format_for_a_model_with_nothing_to_export_is_a_usage_error(run_cvdnn: Callable[..., Any],
+                                                                            pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-format=tflite", report=False)
+    assert run.ret == 4 and "m.onnx is not a Keras model, so there is no tflite to export" in run.text, run.text
+
+
+
+def test_a_huge_image_in_the_inputs_folder_fails_its_items_with_the_numbers(run_cvdnn: Callable[..., Any],
+                                                                           pytester: pytest.Pytester) -> None:
+    _save(base_model(), pytester.path / "m.onnx")
+    (pytester.path / "imgs").mkdir()
+    _png_header(pytester.path / "imgs" / "scan.png", 20000, 20000)
+    run = run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-inputs=imgs")
+    assert run.ret == 1 and "Traceback" not in run.text.split("deployment summary")[-1]
+    failed = [c["message"] for c in run.checks().values() if c["outcome"] == "failed"]
+    assert failed and all("scan.png is 20000x20000 pixels" in m for m in failed), failed
+
+
+
+def test_the_plugin_rebuilds_every_damaged_entry_and_says_so(tmp_path: Path) -> None:
+    import onnx
+
+    onnx.save(base_model(), str(tmp_path / "m.onnx"))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cvdnn-model=m.onnx",
+                               "--cvdnn-cache-dir=cache", "--cvdnn-report=r.json"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    outcomes = {k: c["outcome"] for k, c in json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"].items()}
+    entries = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix in (".json", ".npz", ".sha256")
+               and p.name != "events.jsonl"]
+    assert len(entries) >= 3
+    for k, path in enumerate(entries):  # each damaged its own way
+        path.unlink()
+        [lambda: path.write_text("null"), lambda: os.mkfifo(path), lambda: path.symlink_to("/dev/zero")][k % 3]()
+    second = run()
+    text = second.stdout + second.stderr
+    assert second.returncode == 0, text
+    assert {k: c["outcome"] for k, c in
+            json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"].items()} == outcomes
+    assert "discarded and rebuilt" in text and "Traceback" not in text
+
