@@ -205,15 +205,20 @@ def test_default_cache_lives_in_pytests_cache_dir(run_cvdnn: Callable[..., Run],
     assert list((pytester.path / ".pytest_cache" / "d" / "cvdnn" / "onnx").iterdir())
 
 
-def _tamper(path: Path, index: int, delta: float) -> None:
+def _tamper(path: Path, index: int, delta: float, ulp: bool = False) -> None:
     """Shift one array of a cached .npz, written back as a valid entry (its checksum matches: e.g. outputs
-    that another OpenCV build produced under the same key), so that only a comparison can notice."""
+    that another OpenCV build produced under the same key), so that only a comparison can notice; ``ulp``: move
+    one element to the next float32 instead (the smallest change there is)."""
     from pytest_cvdnn.cache import Cache
 
     cache = Cache(path.parent.parent)
     arrays = cache.get_arrays(path.parent.name, path.name)
     assert arrays is not None
-    arrays[index] = arrays[index] + np.float32(delta)
+    if ulp:
+        arrays[index] = arrays[index].copy()
+        arrays[index].flat[0] = np.nextafter(arrays[index].flat[0], np.float32(np.inf))
+    else:
+        arrays[index] = arrays[index] + np.float32(delta)
     cache.put_arrays(arrays, path.parent.name, path.name)
 
 
@@ -234,7 +239,7 @@ def test_warm_run_replays_auxiliary_cv2_outputs_and_still_compares_them(
     assert warm.report["models"][0]["parity"] == cold.report["models"][0]["parity"]
 
     (child,) = list((cache / "cv2").glob("*.npz"))
-    _tamper(child, 1, 1e-3)  # the fresh net's output (stored as [counts, fresh..., batch...])
+    _tamper(child, 1, 0.0, ulp=True)  # one ulp of the fresh net's output (stored as [counts, fresh..., batch...])
     logit_entries = list((cache / "outputs").glob("cv2dnn-logits-*.npz"))  # the probe's, by the runner wrapper
     assert logit_entries
     for logits in logit_entries:

@@ -24,7 +24,7 @@ def _never_hang() -> Iterator[None]:
         raise TimeoutError("a cache read blocked")
 
     old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
+    signal.alarm(15)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)

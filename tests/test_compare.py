@@ -298,3 +298,31 @@ def test_input_insensitive_outputs_are_named_so_a_pass_that_shows_little_says_so
     edge = np.zeros((2, 3), np.float32)
     edge[1, 0] = 1e-4 + 1e-3 * 1e-4 * 1.01  # just beyond atol + rtol * scale
     assert input_insensitive([edge], ["edge"], tol) == []
+
+
+def test_the_near_tie_margin_is_what_both_runners_may_move_together() -> None:
+    """A top-1 gap between one and two tolerances is a near-tie (each runner may move by a tolerance, so the order
+    can flip with both in tolerance): not judged.  Beyond two tolerances it is judged."""
+    from pytest_cvdnn.compare import _topk
+
+    tol = Tolerance(atol=1e-4, rtol=0.0)
+    expected = np.array([[1.0, 1.0 + 1.5e-4, 0.0]])  # gap 1.5 tolerances
+    flipped = np.array([[1.0 + 1.5e-4, 1.0, 0.0]])
+    result = _topk(expected, flipped, 1, tol)
+    assert (result.ambiguous, result.disagree) == (1, 0), result
+    wide = np.array([[1.0, 1.0 + 2.5e-4, 0.0]])  # gap 2.5 tolerances: judged, and the flip is a disagreement
+    result = _topk(wide, np.array([[1.0 + 2.5e-4, 1.0, 0.0]]), 1, tol)
+    assert (result.ambiguous, result.disagree) == (0, 1), result
+
+
+def test_input_insensitivity_is_judged_over_the_samples_not_the_classes() -> None:
+    """Each sample's row constant over its classes but different between samples: the output depends on the input
+    (no caution).  Rows identical between samples but different over the classes: it does not (caution)."""
+    from pytest_cvdnn.compare import input_insensitive
+
+    tol = Tolerance()
+    moves = np.array([[0.1] * 5, [0.9] * 5, [0.4] * 5], np.float32)
+    assert input_insensitive([moves], ["y"], tol) == []
+    still = np.array([[0.1, 0.9, 0.3, 0.2, 0.5]] * 3, np.float32)
+    found = input_insensitive([still], ["y"], tol)
+    assert [f["name"] for f in found] == ["y"] and found[0]["samples"] == 3

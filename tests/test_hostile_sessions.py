@@ -220,3 +220,55 @@ def test_the_plugin_rebuilds_every_damaged_entry_and_says_so(tmp_path: Path) -> 
             json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"].items()} == outcomes
     assert "discarded and rebuilt" in text and "Traceback" not in text
 
+
+
+def _onnx(path: Path, nodes: list[Any], inits: list[Any], out_shape: list[Any] | None = None) -> Path:
+    """A small ONNX graph from x (N, 4) float32 to y."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_output_that_is_inf_everywhere_fails_output_spec(run_cvdnn: Callable[..., Any],
+                                                            pytester: pytest.Pytester) -> None:
+    """+inf in every element and no NaN (the NaN check alone passes it, and parity finds inf == inf: max|Δ| 0)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    one, zero = numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(0), "zero")
+    _onnx(pytester.path / "inf.onnx", [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Add", ["a", "one"], ["b"]),
+                                       helper.make_node("Div", ["b", "zero"], ["y"])], [one, zero])
+    run = run_cvdnn("--cvdnn-model=inf.onnx")
+    spec = run.checks()["output_spec"]
+    assert spec["outcome"] == "failed", spec
+    assert "not finite" in spec["message"] and "0 NaN" in spec["message"] and "Inf" in spec["message"], spec["message"]
+
+
+def test_a_pass_on_an_output_that_ignores_its_input_carries_a_caution(run_cvdnn: Callable[..., Any],
+                                                                      pytester: pytest.Pytester) -> None:
+    """y = softmax(0 * x + b): the same for every input, so parity cannot tell a right graph from a wrong one; the
+    item passes (the deployment may be right) and says how little it shows, in its message and the JSON."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    zero = numpy_helper.from_array(np.float32(0), "zero")
+    bias = numpy_helper.from_array(np.array([0.1, 0.7, 0.2, 0.4], np.float32), "bias")
+    _onnx(pytester.path / "flat.onnx", [helper.make_node("Mul", ["x", "zero"], ["m"]),
+                                        helper.make_node("Add", ["m", "bias"], ["z"]),
+                                        helper.make_node("Softmax", ["z"], ["y"], axis=1)], [zero, bias])
+    run = run_cvdnn("--cvdnn-model=flat.onnx")
+    parity = run.checks()["parity[onnxruntime-cv2dnn]"]
+    assert parity["outcome"] == "passed", parity
+    assert "caution" in parity["message"] and parity["data"]["input_insensitive"], parity
+    # and a model whose output does depend on its input gets none
+    _onnx(pytester.path / "live.onnx", [helper.make_node("Add", ["x", "bias"], ["z"]),
+                                        helper.make_node("Softmax", ["z"], ["y"], axis=1)], [bias])
+    live = run_cvdnn("--cvdnn-model=live.onnx").checks()["parity[onnxruntime-cv2dnn]"]
+    assert live["outcome"] == "passed" and "caution" not in live["message"], live
+    assert not live["data"].get("input_insensitive"), live["data"]
