@@ -213,7 +213,8 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 #: the quick tier (`pytest -m quick`, seconds, no TensorFlow): the pure comparison and spec code, and the
 #: printed snippets executed on every supported OpenCV (what mutation testing runs, benchmarks/README.md)
 QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py", "test_fuzz.py", "test_ownership.py",
-                 "test_gate_integrity.py", "test_cache_healing.py",
+                 "test_gate_integrity.py", "test_cache_healing.py", "test_decisions.py",
+                 "test_readme_numbers.py",
                  "test_architecture.py"}
 
 

@@ -4,16 +4,12 @@ Quick tier: onnx, onnxruntime and cv2 only."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import mvn_onnx
-from onnx_mutants import base_model
 
 
 def test_rewrite_equivalence_judges_tiny_outputs_on_their_own_scale() -> None:

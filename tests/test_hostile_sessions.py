@@ -272,3 +272,24 @@ def test_a_pass_on_an_output_that_ignores_its_input_carries_a_caution(run_cvdnn:
     live = run_cvdnn("--cvdnn-model=live.onnx").checks()["parity[onnxruntime-cv2dnn]"]
     assert live["outcome"] == "passed" and "caution" not in live["message"], live
     assert not live["data"].get("input_insensitive"), live["data"]
+
+
+def test_an_edited_bundle_manifest_fails_verify_and_absurd_tolerances_in_it_are_refused(
+        run_cvdnn: Callable[..., Any], pytester: pytest.Pytester) -> None:
+    """The manifest carries the bundle's tolerances, which a replay uses: it is covered by its own checksum file
+    (an edit fails the verify item), and tolerances that no parity item could fail on are refused outright."""
+    _save(base_model(), pytester.path / "m.onnx")
+    assert run_cvdnn("--cvdnn-model=m.onnx", "--cvdnn-save-bundle=bundles", report=False).ret == 0
+    manifest_path = pytester.path / "bundles" / "m.onnx" / "manifest.json"
+    assert (manifest_path.parent / "manifest.sha256").is_file()
+    original = json.loads(manifest_path.read_text())
+    loose = {**original, "settings": {**original["settings"], "atol": 0.5}}
+    manifest_path.write_text(json.dumps(loose, indent=2, sort_keys=True))
+    run = run_cvdnn("--cvdnn-bundle=bundles")
+    verify = run.checks()["verify"]
+    assert run.ret == 1 and verify["outcome"] == "failed", verify
+    assert "manifest.json has changed since the bundle was written" in verify["message"]
+    vacuous = {**original, "settings": {**original["settings"], "atol": 1e308, "rtol": 1e308, "srtol": 1e308}}
+    manifest_path.write_text(json.dumps(vacuous, indent=2, sort_keys=True))
+    refused = run_cvdnn("--cvdnn-bundle=bundles", report=False)
+    assert refused.ret == 4 and "'settings.rtol' is refused" in refused.text, refused.text[-2000:]

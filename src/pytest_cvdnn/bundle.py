@@ -26,7 +26,7 @@ from .convert import Conversion
 from .core import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo
-from .manifest import BUNDLE_FORMAT, bundle_file, load_manifest
+from .manifest import BUNDLE_FORMAT, MANIFEST_CHECKSUM, bundle_file, load_manifest, manifest_problem
 from .runners import Runner
 from .settings import ModelSettings
 from .spec import InputSpec
@@ -77,7 +77,9 @@ def save_bundle(dep: Deployment, root: Path) -> Path:
                 (staging / name).write_bytes(data)
             else:
                 shutil.copyfile(data, staging / name)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        (staging / "manifest.json").write_bytes(text)
+        (staging / MANIFEST_CHECKSUM).write_text(sha256_bytes(text) + "\n")
 
     return publish_folder(folder, fill, "--cvdnn-save-bundle", protected)
 
@@ -272,8 +274,11 @@ class BundleDeployment(Deployment):
         return None if found == digest else f"has changed (checksum {found[:12]}, manifest {digest[:12]})"
 
     def verify(self) -> list[str]:
-        """Files whose checksum differs from the manifest (or that are missing)."""
-        return [f"{name} {problem}" for name in self.manifest["files"] if (problem := self._problem(name))]
+        """The manifest against its checksum file, then files whose checksum differs from the manifest (or that
+        are missing)."""
+        edited = manifest_problem(self.folder)
+        return ([edited] if edited else []) + [f"{name} {problem}" for name in self.manifest["files"]
+                                               if (problem := self._problem(name))]
 
     def _file(self, name: str) -> Path:
         """A file the replay reads: listed in the manifest, inside the bundle, with the listed checksum."""

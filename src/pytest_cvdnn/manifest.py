@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeGuard, TypeVar
 
 from .errors import CvdnnError
 
-__all__ = ["load_manifest", "bundle_file", "BUNDLE_FORMAT"]
+__all__ = ["load_manifest", "bundle_file", "manifest_problem", "BUNDLE_FORMAT", "MANIFEST_CHECKSUM"]
 
 BUNDLE_FORMAT = 1
 
@@ -29,6 +29,23 @@ _NUMBERS = {"atol": (0.0, math.inf), "rtol": (0.0, math.inf), "srtol": (0.0, mat
 _INTEGERS = {"opset": (1, 100), "samples": (1, 10_000), "seed": (-(2**63), 2**63 - 1)}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUNNERS = ("keras", "onnxruntime")
+
+
+#: the checksum of manifest.json, written beside it: a manifest edited by hand fails the bundle's verify item
+MANIFEST_CHECKSUM = "manifest.sha256"
+
+
+def manifest_problem(folder: Path) -> str | None:
+    """What is wrong with manifest.json against its checksum file, or None."""
+    import hashlib
+
+    check = Path(folder) / MANIFEST_CHECKSUM
+    if check.is_symlink() or not check.is_file():
+        return f"manifest.json cannot be verified: {MANIFEST_CHECKSUM} is missing"
+    found = hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
+    stored = check.read_text(errors="replace").strip()
+    return None if found == stored else (f"manifest.json has changed since the bundle was written (checksum "
+                                         f"{found[:12]}, {MANIFEST_CHECKSUM} {stored[:12]})")
 
 
 def _bad(folder: Path, field: str, what: str) -> NoReturn:
@@ -103,12 +120,17 @@ def load_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    from .compare import tolerance_problem
+
     for key, (low, high) in _NUMBERS.items():
         if key == "srtol" and key not in settings:  # (bundles written before srtol existed)
             continue
         value = settings.get(key)
         if not _number(value) or not low <= value <= high:
             _bad(folder, f"'settings.{key}'", f"is {value!r}, not a number >= {low:g}")
+        problem = tolerance_problem(key, value)
+        if problem:  # (an edited tolerance that no parity item could fail on)
+            _bad(folder, f"'settings.{key}'", f"is refused: {problem}")
     for key, (low, high) in _INTEGERS.items():
         value = settings.get(key)
         if not _is(value, int) or not low <= value <= high:

@@ -85,7 +85,7 @@ def owned_folder(folder: Path) -> bool:
         return False
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
-        listed = set(data["files"]) | {"manifest.json"}
+        listed = set(data["files"]) | {"manifest.json", "manifest.sha256"}
         present = {p.name for p in folder.iterdir()}
     except (OSError, ValueError, KeyError, TypeError):
         return False

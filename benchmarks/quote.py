@@ -1,0 +1,53 @@
+"""The README's measured numbers, rendered from the stored result files (one source of truth).
+
+``python benchmarks/quote.py`` prints each block; the README holds them between ``<!-- quote:NAME -->`` and
+``<!-- /quote -->`` and ``tests/test_readme_numbers.py`` checks that every block equals what this renders from
+the files (re-run a benchmark, then paste its block: the test says which one changed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+def _gate(r: dict[str, Any]) -> str:
+    return (
+        f"cold gate {r['cold_s']:.1f} s against {r['plain_s']:.1f} s for a hand-written convert-and-compare script "
+        f"({r['cold_over_plain']:.2f}×, with the checks that script does not do; {r['cold_in_process_s']:.1f} s "
+        f"with TensorFlow in the pytest process), warm gate {r['warm_s']:.1f} s ({r['warm_over_cold']:.3f}× cold: "
+        f"no conversion, no TensorFlow, onnx or onnxruntime) — {r['warm_over_floor']:.2f}× a script that only "
+        f"loads the ONNX and runs the same 8 forwards (best of 7: {r['warm_best_of_7_s']:.2f} s against "
+        f"{r['warm_floor_s']:.2f} s), an ONNX-only cold gate {r['onnx_cold_s']:.2f} s "
+        f"({r['onnx_cold_over_floor']:.2f}× a script doing its forwards and validation by hand), a factory module "
+        f"that imports Keras at its top {r['factory_cold_s']:.1f} s cold and {r['factory_warm_s']:.2f} s warm (no "
+        f"TensorFlow), peak RSS of the pytest process {r['pytest_rss_cold_mib']} MiB cold "
+        f"({r['pytest_rss_cold_in_process_mib']} MiB with TensorFlow in-process), four MobileNetV2 gates "
+        f"{r['scale_serial_s']:.1f} s with `-n 0` and {r['scale_n2_s']:.1f} s with `-n 2` "
+        f"({r['scale_speedup']:.2f}×, one conversion each)."
+    )
+
+
+#: block name -> (result file, renderer)
+BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "bench_gate": ("results.json", _gate),
+}
+
+
+def render(name: str) -> str:
+    file, fn = BLOCKS[name]
+    return fn(json.loads((HERE / file).read_text()))
+
+
+def quoted(text: str) -> dict[str, str]:
+    """The blocks a document holds: name -> its text (whitespace folded)."""
+    return {m.group(1): " ".join(m.group(2).split())
+            for m in re.finditer(r"<!-- quote:(\w+) -->(.*?)<!-- /quote -->", text, re.S)}
+
+
+if __name__ == "__main__":
+    for name in BLOCKS:
+        print(f"<!-- quote:{name} -->\n{render(name)}\n<!-- /quote -->\n")
