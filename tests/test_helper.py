@@ -194,6 +194,7 @@ def test_xdist_workers_work_in_process_when_the_shared_helper_is_gone(
         assert "in the TensorFlow helper process" not in run.checks(index)["convert"]["message"]
 
 
+@pytest.mark.zoo  # (compares wall-clock times taken in two processes: timing, not logic; the zoo tier runs it)
 def test_the_helper_converts_the_next_model_while_the_pytest_process_checks_this_one(
     run_cvdnn: Callable[..., Run], pytester: pytest.Pytester, tmp_path: Path,
 ) -> None:

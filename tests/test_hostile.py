@@ -208,6 +208,7 @@ def test_a_savedmodels_graph_file_is_explained(pytester: pytest.Pytester) -> Non
                                  "Fix: pass the folder exported instead*--cvdnn-format=tf*"])
 
 
+@pytest.mark.zoo  # (asks the package index: the network is not the default tier's)
 def test_an_opencv_that_cannot_be_installed_fails_its_items_not_the_session(
         run_cvdnn: Callable[..., Run], models: dict[str, Path], copy_model: Callable[..., Path]) -> None:
     copy_model(models["onnx"])

@@ -293,3 +293,23 @@ def test_an_edited_bundle_manifest_fails_verify_and_absurd_tolerances_in_it_are_
     manifest_path.write_text(json.dumps(vacuous, indent=2, sort_keys=True))
     refused = run_cvdnn("--cvdnn-bundle=bundles", report=False)
     assert refused.ret == 4 and "'settings.rtol' is refused" in refused.text, refused.text[-2000:]
+
+
+def test_a_model_file_name_that_is_not_utf8_is_a_usage_error_and_reports_still_write(tmp_path: Path) -> None:
+    name = b"bad\xff.onnx"
+    _save(base_model(), Path(os.fsdecode(bytes(tmp_path) + b"/" + name)))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run([os.fsencode(sys.executable), b"-m", b"pytest", b"-p", b"no:cacheprovider",
+                             b"--cvdnn-model=" + name, b"--cvdnn-cache-dir=cache", b"--cvdnn-report=r.json"],
+                            cwd=tmp_path, capture_output=True, timeout=300)
+    text = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode == 4, text
+    assert "the model path 'bad\\xff.onnx' is not valid UTF-8" in text and "Fix: rename the file" in text
+    assert "Traceback" not in text
+
+
+def test_a_report_with_a_non_utf8_name_in_it_is_written(tmp_path: Path) -> None:
+    from pytest_cvdnn.report import publish
+
+    publish(tmp_path / "r.html", "<p>bad\udcff.onnx</p>")
+    assert "bad\\udcff.onnx" in (tmp_path / "r.html").read_text()

@@ -137,7 +137,7 @@ def publish(path: Path, text: str, option: str = "the report", protected: Any = 
     check_report_path(path, option, protected if protected is not None else Protected.of([]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:  # (a non-UTF-8 file name)
         fh.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

@@ -320,6 +320,13 @@ def parse_source(text: str, rootdir: Path | None = None) -> ModelSource:
     raw = text.strip()
     if not raw:
         raise CvdnnError("an empty model path was given", fix="pass --cvdnn-model=path/to/model.keras")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise CvdnnError(f"the model path '{shown}' is not valid UTF-8; onnx, onnxruntime and OpenCV's Python "
+                         "bindings cannot open such a name (your deployment could not either)",
+                         fix="rename the file or folder to a UTF-8 name (e.g. with mv on the command line)") from None
     candidate = Path(os.path.expanduser(raw))
     if not candidate.is_absolute() and rootdir is not None and not candidate.exists():
         alt = rootdir / candidate
