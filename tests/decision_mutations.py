@@ -91,6 +91,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              "return os.path.exists(path)",
              ("tests/test_cache_healing.py::test_special_files_in_the_cache_are_never_opened",),
              "a FIFO in the cache hangs the session for ever"),
+    Mutation("crash-unsafe-local-load", "core.py", "            self._crash_safe(onnx_path, names, output_names)\n",
+             "",
+             ("tests/test_hostile_sessions.py::"
+              "test_a_graph_whose_import_crashes_opencv_fails_its_load_item_not_the_session",),
+             "a graph that segfaults OpenCV's importer ends the session: no summary, no report"),
     Mutation("image-budget-unchecked", "budget.py", "    if need > budget:\n        raise CvdnnError(\n"
              "            f\"{option}:", "    if False:\n        raise CvdnnError(\n            f\"{option}:",
              ("tests/test_gate_integrity.py::test_a_huge_photo_is_refused_before_it_is_decoded",),

@@ -313,3 +313,50 @@ def test_a_report_with_a_non_utf8_name_in_it_is_written(tmp_path: Path) -> None:
 
     publish(tmp_path / "r.html", "<p>bad\udcff.onnx</p>")
     assert "bad\\udcff.onnx" in (tmp_path / "r.html").read_text()
+
+
+_CRASHING_OPENCV = '''
+import os, signal
+
+
+def _plant():  # (test-only: OpenCV's importer crashing on one file, as it does on some real graphs)
+    import cv2
+
+    real = cv2.dnn.readNetFromONNX
+
+    def read(path, *args):
+        if "crash" in os.path.basename(str(path)):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(path, *args)
+
+    cv2.dnn.readNetFromONNX = read
+
+
+_plant()
+'''
+
+
+def test_a_graph_whose_import_crashes_opencv_fails_its_load_item_not_the_session(tmp_path: Path) -> None:
+    """OpenCV's importer segfaults on some valid graphs (a byte classifier with a computed Reshape, on 5.1 and
+    4.8.1); the crash is planted here with a sitecustomize module, in every process of the session.  The local
+    cv2.dnn first reads the artifact in a child process: the load item fails naming the crash, the other model
+    of the session is checked, the reports are written."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_CRASHING_OPENCV)
+    _save(base_model(), tmp_path / "crash.onnx")
+    _save(base_model(seed=1), tmp_path / "fine.onnx")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cvdnn-model=crash.onnx",
+                             "--cvdnn-model=fine.onnx", "--cvdnn-cache-dir=cache", "--cvdnn-report=r.json"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text[-3000:]
+    assert "cvdnn deployment summary" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    crash, fine = ({k: c for k, c in m["checks"].items()} for m in report["models"])
+    load = crash["load"]
+    assert load["outcome"] == "failed", load
+    assert "cv2.dnn crashed the process (SIGSEGV) reading crash.onnx" in load["message"]
+    assert "it ran in a child process, so the session goes on" in load["message"] and "Fix:" in load["message"]
+    assert all(c["outcome"] != "failed" for c in fine.values()), fine

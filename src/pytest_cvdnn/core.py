@@ -579,8 +579,30 @@ class Deployment:
         names = [i.name for i in self.graph.inputs]
         target = self.target
         if target.is_local:
+            self._crash_safe(onnx_path, names, output_names)
             return Cv2DnnRunner(onnx_path, names, output_names, self.settings.engine)
         return RemoteCv2Runner(onnx_path, names, output_names, self.settings.engine, target)
+
+    def _crash_safe(self, onnx_path: Path, names: Sequence[str], output_names: Sequence[str]) -> None:
+        """Before the local cv2.dnn reads an artifact in the pytest process, a child process reads it and runs
+        sample 0 once: a graph that crashes OpenCV (a segfault in its importer) fails the load item there
+        instead of ending the session.  Remembered per artifact, engine and OpenCV build (a warm run starts no
+        child); an ordinary OpenCV error is left to the in-process load, which explains it."""
+        from .cache import sha256_file
+        from .runners.isolated import LOCAL, child_call
+
+        key = sha256_bytes(f"{sha256_file(onnx_path)}|{self.settings.engine}|{self.opencv_build}|"
+                           f"{','.join(output_names)}".encode())[:40]
+        if self.cache.get_json("crash-safe", f"{key}.json"):
+            return
+        try:
+            feeds = [x[:1] for x in self.to_onnx_inputs(self.inputs)] if self.settings.format == "onnx" else []
+        except (CvdnnError, StageSkipped):
+            feeds = []
+        resp, _ = child_call(LOCAL, onnx_path, self.settings.engine, names, output_names, feeds,
+                             timeout=self.settings.timeout)  # (a crash raises ChildError: load_runner says it)
+        if resp.get("ok"):
+            self.cache.put_json({"ok": True}, "crash-safe", f"{key}.json")
 
     @property
     def cv2net(self) -> Any:

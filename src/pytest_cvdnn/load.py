@@ -35,6 +35,8 @@ def load_runner(dep: Deployment) -> Runner:
     try:
         return dep.cv2_runner(dep.onnx_path, dep.output_names)
     except ChildError as exc:
+        if exc.message.startswith("cv2.dnn crashed"):
+            raise _crash_error(dep, exc) from None
         raw = exc.raw.strip() or exc.message
         version = exc.opencv or (opencv_version() if dep.target.is_local else "?")
     except CvdnnError:
@@ -42,6 +44,23 @@ def load_runner(dep: Deployment) -> Runner:
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raw, version = str(exc), opencv_version()
     raise _load_error(dep, raw, version)
+
+
+def _crash_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
+    """OpenCV crashed (a signal) reading or running the artifact in a child process."""
+    from .runners.cv2dnn import opencv_version
+
+    version = opencv_version() if dep.target.is_local else dep.target_opencv_version()
+    what = "reading" if getattr(exc, "stage", "load") == "load" else "running sample 0 of"
+    tail = "\n".join(getattr(exc, "raw", "").strip().splitlines()[-12:])
+    return CvdnnError(
+        f"{exc.message.rstrip('.')} {what} {dep.onnx_path.name} (OpenCV {version}, engine {dep.settings.engine}, "
+        f"{dep.target_label}); it ran in a child process, so the session goes on",
+        fix=("the crash is OpenCV's: report it with the model; meanwhile try another --cvdnn-engine (OpenCV 5), "
+             "another OpenCV version (--cvdnn-target=opencv==X.Y.Z), or export the inputs as float32 and fixed "
+             "shapes (static shapes, onnxslim) — importers crash most on computed shapes and integer inputs"
+             + newer_opencv(version)),
+        details=("the child's last output:\n" + tail) if tail else None)
 
 
 def _load_error(dep: Deployment, raw: str, version: str) -> CvdnnError:

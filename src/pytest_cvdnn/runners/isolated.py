@@ -49,6 +49,7 @@ try:
     from pytest_cvdnn.runners.cv2dnn import Cv2DnnRunner
     runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"])
     resp["stage"] = "forward"
+    open(folder + "/loaded", "w").close()  # (a crash after this is the forward's, before it the import's)
     for r, names in enumerate(req["runs"]):
         feeds = [np.load(f"{folder}/{name}") for name in names]
         outs = runner.forward(feeds) if req.get("partial") else runner.infer(feeds)
@@ -156,7 +157,8 @@ class ChildRun:
                         if done.is_file() else None)
         resp_path = self.folder / "response.json"
         if code < 0:
-            resp = {"ok": False, "stage": "forward", "signal": signal.Signals(-code).name, "stderr": stderr[-2000:]}
+            stage = "forward" if (self.folder / "loaded").is_file() else "load"
+            resp = {"ok": False, "stage": stage, "signal": signal.Signals(-code).name, "stderr": stderr[-2000:]}
         elif resp_path.is_file():
             resp = json.loads(resp_path.read_text())
         else:
@@ -212,8 +214,8 @@ def _raise_for(resp: dict[str, Any]) -> None:
     if resp.get("ok"):
         return
     if resp.get("signal"):
-        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage="forward", opencv=None,
-                         raw=resp.get("stderr", ""))
+        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage=resp.get("stage", "forward"),
+                         opencv=None, raw=resp.get("stderr", ""))
     from .cv2dnn import opencv_error_line
 
     raw = resp.get("error", "")
