@@ -129,7 +129,7 @@ STRUCTURAL: dict[str, Callable[[Any], None]] = {
     "conv_group_zero": lambda m: _set_int(m, "conv", "group", 0),
     "tile_huge": _tile,
     "reshape_huge": _reshape_huge,
-    "input_dims_minus_one": lambda m: _input_dims(m, [-1, -1, -1, -1]),
+    "input_dims_negative": lambda m: _input_dims(m, [-7, -7, -7, -7]),
     "input_rank_one": lambda m: _input_dims(m, [768]),
     "input_batch_zero": lambda m: _input_dims(m, [0, 3, 16, 16]),
     "input_height_zero": lambda m: _input_dims(m, [1, 3, 0, 16]),

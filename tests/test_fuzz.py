@@ -71,7 +71,7 @@ _NAMED = {
     "tile_huge": ("node 'tile'", "reps=[1, 1, 100000, 100000]", "GiB"),
     "reshape_huge": ("node 'reshape'", "shape=[1, 1000000000000]"),
     "weights_wrong_channels": ("node 'conv'", "reads 3 channels", "expect 7"),
-    "input_dims_minus_one": ("input 'x'", "size -1 at axis 0"),
+    "input_dims_negative": ("input 'x'", "size -7 at axis 0"),
     "input_batch_zero": ("input 'x'", "size 0 at axis 0"),
     "input_dtype_undefined": ("input 'x'", "elem_type 0"),
     "external_offset_huge": ("tensor 'fc_w'", "offset 4611686018427387904", "80 bytes"),

@@ -589,18 +589,29 @@ class Deployment:
         instead of ending the session.  Remembered per artifact, engine and OpenCV build (a warm run starts no
         child); an ordinary OpenCV error is left to the in-process load, which explains it."""
         from .cache import sha256_file
-        from .runners.isolated import LOCAL, child_call
+        from .runners.isolated import LOCAL, ChildError, child_call
 
         key = sha256_bytes(f"{sha256_file(onnx_path)}|{self.settings.engine}|{self.opencv_build}|"
                            f"{','.join(output_names)}".encode())[:40]
-        if self.cache.get_json("crash-safe", f"{key}.json"):
+        known = self.cache.get_json("crash-safe", f"{key}.json")
+        if known and known.get("crash"):  # (remembered: a warm run starts no child to crash again)
+            self.events.append("load-crashed")
+            raise ChildError(known["crash"], stage=str(known.get("stage", "load")), opencv=None,
+                             raw=str(known.get("raw", "")))
+        if known:
             return
         try:
             feeds = [x[:1] for x in self.to_onnx_inputs(self.inputs)] if self.settings.format == "onnx" else []
         except (CvdnnError, StageSkipped):
             feeds = []
-        resp, _ = child_call(LOCAL, onnx_path, self.settings.engine, names, output_names, feeds,
-                             timeout=self.settings.timeout)  # (a crash raises ChildError: load_runner says it)
+        try:
+            resp, _ = child_call(LOCAL, onnx_path, self.settings.engine, names, output_names, feeds,
+                                 timeout=self.settings.timeout)
+        except ChildError as exc:  # a crash: load_runner says it; remembered for the next run
+            self.events.append("load-crashed")
+            self.cache.put_json({"crash": exc.message, "stage": exc.stage, "raw": exc.raw[-2000:]}, "crash-safe",
+                                f"{key}.json")
+            raise
         if resp.get("ok"):
             self.cache.put_json({"ok": True}, "crash-safe", f"{key}.json")
 

@@ -120,17 +120,21 @@ def _anonymous(error: str, node: Any) -> str:
 
 
 def _probe_load(dep: "Deployment", path: Path, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
-    """Does cv2.dnn of the target import this one-node model?  In-process for the local OpenCV."""
+    """Does cv2.dnn of the target import this one-node model?  In-process for the local OpenCV, unless reading
+    the whole graph crashed it (then each probe runs in a child process too)."""
     from .runners.cv2dnn import read_net
-    from .runners.isolated import child_call
+    from .runners.isolated import ChildError, child_call
 
-    if dep.target.is_local:
+    if dep.target.is_local and "load-crashed" not in dep.events:
         try:
             read_net(path, dep.settings.engine)
         except Exception as exc:  # noqa: BLE001 - cv2.error
             return {"ok": False, "error": _probe_error(str(exc))}
         return {"ok": True, "error": ""}
-    resp, _ = child_call(dep.target, path, dep.settings.engine, inputs, outputs)
+    try:
+        resp, _ = child_call(dep.target, path, dep.settings.engine, inputs, outputs)
+    except ChildError as exc:  # this node alone crashes the importer
+        return {"ok": False, "error": f"{exc.message} importing it alone"}
     return {"ok": bool(resp.get("ok")), "error": "" if resp.get("ok") else _probe_error(resp.get("error", ""))}
 
 

@@ -51,7 +51,8 @@ class GraphInfo:
 
 def _dims(type_proto: Any) -> tuple[int | None, ...]:
     dims = type_proto.tensor_type.shape.dim
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims)
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value != -1 else None for d in dims)  # (-1:
+    # dynamic, as paddle2onnx and others write it)
 
 
 def load_model(path: Path) -> Any:

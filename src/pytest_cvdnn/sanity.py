@@ -85,11 +85,11 @@ def _check_interface(path: Path, graph: Any) -> None:
                     fix=f"{_REEXPORT}, or set it: model.graph.{kind}[k].type.tensor_type.elem_type = "
                     "onnx.TensorProto.FLOAT")
             for axis, dim in enumerate(item.type.tensor_type.shape.dim if kind == "input" else ()):
-                if dim.HasField("dim_value") and dim.dim_value < 1:
-                    raise CvdnnError(
+                if dim.HasField("dim_value") and dim.dim_value < 1 and dim.dim_value != -1:  # (-1: dynamic, as
+                    raise CvdnnError(  # paddle2onnx and others write it; onnxruntime holds an input to a 0)
                         f"{path}: the graph {kind} {item.name!r} declares the size {dim.dim_value} at axis {axis} "
-                        f"(shape {_shape_text(item)}); a size below 1 cannot hold a sample, and ONNX marks an "
-                        "unknown size with a name (dim_param), not a number",
+                        f"(shape {_shape_text(item)}); a size below 1 cannot hold a sample (onnxruntime refuses "
+                        "any other size for it), and a dynamic size is written as a name or -1",
                         fix=f"{_REEXPORT} with a positive or named size, e.g. dim.dim_param = 'batch' for a "
                         "dynamic batch")
 
@@ -180,8 +180,14 @@ def _inferred(model: Any, batch: int) -> Any:
     inits = {i.name for i in copy.graph.initializer}
     for item in copy.graph.input:
         dims = item.type.tensor_type.shape.dim
-        if item.name not in inits and dims and not dims[0].HasField("dim_value"):
+        if item.name in inits:
+            continue
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
             dims[0].dim_value = batch
+    for item in (*copy.graph.input, *copy.graph.output):  # (-1 means dynamic, as paddle2onnx and others write it)
+        for axis, dim in enumerate(item.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value == -1:
+                dim.dim_param = f"dynamic_{axis}"
     try:
         return shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - a model shape inference cannot follow is judged by the checker and runtimes
