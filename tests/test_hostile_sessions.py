@@ -402,3 +402,17 @@ def test_a_dynamic_size_written_as_minus_one_is_dynamic(run_cvdnn: Callable[...,
     failed = {k: c["message"][:300] for k, c in checks.items() if c["outcome"] == "failed"}
     assert not failed and run.ret == 0, failed
     assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed"
+
+
+@pytest.mark.parametrize("key, close", [("cvdnn_preprocces", "cvdnn_preprocess"), ("cvdnn_model", "cvdnn_models"),
+                                        ("cvdnn_atoll", "cvdnn_atol")])
+def test_a_misspelt_ini_key_is_a_usage_error_not_a_green_gate(key: str, close: str, pytester: pytest.Pytester) -> None:
+    """A typo used to be a warning and a pass that checked something else (the declared spec ignored), or nothing
+    (exit 5)."""
+    _save(base_model(), pytester.path / "good.onnx")
+    pytester.makepyprojecttoml(f'[tool.pytest.ini_options]\n{key} = "none,swap_rb=0"\ncvdnn_models = ["good.onnx"]\n'
+                               if key != "cvdnn_model" else '[tool.pytest.ini_options]\ncvdnn_model = ["good.onnx"]\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert f"unknown pytest-cvdnn ini key {key!r}. Fix: did you mean {close!r}?" in text
