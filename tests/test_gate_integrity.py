@@ -66,8 +66,32 @@ def _self_external(path: Path) -> Path:
     return path
 
 
+def _if_wrong_branch(path: Path) -> Path:
+    """An If whose branches both make (1, 9) where the node reading it takes (1, 4): valid per node, wrong as a
+    graph (strict shape inference refuses the Add)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str) -> object:
+        value = numpy_helper.from_array(np.ones((1, 9), np.float32), f"{name}_c")
+        return helper.make_graph([helper.make_node("Constant", [], [f"{name}_o"], value=value)], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_o", TensorProto.FLOAT, [1, 9])])
+
+    nodes = [helper.make_node("If", ["cond"], ["b"], then_branch=branch("then"), else_branch=branch("else"),
+                              name="if"),
+             helper.make_node("Add", ["x", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.array(True), "cond")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _save(model, path)
+
+
 def _mutant(kind: str, path: Path) -> Path:
     from onnx import helper
+
+    if kind == "if-branch":
+        return _if_wrong_branch(path)
 
     model = base_model()
     if kind == "output-shape":

@@ -143,6 +143,7 @@ def test_absurd_tolerances_on_the_command_line_are_usage_errors(run_cvdnn: Calla
                       "size 7 at axis 1, the graph makes 5"]),
     ("duplicate-opset", ["imports the operator set 'ai.onnx' twice (versions 13 and 11)"]),
     ("self-external", ["stored in the .onnx file itself", "conv_w"]),
+    ("if-branch", ["full check (strict shape inference) rejects node 'add' (Add)", "Incompatible dimensions"]),
 ])
 def test_a_graph_the_full_check_rejects_fails_convert_with_a_clear_message(kind: str, words: list[str],
                                                                           run_cvdnn: Callable[..., Any],

@@ -264,9 +264,10 @@ def validate_onnx(path: Path, layer_names: Sequence[str] = (), provided: bool = 
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
         raise _rejected(f"onnx.checker rejects {what}", exc, layer_names, fix) from exc
-    from .sanity import check_declared_outputs
+    from .sanity import check_declared_outputs, check_strict_inference
 
     check_declared_outputs(path, model)
+    check_strict_inference(path, model)
     import onnxruntime as ort
 
     try:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from .errors import CvdnnError
 
-__all__ = ["check_structure", "check_tensor_sizes", "largest_tensor", "check_declared_outputs"]
+__all__ = ["check_structure", "check_tensor_sizes", "largest_tensor", "check_declared_outputs", "check_strict_inference"]
 
 _REEXPORT = "re-export the model from its framework (the file is damaged or was edited by hand)"
 
@@ -285,3 +285,42 @@ def check_declared_outputs(path: Path, model: Any) -> None:
                 f"{_shape_text(item)} ({what}); the interface contradicts the graph",
                 fix=f"{_REEXPORT}, or correct the declared shape (or clear it: "
                 "model.graph.output[k].type.tensor_type.ClearField('shape'); onnx.save(model, path))")
+
+
+def check_strict_inference(path: Path, model: Any) -> None:
+    """onnx.checker's full check (strict shape inference) on the path, as its users run it: a node whose inputs
+    cannot meet (an Add of (1, 4) and (1, 9) after an If whose branches make the wrong shape) is refused here.
+    Errors inside a function op's own body (MeanVarianceNormalization's expansion fails in strict mode though
+    every runtime runs the op) and on nodes of other domains (onnxruntime's contrib ops) are left to the
+    runtimes: they are onnx's limits, not the file's."""
+    import re
+
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError, InferenceError
+        text = " ".join(str(exc).split())
+        found = re.search(r"op_type:([\w.]+), node name: ([^)]*)\)", text)
+        if found is None:
+            return  # (not a node's inference error: the plain checker, run before, judged the rest)
+        node = next((n for n in model.graph.node if n.name == found.group(2)), None)
+        if node is not None and (node.domain not in ("", "ai.onnx") or _is_function_op(model, node)):
+            return
+        raise CvdnnError(
+            f"{path}: onnx.checker's full check (strict shape inference) rejects node {found.group(2)!r} "
+            f"({found.group(1)}): {text[:300]}",
+            fix=f"{_REEXPORT}; onnx.checker.check_model(path, full_check=True) shows the same",
+            node=found.group(2) or None) from None
+
+
+def _is_function_op(model: Any, node: Any) -> bool:
+    """Is the node's operator defined by a function body (expanded by shape inference)?"""
+    import onnx
+
+    version = next((o.version for o in model.opset_import if (o.domain or "") == ""), None)
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version or onnx.defs.onnx_opset_version(), "")
+    except Exception:  # noqa: BLE001 - no schema: not a standard op
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
