@@ -417,3 +417,19 @@ def test_a_misspelt_ini_key_is_a_usage_error_not_a_green_gate(key: str, close: s
     text = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, text
     assert f"unknown pytest-cvdnn ini key {key!r}. Fix: did you mean {close!r}?" in text
+
+
+def test_a_keras_model_without_the_keras_extra_names_the_pip_command(run_cvdnn: Callable[..., Any],
+                                                                     models: dict[str, Path],
+                                                                     pytester: pytest.Pytester) -> None:
+    """Keras and TensorFlow made unimportable in the session (as where only `pip install pytest-cvdnn` ran): the
+    convert item says what to install, not "an error the plugin does not recognise … report this as a bug"."""
+    import shutil
+
+    shutil.copyfile(models["cnn"], pytester.path / "m.keras")
+    pytester.makeconftest("import sys\nfor m in ('tensorflow', 'keras', 'tf2onnx'):\n    sys.modules[m] = None\n")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-tf-in-process", "-k", "convert", cache=None)
+    convert = run.checks()["convert"]
+    assert convert["outcome"] == "failed", convert
+    assert "which is not installed (no module named" in convert["message"], convert["message"]
+    assert 'Fix: pip install "pytest-cvdnn[keras]"' in convert["message"] and "does not recognise" not in convert["message"]

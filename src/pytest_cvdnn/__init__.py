@@ -9,7 +9,17 @@ from .compare import DEFAULT_ATOL, DEFAULT_RTOL, ParityResult, Tolerance, compar
 from .errors import CvdnnError
 from .spec import InputSpec, SpecError
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is the one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-cvdnn")
+    except PackageNotFoundError:  # (run from a source tree that is not installed)
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "DEFAULT_ATOL",

@@ -33,11 +33,21 @@ class StageSkipped(Exception):
     """A stage cannot run because a stage it depends on failed (or is not applicable)."""
 
 
+#: the modules of the [keras] extra, by what they do
+_KERAS_EXTRA = {"tensorflow": "TensorFlow (the Keras side)", "keras": "Keras (the Keras side)",
+                "tf2onnx": "tf2onnx (the conversion to ONNX)", "skimage": "scikit-image (its photos)"}
+
+
 def unrecognised(what: str, exc: BaseException) -> CvdnnError:
     """An exception the plugin did not foresee, as one paragraph: ``what`` ("m.keras: the convert stage") "failed
     with an error the plugin does not recognise", its type and first line, the traceback in the details."""
     import traceback
 
+    missing = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if missing in _KERAS_EXTRA:
+        return CvdnnError(f"{what} needs {_KERAS_EXTRA[missing]}, which is not installed (no module named "
+                          f"{missing!r})", fix='pip install "pytest-cvdnn[keras]" (TensorFlow, tf2onnx and '
+                          "scikit-image's photos); an ONNX or TFLite model needs none of them")
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return CvdnnError(f"{what} failed with an error the plugin does not recognise ({type(exc).__name__}: {first})",
                       fix="check the model file and the options; if they are right, report this as a pytest-cvdnn "
