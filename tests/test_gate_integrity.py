@@ -251,3 +251,11 @@ def test_a_blob_beyond_the_budget_is_refused_before_it_is_made() -> None:
     assert make_blob(photos, InputSpec(size=(16, 16))).shape == (3, 3, 16, 16)
 
 
+
+
+def test_a_misspelt_marker_keyword_names_the_one_it_looks_like() -> None:
+    from pytest_cvdnn.settings import ModelSettings
+
+    with pytest.raises(ValueError, match=r"unknown @pytest.mark.cvdnn keyword\(s\) \['input_spc'\] \(did you mean "
+                       r"'input_spec'\?\)"):
+        ModelSettings(model="m.keras").with_marker({"input_spc": "tf"})

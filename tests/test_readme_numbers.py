@@ -40,3 +40,16 @@ def test_a_changed_result_file_is_caught(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "results.json").write_text(json.dumps(data))
     monkeypatch.setattr(quote, "HERE", tmp_path)
     assert " ".join(render("bench_gate").split()) != quoted((ROOT / "README.md").read_text())["bench_gate"]
+
+
+def test_user_facing_text_never_names_the_projects_own_issues() -> None:
+    """Messages (every string in src/), the README, the docs, the changelog and the benchmarks' README speak of
+    the product, never of how the work was organised ("issue 15's zoo")."""
+    import re
+
+    pattern = re.compile(r"\bissues? ?#?\d+", re.IGNORECASE)
+    files = [*(ROOT / "src").rglob("*.py"), ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md",
+             *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*.py")]
+    found = [f"{f.relative_to(ROOT)}:{n}: {line.strip()[:120]}" for f in files
+             for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not found, found

@@ -38,7 +38,7 @@ KNOWN_IMPORTERS = {
     "Squeeze": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 11",
     "Clip": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0); 4.5.5 needs opset <= 10 (min/max as attributes)",
     "Slice": "OpenCV >= 4.8 (measured: 4.8.1, 4.10, 4.12, 5.0)",
-    "Gather": "OpenCV >= 4.8 (measured: 4.8.1 with VGG16's Flatten, issue 15's zoo)",
+    "Gather": "OpenCV >= 4.8 (measured: 4.8.1 with VGG16's Flatten)",
 }
 
 

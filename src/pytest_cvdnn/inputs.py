@@ -39,7 +39,7 @@ def fill_spatial(shape: Sequence[int | None], size: tuple[int, int] | None, name
 
 #: peak bytes the checks need per input value and sample, for a model whose output is as large as its input (the
 #: worst case: a Relu on 1x3x2000x2000, 4 samples, measured by peak RSS): 473 bytes per value of one sample before
-#: issue 16's work on compare (float64 temporaries, index arrays of n), 309 after — the samples, their NCHW
+#: the work on compare (float64 temporaries, index arrays of n), 309 after — the samples, their NCHW
 #: copies, two runners' outputs and one comparison (~45 bytes per compared value); 80 x 4 samples = 320 covers it
 PEAK_BYTES_PER_VALUE = 80
 

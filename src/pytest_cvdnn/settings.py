@@ -355,8 +355,12 @@ class ModelSettings:
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
         unknown = set(kwargs) - set(MARKER_KEYS)
         if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(sorted(unknown)[0], MARKER_KEYS, n=1, cutoff=0.6)
             raise ValueError(
-                f"unknown @pytest.mark.cvdnn keyword(s) {sorted(unknown)}; known: {', '.join(MARKER_KEYS)}"
+                f"unknown @pytest.mark.cvdnn keyword(s) {sorted(unknown)}"
+                + (f" (did you mean {close[0]!r}?)" if close else "") + f"; known: {', '.join(MARKER_KEYS)}"
             )
         changes: dict[str, Any] = {}
         for key, value in kwargs.items():
