@@ -323,4 +323,4 @@ def _is_function_op(model: Any, node: Any) -> bool:
         schema = onnx.defs.get_schema(node.op_type, version or onnx.defs.onnx_opset_version(), "")
     except Exception:  # noqa: BLE001 - no schema: not a standard op
         return False
-    return bool(schema.has_function or schema.has_context_dependent_function)
+    return bool(getattr(schema, "has_function", False) or getattr(schema, "has_context_dependent_function", False))
