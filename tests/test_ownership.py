@@ -122,6 +122,9 @@ def test_a_report_replaces_only_a_report(tmp_path: Path) -> None:
         check_report_path(tmp_path / "theirs.json", "--cvdnn-report", protected)
     (tmp_path / "ours.json").write_text('{"schema": 3, "tool": "pytest-cvdnn", "models": []}')
     check_report_path(tmp_path / "ours.json", "--cvdnn-report", protected)
+    (tmp_path / "old.html").write_text('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
+                                       "pytest-cvdnn: 1 model(s), 0 failed item(s)</title>")
+    check_report_path(tmp_path / "old.html", "--cvdnn-html", protected)  # (a page from before the generator tag)
     (tmp_path / "empty.html").write_text("")
     check_report_path(tmp_path / "empty.html", "--cvdnn-html", protected)
     (tmp_path / "a_folder").mkdir()

@@ -27,7 +27,8 @@ __all__ = ["MARKER", "Protected", "owned_folder", "owned_report", "publish_folde
 #: the file that marks a folder as written by the plugin (its content names the tool)
 MARKER = ".pytest-cvdnn"
 #: what a report the plugin wrote holds near its start (JSON: the "tool" key; HTML: the generator meta tag)
-REPORT_MARKERS = ('"tool": "pytest-cvdnn"', '<meta name="generator" content="pytest-cvdnn">')
+REPORT_MARKERS = ('"tool": "pytest-cvdnn"', '<meta name="generator" content="pytest-cvdnn">',
+                  "<title>pytest-cvdnn: ")  # (the last: pages written before the generator tag)
 _HEAD = 64 * 1024
 
 
