@@ -110,17 +110,22 @@ def _refuse(dest: Path, option: str, why: str, fix: str) -> CvdnnError:
     return CvdnnError(f"{option}: will not write {dest}: {why}", fix=fix)
 
 
+def _check_common(dest: Path, option: str, protected: Protected, fix: str) -> None:
+    """What no destination may be: an input, a folder holding one, the rootdir or cwd's folder, a link."""
+    why = protected.conflict(dest)
+    if why:
+        raise _refuse(dest, option, why, fix)
+    if dest.is_symlink():
+        raise _refuse(dest, option, "it is a symbolic link (the plugin never writes through or replaces links)", fix)
+
+
 def check_report_path(path: Path, option: str, protected: Protected) -> None:
     """A report file may be written at ``path``: not an input, a folder, a link, or a file the plugin did not
     write (a usage error naming the option otherwise)."""
     path = Path(path)
     example = "reports/cvdnn.html" if "html" in option else "reports/cvdnn.json"
     fix = f"pass another {option} file, e.g. {option}={example}"
-    why = protected.conflict(path)
-    if why:
-        raise _refuse(path, option, why, fix)
-    if path.is_symlink():
-        raise _refuse(path, option, "it is a symbolic link (the plugin never writes through links)", fix)
+    _check_common(path, option, protected, fix)
     if path.exists() and not path.is_file():
         raise _refuse(path, option, "it is a folder or a special file, not a report", fix)
     if path.exists() and not owned_report(path):
@@ -132,11 +137,7 @@ def check_folder_destination(dest: Path, option: str, protected: Protected) -> N
     """``dest`` may be (re)written as a plugin folder (a CvdnnError naming the option and the fix otherwise)."""
     dest = Path(dest)
     fix = f"pass another {option} folder (a new one, e.g. {option}=cvdnn-out)"
-    why = protected.conflict(dest)
-    if why:
-        raise _refuse(dest, option, why, fix)
-    if dest.is_symlink():
-        raise _refuse(dest, option, "it is a symbolic link (the plugin never replaces links)", fix)
+    _check_common(dest, option, protected, fix)
     if dest.exists() and not owned_folder(dest):
         raise _refuse(dest, option, "it exists and was not written by pytest-cvdnn (it has no "
                       f"{MARKER} marker)", f"{fix}, or move that folder away yourself")
