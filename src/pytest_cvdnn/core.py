@@ -591,8 +591,8 @@ class Deployment:
         from .cache import sha256_file
         from .runners.isolated import LOCAL, ChildError, child_call
 
-        key = sha256_bytes(f"{sha256_file(onnx_path)}|{self.settings.engine}|{self.opencv_build}|"
-                           f"{','.join(output_names)}".encode())[:40]
+        digest = self.onnx_digest if Path(onnx_path) == self.onnx_path else sha256_file(onnx_path)  # (warm: known)
+        key = sha256_bytes(f"{digest}|{self.settings.engine}|{self.opencv_build}|{','.join(output_names)}".encode())[:40]
         known = self.cache.get_json("crash-safe", f"{key}.json")
         if known and known.get("crash"):  # (remembered: a warm run starts no child to crash again)
             self.events.append("load-crashed")
