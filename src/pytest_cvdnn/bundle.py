@@ -145,23 +145,16 @@ def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes | Path], list[dict[s
 def _shippable_onnx(path: Path, shared: dict[tuple[int, int], str]) -> tuple[bytes, dict[str, Path]]:
     """A graph for the bundle and, where it keeps weights in external data files, those files (named
     model.onnx.<k>.data in the bundle and copied from disk: a model over 2 GiB is never serialized whole).
-    ``shared``: data files already in the bundle by (device, inode) — the logits probe reuses the model's."""
-    from .graph import all_tensors, load_model
+    ``shared``: bundle names of data files by (device, inode) — the logits probe reuses the model's."""
+    from .graph import load_model, relocate_external_data
+
+    def name_of(source: Path) -> str:
+        st = source.stat()
+        return shared.setdefault((st.st_dev, st.st_ino), f"model.onnx.{len(shared)}.data")
 
     model = load_model(path)  # (checked: external data only inside the model's folder)
-    external: dict[str, Path] = {}
-    for tensor in all_tensors(model.graph):
-        for entry in tensor.external_data if tensor.data_location == 1 else ():  # (TensorProto.EXTERNAL)
-            if entry.key == "location":
-                source = Path(path).parent / entry.value
-                st = source.stat()
-                key = (st.st_dev, st.st_ino)
-                if key not in shared:
-                    shared[key] = f"model.onnx.{len(shared)}.data"
-                    external[shared[key]] = source
-                entry.value = shared[key]
-    changed = any(t.data_location == 1 for t in all_tensors(model.graph))
-    return (model.SerializeToString() if changed else Path(path).read_bytes()), external
+    external = relocate_external_data(path, model, name_of)
+    return (model.SerializeToString() if external else Path(path).read_bytes()), external
 
 
 def _manifest(dep: Deployment, files: dict[str, bytes | Path], references: list[dict[str, Any]],

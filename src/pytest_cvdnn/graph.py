@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import CvdnnError
 
@@ -357,34 +357,44 @@ def external_bytes(path: Path, model: Any) -> int:
     return total
 
 
-def _link_external_data(path: Path, model: Any, out_path: Path, stem: str) -> None:
-    """Point the external tensors of ``model`` (loaded from ``path`` without its weights) at files beside
-    ``out_path``: each data file is linked there (hard link, else symbolic link, else copied) under a name of
-    its own, so that a copy of a large model (over protobuf's 2 GiB) is written without its weights."""
-    import shutil
-
+def relocate_external_data(path: Path, model: Any, name_of: Callable[[Path], str]) -> dict[str, Path]:
+    """Point the external tensors of ``model`` (loaded from ``path`` without its weights) at new file names,
+    ``name_of(data file)`` once per data file it names; returns {new name: data file} (what to link or copy
+    beside the copy of the model, so that a model over protobuf's 2 GiB is written without its weights)."""
     import onnx
 
-    linked: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    sources: dict[str, Path] = {}
     for tensor in all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entry = next(e for e in tensor.external_data if e.key == "location")
-        if entry.value not in linked:
+        if entry.value not in renamed:
             source = (Path(path).parent / entry.value).resolve()  # (load_model checked: inside the model's folder)
-            name = f"{stem}.{len(linked)}.data"
-            target = out_path.parent / name
-            if target.exists() or target.is_symlink():
-                target.unlink()
+            renamed[entry.value] = name_of(source)
+            sources[renamed[entry.value]] = source
+        entry.value = renamed[entry.value]
+    return sources
+
+
+def _link_external_data(path: Path, model: Any, out_path: Path, stem: str) -> None:
+    """The external data of ``model`` linked beside ``out_path`` (hard link, else symbolic link, else copied),
+    each file under a name of its own (relocate_external_data)."""
+    import itertools
+    import shutil
+
+    count = itertools.count()
+    for name, source in relocate_external_data(path, model, lambda _: f"{stem}.{next(count)}.data").items():
+        target = out_path.parent / name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        try:
+            os.link(source, target)
+        except OSError:
             try:
-                os.link(source, target)
+                target.symlink_to(source)
             except OSError:
-                try:
-                    target.symlink_to(source)
-                except OSError:
-                    shutil.copyfile(source, target)
-            linked[entry.value] = name
-        entry.value = linked[entry.value]
+                shutil.copyfile(source, target)
 
 
 def keras_layer_of(node: Any, initializers: set[str], layer_names: Sequence[str]) -> str | None:
