@@ -285,16 +285,17 @@ def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_application(tmp_path_factory, "DenseNet121", 121, 64, "densenet121.keras")
 
 
-def resize_ceil_onnx(path: Path) -> Path:
+def resize_ceil_onnx(path: Path, scale: float = 1.0) -> Path:
     """Conv -> Resize(nearest, half_pixel, nearest_mode=ceil) -> Conv: cv2.dnn (5.0) rounds this Resize
-    differently from onnxruntime (measured here: max |Δ| ~4 on normal inputs), a real OpenCV-side divergence."""
+    differently from onnxruntime (measured here: max |Δ| ~4 on normal inputs), a real OpenCV-side divergence.
+    ``scale`` multiplies both convolutions' weights (1e-4: tensors far below the default atol)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [
-        numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(0, 0.3, (2, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array((scale * rng.normal(0, 0.3, (4, 3, 3, 3))).astype(np.float32), "w1"),
+        numpy_helper.from_array((scale * rng.normal(0, 0.3, (2, 4, 3, 3))).astype(np.float32), "w2"),
         numpy_helper.from_array(np.array([], np.float32), "roi"),
         numpy_helper.from_array(np.array([], np.float32), "scales"),
         numpy_helper.from_array(np.array([1, 4, 13, 17], np.int64), "sizes"),

@@ -103,6 +103,31 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            f\"{option}:", "    if False:\n        raise CvdnnError(\n            f\"{option}:",
              ("tests/test_gate_integrity.py::test_a_huge_photo_is_refused_before_it_is_decoded",),
              "a 20000x20000 photo decoded and resized in the session: 11 GB, a segfault"),
+    Mutation("blob-judge-either", "checks_inputs.py", "stats.ok and pixels <= pp.pixel_limit(want)",
+             "stats.ok or pixels <= pp.pixel_limit(want)",
+             ("tests/test_decision_verdicts.py::test_a_blob_a_fraction_of_a_pixel_level_off_fails_preprocessing",),
+             "a blob with the wrong mean passes when the resize hides it under a pixel level"),
+    Mutation("swap-by-flags", "preprocess.py", "or _order(declared) == _order(expected):",
+             "or declared.swap_rb == expected.swap_rb:",
+             ("tests/test_decision_verdicts.py::test_the_channel_order_of_the_blob_decides_swap_rb_not_the_flag",),
+             "an RGB application told nothing (or the wrong swapRB) about its BGR blob"),
+    Mutation("empty-net-layer-by-op-type", "load.py",
+             "layer = keras_layer_for(node, dep.keras_layer_names) if dep.has_keras else None",
+             "layer = keras_layer_for(op_type, dep.keras_layer_names) if dep.has_keras else None",
+             ("tests/test_opencv_versions.py::"
+              "test_keras_layer_that_51_cannot_import_is_named_and_the_remedy_search_runs",),
+             "OpenCV 5.1's unimportable node named without the Keras layer to change"),
+    Mutation("keras-cv2dnn-blame-wrong-pair", "checks_outputs.py",
+             'in_opencv = not dep.parity("onnxruntime", "cv2dnn")', 'in_opencv = not dep.parity("keras", "onnxruntime")',
+             ("tests/test_decision_verdicts.py::"
+              "test_keras_against_a_targets_cv2dnn_is_blamed_on_the_half_that_diverges",),
+             "OpenCV's divergence blamed on the ONNX file, with a fix about --cvdnn-onnx"),
+    Mutation("first-divergence-elementwise-only", "diagnose.py", "                if not stats.ok:\n"
+             "                    origin = _origin(", "                if stats.mismatches == 0:\n                    continue\n"
+             "                if True:\n                    origin = _origin(",
+             ("tests/test_decision_verdicts.py::"
+              "test_a_divergence_below_atol_is_localised_by_the_rule_relative_to_the_signal",),
+             "a failure the verdict sees (srtol, NaN, top-k) that localisation calls a build-up across nodes"),
 )
 
 

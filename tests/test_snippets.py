@@ -160,10 +160,10 @@ def test_printed_code_in_this_process_too() -> None:
 @pytest.mark.parametrize("text", SPECS)
 def test_the_numpy_fallback_equals_opencv_where_opencv_can_build_the_blob(text: str, photo: np.ndarray) -> None:
     """spec.blob() on OpenCV (blobFromImage / blobFromImageWithParams) against the plugin's own numpy path."""
-    from pytest_cvdnn.preprocess import _as_dtype, _numpy_blob, blob_method, to_nhwc
+    from pytest_cvdnn.preprocess import _as_dtype, _numpy_blob, blob_method, source_image, to_nhwc
 
     spec = InputSpec.parse(text)
-    expected = _as_dtype(_numpy_blob([photo], spec), spec)
+    expected = _as_dtype(_numpy_blob([source_image(photo, spec)], spec), spec)
     got = spec.blob([photo])
     assert got.shape == expected.shape and got.dtype == expected.dtype, blob_method(spec)
     scale = max(1.0, float(np.abs(expected.astype(np.float64)).max()))

@@ -459,6 +459,13 @@ def test_sources_are_converted_to_the_specs_channels_and_a_wrong_count_is_named(
     assert bgra.shape == (6, 5, 4) and (bgra[..., 3] == 255).all() and np.array_equal(bgra[..., :3], bgr)
     assert source_image(bgr, InputSpec()).shape == (6, 5, 3)
     assert np.array_equal(source_image(bgra, InputSpec()), bgr)
+    # an RGB source (channel_order=rgb) is the photo as the application holds it: channels reversed, alpha last
+    assert np.array_equal(source_image(bgr, InputSpec(channel_order="rgb")), bgr[..., ::-1])
+    rgba = source_image(bgr, InputSpec(channel_order="rgb", channels=4))
+    assert np.array_equal(rgba[..., :3], bgr[..., ::-1]) and (rgba[..., 3] == 255).all()
+    assert np.array_equal(source_image(bgr, InputSpec(channel_order="rgb", channels=1)), gray)  # same luma
+    assert np.array_equal(InputSpec(size=(5, 6), channel_order="rgb", swap_rb=False).blob([bgr]),
+                          InputSpec(size=(5, 6), swap_rb=True).blob([bgr]))
     # a gray blob from a colour photo equals blobFromImage on the gray image, whichever path builds it
     spec = InputSpec.parse("scale=0.5,mean=10,size=4x3,channels=1")
     blob = spec.blob([bgr])

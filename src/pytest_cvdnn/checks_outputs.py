@@ -202,25 +202,27 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
                       "ONNX parity items")
     in_opencv = (expected, obtained) == ("onnxruntime", "cv2dnn")
     if (expected, obtained) == ("keras", "cv2dnn"):
-        try:
+        try:  # which half of keras -> ONNX -> cv2.dnn diverges: the same pair on this target says
             in_opencv = not dep.parity("onnxruntime", "cv2dnn")
         except (CvdnnError, StageSkipped):
             return None, ""
+    if in_opencv:
+        blame = "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"
+    elif dep.settings.onnx and dep.has_keras:
+        blame = "the provided ONNX does not reproduce Keras (compared with a fresh conversion of the Keras model)"
+    else:
+        return None, ("not localised: the plugin's own conversion disagrees with Keras and there is no second "
+                      "graph to compare it with; report it to tf2onnx with the parity numbers")
     try:
         if in_opencv:
-            blame = "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"
             div = first_divergence(dep, dep.onnx_path, dep.onnx_path, "cv2dnn", dep.settings.tolerance)
-        elif dep.settings.onnx and dep.has_keras:
-            blame = "the provided ONNX does not reproduce Keras (compared with a fresh conversion of the Keras model)"
+        else:
             own = dep.variant(replace(dep.settings, onnx=None, opset=dep.graph.opset, layout=dep.onnx_layouts[0]))
             div = first_divergence(dep, own.onnx_path, dep.onnx_path, "onnxruntime", dep.settings.tolerance)
-        else:
-            return None, ("not localised: the plugin's own conversion disagrees with Keras and there is no second "
-                          "graph to compare it with; report it to tf2onnx with the parity numbers")
-    except (CvdnnError, StageSkipped) as exc:
-        return None, f"not localised: {exc}"
+    except (CvdnnError, StageSkipped) as exc:  # the blame stands; only the node is not named
+        return blame, f"not localised: {exc}"
     except ImportError as exc:  # a bundle replayed without onnx/onnxruntime
-        return None, f"not localised here: {exc.name} is not installed"
+        return blame, f"not localised here: {exc.name} is not installed"
     if div is None:
         return blame, "no intermediate tensor diverges beyond tolerance: the difference builds up across nodes"
     data["first_divergent"] = div.as_dict()

@@ -104,39 +104,48 @@ def _scalar4(values: Sequence[float]) -> tuple[float, float, float, float]:
 
 
 #: how a BGR image (cv2.imread's default) becomes the source of a 1- or 4-channel spec
-_SOURCE_CONVERSION = {1: "COLOR_BGR2GRAY", 4: "COLOR_BGR2BGRA"}
+_SOURCE_CONVERSION = {("bgr", 1): "COLOR_BGR2GRAY", ("bgr", 4): "COLOR_BGR2BGRA",
+                      ("rgb", 1): "COLOR_RGB2GRAY", ("rgb", 4): "COLOR_RGB2RGBA"}
 
 
 def source_image(img: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """``img`` with the channel count the spec's blob is built from: a BGR photo becomes gray (1 channel, what
-    ``cv2.IMREAD_GRAYSCALE`` reads) or BGRA (4 channels, opaque); an image that has it already is unchanged."""
+    """``img`` (a BGR photo, as cv2.imread gives it) as the deployment's source image under ``spec``: in the
+    spec's channel order (an RGB source is the photo's channels reversed, what PIL or a camera API gives) and
+    with the channel count the blob is built from: gray (1 channel, what ``cv2.IMREAD_GRAYSCALE`` reads) or
+    with an opaque alpha (4 channels); an image that has them already is unchanged."""
     import cv2
 
     img = np.ascontiguousarray(img)
     have = 1 if img.ndim == 2 else img.shape[2]
-    want = spec.n_channels
+    want, order = spec.n_channels, spec.channel_order
+    if order == "rgb" and have in (3, 4):
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if have == 3 else cv2.COLOR_BGRA2RGBA)
     if have == want:
         return img
-    if have == 3 and want in _SOURCE_CONVERSION:
-        return cv2.cvtColor(img, getattr(cv2, _SOURCE_CONVERSION[want]))
+    if have == 3 and (order, want) in _SOURCE_CONVERSION:
+        return cv2.cvtColor(img, getattr(cv2, _SOURCE_CONVERSION[order, want]))
     if have == 1 and want == 3:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR if order == "bgr" else cv2.COLOR_GRAY2RGB)
     if have == 4 and want == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR if order == "bgr" else cv2.COLOR_RGBA2RGB)
     raise CvdnnError(f"an image with {have} channels cannot be the source of a {want}-channel blob",
                      fix=f"give images with {want} channels (or 3-channel BGR photos)")
 
 
 def _source_lines(spec: InputSpec) -> list[str]:
-    """The line(s) the printed code starts with to turn cv2.imread's BGR image into the spec's source."""
+    """The line(s) the printed code starts with to turn the source image (cv2.imread's BGR, or an RGB image
+    where the spec's channel_order is rgb) into the channel count the blob is built from."""
+    rgb = spec.channel_order == "rgb"
+    src = "RGB" if rgb else "BGR"
+    lines = ["# img: an RGB image (channel_order=rgb: e.g. from PIL or a camera API), not cv2.imread's BGR"] if rgb else []
     if spec.n_channels == 1:
-        return ["if img.ndim == 3:  # the model takes 1 channel: gray, as cv2.imread(path, cv2.IMREAD_GRAYSCALE) "
-                "reads it", "    img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)"]
+        return lines + ["if img.ndim == 3:  # the model takes 1 channel: gray, as cv2.imread(path, "
+                        "cv2.IMREAD_GRAYSCALE) reads it", f"    img = cv2.cvtColor(img, cv2.COLOR_{src}2GRAY)"]
     if spec.n_channels == 4:
-        return ["if img.ndim == 3 and img.shape[2] == 3:  # the model takes 4 channels (BGRA, as "
-                "cv2.imread(path, cv2.IMREAD_UNCHANGED) reads a PNG with alpha)",
-                "    img = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)"]
-    return []
+        return lines + [f"if img.ndim == 3 and img.shape[2] == 3:  # the model takes 4 channels ({src}A, as "
+                        "cv2.imread(path, cv2.IMREAD_UNCHANGED) reads a PNG with alpha)",
+                        f"    img = cv2.cvtColor(img, cv2.COLOR_{src}2{src}A)"]
+    return lines
 
 
 def make_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -180,9 +189,9 @@ def _as_dtype(blob: np.ndarray, spec: InputSpec) -> np.ndarray:
     return blob
 
 
-def _numpy_blob(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Fallback: the same arithmetic as OpenCV (resize, optional crop, swap, normalise) in numpy."""
-    sources = [source_image(img, spec) for img in images]
+def _numpy_blob(sources: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Fallback: the same arithmetic as OpenCV (resize, optional crop, swap, normalise) in numpy, on the source
+    images (:func:`source_image`)."""
     pixels = [p if p.ndim == 3 else p[..., None] for p in _numpy_blob_pixels(sources, spec)]
     rows = [(_swapped(p) if spec.swap_rb else p).astype(np.float32) for p in pixels]
     batch = spec.normalize(np.stack(rows))
@@ -437,7 +446,7 @@ def _order(spec: InputSpec) -> str:
 
 
 def _mode(expected: InputSpec) -> str:
-    return f" ({expected.mode} mode)" if expected.mode else ""
+    return f" ({expected.mode} mode)" if expected.mode and expected.mode != "none" else ""
 
 
 def _channel_count_mistake(declared: InputSpec, expected: InputSpec, model: str) -> Mistake:

@@ -252,8 +252,10 @@ class Cv2DnnRunner:
                 fix="compare the graph's real outputs (the tensor feeding them is checked through them)")
         return [o for o in outs if o is not None]
 
-    def forward(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        """One forward; None where cv2.dnn gives no value for a requested tensor (see infer)."""
+    def forward(self, inputs: Sequence[np.ndarray], partial: bool = False) -> list[np.ndarray | None]:
+        """One forward; None where cv2.dnn gives no value for a requested tensor (see infer).  ``partial``: a
+        tensor the classic engine does not know by name (fused into its consumer: "Requested blob not found")
+        is None too, not an error (the tensors are then asked for one at a time)."""
         # (no zip(strict=...) here: this runs in a target's own Python too (runners/isolated.py), which may be
         # older than 3.10; the input names are the graph's, one per input, and forward gives one output per name)
         net = self.net
@@ -270,8 +272,21 @@ class Cv2DnnRunner:
             by_name = dict(zip(known, net.forward(known)))
             outs = [by_name[n] for n in self.output_names]
         else:  # classic engine: outputs are named after layers, ask for the graph's names
-            outs = list(net.forward(self.output_names))
+            try:
+                outs = list(net.forward(self.output_names))
+            except Exception:  # noqa: BLE001 - cv2.error; in partial mode, the tensors it can give
+                if not partial:
+                    raise
+                outs = [_forward_one(net, name) for name in self.output_names]
         return [None if o is None else np.array(o, copy=True) for o in outs]
+
+
+def _forward_one(net: Any, name: str) -> Any:
+    """The classic engine's value of one tensor, None where it has none under that name."""
+    try:
+        return net.forward(name)
+    except Exception:  # noqa: BLE001 - cv2.error: "Requested blob not found"
+        return None
 
 
 def _for_deployment(dep: Deployment, logits: bool) -> Runner:
