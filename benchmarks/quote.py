@@ -31,10 +31,26 @@ def _gate(r: dict[str, Any]) -> str:
     )
 
 
+def _mutation(r: dict[str, Any]) -> str:
+    rows = ["| module | mutants | killed | survived | no tests | score |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in sorted(r["modules"].items()):
+        rows.append(f"| {name} | {m['mutants']:,} | {m['killed']:,} | {m['survived']:,} | {m['no_tests']:,} | "
+                    f"{m['score']:.1f} % |")
+    t = r["total"]
+    rows.append(f"| **all {len(r['modules'])}** | **{t['mutants']:,}** | **{t['killed']:,}** | **{t['survived']:,}** | "
+                f"**{t['no_tests']:,}** | **{t['score']:.1f} %** |")
+    took = f", {r['seconds'] / 60:.0f} minutes on 2 cores" if r.get("seconds") else ""
+    return (f"mutmut {r['mutmut']} on {r['date']}{took} (`python benchmarks/mutation_score.py`):\n\n"
+            + "\n".join(rows))
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "bench_gate": ("results.json", _gate),
+    "mutation": ("results_mutation.json", _mutation),
 }
+#: the documents that quote the blocks
+DOCUMENTS = ("README.md", "benchmarks/README.md")
 
 
 def render(name: str) -> str:

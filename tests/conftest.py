@@ -214,7 +214,7 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 #: printed snippets executed on every supported OpenCV (what mutation testing runs, benchmarks/README.md)
 QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py", "test_fuzz.py", "test_ownership.py",
                  "test_gate_integrity.py", "test_cache_healing.py", "test_decisions.py",
-                 "test_readme_numbers.py",
+                 "test_readme_numbers.py", "test_feeds.py",
                  "test_architecture.py"}
 
 
@@ -237,6 +237,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=zoo)
             items[:] = [item for item in items if item.get_closest_marker("zoo") is None]
             config.stash[_ZOO_LEFT] = len(zoo)
+            if hasattr(config, "workeroutput"):  # an xdist worker: the controller prints the line
+                config.workeroutput["cvdnn_zoo_left"] = len(zoo)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist's controller collects nothing itself: the workers' count of zoo tests left out (each collects all)."""
+    left = getattr(node, "workeroutput", {}).get("cvdnn_zoo_left", 0)
+    node.config.stash[_ZOO_LEFT] = max(node.config.stash.get(_ZOO_LEFT, 0), left)
 
 
 _ZOO_LEFT = pytest.StashKey[int]()

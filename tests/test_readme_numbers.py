@@ -15,12 +15,34 @@ from quote import BLOCKS, quoted, render  # noqa: E402
 
 
 def test_every_quoted_block_is_rendered_from_its_result_file() -> None:
-    found = quoted((ROOT / "README.md").read_text())
-    assert set(found) == set(BLOCKS), f"README blocks {sorted(found)}, renderers {sorted(BLOCKS)}"
+    from quote import DOCUMENTS
+
+    found: dict[str, str] = {}
+    for doc in DOCUMENTS:
+        blocks = quoted((ROOT / doc).read_text())
+        assert not set(blocks) & set(found), f"a block is quoted twice: {sorted(set(blocks) & set(found))}"
+        found |= {name: text for name, text in blocks.items()}
+    assert set(found) == set(BLOCKS), f"quoted blocks {sorted(found)}, renderers {sorted(BLOCKS)}"
     for name in BLOCKS:
         assert found[name] == " ".join(render(name).split()), (
-            f"the README's {name} block differs from benchmarks/{BLOCKS[name][0]}: paste the output of "
+            f"the {name} block differs from benchmarks/{BLOCKS[name][0]}: paste the output of "
             "`python benchmarks/quote.py`")
+
+
+def test_the_mutation_score_the_docs_quote_is_at_least_85_percent() -> None:
+    import json
+
+    result = json.loads((ROOT / "benchmarks" / "results_mutation.json").read_text())
+    assert result["total"]["score"] >= 85.0, result["total"]
+    assert result["total"]["not_checked"] == 0
+    configured = {Path(f).name for f in _mutmut_config()["only_mutate"]}
+    assert configured == set(result["modules"]), "the stored run is not of the configured modules: run it again"
+
+
+def _mutmut_config() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
 
 
 def test_the_memory_per_value_the_readme_quotes_is_the_codes() -> None:

@@ -102,10 +102,13 @@ def check_load(dep: Deployment) -> CheckResult:
     outs = dep.run("cv2dnn", [x[:1] for x in dep.inputs])  # shared with the parity items (row 0)
     if {"batch", "determinism"} & dep.upcoming:
         dep.isolated_forwards()  # starts the child now: it runs while the next checks do
-    inputs = [f"{i.name} {shape_text(i.shape)} {lay.upper()} {i.dtype}"
+    inputs = [f"{i.name} {shape_text(i.shape)}{' ' + lay.upper() if len(i.shape) == 4 else ''} {i.dtype}"
               for i, lay in zip(graph.inputs, dep.onnx_layouts, strict=True)]
-    # (an importer may return another number of outputs: the output_spec item says so; listed here as named)
-    outputs = [f"{name} {tuple(o.shape)} {o.dtype}" for name, o in zip(dep.output_names, outs, strict=False)]
+    # (an importer may return another number of outputs: the output_spec item says so; listed here as named;
+    # an output batched on another axis than 0 is shown as the samples first, "(samples first)")
+    moved = [bool(a) for a in dep.output_batch_axes] if dep.settings.format == "onnx" else []
+    outputs = [f"{name} {tuple(o.shape)} {o.dtype}" + (" (samples first)" if k < len(moved) and moved[k] else "")
+               for k, (name, o) in enumerate(zip(dep.output_names, outs, strict=False))]
     version = getattr(runner, "opencv", None) or _local_opencv()
     data = {
         "opencv": version,

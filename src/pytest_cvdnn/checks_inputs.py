@@ -33,10 +33,11 @@ def _input_spec_one(dep: Deployment, n: int) -> CheckResult:
     info, layout = graph.inputs[n], dep.onnx_layouts[n]
     data: dict[str, Any] = {"spec": spec.as_dict(), "expected": info.as_dict() | {"layout": layout}}
     if len(info.shape) != 4 or n not in dep.image_inputs:
-        if info.dtype != "float32":
-            raise CheckFailed(f"input {info.name!r} is {info.dtype}; the deployment feeds float32",
-                              fix="cast the input in the model, or feed the right dtype", data=data)
-        return CheckResult(f"non-image input {info.name!r} {shape_text(info.shape)} {info.dtype}: no blob to check"
+        feed = dep.feeds[n]
+        data["feed"] = {"dtype": feed.dtype, "batch_axis": feed.batch_axis, "low": feed.low, "high": feed.high,
+                        "constant": feed.constant, "why": feed.why}
+        return CheckResult(f"non-image input {info.name!r} {shape_text(info.shape)}: no blob to check; fed "
+                           f"{feed.describe()}, set with net.setInput(x, {info.name!r})"
                            + (" (4-D, but not 1, 3 or 4 channels)" if len(info.shape) == 4 else ""), data)
     height, width = dep.input_shapes()[n][1:3]
     image = np.random.default_rng(dep.settings.seed).integers(0, 256, (height + 7, width + 5, 3), dtype=np.uint8)

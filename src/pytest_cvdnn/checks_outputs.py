@@ -90,6 +90,18 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
     data = result.as_dict()
     data["inputs"] = dep.inputs_description
     if not result:
+        misfits = [o for o in result.outputs if not o.shape_ok]
+        if misfits:  # (no numbers: an error between arrays of different shapes means nothing)
+            from .parity import BY_POSITION
+
+            raise CheckFailed(
+                f"{obtained} returns outputs of other shapes than {expected}: "
+                + "; ".join(f"{o.name!r} {shape_text(o.shape)} where {expected} has {shape_text(o.expected_shape)}"
+                            for o in misfits)
+                + (f" ({BY_POSITION})" if BY_POSITION in result.notes else ""),
+                fix="check that the ONNX file belongs to this model (--cvdnn-onnx) and lists the same outputs; name "
+                "the outputs as the model does (the exporter's output names) so that they are paired by name",
+                details="\n\n".join(x for x in (result.format_failure(), data["inputs"]) if x), data=data)
         if dep.settings.format != "onnx":
             raise _artifact_parity_failure(dep, result, data)
         blame, extra = _blamed(dep, expected, obtained, data)
@@ -252,7 +264,7 @@ def check_batch(dep: Deployment) -> CheckResult:
                            "cv2.dnn must run one image per net.forward(); re-export with a dynamic batch to batch")
     single = dep.run("cv2dnn", per_sample=True)
     try:  # in a child process: some OpenCV builds segfault on batches they do not support
-        batched = dep.isolated_forwards().outputs(1)
+        batched = dep.from_onnx_outputs(dep.isolated_forwards().outputs(1))
     except CvdnnError as exc:
         verdict = (f"cv2.dnn cannot run a batch of {n} with this model ({exc.message}): "
                    "it needs a fixed batch of 1; call net.forward() once per image")
@@ -278,12 +290,12 @@ def check_determinism(dep: Deployment) -> CheckResult:
     runner = dep.require("cv2net")
     sample = [x[:1] for x in dep.inputs]
     if hasattr(runner, "infer_repeat"):  # a target: two forwards in one child
-        first, second = runner.infer_repeat(dep.to_onnx_inputs(sample), 2)
+        first, second = (dep.from_onnx_outputs(o) for o in runner.infer_repeat(dep.to_onnx_inputs(sample), 2))
     else:  # the forward the load and parity checks shared, then the same net again
         first = dep.run("cv2dnn", sample)
-        second = runner.infer(dep.to_onnx_inputs(sample))
-    try:
-        fresh = dep.isolated_forwards().outputs(0)  # a net loaded afresh in a child process
+        second = dep.from_onnx_outputs(runner.infer(dep.to_onnx_inputs(sample)))
+    try:  # a net loaded afresh in a child process
+        fresh = dep.from_onnx_outputs(dep.isolated_forwards().outputs(0))
     except CvdnnError as exc:
         raise CheckFailed(f"a freshly loaded net (in a child process) could not forward sample 0: {exc.message}",
                           fix="see the load and batch items; the child's OpenCV output is below",

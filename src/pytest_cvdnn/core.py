@@ -24,7 +24,7 @@ from .convert import Conversion, ConversionOptions, cached_convert, conversion_k
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, validate_onnx
 from .helper import by_helper
-from .inputs import check_input_sizes, fill_spatial, load_inputs, random_inputs, to_layout
+from .inputs import check_input_sizes, fill_spatial, load_inputs, load_named_inputs, random_inputs, to_layout
 from .runners import Runner, RunnerSpec, runner_names, runner_spec
 from .runners.cached import CachedRunner, inputs_digest, stacked
 from .settings import ModelSettings
@@ -33,7 +33,9 @@ from .spec import InputSpec, SpecError
 
 __all__ = ["Deployment", "Assembly"]
 
-GRAPH_SUMMARY_VERSION = 1
+GRAPH_SUMMARY_VERSION = 3
+#: what keras_metadata records (a cached record of another version is made again)
+KERAS_META_VERSION = 2
 _STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
 
 T = TypeVar("T")
@@ -156,7 +158,8 @@ class Deployment:
         def meta() -> dict[str, Any]:
             from .runners.keras import keras_metadata
 
-            return self._model_json("keras", lambda: keras_metadata(self.keras_model))
+            return self._model_json("keras", lambda: {**keras_metadata(self.keras_model),
+                                                      "meta_version": KERAS_META_VERSION})
 
         return self.stage("keras_meta", lambda: self._remembering_failure(self.meta_failure_key, meta))
 
@@ -174,7 +177,7 @@ class Deployment:
         self.source.check_readable()
         key = f"{self.model_hash[:40]}.json"
         cached = self._from_cache(lambda: self.cache.get_json(folder, key), folder, key, "converted")
-        if cached is not None:
+        if cached is not None and (folder != "keras" or cached.get("meta_version") == KERAS_META_VERSION):
             return cached
         data = make()
         self.cache.put_json(data, folder, key)
@@ -438,7 +441,79 @@ class Deployment:
     @property
     def fixed_batch_of_one(self) -> bool:
         """The ONNX graph fixes the batch dimension to 1: feed one sample at a time."""
-        return any(len(i.shape) > 0 and i.shape[0] == 1 for i in self.graph.inputs)
+        axes = self.batch_axes
+        return any(a is not None and len(i.shape) > a and i.shape[a] == 1 for i, a in zip(self.graph.inputs, axes,
+                                                                                         strict=True))
+
+    @property
+    def batch_axes(self) -> list[int | None]:
+        """The axis of each graph input that holds the samples (see feeds.batch_axes; declared with --cvdnn-feed)."""
+        return [f.batch_axis for f in self.feeds]
+
+    @property
+    def feeds(self) -> list[Any]:
+        """How each graph input is fed: dtype, batch axis, values (:class:`~pytest_cvdnn.feeds.Feed`)."""
+        return self.stage("feeds", self._plan_feeds)
+
+    def _plan_feeds(self) -> list[Any]:
+        from .feeds import INTEGER_RANGE, Feed, batch_axes, check_declared
+
+        if self.has_keras:  # (from the Keras model: the inputs are made before any conversion)
+            tensors = [(i["name"], list(i["shape"]), str(i["dtype"])) for i in self.keras_meta["inputs"]]
+            axes: list[int | None] = [0 if shape else None for _, shape, _ in tensors]  # Keras batches on axis 0
+            ranges = self.keras_meta.get("index_ranges", {})
+        else:
+            infos = list(self.graph.inputs)
+            tensors = [(i.name, list(i.shape), i.dtype) for i in infos]
+            axes = batch_axes([i.shape for i in infos], [i.symbols or (None,) * len(i.shape) for i in infos])
+            ranges = self.graph_summary.get("index_ranges", {}) if self.settings.format == "onnx" else {}
+        check_declared(self.settings.feeds, [name for name, _, _ in tensors], "--cvdnn-feed")
+        decls = dict(self.settings.feeds)
+        plan = []
+        for (name, shape, dtype), auto in zip(tensors, axes, strict=True):
+            decl = decls.get(name)
+            axis = auto if decl is None or decl.batch_axis == "auto" else decl.batch_axis
+            if axis is not None and not 0 <= axis < len(shape):
+                raise CvdnnError(f"--cvdnn-feed: input {name!r} has {len(shape)} axes; batch_axis={axis} is not one "
+                                 "of them", fix="give an axis below the input's rank, or batch_axis=none")
+            integer = np.dtype(dtype).kind in "iub"
+            if decl is not None and decl.constant is not None:
+                low = high = decl.constant
+                why = "declared with --cvdnn-feed"
+            elif decl is not None and decl.low is not None:
+                low, high, why = decl.low, decl.high, "declared with --cvdnn-feed"
+            elif integer and name in ranges:
+                (low, high), why = ranges[name], f"indices into a table of {ranges[name][1] + 1} rows"
+            elif integer:
+                (low, high), why = INTEGER_RANGE, "ASSUMED byte values: declare the valid ones with --cvdnn-feed"
+            elif self.settings.input_range is not None:
+                (low, high), why = self.settings.input_range, "--cvdnn-input-range"
+            else:
+                low, high, why = -1.0, 1.0, ""
+            plan.append(Feed(name, dtype, axis, float(low), float(high), None if decl is None else decl.constant,
+                             why))
+        return plan
+
+    @property
+    def output_batch_axes(self) -> list[int]:
+        """The axis of each graph output that holds the samples (where the inputs' batch dimension sits)."""
+        from .feeds import output_batch_axes
+
+        if self.has_keras or self.settings.format != "onnx":
+            return [0] * len(self.graph.outputs)
+        symbol = next((i.symbols[a] for i, a in zip(self.graph.inputs, self.batch_axes, strict=True)
+                       if a is not None and len(i.symbols) > a and i.symbols[a]), None)
+        outs = self.graph.outputs
+        return output_batch_axes([o.shape for o in outs], [o.symbols or (None,) * len(o.shape) for o in outs], symbol)
+
+    def from_onnx_outputs(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """A graph's outputs with their samples on axis 0 (an output batched on another axis is moved)."""
+        from .feeds import from_graph
+
+        axes = self.output_batch_axes
+        if not any(axes) or len(outputs) != len(axes):
+            return list(outputs)
+        return [from_graph(np.asarray(o), a) for o, a in zip(outputs, axes, strict=True)]
 
     @property
     def softmax_outputs(self) -> list[bool]:
@@ -454,9 +529,14 @@ class Deployment:
         if self.has_keras:
             return [list(i["shape"]) for i in self.keras_meta["inputs"]]
         raw = []
-        for info, layout in zip(self.graph.inputs, self.onnx_layouts, strict=True):
+        for info, layout, axis in zip(self.graph.inputs, self.onnx_layouts, self.batch_axes, strict=True):
             shape = list(info.shape)
-            raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
+            if axis is None:  # (one value for every sample: held once per sample)
+                raw.append([1, *shape])
+            elif axis:  # (the samples first)
+                raw.append([shape[axis], *shape[:axis], *shape[axis + 1 :]])
+            else:
+                raw.append([shape[0], shape[2], shape[3], shape[1]] if layout == "nchw" and len(shape) == 4 else shape)
         return raw
 
     def _input_names(self) -> list[str]:
@@ -487,11 +567,14 @@ class Deployment:
             shapes = self.input_shapes()
             check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
             specs = [self.spec_for(n) for n in range(len(shapes))]
-            if self.settings.inputs:
+            if self.settings.inputs and self.settings.inputs.lower().endswith(".npz"):
+                layouts = self.onnx_layouts if not self.has_keras else ["nhwc"] * len(shapes)
+                arrays = load_named_inputs(Path(self.settings.inputs), self.feeds, shapes, layouts)
+            elif self.settings.inputs:
                 arrays = load_inputs(Path(self.settings.inputs), shapes, specs)
             else:
                 arrays = random_inputs(shapes, specs, self.settings.samples, self.settings.seed,
-                                       self.settings.input_range)
+                                       self.settings.input_range, self.feeds)
             for x in arrays:  # shared by every check and runner: nobody may change them (and their digests stay)
                 x.flags.writeable = False
             return arrays
@@ -500,19 +583,22 @@ class Deployment:
 
     def _check_fixed_batch(self) -> None:
         """Refuse an ONNX input whose batch is fixed above 1: the checks feed single samples and batches."""
-        for info in self.graph.inputs:
-            if len(info.shape) > 1 and info.shape[0] is not None and info.shape[0] > 1:
+        for info, axis in zip(self.graph.inputs, self.batch_axes, strict=True):
+            if axis is not None and len(info.shape) > 1 and info.shape[axis] is not None and info.shape[axis] > 1:
                 raise CvdnnError(
-                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {info.shape[0]} (shape "
-                    f"{info.shape}); the checks run one sample at a time, as cv2.dnn is usually deployed, and "
-                    f"batches of {self.settings.samples}",
+                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {info.shape[axis]} (shape "
+                    f"{info.shape}, batch axis {axis}); the checks run one sample at a time, as cv2.dnn is usually "
+                    f"deployed, and batches of {self.settings.samples}",
                     fix="re-export the model with batch 1 or a dynamic batch (a named dimension): cv2.dnn takes "
-                    "the batch from the blob")
+                    f"the batch from the blob; if another axis holds the samples, declare it: "
+                    f"--cvdnn-feed='{info.name}:batch_axis=K' (or batch_axis=none)")
 
     @property
     def inputs_description(self) -> str:
         """What the checks feed the model, and on what grounds (said with every parity verdict)."""
         n = self.settings.samples
+        if self.settings.inputs and self.settings.inputs.lower().endswith(".npz"):
+            return f"inputs: the arrays of {self.settings.inputs}, by input name"
         if self.settings.inputs:
             return f"inputs: the files in {self.settings.inputs} through the input spec"
         if self.settings.input_range is not None:
@@ -531,6 +617,11 @@ class Deployment:
                 why = ("ASSUMED raw 0..255 pixels: the model's preprocessing is unknown; set --cvdnn-input-range "
                        "or declare --cvdnn-preprocess")
             parts.append(f"{n} seeded random images in [{lo:.4g}, {hi:.4g}] ({why})")
+        images = set(self.image_inputs)
+        fed = [f.describe() for k, f in enumerate(self.feeds) if k not in images
+               and (f.integer or f.constant is not None or f.batch_axis != 0 or f.why)]
+        if fed:
+            parts.append(f"{n} seeded random samples, fed " + ", ".join(fed))
         return "inputs: " + ("; ".join(parts) if parts else f"{n} seeded random samples in [-1, 1]")
 
     @staticmethod
@@ -601,7 +692,7 @@ class Deployment:
         if known:
             return
         try:
-            feeds = [x[:1] for x in self.to_onnx_inputs(self.inputs)] if self.settings.format == "onnx" else []
+            feeds = self.to_onnx_inputs([x[:1] for x in self.inputs]) if self.settings.format == "onnx" else []
         except (CvdnnError, StageSkipped):
             feeds = []
         try:
@@ -674,10 +765,9 @@ class Deployment:
 
         def start() -> Any:
             runner = self.require("cv2net")
-            feeds = self.to_onnx_inputs(self.inputs)
-            runs = [[x[:1] for x in feeds]]
-            if len(feeds[0]) > 1 and not self.fixed_batch_of_one:
-                runs.append(feeds)
+            runs = [self.to_onnx_inputs([x[:1] for x in self.inputs])]
+            if len(self.inputs[0]) > 1 and not self.fixed_batch_of_one:
+                runs.append(self.to_onnx_inputs(self.inputs))
             store = None
             if self.target.is_local:
                 name = sha256_bytes("|".join([self.onnx_digest, self.settings.engine, self.opencv_build,
@@ -709,7 +799,12 @@ class Deployment:
             raise CvdnnError(f"{len(inputs)} input array(s) given, but {self.label} takes {len(layouts)} input(s) "
                              f"({', '.join(i.name for i in self.graph.inputs)})",
                              fix="pass one array per model input, in the model's order")
-        return [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, layouts, strict=True)]
+        from .feeds import to_graph
+
+        arrays = [to_layout(x, "nhwc", lay) for x, lay in zip(inputs, layouts, strict=True)]
+        if self.settings.format != "onnx":
+            return arrays
+        return [to_graph(x, feed) for x, feed in zip(arrays, self.feeds, strict=True)]
 
     # -- runners (see runners/__init__.py: one protocol, one registry, one caching wrapper) -------------------
     @property
@@ -754,6 +849,7 @@ class Deployment:
                 f"{name}-logits" if separate else name, make,
                 None if replay is not None else self._identity(spec, separate), self.cache, self._outputs,
                 joint=spec.logits == "joint", feed=list if by_layout == "model" else self.to_onnx_inputs,
+                unfeed=list if by_layout == "model" else self.from_onnx_outputs,
                 one_at_a_time=lambda: by_layout == "graph" and self.fixed_batch_of_one, digest=self.inputs_hash,
                 wait=made_by_helper if replay is None and spec.helper_phase is not None else None)
         return self._runners[memo]
@@ -782,22 +878,52 @@ class Deployment:
         cached = self._cached_runner(runner, logits)
         if per_sample and len(inputs[0]) > 1:
             rows = [cached.infer([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
-            return stacked([r.logits if logits and cached.joint else r.outputs for r in rows])
+            if logits and cached.joint:
+                return stacked([r.logits for r in rows])
+            return self._in_order(runner, stacked([r.outputs for r in rows]))
         found = cached.infer(inputs)
         if logits and cached.joint:
             if not found.logits:
                 raise CvdnnError(f"the {runner} reference has no final softmax whose input could be compared")
             return found.logits
-        return found.outputs
+        return self._in_order(runner, found.outputs)
+
+    def _in_order(self, runner: str, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """A runner's outputs in the graph's order (Keras lists its own: matched by name)."""
+        if runner != "keras" or not self.has_keras or self.replay_runner("keras", False) is not None:
+            return outputs  # (a bundle's replayed reference is stored in the graph's order)
+        return self.in_graph_order(outputs)
 
     def in_graph_order(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Keras outputs reordered as the ONNX graph lists them (tf2onnx names outputs after the layers)."""
+        """Keras outputs reordered as the ONNX graph lists them, matched by name: the Keras output names (tf2onnx
+        names outputs after the layers) and, for a SavedModel, its signature's keys and the tensors they map to
+        (``StatefulPartitionedCall:0``); by position where the names do not pair every output (see
+        :attr:`outputs_by_position`)."""
+        order = self._output_order(len(outputs))
+        return outputs if order is None else [outputs[k] for k in order]
+
+    def _output_order(self, count: int) -> list[int] | None:
+        """For each graph output, the index of the Keras output of the same name (None: no complete pairing)."""
         keras_names = list(self.keras_meta.get("output_names") or [])
-        graph_names = [n.split(":")[0] for n in self.output_names]
-        if len(keras_names) == len(outputs) > 1 and sorted(keras_names) == sorted(graph_names):
-            by_name = dict(zip(keras_names, outputs, strict=True))
-            return [by_name[n] for n in graph_names]
-        return outputs
+        aliases = list(self.keras_meta.get("output_aliases") or [])
+        if count < 2 or len(keras_names) != count:
+            return None
+        names = [{keras_names[k], *(aliases[k] if k < len(aliases) else [])} for k in range(count)]
+        names = [n | {x.split(":")[0] for x in n if x.endswith(":0")} for n in names]
+        order = []
+        for graph_name in self.output_names:
+            hits = [k for k in range(count) if graph_name in names[k]] or [
+                k for k in range(count) if graph_name.split(":")[0] in names[k]]  # (exact names first)
+            if len(hits) != 1 or hits[0] in order:
+                return None
+            order.append(hits[0])
+        return order
+
+    @property
+    def outputs_by_position(self) -> bool:
+        """Several Keras outputs paired with the graph's by position: no name pairs them all."""
+        count = len(self.keras_meta.get("output_names") or []) if self.has_keras else 0
+        return count > 1 and self._output_order(count) is None
 
     def photos(self) -> list[np.ndarray]:
         """BGR photos for the preprocessing check: --cvdnn-images or scikit-image's."""

@@ -22,13 +22,15 @@ class TensorInfo:
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    #: the symbolic name of each dynamic axis (ONNX dim_param: "N", "batch_size"), None elsewhere; () unknown
+    symbols: tuple[str | None, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "symbols": list(self.symbols)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TensorInfo":
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], tuple(d.get("symbols", ())))
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ class GraphInfo:
     def from_dict(cls, g: dict[str, Any]) -> "GraphInfo":
         return cls(tuple(TensorInfo.from_dict(d) for d in g["inputs"]), tuple(TensorInfo.from_dict(d) for d in g["outputs"]),
                    tuple(g["softmax_outputs"]), int(g["opset"]), tuple(g["op_types"]))
+
+
+def _symbols(type_proto: Any) -> tuple[str | None, ...]:
+    return tuple(str(d.dim_param) if d.HasField("dim_param") and d.dim_param else None
+                 for d in type_proto.tensor_type.shape.dim)
+
+
+def _tensor_info(value: Any) -> TensorInfo:
+    from onnx import helper
+
+    return TensorInfo(value.name, _dims(value.type),
+                      helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name, _symbols(value.type))
 
 
 def _dims(type_proto: Any) -> tuple[int | None, ...]:
@@ -80,22 +94,13 @@ def read_graph(path: Path) -> GraphInfo:
 
 
 def _graph_info(path: Path, model: Any) -> GraphInfo:
-    from onnx import helper
-
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
-    inputs = tuple(
-        TensorInfo(i.name, _dims(i.type), helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
-        for i in graph.input
-        if i.name not in initializers
-    )
+    inputs = tuple(_tensor_info(i) for i in graph.input if i.name not in initializers)
     if not inputs or not graph.output:
         raise CvdnnError(f"{path} has no graph inputs or outputs", fix="re-export the model")
     producers = {o: n for n in graph.node for o in n.output}
-    outputs = tuple(
-        TensorInfo(o.name, _dims(o.type), helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name)
-        for o in graph.output
-    )
+    outputs = tuple(_tensor_info(o) for o in graph.output)
     softmax = tuple(
         o.name in producers and producers[o.name].op_type == "Softmax" for o in graph.output
     )
@@ -121,7 +126,48 @@ def summarize(path: Path) -> dict[str, Any]:
     for node in model.graph.node:
         patterns.setdefault(op_pattern(node, inits), [node.op_type, []])[1].append(node.name)
     return {"graph": _graph_info(path, model).as_dict(), "softmax_inputs": _softmax_inputs(model.graph),
-            "patterns": patterns}
+            "patterns": patterns, "index_ranges": index_ranges(model.graph)}
+
+
+#: ops an integer input's values pass through on their way to a Gather's indices: reshapes, casts, and the
+#: element-wise arithmetic exporters wrap around an index (Keras' Embedding: where(x < 0, x + rows, x))
+_PASS_THROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Transpose", "Add",
+                 "Sub", "Mul", "Where", "Less", "Greater", "Not", "Clip", "Min", "Max", "Mod", "Abs"}
+
+
+def index_ranges(graph: Any) -> dict[str, list[int]]:
+    """Integer graph inputs used as indices into a table (a Gather's indices, an Embedding's tokens), through
+    casts and reshapes: input name -> [0, rows - 1], the values a valid input may hold."""
+    from onnx import TensorProto
+
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    integer = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
+               TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+    found: dict[str, list[int]] = {}
+    for value in graph.input:
+        if value.name in shapes or value.type.tensor_type.elem_type not in integer:
+            continue
+        rows: list[int] = []
+        seen: set[int] = set()
+        todo = [value.name]
+        while todo:
+            tensor = todo.pop()
+            for node in consumers.get(tensor, ()):
+                if node.op_type in _PASS_THROUGH and id(node) not in seen and len(seen) < 64:
+                    seen.add(id(node))
+                    todo.extend(node.output)
+                elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor \
+                        and node.input[0] in shapes:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    table = shapes[node.input[0]]
+                    rows.append(int(table[axis]))
+        if rows and min(rows) > 0:
+            found[value.name] = [0, min(rows) - 1]
+    return found
 
 
 def all_tensors(graph: Any) -> Any:

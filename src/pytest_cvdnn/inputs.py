@@ -10,10 +10,11 @@ import numpy as np
 
 from .budget import memory_budget_bytes
 from .errors import CvdnnError
+from .feeds import Feed
 from .folders import IMAGE_SUFFIXES, folder_files
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "load_named_inputs", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 def to_layout(x: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Transpose a 4-D batch between NHWC and NCHW (other ranks pass through)."""
@@ -77,16 +78,24 @@ def _per_input(spec: InputSpec | Sequence[InputSpec], n: int) -> list[InputSpec]
 
 
 def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[InputSpec], count: int,
-                  seed: int, value_range: tuple[float, float] | None = None) -> list[np.ndarray]:
+                  seed: int, value_range: tuple[float, float] | None = None,
+                  feeds: Sequence[Feed] | None = None) -> list[np.ndarray]:
     """``count`` samples per input (NHWC for images): random pixels 0..255 through the input's spec, so the
-    values lie where the deployed blob's do.  Non-image inputs get uniform values in [-1, 1].  ``value_range``
-    (--cvdnn-input-range) replaces both: uniform values in [low, high].  The same seed gives the same arrays.
+    values lie where the deployed blob's do.  Non-image inputs get uniform values in [-1, 1], or what their
+    :class:`~pytest_cvdnn.feeds.Feed` says (dtype, range, constant).  ``value_range`` (--cvdnn-input-range)
+    replaces both for float inputs: uniform values in [low, high].  The same seed gives the same arrays.
     """
+    from .feeds import feed_values
+
     rng = np.random.default_rng(seed)
     out = []
-    for shape, one in zip(shapes, _per_input(spec, len(shapes)), strict=True):
+    for k, (shape, one) in enumerate(zip(shapes, _per_input(spec, len(shapes)), strict=True)):
         full = (count, *[int(d) for d in shape[1:]])
-        if value_range is not None:
+        feed = feeds[k] if feeds is not None else None
+        if feed is not None and (feed.integer or feed.constant is not None or feed.batch_axis is None
+                                 or not _is_image(shape)):
+            out.append(feed_values(feed, full[1:], count, rng))
+        elif value_range is not None:
             out.append(rng.uniform(value_range[0], value_range[1], size=full).astype(np.float32))
         elif _is_image(shape):
             pixels = rng.integers(0, 256, size=full).astype(np.float32)
@@ -149,7 +158,8 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
     if len(shapes) != 1:
         raise CvdnnError(
             f"--cvdnn-inputs works for single-input models; this one has {len(shapes)} inputs",
-            fix="drop the option (seeded random inputs are used) or write a test with the assert_parity fixture",
+            fix="pass an .npz file of arrays by input name instead (np.savez('inputs.npz', **{name: array})), or "
+            "drop the option (seeded random inputs are used)",
         )
     shape = [int(d) for d in shapes[0]]
     samples = []
@@ -173,3 +183,54 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
                                  fix="use .npy files for non-image inputs")
             samples.append(_read_image(path, spec, shape[2], shape[1], shape[3]))
     return [np.concatenate(samples, axis=0)]
+
+
+def load_named_inputs(path: Path, feeds: Sequence[Feed], shapes: Sequence[Sequence[int]],
+                      layouts: Sequence[str]) -> list[np.ndarray]:
+    """The arrays of an ``.npz`` keyed by input name, each as the runtime is fed it (the graph's layout, its batch
+    axis, a scalar as a scalar), made sample-major like every input of the checks.  ``shapes``: the checks'
+    sample-major shapes (batch 1), to check each array against."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise CvdnnError(f"--cvdnn-inputs={path} cannot be read as an .npz of arrays: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}", fix="save it with np.savez(path, **{input_name: array})") from None
+    names = [f.name for f in feeds]
+    missing, extra = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise CvdnnError(f"--cvdnn-inputs={path}: " + "; ".join(
+            ([f"no array for input(s) {', '.join(map(repr, missing))}"] if missing else [])
+            + ([f"array(s) {', '.join(map(repr, extra))} name no input"] if extra else [])),
+            fix=f"save one array per model input, named after it: {', '.join(map(repr, names))}")
+    out, counts = [], set()
+    for feed, shape, layout in zip(feeds, shapes, layouts, strict=True):
+        x = np.asarray(arrays[feed.name])
+        if x.dtype.kind not in "biuf":
+            raise CvdnnError(f"--cvdnn-inputs={path}: array {feed.name!r} holds {x.dtype} values",
+                             fix=f"save it as {feed.dtype}")
+        if np.dtype(feed.dtype).kind in "iub" and x.dtype.kind == "f" and not np.array_equal(x, np.round(x)):
+            raise CvdnnError(f"--cvdnn-inputs={path}: array {feed.name!r} holds fractions; the input is {feed.dtype}",
+                             fix=f"save the values the model takes, as {feed.dtype}")
+        if feed.batch_axis is None:
+            x = x[None]
+        else:
+            if x.ndim <= feed.batch_axis:
+                raise CvdnnError(f"--cvdnn-inputs={path}: array {feed.name!r} has shape {x.shape}; the input holds "
+                                 f"its samples on axis {feed.batch_axis}",
+                                 fix="save the array as the model is fed it (batch axis included)")
+            x = np.moveaxis(x, feed.batch_axis, 0)
+            counts.add(x.shape[0])
+        if x.ndim == 4 and layout == "nchw":
+            x = to_layout(x, "nchw", "nhwc")
+        want = tuple(int(d) for d in shape[1:])
+        if x.shape[1:] != want:
+            raise CvdnnError(f"--cvdnn-inputs={path}: array {feed.name!r} has shape {arrays[feed.name].shape}, which "
+                             f"is not the input's {tuple(shape)} (sample-major{', NHWC' if len(shape) == 4 else ''})",
+                             fix="save the array as the model is fed it, at the size the checks use")
+        out.append(np.ascontiguousarray(x, dtype=np.dtype(feed.dtype)))
+    if len(counts) > 1 or 0 in counts:
+        raise CvdnnError(f"--cvdnn-inputs={path}: the arrays hold different numbers of samples ({sorted(counts)})",
+                         fix="save the same number of samples for every batched input")
+    count = counts.pop() if counts else 1
+    return [np.repeat(x, count, axis=0) if feed.batch_axis is None else x for x, feed in zip(out, feeds, strict=True)]

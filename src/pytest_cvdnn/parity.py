@@ -30,6 +30,8 @@ def runner_parity(dep: Deployment, expected: str, obtained: str, inputs: Sequenc
     obt = dep.run(obtained, inputs, per_sample=one and obtained == "cv2dnn")
     names, softmax = list(dep.output_names), list(dep.softmax_outputs)
     obt, notes = align_outputs([e.shape for e in exp], obt, names, dep.reorder_outputs)  # NCHW vs NHWC
+    if "keras" in (expected, obtained) and dep.has_keras and dep.outputs_by_position:
+        notes.append(BY_POSITION)
     if dep.logit_names and len(exp) == len(obt):
         logits = _logits(dep, expected, obtained, inputs, one, notes)
         if logits is not None:
@@ -41,6 +43,11 @@ def runner_parity(dep: Deployment, expected: str, obtained: str, inputs: Sequenc
     if inputs is None and not whole_batch:  # (references: the arrays are the run cache's)
         dep.exhibits[f"parity[{expected}-{obtained}]"] = (exp, obt, names)
     return replace(result, notes=result.notes + tuple(notes)) if notes else result
+
+
+#: said where several Keras outputs are paired with the graph's by position
+BY_POSITION = ("the outputs are paired by position: no name pairs every Keras output with a graph output (Keras "
+               "output names, a SavedModel signature's keys and tensors)")
 
 
 def _logits(dep: Deployment, expected: str, obtained: str, inputs: Sequence[np.ndarray] | None, one: bool,

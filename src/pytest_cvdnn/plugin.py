@@ -315,6 +315,7 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
         inputs=values["inputs"],
         input_range=values["input_range"],
         input_shape=values["input_shape"],
+        feeds=values["feeds"],
         images=values["images"],
         samples=values["samples"],
         memory_budget=values["memory_budget"],
@@ -329,9 +330,13 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
     if base.spec is not None and base.spec.layout != base.layout and config.getoption("cvdnn_layout") is None:
         base = replace(base, layout=base.spec.layout)
     for option, folder in (("--cvdnn-inputs", base.inputs), ("--cvdnn-images", base.images)):
+        if option == "--cvdnn-inputs" and folder is not None and folder.lower().endswith(".npz") \
+                and Path(folder).is_file():
+            continue  # (arrays by input name)
         if folder is not None and not Path(folder).is_dir():
             raise pytest.UsageError(f"{option}={folder}: no such folder (from {Path.cwd()}); pass a folder of "
-                                    + ("images or .npy files" if option == "--cvdnn-inputs" else "PNG/JPEG photos"))
+                                    + ("images or .npy files, or an .npz file of arrays by input name"
+                                       if option == "--cvdnn-inputs" else "PNG/JPEG photos"))
     return base
 
 

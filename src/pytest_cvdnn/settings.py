@@ -78,6 +78,12 @@ def _tol(name: str) -> Callable[[str], float]:
     return parse
 
 
+def _parse_feeds(value: Any) -> Any:
+    from .feeds import parse_feeds
+
+    return parse_feeds(value)
+
+
 def parse_range(value: str) -> tuple[float, float]:
     """``-1,1`` -> (-1.0, 1.0): the range of the values fed to the model's inputs."""
     parts = [p for p in re.split(r"[,:/ ]+", str(value).strip()) if p]
@@ -277,6 +283,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("input_range", "--cvdnn-input-range", "cvdnn_input_range", parse_range, None,
            "range of the values the checks feed the model, e.g. -1,1 (default: what the input spec gives a 0..255 "
            "image; set it when the model's preprocessing is not known and not declared)", "LOW,HIGH"),
+    Option("feeds", "--cvdnn-feed", "cvdnn_feed", _parse_feeds, (),
+           "how non-image inputs are fed, per input name: a constant (sr=16000), a range (tokens:range=0..999), "
+           "the axis holding the samples (state:batch_axis=1, or none); ';' between inputs (default: the dtype and "
+           "batch axis the graph declares, integer inputs within the table they index, else 0..255)", "SPEC"),
     Option("input_shape", "--cvdnn-input-shape", "cvdnn_input_shape", parse_input_shape, None,
            "input shape(s) without the batch for a model that does not define them (a subclassed keras.Model "
            "never called): 64x64x1, or one per input separated by ';'", "SHAPE"),
@@ -299,7 +309,7 @@ OPTIONS: tuple[Option, ...] = (
 
 #: marker keywords and what they set
 MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "input_shape", "opset", "layout",
-               "engine", "seed", "samples")
+               "engine", "seed", "samples", "feed")
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,7 @@ class ModelSettings:
     inputs: str | None = None
     input_range: tuple[float, float] | None = None  # --cvdnn-input-range: values fed to the model
     input_shape: InputShapes | None = None  # --cvdnn-input-shape: for models that do not define theirs
+    feeds: tuple[tuple[str, Any], ...] = ()  # --cvdnn-feed: (input name, feeds.FeedDecl)
     images: str | None = None
     samples: int = 4
     seed: int = 0
@@ -348,7 +359,7 @@ class ModelSettings:
 
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
-                self.inputs, self.input_range, self.input_shape, self.images, self.samples, self.seed, self.target, self.format,
+                self.inputs, self.input_range, self.input_shape, self.feeds, self.images, self.samples, self.seed, self.target, self.format,
                 self.ort_providers)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
@@ -384,6 +395,8 @@ class ModelSettings:
                                                      else str(value))
             elif key == "input_shape":
                 changes["input_shape"] = parse_input_shape(value)
+            elif key == "feed":
+                changes["feeds"] = _parse_feeds(value)
             elif key == "seed":
                 changes[key] = parse_seed(str(value))
             elif key == "samples":

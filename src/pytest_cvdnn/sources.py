@@ -206,7 +206,27 @@ def _load_savedmodel(keras: Any, path: Path) -> Any:
     out = call(inputs)
     if isinstance(out, dict):
         out = [keras.layers.Identity(name=_safe_layer_name(k))(out[k]) for k in out_names]
-    return keras.Model(inputs, out, name=path.name)
+    model = keras.Model(inputs, out, name=path.name)
+    tensors = _signature_tensors(path)
+    # each output's names: the signature's key and the graph tensor it maps to (what an exporter names the
+    # ONNX output: "StatefulPartitionedCall:0" ...), so that outputs are matched by name, not by position
+    model._cvdnn_output_aliases = [[k, tensors[k]] if k in tensors else [k] for k in out_names]
+    return model
+
+
+def _signature_tensors(path: Path) -> dict[str, str]:
+    """The serving signature's output key -> graph tensor name, read from saved_model.pb ({} if unreadable)."""
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        for meta in proto.meta_graphs:
+            if "serving_default" in meta.signature_def:
+                return {k: v.name for k, v in meta.signature_def["serving_default"].outputs.items()}
+    except Exception:  # noqa: BLE001 - names are a bonus: outputs are then matched by position, and said so
+        return {}
+    return {}
 
 
 def _safe_layer_name(name: str) -> str:

@@ -44,11 +44,13 @@ class CachedRunner:
     def __init__(self, name: str, make: Callable[[], Runner], key: str | None, cache: Cache,
                  memory: dict[tuple[str, str, str], list[np.ndarray]], *, joint: bool,
                  one_at_a_time: Callable[[], bool], feed: Callable[[list[np.ndarray]], list[np.ndarray]],
+                 unfeed: Callable[[list[np.ndarray]], list[np.ndarray]] = list,
                  digest: Callable[[Sequence[np.ndarray]], str] = inputs_digest,
                  wait: Callable[[Path], bool] | None = None) -> None:
         self.name, self.key, self.joint = name, key, joint
         self._make, self._cache, self._memory = make, cache, memory
         self._one_at_a_time, self._feed, self._digest, self._wait = one_at_a_time, feed, digest, wait
+        self._unfeed = unfeed
         self._identity = "" if key is None else sha256_bytes(f"{name}|{key}".encode())[:24]
 
     def entry(self, digest: str) -> Path | None:
@@ -77,18 +79,23 @@ class CachedRunner:
 
     def _computed(self, inputs: list[np.ndarray], digest: str) -> list[np.ndarray]:
         runner = self._make()
-        feeds = self._feed(inputs)
-        if self._one_at_a_time() and len(feeds[0]) > 1:  # a graph fixed to batch 1: one sample per forward
-            rows = [runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))]
+        if self._one_at_a_time() and len(inputs[0]) > 1:  # a graph fixed to batch 1: one sample per forward
+            rows = [self._outputs(runner, [x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
             results = stacked(rows)
         else:
-            results = [np.asarray(o) for o in runner.infer(feeds)]
+            results = self._outputs(runner, inputs)
         if self.joint:  # (outputs, then logits: the runner says how many are outputs)
             results = [np.array(getattr(runner, "output_count", len(results))), *results]
         path = self.entry(digest)
         if path is not None:
             self._cache.put_arrays(results, "outputs", path.name)
         return results
+
+    def _outputs(self, runner: Runner, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The runner's outputs on sample-major inputs, sample-major (a joint runner's logits as they come)."""
+        outs = [np.asarray(o) for o in runner.infer(self._feed(inputs))]
+        count = int(getattr(runner, "output_count", len(outs))) if self.joint else len(outs)
+        return [*self._unfeed(outs[:count]), *outs[count:]]
 
     def _split(self, results: list[np.ndarray]) -> Results:
         if not self.joint:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -100,9 +100,29 @@ def keras_metadata(model: Any) -> dict[str, Any]:
         "inputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.inputs],
         "outputs": [{"name": t.name, "shape": _shape(t), "dtype": str(t.dtype)} for t in model.outputs],
         "output_names": list(getattr(model, "output_names", []) or []),
+        "output_aliases": list(getattr(model, "_cvdnn_output_aliases", None) or []),
         "softmax_outputs": last_layers,
         "layers": [{"name": layer.name, "class": type(layer).__name__} for layer in model.layers],
+        "index_ranges": _index_ranges(model),
     }
+
+
+def _index_ranges(model: Any) -> dict[str, list[int]]:
+    """Integer inputs that feed an Embedding: input name -> [0, input_dim - 1], the tokens it can look up."""
+    by_id = {id(t): t.name for t in model.inputs}
+    found: dict[str, list[int]] = {}
+    for layer in model.layers:
+        dim = getattr(layer, "input_dim", None)
+        if type(layer).__name__ != "Embedding" or not isinstance(dim, int):
+            continue
+        try:
+            source = layer.input
+        except (AttributeError, ValueError):  # (a layer called on several tensors)
+            continue
+        name = by_id.get(id(source))
+        if name is not None:
+            found[name] = [0, min(dim - 1, found.get(name, [0, dim - 1])[1])]
+    return found
 
 
 class KerasRunner:
@@ -149,19 +169,18 @@ def keras_logits_model(model: Any) -> Any | None:
 
 
 class KerasReference:
-    """The reference of a Keras source: its outputs (in the ONNX graph's order) then the logits of its final
-    softmaxes, from one forward pass of a model that returns both."""
+    """The reference of a Keras source: its outputs (in the Keras model's order: Deployment.run lines them up
+    with the graph's by name) then the logits of its final softmaxes, from one forward pass of a model that
+    returns both."""
 
     name = "keras"
 
-    def __init__(self, model: Any, output_count: int, order: Callable[[list[np.ndarray]], list[np.ndarray]]) -> None:
+    def __init__(self, model: Any, output_count: int) -> None:
         self.runner = KerasRunner(model)
         self.output_count = output_count
-        self.order = order
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        results = self.runner.infer(inputs)
-        return self.order(results[: self.output_count]) + results[self.output_count :]
+        return self.runner.infer(inputs)
 
 
 def _for_deployment(dep: Deployment, logits: bool) -> KerasReference:
@@ -173,10 +192,10 @@ def _for_deployment(dep: Deployment, logits: bool) -> KerasReference:
     except CvdnnError:
         logit_model = None  # e.g. a subclassed model: its outputs alone
     if logit_model is None:
-        return KerasReference(model, len(model.outputs), dep.in_graph_order)
+        return KerasReference(model, len(model.outputs))
     both = dep.stage("keras_both", lambda: import_keras().Model(
         model.inputs, list(model.outputs) + list(logit_model.outputs)))
-    return KerasReference(both, len(model.outputs), dep.in_graph_order)
+    return KerasReference(both, len(model.outputs))
 
 
 def _version(dep: Deployment) -> str:
@@ -189,7 +208,7 @@ def _version(dep: Deployment) -> str:
 SPEC = RunnerSpec(
     "keras", factory=_for_deployment,
     unavailable=lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras reference",
-    key=lambda dep, logits: dep.model_hash, version=_version,
+    key=lambda dep, logits: f"{dep.model_hash}|keras-order", version=_version,  # (outputs stored in Keras' order)
     kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
     compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
                    "cv2dnn": "the deployed model does not reproduce Keras"},

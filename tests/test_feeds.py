@@ -1,0 +1,143 @@
+"""How each input is fed (feeds.py, inputs.load_named_inputs, graph.index_ranges): dtype, batch axis, values
+(quick tier: numpy and onnx only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_cvdnn.errors import CvdnnError
+from pytest_cvdnn.feeds import (Feed, FeedDecl, batch_axes, check_declared, feed_values, from_graph,
+                                output_batch_axes, parse_feeds, to_graph)
+
+
+def test_declarations_parse_constants_ranges_and_batch_axes() -> None:
+    parsed = dict(parse_feeds("sr=16000; state:batch_axis=1,range=-2..3 ;tokens:range=0..999;flag:batch_axis=none"))
+    assert parsed["sr"] == FeedDecl(constant=16000.0)
+    assert parsed["state"] == FeedDecl(low=-2.0, high=3.0, batch_axis=1)
+    assert parsed["tokens"] == FeedDecl(low=0.0, high=999.0)
+    assert parsed["flag"] == FeedDecl(batch_axis=None)
+    assert dict(parse_feeds({"sr": 8000, "state": {"batch_axis": 1, "range": (-1, 1)}})) == {
+        "sr": FeedDecl(constant=8000.0), "state": FeedDecl(low=-1.0, high=1.0, batch_axis=1)}
+    assert parse_feeds("") == ()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("sr", "NAME=VALUE"), ("sr=x", "not a number"), ("state:range=3..1", "LOW < HIGH"),
+    ("state:batch_axis=-1", "axis number or none"), ("state:speed=2", "unknown key 'speed'"),
+    ("sr=1e12", r"within ±1e\+09"), ("state:range", "not key=value"), ("sr=nan", "finite"),
+])
+def test_a_bad_declaration_says_what_is_wrong(bad: str, why: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=why):
+        parse_feeds(bad)
+
+
+def test_the_batch_axis_is_where_the_shared_dynamic_dimension_sits() -> None:
+    # a voice-activity model: audio (N, 576), a recurrent state (2, N, 128), a scalar sample rate
+    assert batch_axes([(None, 576), (2, None, 128), ()], [("N", None), (None, "N", None), ()]) == [0, 1, None]
+    # the symbol most inputs share wins over one another input has alone
+    assert batch_axes([(None, None), (None, 3)], [("batch", "time"), ("batch", None)]) == [0, 0]
+    assert batch_axes([(None, None), (3, None)], [("time", "batch"), (None, "batch")]) == [1, 1]
+    # one input, or no names: axis 0 (a scalar has none)
+    assert batch_axes([(None, 3, 8, 8)], [("N", None, None, None)]) == [0]
+    assert batch_axes([(None, 4), ()], [(None, None), ()]) == [0, None]
+    # outputs: where the inputs' symbol sits, else 0
+    assert output_batch_axes([(None, 8), (2, None, 8), (3,)], [("N", None), (None, "N", None), (None,)], "N") == [0, 1, 0]
+
+
+def test_arrays_go_to_the_graph_and_outputs_come_back_sample_major() -> None:
+    state = Feed("state", "float32", 1, -1, 1)
+    x = np.arange(3 * 2 * 4, dtype=np.float64).reshape(3, 2, 4)  # 3 samples of (2, 4)
+    fed = to_graph(x, state)
+    assert fed.shape == (2, 3, 4) and fed.dtype == np.float32 and fed.flags.c_contiguous
+    assert np.array_equal(fed[:, 1], x[1])
+    assert np.array_equal(from_graph(fed, 1), x)
+    sr = Feed("sr", "int64", None, 16000, 16000, 16000.0)
+    assert to_graph(np.full((3,), 16000.0), sr).shape == () and to_graph(np.full((3,), 16000.0), sr).dtype == np.int64
+    assert from_graph(np.ones((2, 5)), 0).shape == (2, 5)
+
+
+def test_values_follow_the_dtype_the_range_and_the_batch_axis() -> None:
+    rng = np.random.default_rng(0)
+    tokens = feed_values(Feed("tokens", "int32", 0, 0, 99), (16,), 50, rng)
+    assert tokens.dtype == np.int32 and tokens.shape == (50, 16)
+    assert tokens.min() == 0 and tokens.max() == 99  # both ends reachable, nothing beyond
+    flags = feed_values(Feed("mask", "bool", 0, 0, 1), (8,), 20, rng)
+    assert flags.dtype == np.bool_ and flags.any() and not flags.all()
+    sr = feed_values(Feed("sr", "int64", None, 16000, 16000, 16000.0), (), 4, rng)
+    assert sr.shape == (4,) and (sr == 16000).all()
+    rate = feed_values(Feed("k", "float32", None, -1, 1), (3,), 4, rng)  # no batch axis: one draw for all
+    assert rate.shape == (4, 3) and (rate == rate[0]).all() and rate.std() > 0
+    state = feed_values(Feed("state", "float32", 1, -2, 3), (2, 8), 4, rng)
+    assert state.dtype == np.float32 and state.min() >= -2 and state.max() < 3 and not (state == state[0]).all()
+    assert np.array_equal(feed_values(Feed("x", "float32", 0, -1, 1), (4,), 2, np.random.default_rng(1)),
+                          np.random.default_rng(1).uniform(-1, 1, (2, 4)).astype(np.float32))
+
+
+def test_a_declared_input_the_model_lacks_is_named_with_the_closest() -> None:
+    check_declared((("state", FeedDecl()),), ["x", "state"], "--cvdnn-feed")
+    with pytest.raises(CvdnnError, match=r"--cvdnn-feed: the model has no input 'stat' \(did you mean 'state'\?\)"):
+        check_declared((("stat", FeedDecl()),), ["x", "state"], "--cvdnn-feed")
+
+
+def _gather_graph(path: Path, wrapped: bool) -> Path:
+    """tokens (N, 6) int32 -> [Keras 3's where(x < 0, x + rows, x)] -> Gather(table (50, 4)) -> ReduceMean."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32), "table")
+    zero, rows = (numpy_helper.from_array(np.array(v, np.int32), n) for v, n in ((0, "zero"), (50, "rows")))
+    nodes = [helper.make_node("ReduceMean", ["emb"], ["y"], axes=[1], keepdims=0)]
+    if wrapped:
+        nodes[:0] = [helper.make_node("Less", ["tokens", "zero"], ["neg"]),
+                     helper.make_node("Add", ["tokens", "rows"], ["wrapped"]),
+                     helper.make_node("Where", ["neg", "wrapped", "tokens"], ["index"]),
+                     helper.make_node("Gather", ["table", "index"], ["emb"])]
+    else:
+        nodes[:0] = [helper.make_node("Cast", ["tokens"], ["t64"], to=TensorProto.INT64),
+                     helper.make_node("Gather", ["table", "t64"], ["emb"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("tokens", TensorProto.INT32, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [table, zero, rows])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["cast", "keras-where"])
+def test_integer_inputs_that_index_a_table_get_its_rows(tmp_path: Path, wrapped: bool) -> None:
+    import onnx
+
+    from pytest_cvdnn.graph import index_ranges
+
+    graph = onnx.load(str(_gather_graph(tmp_path / "g.onnx", wrapped))).graph
+    assert index_ranges(graph) == {"tokens": [0, 49]}
+    del graph.node[-2]  # (the Gather gone: no table, no range)
+    assert index_ranges(graph) == {}
+
+
+def test_named_arrays_are_read_by_input_name_and_checked(tmp_path: Path) -> None:
+    from pytest_cvdnn.inputs import load_named_inputs
+
+    feeds = [Feed("x", "float32", 0, -1, 1), Feed("state", "float32", 1, -1, 1), Feed("sr", "int64", None, 0, 0)]
+    shapes, layouts = [[1, 16], [1, 2, 8], [1]], ["nchw"] * 3
+    rng = np.random.default_rng(0)
+    x, state = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(2, 3, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, state=state, sr=np.array(16000))
+    got = load_named_inputs(tmp_path / "in.npz", feeds, shapes, layouts)
+    assert [a.shape for a in got] == [(3, 16), (3, 2, 8), (3,)]
+    assert np.array_equal(got[1][2], state[:, 2]) and got[2].dtype == np.int64 and (got[2] == 16000).all()
+    for arrays, why in (({"x": x, "state": state}, "no array for input\\(s\\) 'sr'"),
+                        ({"x": x, "state": state, "sr": 1, "extra": x}, "'extra' name no input"),
+                        ({"x": x[:2], "state": state, "sr": 1}, "different numbers of samples"),
+                        ({"x": x, "state": state[:, :, :4], "sr": 1}, "array 'state' has shape \\(2, 3, 4\\)"),
+                        ({"x": x, "state": state, "sr": 0.5}, "'sr' holds fractions")):
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(CvdnnError, match=why):
+            load_named_inputs(tmp_path / "bad.npz", feeds, shapes, layouts)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CvdnnError, match="cannot be read as an .npz"):
+        load_named_inputs(tmp_path / "junk.npz", feeds, shapes, layouts)
