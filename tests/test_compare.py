@@ -296,8 +296,21 @@ def test_input_insensitive_outputs_are_named_so_a_pass_that_shows_little_says_so
     assert [f["name"] for f in found] == ["probs"]
     assert found[0]["samples"] == 4 and found[0]["spread"] < 1e-8
     edge = np.zeros((2, 3), np.float32)
-    edge[1, 0] = 1e-4 + 1e-3 * 1e-4 * 1.01  # just beyond atol + rtol * scale
-    assert input_insensitive([edge], ["edge"], tol) == []
+    edge[1, 0] = 1e-4 + 1e-3 * 1e-4 * 1.01  # just beyond atol + rtol * scale: it moves (but it is quiet)
+    assert [f["kind"] for f in input_insensitive([edge], ["edge"], tol)] == ["quiet"]
+
+
+def test_a_quiet_output_is_named_with_its_magnitude() -> None:
+    """A score map whose largest value on noise is 7e-4 (seven atol) moves with the input, yet the inputs hardly
+    exercise it: named "quiet"; at eleven atol it is not; an output zero for every input is "flat"."""
+    from pytest_cvdnn.compare import QUIET_ATOLS, Tolerance, input_insensitive
+
+    tol = Tolerance(atol=1e-4, rtol=1e-3)
+    rng = np.random.default_rng(0)
+    score = (rng.random((4, 64, 64)) * 7e-4).astype(np.float32)
+    found = input_insensitive([score, score * 11 / 7, np.zeros((4, 8), np.float32)], ["map", "loud", "zeros"], tol)
+    assert [(f["name"], f["kind"]) for f in found] == [("map", "quiet"), ("zeros", "flat")]
+    assert found[0]["scale"] == pytest.approx(float(score.max())) and QUIET_ATOLS == 10
 
 
 def test_the_near_tie_margin_is_what_both_runners_may_move_together() -> None:

@@ -211,3 +211,166 @@ def test_outputs_are_paired_by_the_signatures_names_not_their_position(run_cvdnn
     assert message.startswith("onnxruntime returns outputs of other shapes than keras: 'out_b' (4, 3) where keras "
                               "has (4, 6)"), message
     assert "the outputs are paired by position" in message and "inf" not in message.split(". Fix")[0]
+
+
+SUBCLASSED = """
+import keras
+
+
+class Net(keras.Model):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.fc = keras.layers.Dense(3, name="fc")
+
+    def build(self, input_shape=(None, 24, 24, 3)):
+        self.conv.build(input_shape)
+        self.fc.build((input_shape[0], 4))
+        self.built = True
+
+    def call(self, x):
+        return self.fc(self.pool(self.conv(x)))
+
+
+def own_build():
+    keras.utils.set_random_seed(0)
+    net = Net(name="net")
+    net.build()  # its own default shape
+    return net
+
+
+def default_only():
+    keras.utils.set_random_seed(0)
+    return Net(name="net")  # never built: its build()'s default says the shape
+
+
+def first_layer():
+    keras.utils.set_random_seed(0)
+    net = Net(name="net")
+    net.conv.build((None, 20, 20, 3))  # built layer by layer: the first layer records the shape
+    net.fc.build((None, 4))
+    net.built = True
+    return net
+"""
+
+
+def test_a_subclassed_model_built_by_its_own_build_is_checked_at_that_shape(run_cvdnn: Callable[..., Run],
+                                                                            pytester: pytest.Pytester) -> None:
+    """Built by its own build() (a default input shape), layer by layer, or not at all: the shape is the one its
+    first layer was built with, else its build()'s default; never "never built or called"."""
+    pytester.makepyfile(net=SUBCLASSED)
+    for factory, size in (("own_build", 24), ("first_layer", 20), ("default_only", 24)):
+        run = run_cvdnn(f"--cvdnn-model=net:{factory}", "-k", "convert or load or parity")
+        checks = run.checks()
+        assert checks["convert"]["outcome"] == "passed", checks["convert"]["message"]
+        assert f"(?, 3, {size}, {size})" in checks["load"]["message"], checks["load"]["message"]
+        assert checks["parity[keras-cv2dnn]"]["outcome"] == "passed"
+
+
+def test_a_quiet_output_passes_with_a_caution_naming_its_magnitude(run_cvdnn: Callable[..., Run],
+                                                                 pytester: pytest.Pytester) -> None:
+    """A score map whose largest value on the checks' inputs is a few atol (a detector's map on noise): parity
+    passes, and says that these inputs hardly exercise the output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array((np.random.default_rng(0).normal(0, 1, (1, 3, 3, 3)) * 1e-7).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["score"], name="head", pads=[1, 1, 1, 1])], "d",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1, 16, 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(pytester.path / "det.onnx"))
+    run = run_cvdnn("--cvdnn-model=det.onnx", "-k", "parity")
+    parity = run.checks()["parity[onnxruntime-cv2dnn]"]
+    assert parity["outcome"] == "passed", parity["message"]
+    scale = parity["data"]["input_insensitive"][0]["scale"]
+    assert 1e-5 < scale < 1e-3, scale
+    assert f"caution: the reference of 'score' (max |ref| {scale:.2g}) is nearly zero on every input" in parity["message"]
+
+
+def dynamic_resize_onnx(path: Path) -> Path:
+    """Conv -> Resize to twice its computed size (Shape -> Slice -> Mul -> Concat) -> Conv -> pooling, with the
+    input's height and width dynamic: OpenCV 4.8 cannot import the Shape of a dynamic tensor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = {"s0": [0], "s2": [2], "s4": [4], "two": [2, 2]}
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (2, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array([], np.float32), "scales"),
+             *(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c1"], ["shp"], name="shape"),
+        helper.make_node("Slice", ["shp", "s0", "s2"], ["nc"], name="nc"),
+        helper.make_node("Slice", ["shp", "s2", "s4"], ["hw"], name="hw"),
+        helper.make_node("Mul", ["hw", "two"], ["hw2"], name="double"),
+        helper.make_node("Concat", ["nc", "hw2"], ["sizes"], name="sizes", axis=0),
+        helper.make_node("Resize", ["c1", "roi", "scales", "sizes"], ["up"], name="upsample", mode="nearest"),
+        helper.make_node("Conv", ["up", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flat"),
+    ]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+HAND_48 = """
+import sys, numpy as np, cv2, json
+x = np.load(sys.argv[3])
+out = {}
+for name in ("orig", "fixed"):
+    try:
+        net = cv2.dnn.readNetFromONNX(sys.argv[1 if name == "orig" else 2])
+        net.setInput(x)
+        out[name] = net.forward().tolist()
+    except cv2.error as exc:
+        out[name] = str(exc)
+print(json.dumps({"opencv": cv2.__version__, **out}))
+"""
+
+
+def test_a_graph_that_only_its_dynamic_sizes_keep_from_loading_gets_the_static_remedy(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """OpenCV 4.8.1 rejects the graph ("!isDynamicShape" in the Shape node); every op imports once the input has
+    the checked size (the op scan probes at that size, the shape computations folded); the remedy — the inputs
+    fixed to the checked size, the batch left free, onnxslim — is verified at batch 1 and 4, and the fixed.onnx it
+    writes loads in 4.8.1 and matches onnxruntime by hand."""
+    import json
+
+    import onnxruntime as ort
+
+    from conftest import side_by_side
+    from pytest_cvdnn.targets import opencv_env
+
+    side_by_side("4.8.1")
+    dynamic_resize_onnx(pytester.path / "dyn.onnx")
+    run = run_cvdnn("--cvdnn-model=dyn.onnx", "--cvdnn-preprocess=none,size=16x16", "--cvdnn-target=opencv==4.8.1",
+                    "-k", "ops or load")
+    checks = run.checks()
+    load, ops = checks["load[opencv-4.8.1]"], checks["ops[opencv-4.8.1]"]
+    assert load["outcome"] == "failed" and "!isDynamicShape" in load["message"]
+    assert "the cause is the dynamic input sizes" in load["message"], load["message"]
+    assert "remedy: the ONNX rewrite 'fix the inputs to x Nx3x16x16 + onnxslim'" in load["message"]
+    assert "matches onnxruntime at batch 1 and 4" in load["message"]
+    assert ops["outcome"] == "passed", ops["message"]
+    assert "Shape, Slice fold into constants" in ops["message"]
+    fixed = load["message"].split("Fix: ship ", 1)[1].split(", or add", 1)[0]
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 16, 16)).astype(np.float32)
+    np.save(pytester.path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", HAND_48, str(pytester.path / "dyn.onnx"), fixed,
+                           str(pytester.path / "x.npy")], env=opencv_env(side_by_side("4.8.1")), capture_output=True,
+                          text=True, timeout=120)
+    hand = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert hand["opencv"] == "4.8.1" and "isDynamicShape" in hand["orig"], hand
+    want = ort.InferenceSession(str(pytester.path / "dyn.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(np.array(hand["fixed"]) - want).max() < 1e-3 * np.abs(want).max()

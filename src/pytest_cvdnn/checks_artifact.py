@@ -218,6 +218,10 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     warned = dep.conversion.warnings[:2]
     if warned and not dep.settings.onnx:  # (the optimizer left part of the graph as it was)
         message += f"; tf2onnx warned while converting it: {'; '.join(warned)}"
+    if fixed is not None and "fix the inputs to" in fixed.candidate and not any(
+            "fix the inputs to" not in f.candidate and f.works for f in fixes):
+        message += ("; the cause is the dynamic input sizes: with the inputs fixed to the checked sizes (the batch "
+                    "left free) and the shape computations folded, it loads")
     if fixed is not None:
         where = f" on node(s) {', '.join(map(repr, fixed.nodes[:3]))}" if fixed.nodes else ""
         message += (f"; remedy: the ONNX rewrite '{fixed.candidate}'{where} {fixed.detail}: "
@@ -288,7 +292,12 @@ def check_ops(dep: Deployment) -> CheckResult:
             fix="see the load item: the ONNX rewrites and the remedy search it tried (--cvdnn-fix: every variant)",
             data=data,
         )
-    return CheckResult(f"all {len(results)} op patterns import ({', '.join(data['op_types'])})", data)
+    text = f"all {len(results)} op patterns import ({', '.join(data['op_types'])})"
+    folded = [r.op_type for r in results if r.error.startswith("folded into a constant")]
+    if folded:  # (probed at the sizes the checks feed: the shape computations are constants there)
+        text += (f"; at the checked input sizes {', '.join(sorted(set(folded)))} fold into constants (probed "
+                 "alone with those sizes)")
+    return CheckResult(text, data)
 
 
 def check_remedies(dep: Deployment) -> CheckResult:

@@ -132,12 +132,21 @@ def _insensitive(dep: Deployment, expected: str, obtained: str) -> list[dict[str
     return [f for f in flat if f"{f['name']} (logits)" not in exhibit[2] or f"{f['name']} (logits)" in names]
 
 
-def _insensitive_note(flat: list[dict[str, Any]]) -> str:
-    if not flat:
-        return ""
-    names = ", ".join(f"{f['name']!r} (spread {f['spread']:.2g} over {f['samples']} inputs)" for f in flat)
-    return (f"; caution: the reference of {names} barely depends on the input, so a graph that ignores its input "
-            "would match it too (random weights? check a trained model, or --cvdnn-inputs the model tells apart)")
+def _insensitive_note(found: list[dict[str, Any]]) -> str:
+    flat = [f for f in found if f.get("kind", "flat") == "flat"]
+    quiet = [f for f in found if f.get("kind") == "quiet"]
+    note = ""
+    if flat:
+        names = ", ".join(f"{f['name']!r} (spread {f['spread']:.2g} over {f['samples']} inputs)" for f in flat)
+        note += (f"; caution: the reference of {names} barely depends on the input, so a graph that ignores its "
+                 "input would match it too (random weights? check a trained model, or --cvdnn-inputs the model "
+                 "tells apart)")
+    if quiet:
+        names = ", ".join(f"{f['name']!r} (max |ref| {f['scale']:.2g})" for f in quiet)
+        note += (f"; caution: the reference of {names} is nearly zero on every input checked (within a few atol), "
+                 "so these inputs hardly exercise it — a detector's map on noise; check it on real data "
+                 "(--cvdnn-inputs)")
+    return note
 
 
 def parity_diagnosis(dep: Deployment, expected: str, obtained: str, result: Any) -> str:

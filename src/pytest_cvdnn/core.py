@@ -35,7 +35,7 @@ __all__ = ["Deployment", "Assembly"]
 
 GRAPH_SUMMARY_VERSION = 3
 #: what keras_metadata records (a cached record of another version is made again)
-KERAS_META_VERSION = 2
+KERAS_META_VERSION = 3
 _STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
 
 T = TypeVar("T")
@@ -169,7 +169,7 @@ class Deployment:
         bytes elsewhere, two empty files, must not share it) and the tools."""
         versions = tool_versions()
         return sha256_bytes(f"keras|{self.model_hash}|{self.source.kind}|{self.source.path or self.source.text}|"
-                            f"{versions['tensorflow']}|{versions['keras']}".encode())[:40]
+                            f"{versions['tensorflow']}|{versions['keras']}|{KERAS_META_VERSION}".encode())[:40]
 
     def _model_json(self, folder: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """What ``make()`` says about the model file, cached in ``folder`` by its content hash (a warm run
@@ -584,9 +584,10 @@ class Deployment:
     def _check_fixed_batch(self) -> None:
         """Refuse an ONNX input whose batch is fixed above 1: the checks feed single samples and batches."""
         for info, axis in zip(self.graph.inputs, self.batch_axes, strict=True):
-            if axis is not None and len(info.shape) > 1 and info.shape[axis] is not None and info.shape[axis] > 1:
+            size = info.shape[axis] if axis is not None and len(info.shape) > 1 else None
+            if size is not None and size > 1:
                 raise CvdnnError(
-                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {info.shape[axis]} (shape "
+                    f"the ONNX input {info.name!r} of {self.label} fixes the batch size to {size} (shape "
                     f"{info.shape}, batch axis {axis}); the checks run one sample at a time, as cv2.dnn is usually "
                     f"deployed, and batches of {self.settings.samples}",
                     fix="re-export the model with batch 1 or a dynamic batch (a named dimension): cv2.dnn takes "
@@ -1053,7 +1054,16 @@ class Deployment:
 
     def environment(self) -> dict[str, Any]:
         env: dict[str, Any] = dict(tool_versions())
-        env.update(opset=self.settings.opset, layout=self.settings.layout, engine=self.settings.engine,
+        opset, layout = self.settings.opset, self.settings.layout
+        if self.settings.format == "onnx" and (self.settings.onnx or not self.has_keras):
+            try:  # a given ONNX file: its own opset and layout, not the conversion options it never went through
+                opset = self.graph.opset
+                images = [lay for info, lay in zip(self.graph.inputs, self.onnx_layouts, strict=True)
+                          if len(info.shape) == 4]
+                layout = images[0] if images else "-"
+            except Exception:  # noqa: BLE001 - an unreadable file: its items say why; the options stand here
+                pass
+        env.update(opset=opset, layout=layout, engine=self.settings.engine,
                    target=self.target_label, format=self.settings.format,
                    ort_providers=list(self.settings.ort_providers), runners=self.runner_versions())
         if self.settings.target is not None:  # "opencv" above is this process's; the target's is another

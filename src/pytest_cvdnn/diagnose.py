@@ -80,21 +80,30 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
     version_key = dep.target_label if not dep.target.is_local else f"local-{_local_version()}"
     from .cache import slug
 
-    cache_name = f"ops2-{slug(version_key)}-{dep.settings.engine}.json"  # (ops-: named nodes of one model)
+    cache_name = f"ops4-{slug(version_key)}-{dep.settings.engine}.json"  # (ops-: named nodes of one model)
     known = dep.cache.get_json("ops", cache_name) or {}
     results: list[OpResult] = []
     fresh: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix=prefix("ops")) as tmp:
+        source, suffix, computed = _probe_source(dep, model, Path(tmp))
         for pattern, nodes in groups.items():
             node = nodes[0]
-            key = f"{dep.graph.opset}|{pattern}"
+            key = f"{dep.graph.opset}|{pattern}{suffix}"
+            live = [n for n in nodes if computed is None or any(computed.get(o) is not None for o in n.output)]
+            if not live:  # (every node of the pattern folded into constants once the input sizes are static)
+                results.append(OpResult(pattern, node.op_type, True, tuple(n.name for n in nodes),
+                                        "folded into a constant at the checked input size"))
+                continue
+            node = live[0]
+            probed = node if computed is None else next(computed[o] for o in node.output if computed.get(o))
+            constants = inits if computed is None else {k for k, v in computed.items() if v is None}
             if key not in known:
                 sub = Path(tmp) / f"probe{len(fresh)}.onnx"
-                inputs = [i for i in node.input if i and i not in inits]
+                inputs = [i for i in probed.input if i and i not in constants]
                 try:
-                    onnx_utils.extract_model(str(dep.onnx_path), str(sub), inputs or [], list(node.output),
+                    onnx_utils.extract_model(str(source), str(sub), inputs or [], list(probed.output),
                                              check_model=False)
-                    fresh[key] = _probe_load(dep, sub, inputs, list(node.output))
+                    fresh[key] = _probe_load(dep, sub, inputs, list(probed.output))
                 except Exception as exc:  # noqa: BLE001 - a pattern that cannot be extracted is not judged
                     fresh[key] = {"ok": True, "error": f"not probed ({type(exc).__name__})"}
                 fresh[key]["error"] = _anonymous(fresh[key]["error"], node)  # (the cache holds patterns, not names)
@@ -105,6 +114,38 @@ def op_scan(dep: "Deployment", whole_graph: bool = True) -> list[OpResult]:
     if fresh:
         dep.cache.put_json(known, "ops", cache_name)
     return results
+
+
+def _probe_source(dep: "Deployment", model: Any, tmp: Path) -> tuple[Path, str, dict[str, Any] | None]:
+    """The graph the op patterns are cut from: with the inputs' dynamic sizes fixed to the ones the checks feed
+    (a batch of 1) and shapes inferred, so that each probe sees the shapes the deployment gives it —
+    probed with unknown sizes, ops that import fine fail (Shape: "!isDynamicShape") — and the shape computations
+    that become constants folded.  (path, cache-key suffix, the copy's tensors: its node producing each, None for
+    its constants); the file itself where nothing is dynamic or the static copy cannot be made."""
+    from .fixes import _static_shapes
+    from .rewrites import fix_input_shapes
+
+    import onnx
+
+    static = _static_shapes(dep)
+    if not static or model.ByteSize() > (1 << 30):
+        return dep.onnx_path, "", None
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        fix_input_shapes(copy, tuple((name, tuple(1 if d is None else d for d in dims)) for name, dims in static))
+        try:  # the shape computations a static size makes constant, folded (as an importer folds them)
+            from .rewrites import simplify
+
+            copy = simplify(copy)
+        except Exception:  # noqa: BLE001 - onnxslim missing or failing: the static shapes alone
+            pass
+        path = tmp / "static.onnx"
+        onnx.save(copy, str(path))
+    except Exception:  # noqa: BLE001 - shape inference failed: probe the graph as it is
+        return dep.onnx_path, "", None
+    return path, "|static", {o: n for n in copy.graph.node for o in n.output} | {
+        i.name: None for i in copy.graph.initializer}
 
 
 #: stands for the probed node's name in the op cache (shared by every model with that op pattern)
@@ -494,7 +535,7 @@ def first_divergence(dep: "Deployment", reference: Path, obtained: Path, obtaine
     inits = {i.name for i in obt_model.graph.initializer}
     order = [(n, node) for n, node in _topological_outputs(obt_model) if n in mapping]
     graph_inputs = [i.name for i in obt_model.graph.input if i.name not in inits]
-    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
+    feeds = dict(zip(graph_inputs, dep.to_onnx_inputs([x[:1] for x in dep.inputs]), strict=True))
     ref_inputs = [i.name for i in ref_model.graph.input if i.name not in {x.name for x in ref_model.graph.initializer}]
     # (strict=False: the other graph is fed by position; an input it lacks is onnxruntime's to name)
     ref_feeds = dict(zip(ref_inputs, feeds.values(), strict=False))
@@ -599,7 +640,7 @@ def _fill_repro(dep: "Deployment", folder: Path, model: Any, node: Any, problem:
     outputs = [o for o in node.output if o]
     onnx_utils.extract_model(str(dep.onnx_path), str(folder / "subgraph.onnx"), inputs, outputs, check_model=False)
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
-    feeds = dict(zip(graph_inputs, [x[:1] for x in dep.to_onnx_inputs(dep.inputs)], strict=True))
+    feeds = dict(zip(graph_inputs, dep.to_onnx_inputs([x[:1] for x in dep.inputs]), strict=True))
     with tempfile.TemporaryDirectory(prefix=prefix("repro")) as tmp:
         values = _ort_tensors(dep.onnx_path, [*inputs, *outputs], feeds, Path(tmp))
     for i, name in enumerate(inputs):

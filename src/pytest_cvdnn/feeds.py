@@ -74,7 +74,7 @@ def parse_feeds(value: Any) -> tuple[tuple[str, FeedDecl], ...]:
     """``sr=16000;state:batch_axis=1,range=-1..1;tokens:range=0..999`` -> per-input declarations (a mapping
     ``{"sr": 16000, "state": {"batch_axis": 1}}`` too, the marker's form)."""
     if isinstance(value, Mapping):
-        out = []
+        out: list[tuple[str, FeedDecl]] = []
         for name, v in value.items():
             text = (f"{name}={v}" if isinstance(v, (int, float)) else
                     f"{name}:" + ",".join(f"{k}={'..'.join(map(str, x)) if isinstance(x, (tuple, list)) else x}"
@@ -177,6 +177,7 @@ def feed_values(feed: Feed, shape: Sequence[int], count: int, rng: np.random.Gen
     draws = count if feed.batch_axis is not None else 1
     full = (draws, *[int(d) for d in shape])
     dtype = np.dtype(feed.dtype)
+    arr: np.ndarray
     if feed.constant is not None:
         arr = np.full(full, feed.constant, dtype=np.float64)
     elif dtype.kind == "b":

@@ -61,6 +61,21 @@ def _key(dep: "Deployment") -> str | None:
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
+def _static_shapes(dep: "Deployment") -> tuple[tuple[str, tuple[int | None, ...]], ...]:
+    """The sizes the checks feed each input whose graph leaves a size other than the batch dynamic (the batch
+    stays dynamic: the remedy is verified at batch 1 and N); () where every such size is fixed already."""
+    try:
+        fed = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
+    except (CvdnnError, StageSkipped):
+        return ()
+    found = []
+    for info, axis, x in zip(dep.graph.inputs, dep.batch_axes, fed, strict=True):
+        if len(info.shape) != x.ndim or all(d is not None for k, d in enumerate(info.shape) if k != axis):
+            continue
+        found.append((info.name, tuple(None if k == axis else int(x.shape[k]) for k in range(x.ndim))))
+    return tuple(found)
+
+
 def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     """Try the candidates in order until one works (remembered per graph and target); the working one's
     ``fixed.onnx`` and ``fix.py`` are (re)written to ``folder``."""
@@ -83,7 +98,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     try:
         results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])
                    for r in (found or {})["results"]]  # (a cache miss: the KeyError below)
-        by_label = {c.label: c for c in candidates(model)}
+        by_label = {c.label: c for c in candidates(model, _static_shapes(dep))}
         for r in results:  # a warm run writes the files again (cheap), it does not verify again
             if r.works:
                 _write(dep, folder, by_label[r.candidate], apply(model, by_label[r.candidate])[0])
@@ -92,7 +107,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
         pass
     results = []
     with tempfile.TemporaryDirectory(prefix=prefix("fix")) as tmp:
-        for n, candidate in enumerate(candidates(model)):
+        for n, candidate in enumerate(candidates(model, _static_shapes(dep))):
             result, fixed = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
             if result.works:
                 _write(dep, folder, candidate, fixed)
@@ -138,37 +153,50 @@ def _prove(dep: "Deployment", model: Any, candidate: Any, path: Path) -> tuple[O
     except Exception as exc:  # noqa: BLE001 - a rewrite that fails on this graph: the next candidate is tried
         return OnnxRemedy(candidate.label, "cannot apply", f"{type(exc).__name__}: {exc}"[:300]), None
     changed = tuple(n for n in nodes if n)
-    feeds = dep.to_onnx_inputs(dep.inputs)
-    problem = _equivalent(dep, path, feeds) or _same_tensors(dep, model, fixed, path, changed, feeds)
+    samples = dep.inputs
+    problem = _equivalent(dep, path, samples) or _same_tensors(dep, model, fixed, path, changed, samples)
     if problem:
         return OnnxRemedy(candidate.label, "not equivalent", problem, changed), fixed
-    return _on_target(dep, candidate.label, path, feeds, changed), fixed
+    return _on_target(dep, candidate.label, path, samples, changed), fixed
 
 
-def _equivalent(dep: "Deployment", path: Path, feeds: Sequence[np.ndarray]) -> str | None:
-    """Why onnxruntime computes something else on the rewritten graph (None: the same, within EQUIVALENCE)."""
+def _equivalent(dep: "Deployment", path: Path, samples: Sequence[np.ndarray]) -> str | None:
+    """Why onnxruntime computes something else on the rewritten graph (None: the same, within the tolerance
+    relative to the signal)."""
     from .runners.cached import stacked
     from .runners.onnxruntime import OrtRunner
 
     try:
         original = dep.run("onnxruntime")  # (cached: the outputs the parity items compare)
         runner = OrtRunner(path, outputs=dep.output_names)
-        rewritten = (stacked([runner.infer([x[i : i + 1] for x in feeds]) for i in range(len(feeds[0]))])
-                     if dep.fixed_batch_of_one else runner.infer(feeds))
+
+        def run(part: Sequence[np.ndarray]) -> list[np.ndarray]:
+            return dep.from_onnx_outputs(runner.infer(dep.to_onnx_inputs(list(part))))
+
+        rewritten = (stacked([run([x[i : i + 1] for x in samples]) for i in range(len(samples[0]))])
+                     if dep.fixed_batch_of_one else run(samples))
     except (CvdnnError, StageSkipped) as exc:
         return f"onnxruntime cannot run it: {str(exc)[:200]}"
-    return _differs("output", list(zip(dep.output_names, original, rewritten, strict=True)))
+    return _differs("output", list(zip(dep.output_names, original, rewritten, strict=True)),
+                    _relative(dep))
 
 
-def _differs(kind: str, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> str | None:
-    """The first (name, original, rewritten) whose shapes differ or whose values differ by more than EQUIVALENCE
+def _relative(dep: "Deployment") -> float:
+    """How far a rewritten graph may compute from the original, relative to each tensor's scale: the srtol the
+    parity items use (a rewrite moves float32 rounding, as a runtime does), never less than EQUIVALENCE."""
+    return max(EQUIVALENCE, float(dep.settings.tolerance.srtol))
+
+
+def _differs(kind: str, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+             relative: float = EQUIVALENCE) -> str | None:
+    """The first (name, original, rewritten) whose shapes differ or whose values differ by more than ``relative``
     of the original's scale, said; None if all agree."""
     for name, a, b in pairs:
         if a.shape != b.shape:
             return f"{kind} {name!r} has the shape {b.shape}, the original {a.shape}"
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-        if worst > EQUIVALENCE * max(scale, 1e-30):
+        if worst > relative * max(scale, 1e-30):
             return f"{kind} {name!r} differs by {worst:.3g} (max |{kind}| {scale:.3g}) in onnxruntime"
     return None
 
@@ -178,7 +206,7 @@ TENSORS_COMPARED = 32
 
 
 def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed: Sequence[str],
-                  feeds: Sequence[np.ndarray]) -> str | None:
+                  samples: Sequence[np.ndarray]) -> str | None:
     """The rewritten nodes' own outputs against the original graph's tensors of the same name, in onnxruntime,
     within EQUIVALENCE of each tensor's scale: the final outputs alone prove little when they hardly depend on
     the input (an untrained model's softmax is 0.001 everywhere).  None: the same (or nothing to compare)."""
@@ -190,17 +218,19 @@ def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed
     if not names:
         return None
     inputs = [i.name for i in dep.graph.inputs]
-    feed = dict(zip(inputs, [x[:1] if dep.fixed_batch_of_one else x[:2] for x in feeds], strict=True))
+    count = 1 if dep.fixed_batch_of_one else 2
+    feed = dict(zip(inputs, dep.to_onnx_inputs([x[:count] for x in samples]), strict=True))
     with tempfile.TemporaryDirectory(prefix=prefix("fix-tensors")) as tmp:
         try:
             before = _ort_tensors(dep.onnx_path, names, feed, Path(tmp))
             after = _ort_tensors(path, names, feed, Path(tmp))
         except Exception as exc:  # noqa: BLE001 - onnxruntime on the probes: not proven
             return f"the rewritten tensors could not be compared in onnxruntime: {type(exc).__name__}: {exc}"[:300]
-    return _differs("tensor", [(n, before[n], after[n]) for n in names if n in before and n in after])
+    return _differs("tensor", [(n, before[n], after[n]) for n in names if n in before and n in after],
+                    _relative(dep))
 
 
-def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.ndarray],
+def _on_target(dep: "Deployment", label: str, path: Path, samples: Sequence[np.ndarray],
                nodes: tuple[str, ...]) -> OnnxRemedy:
     """The target's cv2.dnn, in a child: load, each sample alone, then the whole batch, against the reference."""
     from .compare import align_outputs, compare
@@ -208,16 +238,16 @@ def _on_target(dep: "Deployment", label: str, path: Path, feeds: Sequence[np.nda
     from .runners.cv2dnn import opencv_error_line
     from .runners.isolated import ChildError, ChildRun
 
-    count = len(feeds[0])
-    runs = [[x[i : i + 1] for x in feeds] for i in range(count)]
+    count = len(samples[0])
+    runs = [dep.to_onnx_inputs([x[i : i + 1] for x in samples]) for i in range(count)]
     batched = count > 1 and not dep.fixed_batch_of_one
     if batched:
-        runs.append(list(feeds))
+        runs.append(dep.to_onnx_inputs(list(samples)))
     names = [i.name for i in dep.graph.inputs]
     child = ChildRun(dep.target, path, dep.settings.engine, names, dep.output_names, runs)
     try:
-        rows = [child.outputs(r) for r in range(count)]
-        whole = child.outputs(count) if batched else None
+        rows = [dep.from_onnx_outputs(child.outputs(r)) for r in range(count)]
+        whole = dep.from_onnx_outputs(child.outputs(count)) if batched else None
     except ChildError as exc:
         outcome = "load failed" if exc.stage == "load" else "forward crashed" if "crashed" in exc.message \
             else "forward failed"

@@ -199,25 +199,57 @@ def simplify(model: Any) -> Any:
     return onnxslim.slim(model)
 
 
+#: the inputs' shapes a "static" candidate fixes: (input name, (size or None per axis)); None keeps the axis
+#: dynamic (the batch)
+StaticShapes = tuple[tuple[str, tuple[int | None, ...]], ...]
+
+
 @dataclass(frozen=True)
 class Candidate:
     """Rewrites applied in order; ``opset``: convert to it first (None: keep the model's); ``simplified``:
-    onnxslim before the rewrites."""
+    onnxslim before the rewrites; ``static``: the inputs' dynamic sizes fixed first (then shape inference), so that
+    onnxslim folds the shape computations an importer fails on."""
 
     rewrites: tuple[str, ...]
     opset: int | None = None
     simplified: bool = False
+    static: StaticShapes = ()
 
     @property
     def label(self) -> str:
         parts = ([f"convert to opset {self.opset}"] if self.opset is not None else [])
+        if self.static:
+            parts.append("fix the inputs to " + ", ".join(
+                f"{name} {'x'.join('N' if d is None else str(d) for d in dims)}" for name, dims in self.static))
         parts += ["onnxslim"] * self.simplified + list(self.rewrites)
         return " + ".join(parts) or "no change"
 
 
-def candidates(model: Any) -> list[Candidate]:
+def fix_input_shapes(model: Any, static: Any) -> list[str]:
+    """Each named input's dynamic axes set to the given sizes (None: left as it is), the graph's intermediate
+    shapes inferred again; returns the inputs changed."""
+    import onnx
+
+    sizes = dict(static)
+    changed = []
+    for value in model.graph.input:
+        if value.name not in sizes:
+            continue
+        for dim, size in zip(value.type.tensor_type.shape.dim, sizes[value.name]):
+            if size is not None and not (dim.HasField("dim_value") and dim.dim_value == size):
+                dim.Clear()
+                dim.dim_value = size
+                if value.name not in changed:
+                    changed.append(value.name)
+    del model.graph.value_info[:]  # (inferred again from the fixed inputs)
+    model.CopyFrom(onnx.shape_inference.infer_shapes(model))
+    return changed
+
+
+def candidates(model: Any, static: StaticShapes = ()) -> list[Candidate]:
     """What to try for ``model``: each targeted rewrite that changes it, all of them together, then each
-    opset conversion (with those rewrites after it)."""
+    opset conversion (with those rewrites after it); with ``static`` (the sizes the checks feed, for inputs
+    with dynamic sizes besides the batch) the inputs fixed to them and the graph simplified, last."""
     import onnx
 
     found: list[Candidate] = []
@@ -240,6 +272,8 @@ def candidates(model: Any) -> list[Candidate]:
     for opset in CONVERT_OPSETS:
         if opset != current:
             found.append(Candidate(tuple(applies), opset))
+    if static and _simplifier():
+        found.append(Candidate(tuple(applies), simplified=True, static=static))
     return found
 
 
@@ -265,6 +299,13 @@ def apply(model: Any, candidate: Candidate) -> tuple[Any, list[str]]:
             raise ValueError(f"onnx.version_converter cannot convert it to opset {candidate.opset}: "
                              f"{' '.join(str(exc).split())[:200]}") from None
         changed.append(f"(every node: opset {candidate.opset})")
+    if candidate.static:
+        try:
+            fixed = fix_input_shapes(result, candidate.static)
+        except Exception as exc:  # noqa: BLE001 - shape inference raises what its ops raise
+            raise ValueError(f"the inputs cannot be fixed to the checked sizes: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+        changed += [f"(input {name}: static size)" for name in fixed]
     if candidate.simplified:
         before = [n.name for n in result.graph.node]
         try:
@@ -285,8 +326,11 @@ def fix_script(candidate: Candidate, source: str) -> str:
     fixed.onnx next to itself: the rewrite functions' own source, then the calls."""
     parts = ['"""Applies the ONNX rewrite pytest-cvdnn verified: python fix.py [model.onnx] -> fixed.onnx here."""',
              "import sys", "from pathlib import Path", "from typing import Any", "", "import onnx", "", ""]
-    for name in ("simplify",) * candidate.simplified + candidate.rewrites:
-        parts += [inspect.getsource(REWRITES.get(name, simplify)).rstrip(), "", ""]
+    for name in ("fix_input_shapes",) * bool(candidate.static) + ("simplify",) * candidate.simplified \
+            + candidate.rewrites:
+        helpers: dict[str, Callable[..., Any]] = {"simplify": simplify, "fix_input_shapes": fix_input_shapes}
+        function = helpers.get(name) or REWRITES[name]
+        parts += [inspect.getsource(function).rstrip(), "", ""]
     for helper in (constant_tensors, drop_unused_initializers):
         parts += [inspect.getsource(helper).rstrip(), "", ""]
     parts += [f"source = sys.argv[1] if len(sys.argv) > 1 else {source!r}",
@@ -294,6 +338,8 @@ def fix_script(candidate: Candidate, source: str) -> str:
     if candidate.opset is not None:
         parts += ["from onnx import version_converter", "",
                   f"model = version_converter.convert_version(model, {candidate.opset})"]
+    if candidate.static:
+        parts += [f"fix_input_shapes(model, {candidate.static!r})"]
     if candidate.simplified:
         parts += ["model = simplify(model)"]
     parts += [f"{REWRITES[name].__name__}(model)" for name in candidate.rewrites]

@@ -48,6 +48,31 @@ def _built_shapes(model: Any) -> list[tuple[int | None, ...]]:
     return found
 
 
+def _build_default(model: Any) -> list[tuple[int | None, ...]]:
+    """The input shape a subclassed model's own ``build(self, input_shape=(None, 24, 24, 3))`` defaults to."""
+    import inspect
+
+    try:
+        param = inspect.signature(type(model).build).parameters.get("input_shape")
+    except (TypeError, ValueError):
+        return []
+    default = getattr(param, "default", inspect.Parameter.empty)
+    if not isinstance(default, (list, tuple)) or not default:
+        return []
+    if all(isinstance(d, (list, tuple)) for d in default):
+        return [tuple(d) for d in default]
+    return [tuple(default)] if all(d is None or isinstance(d, int) for d in default) else []
+
+
+def _first_layer_shape(model: Any) -> list[tuple[int | None, ...]]:
+    """The input shape the first sublayer of a built model was built with (one input)."""
+    if not getattr(model, "built", False):
+        return []
+    layers = list(getattr(model, "layers", None) or [])
+    shapes = _built_shapes(layers[0]) if layers else []
+    return shapes[:1]
+
+
 def as_functional(model: Any, declared: Sequence[Sequence[int]] | None, label: str) -> Any:
     """``model`` with symbolic inputs and outputs: a subclassed ``keras.Model`` (no ``inputs``/``outputs``) is
     called on ``keras.Input`` of its declared shapes, else of the shapes it was built with.  Raises CvdnnError
@@ -58,6 +83,8 @@ def as_functional(model: Any, declared: Sequence[Sequence[int]] | None, label: s
         return model
     keras = import_keras()
     shapes = [tuple(s) for s in declared] if declared else [s[1:] for s in _built_shapes(model)]
+    if not shapes:  # built by its own build(): the shape its first layer recorded, else its build()'s default
+        shapes = [s[1:] for s in _first_layer_shape(model) or _build_default(model)]
     if not shapes:
         raise CvdnnError(
             f"{label} is a {type(model).__name__} (a subclassed keras.Model) whose input shape is not defined: it "
