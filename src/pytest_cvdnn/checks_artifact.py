@@ -99,7 +99,11 @@ def check_load(dep: Deployment) -> CheckResult:
     except CvdnnError as exc:
         raise _load_failure(dep, exc) from exc
     graph = dep.graph
-    outs = dep.run("cv2dnn", [x[:1] for x in dep.inputs])  # shared with the parity items (row 0)
+    try:
+        outs = dep.first_forward  # sample 0, shared with the parity items (row 0)
+    except CvdnnError as exc:  # read, but cannot run: the same search for a remedy as a graph it cannot read
+        raise _load_failure(dep, exc) from exc
+    assert outs is not None
     if {"batch", "determinism"} & dep.upcoming:
         dep.isolated_forwards()  # starts the child now: it runs while the next checks do
     inputs = [f"{i.name} {shape_text(i.shape)}{' ' + lay.upper() if len(i.shape) == 4 else ''} {i.dtype}"
@@ -221,7 +225,7 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     if fixed is not None and "fix the inputs to" in fixed.candidate and not any(
             "fix the inputs to" not in f.candidate and f.works for f in fixes):
         message += ("; the cause is the dynamic input sizes: with the inputs fixed to the checked sizes (the batch "
-                    "left free) and the shape computations folded, it loads")
+                    "left free) and the shape computations folded, it loads and runs")
     if fixed is not None:
         where = f" on node(s) {', '.join(map(repr, fixed.nodes[:3]))}" if fixed.nodes else ""
         message += (f"; remedy: the ONNX rewrite '{fixed.candidate}'{where} {fixed.detail}: "

@@ -262,6 +262,7 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
 # -- batch / determinism -----------------------------------------------------------------------
 def check_batch(dep: Deployment) -> CheckResult:
     dep.require("cv2net")
+    dep.require("first_forward")
     n = len(dep.inputs[0])
     if n < 2:
         raise StageSkipped("batch check needs at least 2 samples (--cvdnn-samples=N with N >= 2)")
@@ -297,6 +298,7 @@ def check_batch(dep: Deployment) -> CheckResult:
 
 def check_determinism(dep: Deployment) -> CheckResult:
     runner = dep.require("cv2net")
+    dep.require("first_forward")
     sample = [x[:1] for x in dep.inputs]
     if hasattr(runner, "infer_repeat"):  # a target: two forwards in one child
         first, second = (dep.from_onnx_outputs(o) for o in runner.infer_repeat(dep.to_onnx_inputs(sample), 2))

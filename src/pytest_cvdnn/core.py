@@ -36,7 +36,7 @@ __all__ = ["Deployment", "Assembly"]
 GRAPH_SUMMARY_VERSION = 3
 #: what keras_metadata records (a cached record of another version is made again)
 KERAS_META_VERSION = 3
-_STAGE_LABELS = {"cv2net": "load", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
+_STAGE_LABELS = {"cv2net": "load", "first_forward": "cv2.dnn's forward of sample 0", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}
 
 T = TypeVar("T")
 
@@ -713,6 +713,31 @@ class Deployment:
         from .load import load_runner
 
         return self.stage("load", lambda: load_runner(self))
+
+    @property
+    def first_forward(self) -> list[np.ndarray] | None:
+        """Sample 0 through the deployment's cv2.dnn (the forward the load item and the parity items share): a
+        graph cv2.dnn reads but cannot run fails here once, and what needs cv2.dnn's outputs is skipped with why."""
+        if self._forwarding:  # (this very forward asks for its runner's prerequisites)
+            return None
+
+        def forward() -> list[np.ndarray]:
+            from .load import forward_error
+
+            sample = [x[:1] for x in self.inputs]
+            self._forwarding = True
+            try:
+                return self.run("cv2dnn", sample)
+            except (CvdnnError, StageSkipped) as exc:
+                if isinstance(exc, StageSkipped) or not self._stages.get("load", (False,))[0]:
+                    raise
+                raise forward_error(self, exc) from exc
+            finally:
+                self._forwarding = False
+
+        return self.stage("first_forward", forward)
+
+    _forwarding = False
 
     @property
     def load_fix(self) -> str:

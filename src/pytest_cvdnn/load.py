@@ -12,7 +12,7 @@ from .runners import Runner
 if TYPE_CHECKING:
     from .core import Deployment
 
-__all__ = ["load_runner", "newer_opencv", "NEWEST_OPENCV"]
+__all__ = ["load_runner", "forward_error", "newer_opencv", "NEWEST_OPENCV"]
 
 #: the newest OpenCV release this plugin is tested on (pyproject.toml's bound; README "Supported OpenCV")
 NEWEST_OPENCV = (5, 1)
@@ -44,6 +44,24 @@ def load_runner(dep: Deployment) -> Runner:
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raw, version = str(exc), opencv_version()
     raise _load_error(dep, raw, version)
+
+
+def forward_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
+    """cv2.dnn read the graph but its forward of sample 0 fails (OpenCV's runtime, not its importer)."""
+    from .runners.cv2dnn import opencv_error_line
+
+    if getattr(exc, "message", "").startswith("cv2.dnn crashed"):
+        return _crash_error(dep, exc)
+    version = dep.target_opencv_version()
+    raw = (getattr(exc, "raw", "") or str(exc)).strip()
+    return CvdnnError(
+        f"cv2.dnn (OpenCV {version}, engine {dep.settings.engine}, {dep.target_label}) reads "
+        f"{dep.onnx_path.name} but cannot run it: net.forward() on sample 0 fails: "
+        f"{opencv_error_line(Exception(raw)) or raw[:300]}",
+        fix=("the importer accepted the graph and its runtime rejects it: look for the remedy the load item "
+             "verified on this OpenCV (--cvdnn-fix tries every ONNX rewrite and opset), try another "
+             "--cvdnn-engine (OpenCV 5)" + newer_opencv(version)),
+        details=raw or None)
 
 
 def _crash_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:

@@ -312,5 +312,5 @@ def _version(dep: Deployment) -> str:
 
 SPEC = RunnerSpec(
     "cv2dnn", factory=_for_deployment, unavailable=lambda dep: "", key=_key, version=_version,
-    needs=("cv2net",), logits="separate", layout="graph",
+    needs=("cv2net", "first_forward"), logits="separate", layout="graph",
 )
