@@ -25,14 +25,34 @@ def test_declarations_parse_constants_ranges_and_batch_axes() -> None:
     assert parse_feeds("") == ()
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("sr", "NAME=VALUE"), ("sr=x", "not a number"), ("state:range=3..1", "LOW < HIGH"),
-    ("state:batch_axis=-1", "axis number or none"), ("state:speed=2", "unknown key 'speed'"),
-    ("sr=1e12", r"within ±1e\+09"), ("state:range", "not key=value"), ("sr=nan", "finite"),
+_FORMS = ("write NAME=VALUE (a constant) or NAME:key=value,... with range=LOW..HIGH, batch_axis=K or batch_axis=none, "
+          "value=X")
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("sr", f"'sr': {_FORMS}"), (":x=1", f"':x=1': {_FORMS}"), ("a:", f"'a:': {_FORMS}"),
+    ("sr=x", "sr: 'x' is not a number"), ("s:value=abc", "s: 'abc' is not a number"),
+    ("state:range=a..2", "state range: 'a' is not a number"), ("state:range=1..b", "state range: 'b' is not a number"),
+    ("state:range=3..1", "'state:range=3..1': the range needs LOW < HIGH"),
+    ("state:range=3..3", "'state:range=3..3': the range needs LOW < HIGH"),
+    ("state:batch_axis=-1", "'state:batch_axis=-1': batch_axis is an axis number or none"),
+    ("state:speed=2", "'state:speed=2': unknown key 'speed' (range, value, batch_axis)"),
+    ("sr=1e12", "sr: '1e12' must be finite and within ±1e+09"), ("sr=nan", "sr: 'nan' must be finite and within ±1e+09"),
+    ("state:range", "'state:range': 'range' is not key=value"),
 ])
-def test_a_bad_declaration_says_what_is_wrong(bad: str, why: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match=why):
+def test_a_bad_declaration_says_what_is_wrong(bad: str, said: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as info:
         parse_feeds(bad)
+    assert str(info.value) == said
+
+
+def test_a_feed_describes_its_dtype_values_batch_axis_and_why() -> None:
+    assert Feed("a", "int64", None, 16000, 16000, 16000.0, "declared").describe() == \
+        "'a' int64 = 16000 (no batch axis; declared)"
+    assert Feed("b", "float32", 1, -1, 1).describe() == "'b' float32 in [-1, 1] (batch axis 1)"
+    assert dict(parse_feeds("a:range=-2..3,batch_axis=2;b:value=4;c:batch_axis=NONE")) == {
+        "a": FeedDecl(low=-2.0, high=3.0, batch_axis=2), "b": FeedDecl(constant=4.0),
+        "c": FeedDecl(batch_axis=None)}
 
 
 def test_the_batch_axis_is_where_the_shared_dynamic_dimension_sits() -> None:

@@ -259,3 +259,85 @@ def test_a_misspelt_marker_keyword_names_the_one_it_looks_like() -> None:
     with pytest.raises(ValueError, match=r"unknown @pytest.mark.cvdnn keyword\(s\) \['input_spc'\] \(did you mean "
                        r"'input_spec'\?\)"):
         ModelSettings(model="m.keras").with_marker({"input_spc": "tf"})
+
+
+# -- the whole message of each refusal, with its numbers ---------------------------------------------------------
+def test_a_blob_beyond_the_budget_is_refused_with_its_numbers_and_one_within_is_made() -> None:
+    """The need is width x height x channels x images x 16 bytes (boundary included: equal is allowed)."""
+    from pytest_cvdnn.budget import IMAGE_PEAK_BYTES_PER_VALUE, check_blob_budget
+    from pytest_cvdnn.errors import CvdnnError
+
+    assert IMAGE_PEAK_BYTES_PER_VALUE == 16
+    exact = 640 * 480 * 3 * 2 * 16 / (1 << 30)  # GiB
+    check_blob_budget(640, 480, 3, 2, "the spec's blob", budget_gib=exact)  # exactly the budget: made
+    for w, h, c, n in ((641, 480, 3, 2), (640, 481, 3, 2), (640, 480, 4, 2), (640, 480, 3, 3)):
+        with pytest.raises(CvdnnError):
+            check_blob_budget(w, h, c, n, "the spec's blob", budget_gib=exact)
+    check_blob_budget(640, 480, 0, 0, "the spec's blob", budget_gib=640 * 480 * 16 / (1 << 30))  # (at least 1 each)
+    with pytest.raises(CvdnnError) as info:
+        check_blob_budget(20000, 20000, 3, 4, "--cvdnn-preprocess", budget_gib=2.0)
+    assert str(info.value) == (
+        "--cvdnn-preprocess: a blob of 4 image(s) at 20000x20000x3 would need about 71.5 GiB, more than the memory "
+        "budget of 2 GiB; it is not made. Fix: check the size= of --cvdnn-preprocess (or the model's declared input "
+        "size); raise --cvdnn-memory-budget (GiB) only on a machine that has the memory.")
+
+
+def test_an_execution_provider_this_onnxruntime_lacks_is_named_with_the_ones_it_has() -> None:
+    import argparse
+
+    import onnxruntime
+
+    from pytest_cvdnn.settings import parse_providers
+
+    assert parse_providers(" CPUExecutionProvider , CPUExecutionProvider,") == ("CPUExecutionProvider",)
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse_providers("TensorRTExecutionProvider,CPUExecutionProvider,FooProvider")
+    assert str(info.value) == (
+        f"TensorRTExecutionProvider, FooProvider not available in this onnxruntime {onnxruntime.__version__} (it has "
+        f"{', '.join(onnxruntime.get_available_providers())}); install the onnxruntime build that has it (e.g. "
+        "onnxruntime-gpu for CUDAExecutionProvider, onnxruntime-openvino for OpenVINOExecutionProvider), or drop it")
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse_providers(" , ")
+    assert str(info.value) == "' , ': no execution provider; e.g. CPUExecutionProvider"
+
+
+def test_photos_come_from_the_folder_given_or_scikit_images_wheel_and_each_problem_is_said(tmp_path: Path,
+                                                                                          monkeypatch: Any) -> None:
+    import cv2
+    import numpy as np
+
+    from pytest_cvdnn.errors import CvdnnError
+    from pytest_cvdnn.preprocess import SKIMAGE_PHOTOS, load_photos
+
+    photos = load_photos()
+    assert [name for name, _ in photos] == list(SKIMAGE_PHOTOS)
+    from skimage import data
+
+    assert np.array_equal(photos[0][1], data.astronaut()[..., ::-1])  # BGR, as cv2.imread reads a deployment's
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"p{k}.png"), np.full((5, 7, 3), 40 * k, np.uint8))
+    got = load_photos(folder, limit=2)
+    assert [name for name, _ in got] == ["p0.png", "p1.png"] and got[1][1].shape == (5, 7, 3)
+    (folder / "p3.jpg").write_bytes(b"not a jpeg")
+    cases = [
+        (lambda: load_photos(folder), f"--cvdnn-images={folder} has unreadable images: p3.jpg. Fix: point it at a "
+                                      "folder of PNG/JPEG photos."),
+        (lambda: load_photos(tmp_path / "none"), f"--cvdnn-images={tmp_path / 'none'} is not a folder. Fix: pass a "
+                                                  "folder of PNG/JPEG photos."),
+    ]
+    (tmp_path / "empty").mkdir()
+    cases.append((lambda: load_photos(tmp_path / "empty"), f"--cvdnn-images={tmp_path / 'empty'} holds no images. "
+                                                            "Fix: point it at a folder of PNG/JPEG photos."))
+    for call, said in cases:
+        with pytest.raises(CvdnnError) as info:
+            call()
+        assert str(info.value) == said
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # (scikit-image not installed)
+    with pytest.raises(CvdnnError) as info:
+        load_photos()
+    assert str(info.value) == ("the preprocessing check needs photos: scikit-image is not installed. Fix: pip install "
+                               "scikit-image (its wheel ships real photos), or pass --cvdnn-images=DIR.")

@@ -132,6 +132,49 @@ def test_a_report_replaces_only_a_report(tmp_path: Path) -> None:
         check_report_path(tmp_path / "a_folder", "--cvdnn-html", protected)
 
 
+def test_each_refusal_names_the_option_the_path_why_and_the_fix(tmp_path: Path) -> None:
+    """The whole message of each refusal: what a user reads to act on it."""
+    protected = Protected.of([tmp_path / "model.onnx"], cwd=tmp_path / "elsewhere")
+    (tmp_path / "model.onnx").write_bytes(b"model")
+    (tmp_path / "theirs.json").write_text("{}")
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "user").mkdir()
+    cases = [
+        (lambda: check_report_path(tmp_path / "model.onnx", "--cvdnn-report", protected),
+         f"--cvdnn-report: will not write {tmp_path / 'model.onnx'}: it is the session's input "
+         f"{tmp_path / 'model.onnx'}. Fix: pass another --cvdnn-report file, e.g. "
+         "--cvdnn-report=reports/cvdnn.json."),
+        (lambda: check_report_path(tmp_path / "theirs.json", "--cvdnn-html", protected),
+         f"--cvdnn-html: will not write {tmp_path / 'theirs.json'}: the file exists and is not a report pytest-cvdnn "
+         "wrote. Fix: move that file away, or pass another --cvdnn-html file, e.g. --cvdnn-html=reports/cvdnn.html."),
+        (lambda: check_report_path(tmp_path / "a_folder", "--cvdnn-report", protected),
+         f"--cvdnn-report: will not write {tmp_path / 'a_folder'}: it is a folder or a special file, not a report. "
+         "Fix: pass another --cvdnn-report file, e.g. --cvdnn-report=reports/cvdnn.json."),
+        (lambda: check_folder_destination(tmp_path / "user", "--cvdnn-repro", protected),
+         f"--cvdnn-repro: will not write {tmp_path / 'user'}: it exists and was not written by pytest-cvdnn (it has "
+         f"no {MARKER} marker). Fix: pass another --cvdnn-repro folder (a new one, e.g. --cvdnn-repro=cvdnn-out), or "
+         "move that folder away yourself."),
+    ]
+    for call, said in cases:
+        with pytest.raises(CvdnnError) as info:
+            call()
+        assert str(info.value) == said
+
+
+def test_a_published_folder_is_shared_marked_and_made_where_its_parent_was_missing(tmp_path: Path) -> None:
+    protected = Protected.of([], cwd=tmp_path / "elsewhere")
+    dest = tmp_path / "deep" / "er" / "bundle"
+    assert publish_folder(dest, lambda d: (d / "a").write_text("1"), "--opt", protected) == dest
+    assert (dest / MARKER).read_text() == "written by pytest-cvdnn; the plugin may replace this folder\n"
+    assert dest.stat().st_mode & 0o777 == 0o755 and (dest / "a").read_text() == "1"
+    publish_folder(dest, lambda d: (d / "b").write_text("2"), "--opt", protected)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["bundle"]  # no staging or old copy left beside it
+    (dest / MARKER).unlink()  # (no longer marked: someone else's now)
+    with pytest.raises(CvdnnError, match="it exists and was not written by pytest-cvdnn"):
+        publish_folder(dest, lambda d: None, "--opt", protected)
+    assert sorted(p.name for p in dest.iterdir()) == ["b"]
+
+
 # -- the plugin, as users ran it ---------------------------------------------------------------------------------
 
 

@@ -74,3 +74,30 @@ def test_specs_per_input_name() -> None:
         parse_specs("tf;caffe")
     assert coerce_specs({"image": "caffe", "thumb": {"mode": "tf"}})[1][1][1].mode == "tf"
     assert coerce_specs({"mode": "tf"})[0].mode == "tf"  # a dict of fields is one spec
+
+
+@pytest.mark.parametrize("fields, said", [
+    ({"interpolation": "lanczos"}, "interpolation must be one of bilinear, nearest, bicubic, area, got 'lanczos'"),
+    ({"crop": "middle"}, "crop must be one of none, center, letterbox, got 'middle'"),
+    ({"size": (2,)}, "size must be (width, height) with positive values, got (2,)"),
+    ({"size": (0, 5)}, "size must be (width, height) with positive values, got (0, 5)"),
+    ({"batch": 0}, "batch must be between 1 and 4096 (the images a deployment feeds per net.forward()), got 0"),
+    ({"scale": float("inf")}, "scale must be finite numbers of magnitude at most 1e+06, got [inf]"),
+    ({"mean": (1e7, 0, 0)}, "mean must be finite numbers of magnitude at most 1e+06, got [10000000.0, 0.0, 0.0]"),
+    ({"std": (1, 2e6, 1)}, "std must be finite numbers of magnitude at most 1e+06, got [1.0, 2000000.0, 1.0]"),
+    ({"std": (0, 1, 1)}, "std must not contain 0, got (0.0, 1.0, 1.0)"),
+])
+def test_each_invalid_spec_field_is_named_with_its_rule_and_value(fields: dict, said: str) -> None:
+    from pytest_cvdnn.spec import SpecError
+
+    with pytest.raises(SpecError) as info:
+        InputSpec(**fields)
+    assert str(info.value) == said
+
+
+def test_a_spec_keeps_its_fields_normalised() -> None:
+    spec = InputSpec(size=(64.0, 32), scale=0.5, std=2, channels=1, batch=2)
+    assert spec.size == (64, 32) and isinstance(spec.size[0], int)
+    assert spec.scale == 0.5 and spec.std == (2.0, 2.0, 2.0) and spec.channels == 1 and spec.n_channels == 1
+    assert spec.per_channel("std") == (2.0,) and spec.per_channel("mean") == (0.0,)
+    assert InputSpec(size=(2, 2), batch=4096 - 1).batch == 4095

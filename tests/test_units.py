@@ -449,6 +449,8 @@ def test_channels_are_parsed_validated_and_fitted_to_the_values() -> None:
 def test_sources_are_converted_to_the_specs_channels_and_a_wrong_count_is_named() -> None:
     import cv2
 
+    from pytest_cvdnn.errors import CvdnnError
+
     from pytest_cvdnn.preprocess import source_image
 
     bgr = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
@@ -459,7 +461,15 @@ def test_sources_are_converted_to_the_specs_channels_and_a_wrong_count_is_named(
     assert bgra.shape == (6, 5, 4) and (bgra[..., 3] == 255).all() and np.array_equal(bgra[..., :3], bgr)
     assert source_image(bgr, InputSpec()).shape == (6, 5, 3)
     assert np.array_equal(source_image(bgra, InputSpec()), bgr)
-    # an RGB source (channel_order=rgb) is the photo as the application holds it: channels reversed, alpha last
+    # an RGB source (channel_order=rgb) is the photo as the application holds it: channels reversed, alpha last;
+    # a gray or BGRA source becomes RGB, an RGBA one loses its alpha
+    assert np.array_equal(source_image(gray, InputSpec(channel_order="rgb")), cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+    assert np.array_equal(source_image(bgra, InputSpec(channel_order="rgb")), bgr[..., ::-1])
+    assert np.array_equal(source_image(bgra, InputSpec(channel_order="rgb", channels=4))[..., :3], bgr[..., ::-1])
+    with pytest.raises(CvdnnError) as info:
+        source_image(np.zeros((4, 4, 2), np.uint8), InputSpec())
+    assert str(info.value) == ("an image with 2 channels cannot be the source of a 3-channel blob. Fix: give images "
+                               "with 3 channels (or 3-channel BGR photos).")
     assert np.array_equal(source_image(bgr, InputSpec(channel_order="rgb")), bgr[..., ::-1])
     rgba = source_image(bgr, InputSpec(channel_order="rgb", channels=4))
     assert np.array_equal(rgba[..., :3], bgr[..., ::-1]) and (rgba[..., 3] == 255).all()
@@ -719,31 +729,61 @@ def _bundle(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda m: "{not json", "cannot be read as JSON"),
-    (lambda m: [], "the top level is a JSON list"),
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: "{not json", "the file cannot be read as JSON (JSONDecodeError: Expecting property name enclosed in "
+                            "double quotes: line 1 column 2 (char 1))"),
+    (lambda m: [], "the top level is a JSON list, not an object"),
     (lambda m: {}, "'format' is missing"),
     (lambda m: {k: v for k, v in m.items() if k != "settings"}, "'settings' is missing"),
-    (lambda m: {**m, "format": 2}, "'format' is 2"),
-    (lambda m: {**m, "settings": {**m["settings"], "atol": "abc"}}, "'settings.atol' is 'abc'"),
-    (lambda m: {**m, "settings": {**m["settings"], "rtol": -1}}, "'settings.rtol' is -1"),
-    (lambda m: {**m, "settings": {**m["settings"], "samples": True}}, "'settings.samples' is True"),
-    (lambda m: {**m, "settings": {**m["settings"], "layout": "nwhc"}}, "'settings.layout' is 'nwhc'"),
-    (lambda m: {**m, "spec": {"scale": "abc"}}, "'spec' is not a valid input spec (scale must be a number"),
-    (lambda m: {**m, "graph": {"inputs": []}}, "'graph' does not describe"),
-    (lambda m: {**m, "softmax_logits": [[5, "x"]]}, "'softmax_logits' names an output"),
+    (lambda m: {**m, "model": 3}, "'model' is int, not str"),
+    (lambda m: {**m, "format": 2}, "'format' is 2; this pytest-cvdnn reads bundles of format 1"),
+    (lambda m: {**m, "settings": {**m["settings"], "atol": "abc"}}, "'settings.atol' is 'abc', not a number >= 0"),
+    (lambda m: {**m, "settings": {**m["settings"], "rtol": -1}}, "'settings.rtol' is -1, not a number >= 0"),
+    (lambda m: {**m, "settings": {**m["settings"], "srtol": 5.0}},
+     "'settings.srtol' is refused: srtol = 5 would accept an error as large as the signal itself (max|Δ| / max|ref| "
+     "up to 5): no parity item could fail; use a value below 1 (default 0.001)"),
+    (lambda m: {**m, "settings": {**m["settings"], "samples": True}},
+     "'settings.samples' is True, not an integer in [1, 10000]"),
+    (lambda m: {**m, "settings": {**m["settings"], "opset": 101}}, "'settings.opset' is 101, not an integer in [1, 100]"),
+    (lambda m: {**m, "settings": {**m["settings"], "seed": 1.5}},
+     "'settings.seed' is 1.5, not an integer in [-9223372036854775808, 9223372036854775807]"),
+    (lambda m: {**m, "settings": {**m["settings"], "layout": "nwhc"}}, "'settings.layout' is 'nwhc', not 'nchw' or 'nhwc'"),
+    (lambda m: {**m, "spec": {"scale": "abc"}},
+     "'spec' is not a valid input spec (scale must be a number or three numbers, got 'abc')"),
+    (lambda m: {**m, "input_specs": {}}, "'input_specs' is dict, not a list of [name, spec] pairs"),
+    (lambda m: {**m, "input_specs": [["a"]]}, "'input_specs'[0] is not a [name, spec] pair"),
+    (lambda m: {**m, "input_specs": [["a", {"layout": "abc"}]]},
+     "'input_specs'[0] is not a valid input spec (layout must be one of nchw, nhwc, got 'abc')"),
+    (lambda m: {**m, "preprocessing": {"x": 1}}, "'preprocessing' is neither null nor an object with an 'expected_spec'"),
+    (lambda m: {**m, "preprocessing": {"expected_spec": {"layout": "abc"}}},
+     "'preprocessing.expected_spec' is not a valid input spec (layout must be one of nchw, nhwc, got 'abc')"),
+    (lambda m: {**m, "graph": {"inputs": []}},
+     "'graph' does not describe the model's inputs and outputs (KeyError: 'outputs')"),
+    (lambda m: {**m, "graph": {**m["graph"], "inputs": [{"name": "x", "shape": ["a"], "dtype": "float32"}]}},
+     "'graph' does not describe the model's inputs and outputs (ValueError: tensor 'x' has shape ('a',))"),
+    (lambda m: {**m, "softmax_logits": [["0", "x"]]},
+     "'graph' does not describe the model's inputs and outputs (ValueError: softmax_logits holds an entry that is "
+     "not an [output index, tensor name] pair)"),
+    (lambda m: {**m, "softmax_logits": [[5, "x"]]}, "'softmax_logits' names an output the graph does not have"),
     (lambda m: {**m, "files": {**m["files"], "../../../../etc/passwd": "0" * 64}},
-     "the file name '../../../../etc/passwd' is not a plain file name"),
-    (lambda m: {**m, "files": {**m["files"], "/etc/passwd": "0" * 64}}, "the file name '/etc/passwd'"),
-    (lambda m: {**m, "files": {**m["files"], "model.onnx": "xyz"}}, "the checksum of 'model.onnx'"),
+     "the file name '../../../../etc/passwd' is not a plain file name inside the bundle (a path, '..' or empty)"),
+    (lambda m: {**m, "files": {**m["files"], "/etc/passwd": "0" * 64}},
+     "the file name '/etc/passwd' is not a plain file name inside the bundle (a path, '..' or empty)"),
+    (lambda m: {**m, "files": {**m["files"], "model.onnx": "xyz"}}, "the checksum of 'model.onnx' is not a SHA-256 digest"),
     (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "inputs.npz"}},
      "'files' does not list inputs.npz"),
+    (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "model.onnx"}},
+     "'files' does not list model.onnx"),
     (lambda m: {**m, "references": [{**m["references"][0], "file": "../../outside_ref.npz"}]},
-     "'references'[0].file '../../outside_ref.npz' is not listed"),
-    (lambda m: {**m, "references": [{**m["references"][0], "runner": "tensorrt"}]}, "'references'[0] is not"),
-    (lambda m: {**m, "has_keras": True}, "'keras_meta' is missing"),
+     "'references'[0].file '../../outside_ref.npz' is not listed (with its checksum) in 'files'"),
+    (lambda m: {**m, "references": [{**m["references"][0], "runner": "tensorrt"}]},
+     "'references'[0] is not a {runner, logits, inputs, file} object of a known runner"),
+    (lambda m: {**m, "references": [{**m["references"][0], "logits": 1}]},
+     "'references'[0] is not a {runner, logits, inputs, file} object of a known runner"),
+    (lambda m: {**m, "has_keras": True}, "'keras_meta' is missing for a bundle with a Keras model"),
 ])
-def test_a_malformed_bundle_manifest_is_one_error_naming_the_field(tmp_path: Path, edit: Any, field: str) -> None:
+def test_a_malformed_bundle_manifest_is_one_error_naming_the_field(tmp_path: Path, edit: Any, said: str) -> None:
+    """Each malformed field is named with what is wrong with it, in one error whose fix is to regenerate."""
     from pytest_cvdnn.errors import CvdnnError
     from pytest_cvdnn.manifest import load_manifest
 
@@ -754,9 +794,9 @@ def test_a_malformed_bundle_manifest_is_one_error_naming_the_field(tmp_path: Pat
     (folder / "manifest.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
     with pytest.raises(CvdnnError) as info:
         load_manifest(folder)
-    text = str(info.value)
-    assert text.startswith(f"the bundle {folder} has an invalid manifest.json: ") and field in text, text
-    assert "Fix: regenerate the bundle with --cvdnn-save-bundle" in text
+    assert str(info.value) == (f"the bundle {folder} has an invalid manifest.json: {said}. Fix: regenerate the "
+                               "bundle with --cvdnn-save-bundle=DIR on the machine that has the Keras model and "
+                               "TensorFlow (a bundle is written whole by pytest-cvdnn, never edited by hand).")
 
 
 def test_no_bundle_file_can_lead_outside_the_bundle(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ class Deployment:
 
     def __init__(self, settings: ModelSettings, cache: Cache, rootdir: Path | None = None,
                  memo: dict[Any, Any] | None = None) -> None:
-        self.settings = settings
+        self.settings: ModelSettings = settings
         self.memo = memo if memo is not None else {}  # shared with other deployments of the same source
         self.cache = cache
         self.rootdir = rootdir

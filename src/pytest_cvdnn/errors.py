@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CvdnnError", "StageSkipped", "unrecognised"]
+__all__ = ["CvdnnError", "StageSkipped", "unrecognised", "headline"]
 
 
 class CvdnnError(Exception):
@@ -27,6 +27,17 @@ class CvdnnError(Exception):
 
     def full(self) -> str:
         return str(self) + (f"\n\n{self.details}" if self.details else "")
+
+
+def headline(text: str, limit: int) -> str:
+    """``text`` up to its first clause ("; ") if that fits in ``limit`` characters, else cut at a word with "…"
+    (the whole text is said below it)."""
+    text = text.rstrip(".")
+    clause = text.split("; ", 1)[0]
+    if len(clause) <= limit:
+        return clause + ("…" if len(clause) < len(text) else "")
+    cut = clause[: limit - 1].rsplit(" ", 1)[0]
+    return cut + "…"
 
 
 class StageSkipped(Exception):

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelEntry", "ModelFile", "ModelDirectory", "ModelCollector", "CheckItem", "RECORD_KEY"]
 
+#: the longest headline of a failure (its first line), and of its first two lines (JUnit keeps 500 characters)
+HEADLINE = 200
+FIRST_LINES = 480
+
 #: key of the user_properties entry that carries a check's result (JSON) to the controller
 RECORD_KEY = "cvdnn"
 
@@ -181,12 +185,18 @@ class CheckItem(pytest.Item):
         self.add_report_section("call", "cvdnn", result.message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
-        """One first line with the verdict and its Fix (what pytest's short summary and JUnit's ``message``
-        attribute show), the details below it."""
+        """The verdict's headline on the first line (what pytest's short summary shows), its Fix on the second
+        (both within JUnit's 500-character ``message`` attribute, which keeps whole lines), then the whole
+        verdict, fix and details."""
         if isinstance(excinfo.value, CvdnnError):
-            verdict = " ".join(str(excinfo.value).split())
-            details = excinfo.value.details
-            return f"{self.entry.settings.model} :: {self.name}: {verdict}" + (f"\n\n{details}" if details else "")
+            from .errors import headline
+
+            exc = excinfo.value
+            message, fix = " ".join(exc.message.split()), " ".join((exc.fix or "").split())
+            first = f"{self.entry.settings.model} :: {self.name}: {headline(message, HEADLINE)}"
+            lines = [first] + ([f"Fix: {headline(fix, max(80, FIRST_LINES - len(first)))}"] if fix else [])
+            whole = " ".join(str(exc).split())
+            return "\n".join(lines) + f"\n\n{whole}" + (f"\n\n{exc.details}" if exc.details else "")
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

@@ -618,10 +618,17 @@ class ResultsPlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.started = time.time()
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for key, value in getattr(report, "user_properties", ()):
+        properties = list(getattr(report, "user_properties", ()))
+        for key, value in properties:
             if key == RECORD_KEY and report.when == "call":
                 self.state.results.add(json.loads(value), report.nodeid)
+        if not self.is_worker and any(key == RECORD_KEY for key, _ in properties):
+            # (the record carries figures: JUnit XML and other report writers get its summary, not the record;
+            # a worker sends the whole record on, to the controller)
+            report.user_properties = [(k, v) for k, v in properties if k != RECORD_KEY] + _junit_properties(
+                next(json.loads(v) for k, v in properties if k == RECORD_KEY))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.state.results.models:
@@ -758,6 +765,12 @@ def assert_parity(request: pytest.FixtureRequest) -> Callable[..., ParityResult]
 
     return check
 
+
+
+def _junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a CI report (JUnit XML) keeps of a check's record: its names, verdict and whole message."""
+    return [(f"cvdnn_{key}", str(record[key])) for key in ("model", "check", "target", "outcome", "message")
+            if record.get(key) is not None]
 
 
 # -- pytest-html: each check item's row carries its pictures and diagnosis ---------------------------------
