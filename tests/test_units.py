@@ -1147,8 +1147,10 @@ def test_a_rewrite_is_proven_on_its_own_tensors_not_only_on_flat_final_outputs(t
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", 4, 8, 8]))
     onnx.save(model, str(tmp_path / "model.onnx"))
+    from pytest_cvdnn.compare import Tolerance
+
     dep = SimpleNamespace(graph=SimpleNamespace(inputs=[SimpleNamespace(name="x")]), onnx_path=tmp_path / "model.onnx",
-                          fixed_batch_of_one=False)
+                          fixed_batch_of_one=False, to_onnx_inputs=list, settings=SimpleNamespace(tolerance=Tolerance()))
     feeds = [np.random.default_rng(0).normal(0, 1, (3, 3, 8, 8)).astype(np.float32)]
     for hi, expected in ((0.5, None), (0.7, "differs")):  # the right bound, then a wrong one
         fixed = onnx.ModelProto()

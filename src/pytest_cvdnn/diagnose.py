@@ -122,12 +122,12 @@ def _probe_source(dep: "Deployment", model: Any, tmp: Path) -> tuple[Path, str, 
     probed with unknown sizes, ops that import fine fail (Shape: "!isDynamicShape") — and the shape computations
     that become constants folded.  (path, cache-key suffix, the copy's tensors: its node producing each, None for
     its constants); the file itself where nothing is dynamic or the static copy cannot be made."""
-    from .fixes import _static_shapes
+    from .feeds import static_shapes
     from .rewrites import fix_input_shapes
 
     import onnx
 
-    static = _static_shapes(dep)
+    static = static_shapes(dep)
     if not static or model.ByteSize() > (1 << 30):
         return dep.onnx_path, "", None
     try:

@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import CvdnnError
+from .errors import CvdnnError, StageSkipped
 
-__all__ = ["Feed", "FeedDecl", "parse_feeds", "batch_axes", "output_batch_axes", "to_graph", "from_graph",
+__all__ = ["Feed", "FeedDecl", "parse_feeds", "static_shapes", "batch_axes", "output_batch_axes", "to_graph", "from_graph",
            "feed_values", "INTEGER_RANGE"]
 
 #: the values an integer input gets when nothing tells its valid range (bytes): declare one with --cvdnn-feed
@@ -200,3 +200,19 @@ def check_declared(decls: Sequence[tuple[str, FeedDecl]], names: Sequence[str], 
             raise CvdnnError(f"{where}: the model has no input {name!r}"
                              + (f" (did you mean {close[0]!r}?)" if close else ""),
                              fix=f"name one of its inputs: {', '.join(map(repr, names))}")
+
+
+def static_shapes(dep: Any) -> tuple[tuple[str, tuple[int | None, ...]], ...]:
+    """The sizes the checks feed each input whose graph leaves a size other than the batch dynamic (the batch
+    stays dynamic: a remedy is verified at batch 1 and N); () where every such size is fixed already.  ``dep``:
+    the deployment (its graph, batch axes and fed arrays)."""
+    try:
+        fed = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
+    except (CvdnnError, StageSkipped):  # (the inputs cannot be made: no static shapes either)
+        return ()
+    found = []
+    for info, axis, x in zip(dep.graph.inputs, dep.batch_axes, fed, strict=True):
+        if len(info.shape) != x.ndim or all(d is not None for k, d in enumerate(info.shape) if k != axis):
+            continue
+        found.append((info.name, tuple(None if k == axis else int(x.shape[k]) for k in range(x.ndim))))
+    return tuple(found)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .scratch import prefix
 from .errors import CvdnnError, StageSkipped
+from .feeds import static_shapes
 
 if TYPE_CHECKING:
     from .core import Deployment
@@ -61,21 +62,6 @@ def _key(dep: "Deployment") -> str | None:
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
-def _static_shapes(dep: "Deployment") -> tuple[tuple[str, tuple[int | None, ...]], ...]:
-    """The sizes the checks feed each input whose graph leaves a size other than the batch dynamic (the batch
-    stays dynamic: the remedy is verified at batch 1 and N); () where every such size is fixed already."""
-    try:
-        fed = dep.to_onnx_inputs([x[:1] for x in dep.inputs])
-    except (CvdnnError, StageSkipped):
-        return ()
-    found = []
-    for info, axis, x in zip(dep.graph.inputs, dep.batch_axes, fed, strict=True):
-        if len(info.shape) != x.ndim or all(d is not None for k, d in enumerate(info.shape) if k != axis):
-            continue
-        found.append((info.name, tuple(None if k == axis else int(x.shape[k]) for k in range(x.ndim))))
-    return tuple(found)
-
-
 def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     """Try the candidates in order until one works (remembered per graph and target); the working one's
     ``fixed.onnx`` and ``fix.py`` are (re)written to ``folder``."""
@@ -98,7 +84,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
     try:
         results = [OnnxRemedy(r["candidate"], r["outcome"], r["detail"], tuple(r["nodes"]), r["folder"])
                    for r in (found or {})["results"]]  # (a cache miss: the KeyError below)
-        by_label = {c.label: c for c in candidates(model, _static_shapes(dep))}
+        by_label = {c.label: c for c in candidates(model, static_shapes(dep))}
         for r in results:  # a warm run writes the files again (cheap), it does not verify again
             if r.works:
                 _write(dep, folder, by_label[r.candidate], apply(model, by_label[r.candidate])[0])
@@ -107,7 +93,7 @@ def onnx_remedies(dep: "Deployment", folder: Path) -> list[OnnxRemedy]:
         pass
     results = []
     with tempfile.TemporaryDirectory(prefix=prefix("fix")) as tmp:
-        for n, candidate in enumerate(candidates(model, _static_shapes(dep))):
+        for n, candidate in enumerate(candidates(model, static_shapes(dep))):
             result, fixed = _prove(dep, model, candidate, Path(tmp) / f"candidate{n}.onnx")
             if result.works:
                 _write(dep, folder, candidate, fixed)
