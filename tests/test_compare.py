@@ -339,3 +339,45 @@ def test_input_insensitivity_is_judged_over_the_samples_not_the_classes() -> Non
     still = np.array([[0.1, 0.9, 0.3, 0.2, 0.5]] * 3, np.float32)
     found = input_insensitive([still], ["y"], tol)
     assert [f["name"] for f in found] == ["y"] and found[0]["samples"] == 3
+
+
+@pytest.mark.parametrize("name, value, said", [
+    ("rtol", 1.0, "rtol = 1 would accept an error as large as the signal itself (|Δ| / |ref| per element up to 1): "
+                  "no parity item could fail; use a value below 1 (default 0.001)"),
+    ("srtol", 2.0, "srtol = 2 would accept an error as large as the signal itself (max|Δ| / max|ref| up to 2): no "
+                   "parity item could fail; use a value below 1 (default 0.001)"),
+    ("rtol", 0.999, None), ("srtol", 0.999, None), ("atol", 5.0, None), ("atol", 0, None), ("rtol", 0, None),
+    ("atol", -1, "atol must be a finite number >= 0, got -1"),
+    ("rtol", float("nan"), "rtol must be a finite number >= 0, got nan"),
+    ("atol", float("inf"), "atol must be a finite number >= 0, got inf"),
+    ("srtol", True, "srtol must be a finite number >= 0, got True"),
+    ("atol", "x", "atol must be a finite number >= 0, got 'x'"),
+])
+def test_a_tolerance_is_refused_only_where_no_parity_item_could_fail(name: str, value: object, said: str | None) -> None:
+    from pytest_cvdnn.compare import tolerance_problem
+
+    assert tolerance_problem(name, value) == said
+
+
+def test_outputs_that_differ_in_number_fail_as_one_count_mismatch() -> None:
+    from pytest_cvdnn.compare import compare
+
+    result = compare([np.ones(3), np.ones(2)], [np.ones(3)], Tolerance(), expected_name="keras",
+                     obtained_name="cv2dnn")
+    assert not result.ok and result.notes == ("keras returned 2 output(s) but cv2dnn returned 1",)
+    assert result.as_dict() == {
+        "pair": "keras-cv2dnn", "expected": "keras", "obtained": "cv2dnn", "ok": False, "atol": 0.0001, "rtol": 0.001,
+        "max_abs": math.inf, "max_rel": math.inf, "srtol": 0.001, "max_signal_rel": 0.0, "min_cosine": 0.0,
+        "mismatches": 1, "blind_outputs": [], "notes": ["keras returned 2 output(s) but cv2dnn returned 1"],
+        "outputs": [{"name": "(output count)", "shape": [1], "expected_shape": [2], "dtype": "-",
+                     "expected_dtype": "-", "ok": False, "max_abs": math.inf, "mean_abs": math.inf,
+                     "median_abs": math.inf, "max_rel": math.inf, "cosine": 0.0, "mismatches": 1, "size": 1,
+                     "mismatch_pct": 100.0, "nonfinite": 0, "required_atol": math.inf, "required_rtol": math.inf,
+                     "scale": 0.0, "signal_rel": 0.0, "nrms": 0.0, "srtol": 0.001, "signal_ok": True,
+                     "detectable_rel": 0.001, "elementwise_blind": False, "worst": [], "topk": []}]}
+    # one array each side: compared as one output (an array is not a list of outputs)
+    single = compare(np.ones((2, 3)), np.ones((2, 3)) + 1, Tolerance())
+    assert [o.name for o in single.outputs] == ["output0"] and single.outputs[0].max_abs == 1.0
+    # a softmax flag shorter than the outputs: the rest are not softmaxes (no top-k judged)
+    flagged = compare([np.eye(3), np.eye(3)], [np.eye(3), np.eye(3)[::-1]], Tolerance(), softmax=[True])
+    assert flagged.outputs[0].topk and not flagged.outputs[1].topk

@@ -169,3 +169,29 @@ def test_the_numpy_fallback_equals_opencv_where_opencv_can_build_the_blob(text: 
     scale = max(1.0, float(np.abs(expected.astype(np.float64)).max()))
     assert np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() <= 1e-6 * scale
     assert to_nhwc(got, spec.layout).shape[-1] == spec.n_channels
+
+
+@pytest.mark.parametrize("text", ["size=16x12,channels=1", "size=16x12,channels=1,channel_order=rgb",
+                                  "size=16x12,channels=4,channel_order=rgb", "size=16x12,channel_order=rgb,swap_rb=0",
+                                  "size=16x12,channels=4,scale=0.5,mean=1/2/3"])
+def test_the_printed_code_turns_the_applications_own_image_into_the_blob(text: str, photo: np.ndarray) -> None:
+    """The source lines of the printed code, pasted on the image the application holds (BGR from cv2.imread, or
+    RGB where the spec's channel_order says so), build the spec's blob of that photo."""
+    from snippet_child import run as paste
+
+    from pytest_cvdnn.preprocess import cv2_call
+
+    spec = InputSpec.parse(text)
+    held = np.ascontiguousarray(photo[..., ::-1]) if spec.channel_order == "rgb" else photo
+    code = cv2_call(spec)
+    assert code.startswith("# img: an RGB image (channel_order=rgb: e.g. from PIL or a camera API), not "
+                           "cv2.imread's BGR\n") == (spec.channel_order == "rgb")
+    src = "RGB" if spec.channel_order == "rgb" else "BGR"
+    if spec.n_channels == 1:
+        assert ("if img.ndim == 3:  # the model takes 1 channel: gray, as cv2.imread(path, cv2.IMREAD_GRAYSCALE) "
+                f"reads it\n    img = cv2.cvtColor(img, cv2.COLOR_{src}2GRAY)\n") in code
+    if spec.n_channels == 4:
+        assert (f"if img.ndim == 3 and img.shape[2] == 3:  # the model takes 4 channels ({src}A, as "
+                f"cv2.imread(path, cv2.IMREAD_UNCHANGED) reads a PNG with alpha)\n"
+                f"    img = cv2.cvtColor(img, cv2.COLOR_{src}2{src}A)\n") in code
+    np.testing.assert_array_equal(paste(code, held), spec.blob([photo]))
