@@ -125,3 +125,66 @@ def test_what_a_killed_session_left_is_swept_and_a_live_ones_is_not(tmp_path: Pa
     removed = sweep(cache, temp)
     assert sorted(removed) == sorted(stale)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+
+
+def test_each_discarded_entry_is_noted_with_why_and_logged(tmp_path: Path) -> None:
+    """The repair note names the entry (relative to the cache) and what was wrong; the event log says the same."""
+    import json as _json
+    import os
+    import time
+
+    import numpy as np
+
+    from pytest_cvdnn.cache import Cache
+
+    cache = Cache(tmp_path)
+    cache.put_arrays([np.arange(3.0)], "ref", "a.npz")
+    other = tmp_path / "ref" / "b.npz"
+    other.write_bytes((tmp_path / "ref" / "a.npz").read_bytes())  # another entry's arrays
+    assert cache.get_arrays("ref", "b.npz") is None and not other.exists()
+    assert cache.repairs[-1] == "ref/b.npz: damaged (ValueError: checksum mismatch)"
+    os.mkfifo(tmp_path / "ref" / "c.npz")
+    assert cache.get_arrays("ref", "c.npz") is None
+    assert cache.repairs[-1] == "ref/c.npz: damaged (ValueError: not a regular file)"
+    (tmp_path / "ref" / "d.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert cache.get_arrays("ref", "d.npz") is None and cache.repairs[-1].startswith("ref/d.npz: damaged (")
+    events = [e for e in cache.events() if e.get("event") == "cache-entry-discarded"]
+    assert [e["entry"] for e in events] == cache.repairs
+    assert all(e["pid"] == os.getpid() and abs(e["time"] - time.time()) < 60 for e in events)
+    assert _json.dumps(events)  # (plain JSON)
+    np.savez(tmp_path / "ref" / "e.npz", __count__=np.array(5), a0=np.zeros(1), __check__=np.array("x"))
+    assert cache.get_arrays("ref", "e.npz") is None
+    assert cache.repairs[-1] == "ref/e.npz: damaged (ValueError: a count of shape ())"
+    np.savez(tmp_path / "ref" / "f.npz", __count__=np.array([1]), a0=np.zeros(1), __check__=np.array("x"))
+    assert cache.get_arrays("ref", "f.npz") is None
+    assert cache.repairs[-1] == "ref/f.npz: damaged (ValueError: a count of shape (1,))"
+    cache.put_arrays([], "ref", "g.npz")  # no arrays at all: a count of 0 is a valid entry
+    assert cache.get_arrays("ref", "g.npz") == []
+
+
+def test_a_cache_that_cannot_be_written_names_the_folder_it_stopped_at(tmp_path: Path) -> None:
+    from pytest_cvdnn.cache import Cache
+    from pytest_cvdnn.errors import CvdnnError
+
+    Cache(tmp_path / "new" / "deeper").check_writable()  # (parents that do not exist yet: the existing one judged)
+    assert not (tmp_path / "new").exists()  # nothing created
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CvdnnError) as info:
+        Cache(tmp_path / "file").check_writable()
+    assert str(info.value) == (f"the cache folder {tmp_path / 'file'} cannot be written: it is not a folder. Fix: "
+                               "pass --cvdnn-cache-dir=DIR on a writable disk with free space.")
+    with pytest.raises(CvdnnError) as info:
+        Cache(tmp_path / "file" / "sub").check_writable()
+    assert str(info.value).startswith(f"the cache folder {tmp_path / 'file' / 'sub'} (at {tmp_path / 'file'}) cannot "
+                                      "be written: it is not a folder")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if not os.access(ro, os.W_OK):  # (root ignores the mode bits: it can write there)
+            with pytest.raises(CvdnnError, match="it is on a read-only file system or not writable by this user"):
+                Cache(ro / "c").check_writable()
+        else:
+            Cache(ro / "c").check_writable()
+    finally:
+        ro.chmod(0o755)
