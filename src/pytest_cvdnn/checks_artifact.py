@@ -99,6 +99,7 @@ def check_load(dep: Deployment) -> CheckResult:
     except CvdnnError as exc:
         raise _load_failure(dep, exc) from exc
     graph = dep.graph
+    dep.inputs  # (inputs that cannot be made fail here, as themselves)
     try:
         outs = dep.first_forward  # sample 0, shared with the parity items (row 0)
     except CvdnnError as exc:  # read, but cannot run: the same search for a remedy as a graph it cannot read

@@ -720,11 +720,14 @@ class Deployment:
         graph cv2.dnn reads but cannot run fails here once, and what needs cv2.dnn's outputs is skipped with why."""
         if self._forwarding:  # (this very forward asks for its runner's prerequisites)
             return None
+        try:
+            sample = [x[:1] for x in self.inputs]
+        except (CvdnnError, StageSkipped):  # (no inputs: what uses them says why, as its own failure)
+            return None
 
         def forward() -> list[np.ndarray]:
             from .load import forward_error
 
-            sample = [x[:1] for x in self.inputs]
             self._forwarding = True
             try:
                 return self.run("cv2dnn", sample)
