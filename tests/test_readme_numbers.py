@@ -75,3 +75,10 @@ def test_user_facing_text_never_names_the_projects_own_issues() -> None:
     found = [f"{f.relative_to(ROOT)}:{n}: {line.strip()[:120]}" for f in files
              for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_the_named_mutation_count_the_readme_quotes_is_the_lists() -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from decision_mutations import MUTATIONS
+
+    assert f"prints the table (all {len(MUTATIONS)} killed)" in (ROOT / "README.md").read_text()
