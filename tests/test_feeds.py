@@ -161,3 +161,55 @@ def test_named_arrays_are_read_by_input_name_and_checked(tmp_path: Path) -> None
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CvdnnError, match="cannot be read as an .npz"):
         load_named_inputs(tmp_path / "junk.npz", feeds, shapes, layouts)
+
+
+def test_a_folder_by_input_name_stacks_samples_on_each_batch_axis(tmp_path: Path) -> None:
+    """NAME/ holds one sample per file, stacked on the input's own batch axis; NAME.npy the whole array; a tensor
+    name's ':' is written '_' in the file name; a folder for an input without a batch axis is refused."""
+    from pytest_cvdnn.inputs import load_named_inputs, named_entries
+
+    feeds = [Feed("serving_default_x:0", "float32", 0, -1, 1), Feed("state", "float32", 1, -1, 1),
+             Feed("sr", "int64", None, 0, 0)]
+    (tmp_path / "serving_default_x_0").mkdir()
+    (tmp_path / "state").mkdir()
+    for k in range(2):
+        np.save(tmp_path / "serving_default_x_0" / f"{k}.npy", np.full(3, k, np.float32))
+        np.save(tmp_path / "state" / f"{k}.npy", np.full((2, 3), 10 + k, np.float32))
+    np.save(tmp_path / "sr.npy", np.array(8000))
+    assert set(named_entries(tmp_path, [f.name for f in feeds])) == {"serving_default_x:0", "state", "sr"}
+    x, state, sr = load_named_inputs(tmp_path, feeds, [(1, 3), (1, 2, 3), (1,)], ["", "", ""])
+    assert x[:, 0].tolist() == [0, 1] and state.shape == (2, 2, 3) and state[:, 0, 0].tolist() == [10, 11]
+    assert (state[1] == 11).all()  # (sample 1 is the second file: stacked on axis 1, then made sample-major)
+    assert sr.tolist() == [8000, 8000] and sr.dtype == np.int64
+    (tmp_path / "sr.npy").unlink()
+    (tmp_path / "sr").mkdir()
+    np.save(tmp_path / "sr" / "0.npy", np.array(8000))
+    with pytest.raises(CvdnnError, match=r"input 'sr' has no batch axis, so its folder sr/ cannot hold one sample"):
+        load_named_inputs(tmp_path, feeds, [(1, 3), (1, 2, 3), (1,)], ["", "", ""])
+
+
+def test_a_size_0_input_is_refused_with_a_fix_that_works_when_pasted(tmp_path: Path) -> None:
+    """A 0 in an input's shape is not dynamic (onnxruntime holds the input to an empty tensor): refused, and the
+    printed fix — mark the axis dynamic in a copy — run as printed makes a file onnxruntime runs with a batch of 2."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pytest_cvdnn.sanity import check_structure
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [0, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with pytest.raises(CvdnnError) as info:
+        check_structure(tmp_path / "z.onnx", model)
+    assert "declares the size 0 at axis 0 (shape (0, 3))" in str(info.value)
+    fix = info.value.fix
+    assert fix.startswith("re-export the model with a named (dynamic) size for that axis, or mark it dynamic in a "
+                          "copy: "), fix
+    code = fix.split("copy: ", 1)[1]
+    exec(code.replace("'fixed.onnx'", repr(str(tmp_path / "fixed.onnx"))), {"onnx": onnx, "model": model})
+    session = ort.InferenceSession(str(tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": -np.ones((2, 3), np.float32)})[0].tolist() == [[0.0] * 3] * 2
+    check_structure(tmp_path / "fixed.onnx", onnx.load(str(tmp_path / "fixed.onnx")))  # (accepted now)

@@ -106,6 +106,29 @@ def test_inputs_by_name_from_an_npz(run_cvdnn: Callable[..., Run], pytester: pyt
     assert "the model has no input 'stat' (did you mean 'state'?)" in run.checks()["parity[onnxruntime-cv2dnn]"]["message"]
 
 
+
+def test_inputs_by_name_from_a_folder(run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """--cvdnn-inputs=DIR laid out by input name: NAME/ holds one sample per .npy (stacked on the input's batch axis:
+    the state's samples on axis 1), NAME.npy the whole array (the scalar); samples that disagree are named."""
+    stateful_vad_onnx(pytester.path / "vad.onnx")
+    rng = np.random.default_rng(6)
+    feeds = pytester.path / "feeds"
+    for name, shape in (("x", (16,)), ("state", (2, 8))):
+        (feeds / name).mkdir(parents=True)
+        for k in range(3):
+            np.save(feeds / name / f"{k:03d}.npy", rng.uniform(-1, 1, shape).astype(np.float32))
+    np.save(feeds / "sr.npy", np.array(16000))
+    run = run_cvdnn("--cvdnn-model=vad.onnx", "--cvdnn-inputs=feeds")
+    checks = run.checks()
+    assert run.ret == 0, run.text
+    assert "inputs: the arrays of feeds, by input name" in checks["parity[onnxruntime-cv2dnn]"]["message"]
+    assert checks["batch"]["message"].startswith("batch of 3 agrees with 3 single runs")
+    np.save(feeds / "state" / "003.npy", np.zeros((2, 9), np.float32))
+    bad = run_cvdnn("--cvdnn-model=vad.onnx", "--cvdnn-inputs=feeds", "-k", "parity")
+    message = bad.checks()["parity[onnxruntime-cv2dnn]"]["message"]
+    assert "the samples of input 'state' differ in shape or dtype (000.npy (2, 8) float32" in message, message
+    assert "003.npy (2, 9) float32)" in message, message
+
 TOKENS = """
 import keras
 

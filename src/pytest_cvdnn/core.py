@@ -24,7 +24,8 @@ from .convert import Conversion, ConversionOptions, cached_convert, conversion_k
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .graph import GraphInfo, guess_layout, validate_onnx
 from .helper import by_helper
-from .inputs import check_input_sizes, fill_spatial, load_inputs, load_named_inputs, random_inputs, to_layout
+from .inputs import (check_input_sizes, fill_spatial, load_inputs, load_named_inputs, named_entries, random_inputs,
+                     to_layout)
 from .runners import Runner, RunnerSpec, runner_names, runner_spec
 from .runners.cached import CachedRunner, inputs_digest, stacked
 from .settings import ModelSettings
@@ -567,7 +568,7 @@ class Deployment:
             shapes = self.input_shapes()
             check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
             specs = [self.spec_for(n) for n in range(len(shapes))]
-            if self.settings.inputs and self.settings.inputs.lower().endswith(".npz"):
+            if self.named_inputs:
                 layouts = self.onnx_layouts if not self.has_keras else ["nhwc"] * len(shapes)
                 arrays = load_named_inputs(Path(self.settings.inputs), self.feeds, shapes, layouts)
             elif self.settings.inputs:
@@ -580,6 +581,16 @@ class Deployment:
             return arrays
 
         return self.stage("inputs", make)
+
+    @property
+    def named_inputs(self) -> bool:
+        """--cvdnn-inputs holds arrays by input name: an .npz, or a folder with NAME.npy / NAME/ entries."""
+        given = self.settings.inputs
+        if not given:
+            return False
+        if given.lower().endswith(".npz"):
+            return True
+        return Path(given).is_dir() and bool(named_entries(Path(given), self._input_names()))
 
     def _check_fixed_batch(self) -> None:
         """Refuse an ONNX input whose batch is fixed above 1: the checks feed single samples and batches."""
@@ -598,7 +609,7 @@ class Deployment:
     def inputs_description(self) -> str:
         """What the checks feed the model, and on what grounds (said with every parity verdict)."""
         n = self.settings.samples
-        if self.settings.inputs and self.settings.inputs.lower().endswith(".npz"):
+        if self.named_inputs:
             return f"inputs: the arrays of {self.settings.inputs}, by input name"
         if self.settings.inputs:
             return f"inputs: the files in {self.settings.inputs} through the input spec"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from .feeds import Feed
 from .folders import IMAGE_SUFFIXES, folder_files
 from .spec import InputSpec
 
-__all__ = ["random_inputs", "load_inputs", "load_named_inputs", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
+__all__ = ["random_inputs", "load_inputs", "load_named_inputs", "named_entries", "folder_files", "check_input_sizes", "memory_budget_bytes", "to_layout", "fill_spatial", "IMAGE_SUFFIXES"]
 
 def to_layout(x: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Transpose a 4-D batch between NHWC and NCHW (other ranks pass through)."""
@@ -105,12 +105,13 @@ def random_inputs(shapes: Sequence[Sequence[int]], spec: InputSpec | Sequence[In
     return out
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    """A float32 array from a .npy the user gave (never unpickled); a file that is not one is named, with why."""
+def _read_npy(path: Path, dtype: Any = np.float32) -> np.ndarray:
+    """An array from a .npy the user gave (never unpickled), as ``dtype`` (None: as stored); a file that is not one
+    is named, with why."""
     try:
         with open(path, "rb") as fh:
             arr = np.load(fh, allow_pickle=False)
-        return np.asarray(arr, dtype=np.float32)
+        return np.asarray(arr, dtype=dtype)
     except (OSError, ValueError, EOFError, TypeError) as exc:
         why = ("it holds Python objects (a pickle), which are never loaded" if "allow_pickle" in str(exc)
                else f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -158,8 +159,9 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
     if len(shapes) != 1:
         raise CvdnnError(
             f"--cvdnn-inputs works for single-input models; this one has {len(shapes)} inputs",
-            fix="pass an .npz file of arrays by input name instead (np.savez('inputs.npz', **{name: array})), or "
-            "drop the option (seeded random inputs are used)",
+            fix="pass an .npz file of arrays by input name instead (np.savez('inputs.npz', **{name: array})), or a "
+            "folder with NAME.npy (the whole array) or NAME/ (one .npy per sample) for each input, or drop the option "
+            "(seeded random inputs are used)",
         )
     shape = [int(d) for d in shapes[0]]
     samples = []
@@ -185,18 +187,74 @@ def load_inputs(folder: Path, shapes: Sequence[Sequence[int]], spec: InputSpec |
     return [np.concatenate(samples, axis=0)]
 
 
-def load_named_inputs(path: Path, feeds: Sequence[Feed], shapes: Sequence[Sequence[int]],
-                      layouts: Sequence[str]) -> list[np.ndarray]:
-    """The arrays of an ``.npz`` keyed by input name, each as the runtime is fed it (the graph's layout, its batch
-    axis, a scalar as a scalar), made sample-major like every input of the checks.  ``shapes``: the checks'
-    sample-major shapes (batch 1), to check each array against."""
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as exc:
         raise CvdnnError(f"--cvdnn-inputs={path} cannot be read as an .npz of arrays: {type(exc).__name__}: "
                          f"{str(exc)[:200]}", fix="save it with np.savez(path, **{input_name: array})") from None
+
+
+def file_name_of(input_name: str) -> str:
+    """The file (or folder) name that holds an input's arrays in a folder of named inputs (``:`` and ``/`` of a
+    tensor name such as ``serving_default_x:0`` cannot be part of a file name)."""
+    return input_name.replace("/", "_").replace(":", "_")
+
+
+def named_entries(folder: Path, names: Sequence[str]) -> dict[str, Path]:
+    """The entries of ``folder`` named after a model input: ``NAME.npy`` (the whole array) or ``NAME/`` (one
+    sample per ``.npy``); empty when the folder is not laid out by input name."""
+    found = {}
+    for name in names:
+        for candidate in dict.fromkeys((name, file_name_of(name))):
+            for entry in (folder / f"{candidate}.npy", folder / candidate):
+                if "/" not in candidate and (entry.is_dir() if entry.suffix != ".npy" else entry.exists()):
+                    found.setdefault(name, entry)
+    return found
+
+
+def _folder_arrays(folder: Path, feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
+    """The arrays of a folder laid out by input name: ``NAME.npy`` holds the input as the runtime is fed it,
+    ``NAME/`` one ``.npy`` per sample, stacked in file-name order on the input's batch axis."""
+    folder_files(folder, (".npy",), "--cvdnn-inputs")  # (refuses a pipe or a device named *.npy)
+    entries = named_entries(folder, [f.name for f in feeds])
+    arrays: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        entry = entries.get(feed.name)
+        if entry is None:
+            continue
+        if entry.suffix == ".npy":
+            arrays[feed.name] = _read_npy(entry, None)
+            continue
+        if feed.batch_axis is None:
+            raise CvdnnError(f"--cvdnn-inputs={folder}: input {feed.name!r} has no batch axis, so its folder "
+                             f"{entry.name}/ cannot hold one sample per file",
+                             fix=f"save its one value as {entry.name}.npy instead")
+        files = folder_files(entry, (".npy",), "--cvdnn-inputs")
+        if not files:
+            raise CvdnnError(f"--cvdnn-inputs={folder}: the folder {entry.name}/ of input {feed.name!r} holds no "
+                             ".npy file", fix="save one sample per file in it with np.save, or remove the folder")
+        samples = [_read_npy(f, None) for f in files]
+        if len({(x.shape, x.dtype.str) for x in samples}) > 1:
+            raise CvdnnError(f"--cvdnn-inputs={folder}: the samples of input {feed.name!r} differ in shape or dtype ("
+                             + ", ".join(f"{f.name} {x.shape} {x.dtype}" for f, x in zip(files, samples)) + ")",
+                             fix="save every sample of an input with the same shape and dtype")
+        if samples[0].ndim < feed.batch_axis:
+            raise CvdnnError(f"--cvdnn-inputs={folder}: the samples of input {feed.name!r} have shape "
+                             f"{samples[0].shape}; the input holds its samples on axis {feed.batch_axis}",
+                             fix="save each sample as the model is fed it, without its batch axis")
+        arrays[feed.name] = np.stack(samples, axis=feed.batch_axis)
+    return arrays
+
+
+def load_named_inputs(path: Path, feeds: Sequence[Feed], shapes: Sequence[Sequence[int]],
+                      layouts: Sequence[str]) -> list[np.ndarray]:
+    """The arrays of an ``.npz`` keyed by input name (or of a folder laid out by input name), each as the runtime is fed it (the graph's layout, its batch
+    axis, a scalar as a scalar), made sample-major like every input of the checks.  ``shapes``: the checks'
+    sample-major shapes (batch 1), to check each array against."""
     names = [f.name for f in feeds]
+    arrays = _folder_arrays(path, feeds) if path.is_dir() else _npz_arrays(path)
     missing, extra = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
     if missing or extra:
         raise CvdnnError(f"--cvdnn-inputs={path}: " + "; ".join(

@@ -69,7 +69,7 @@ def _check_interface(path: Path, graph: Any) -> None:
 
     initializers = {i.name for i in graph.initializer}
     for kind, items in (("input", graph.input), ("output", graph.output)):
-        for item in items:
+        for index, item in enumerate(items):
             if item.name in initializers:
                 continue
             elem = item.type.tensor_type.elem_type
@@ -90,8 +90,11 @@ def _check_interface(path: Path, graph: Any) -> None:
                         f"{path}: the graph {kind} {item.name!r} declares the size {dim.dim_value} at axis {axis} "
                         f"(shape {_shape_text(item)}); a size below 1 cannot hold a sample (onnxruntime refuses "
                         "any other size for it), and a dynamic size is written as a name or -1",
-                        fix=f"{_REEXPORT} with a positive or named size, e.g. dim.dim_param = 'batch' for a "
-                        "dynamic batch")
+                        fix=("re-export the model with a named (dynamic) size for that axis, or mark it dynamic in a copy: "
+                             f"model.graph.input[{index}].type.tensor_type.shape"
+                             f".dim[{axis}].dim_param = 'batch'; onnx.save(model, 'fixed.onnx')")
+                        if dim.dim_value == 0 else f"{_REEXPORT} with a positive or named size, e.g. "
+                        "dim.dim_param = 'batch' for a dynamic batch")
 
 
 def _shape_text(item: Any) -> str:
