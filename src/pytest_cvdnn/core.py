@@ -568,7 +568,7 @@ class Deployment:
             shapes = self.input_shapes()
             check_input_sizes(shapes, self._input_names(), self.settings.samples, self.settings.memory_budget)
             specs = [self.spec_for(n) for n in range(len(shapes))]
-            if self.named_inputs:
+            if self.named_inputs and self.settings.inputs:
                 layouts = self.onnx_layouts if not self.has_keras else ["nhwc"] * len(shapes)
                 arrays = load_named_inputs(Path(self.settings.inputs), self.feeds, shapes, layouts)
             elif self.settings.inputs:

@@ -205,7 +205,7 @@ def file_name_of(input_name: str) -> str:
 def named_entries(folder: Path, names: Sequence[str]) -> dict[str, Path]:
     """The entries of ``folder`` named after a model input: ``NAME.npy`` (the whole array) or ``NAME/`` (one
     sample per ``.npy``); empty when the folder is not laid out by input name."""
-    found = {}
+    found: dict[str, Path] = {}
     for name in names:
         for candidate in dict.fromkeys((name, file_name_of(name))):
             for entry in (folder / f"{candidate}.npy", folder / candidate):

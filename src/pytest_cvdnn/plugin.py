@@ -47,6 +47,11 @@ class CvdnnState:
     collected: dict[Path, Path] = field(default_factory=dict)  # resolved model file -> the path collected
     spelled: dict[Path, Path] = field(default_factory=dict)  # resolved model file -> the path as configured
     results: Results = field(default_factory=Results)
+    per_model: Callable[[str], ModelSettings] | None = None  # a model's settings with its pyproject table applied
+
+    def settings_for(self, model: str) -> ModelSettings:
+        """The settings of ``model``: the session's, with its ``[tool.cvdnn.models]`` table applied."""
+        return self.per_model(model) if self.per_model is not None else replace(self.base, model=model)
 
     @cached_property
     def cache(self) -> Cache:
@@ -122,18 +127,23 @@ def _thread_share(workers: int) -> dict[str, str]:
             "TF_NUM_INTEROP_THREADS": "1"}
 
 
+def _ini_keys(config: pytest.Config) -> list[str]:
+    """The keys the ini file sets."""
+    import warnings
+
+    with warnings.catch_warnings():  # (pytest 9 deprecates reading inicfg; it has no other list of the keys given)
+        warnings.simplefilter("ignore")
+        return [str(k) for k in (getattr(config, "inicfg", None) or {})]
+
+
 def _refuse_unknown_ini_keys(config: pytest.Config) -> None:
     """A ``cvdnn_*`` key this plugin does not know is a usage error naming the key it looks like: a misspelt key
     (``cvdnn_preprocces``, ``cvdnn_model``) was ignored with a warning and left a green gate that checked
     something else (or nothing)."""
     import difflib
-    import warnings
 
     known = {opt.ini for opt in OPTIONS} | {"cvdnn_targets", "cvdnn_models", "cvdnn_html"}
-    with warnings.catch_warnings():  # (pytest 9 deprecates reading inicfg; it has no other list of the keys given)
-        warnings.simplefilter("ignore")
-        keys = list(getattr(config, "inicfg", None) or {})
-    given = [str(k) for k in keys if str(k).lower().startswith("cvdnn")]
+    given = [str(k) for k in _ini_keys(config) if str(k).lower().startswith("cvdnn")]
     unknown = [k for k in given if k not in known]
     if unknown:
         key = unknown[0]
@@ -195,11 +205,13 @@ def pytest_configure(config: pytest.Config) -> None:
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
     restrict = bool(cli_models) and config.args_source != pytest.Config.ArgsSource.ARGS
     base = replace(base, protected=_protected(config, base, models))
+    per_model = _per_model_settings(config, values, base, models)
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
         targets=targets, engines=list(values["engine"][1:]),
         html_path=(Path(html) if config.getoption("cvdnn_html") else config.rootpath / html) if html else None,
+        per_model=per_model,
     )
     state = config.stash[STATE]
     _check_destinations(state)
@@ -226,6 +238,51 @@ def pytest_configure(config: pytest.Config) -> None:
     state.spelled = {p: next((e.source.given for e in es if e.source.given), p) for p, es in state.entries.items()}
     paths = [str(p) for p in state.spelled.values()]
     config.args = paths if restrict else [*config.args, *(p for p in paths if p not in config.args)]
+
+
+def _pyproject(config: pytest.Config) -> Path:
+    inipath = config.inipath
+    return inipath if inipath is not None and inipath.name == "pyproject.toml" else config.rootpath / "pyproject.toml"
+
+
+def _per_model_settings(config: pytest.Config, values: dict[str, Any], base: ModelSettings,
+                        models: list[str]) -> Callable[[str], ModelSettings]:
+    """Each model's settings: the session's, with its ``[tool.cvdnn.models."PATTERN"]`` table of pyproject.toml
+    applied under the command line (a usage error for an unknown key, a table that matches no model, or an input
+    setting given project-wide to several models)."""
+    from .model_table import check_tables, read_tables, values_for
+
+    pyproject = _pyproject(config)
+    given_ini = {str(k).removeprefix("cvdnn_") for k in _ini_keys(config)}
+    project_wide = [k for k in given_ini if config.getoption(f"cvdnn_{'feeds' if k == 'feed' else k}", None) is None]
+    try:
+        tables = read_tables(pyproject)
+        check_tables(tables, [m for m in models if not m.startswith(BUNDLE_PREFIX)], config.rootpath, pyproject,
+                     sorted(project_wide))
+    except CvdnnError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    options = {opt.dest: opt for opt in OPTIONS}
+
+    def settings(model: str) -> ModelSettings:
+        try:
+            table = values_for(tables, model, config.rootpath, pyproject)
+        except CvdnnError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        changed = dict(values)
+        for dest, text in table.items():
+            if config.getoption(f"cvdnn_{dest}") is not None:
+                continue  # (the command line wins)
+            try:
+                changed[dest] = options[dest].parse(text.strip())
+            except Exception as exc:  # argparse.ArgumentTypeError, SpecError
+                key = "feed" if dest == "feeds" else dest
+                raise pytest.UsageError(f'{pyproject}: [tool.cvdnn.models] {key} = {text!r} for {model} is invalid: '
+                                        f"{exc}. Fix: write the value as {options[dest].flag} takes it"
+                                        ) from None
+        own = base if not table else replace(_base_settings(config, changed), protected=base.protected)
+        return replace(own, model=model)
+
+    return settings
 
 
 def _refuse_onnx_without_keras(onnx: str, model: str, rootdir: Path) -> None:
@@ -542,7 +599,7 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
             continue
         source = parse_source(text, state.rootdir)
         path = source.path if source.path is not None else factory_module_file(source)
-        settings = replace(state.base, model=text)
+        settings = state.settings_for(text)
         entries.setdefault(path.resolve(), []).append(
             ModelEntry(settings, source, _deployer(state, settings),
                        tuple(check_items(source.has_keras, state.targets, state.base.fix,
@@ -662,7 +719,6 @@ class ResultsPlugin:
 # -- fixtures --------------------------------------------------------------------------------
 def _marker_settings(request: pytest.FixtureRequest) -> ModelSettings:
     state = request.config.stash[STATE]
-    settings = state.base
     marker = request.node.get_closest_marker("cvdnn")
     kwargs = dict(marker.kwargs) if marker else {}
     if marker and marker.args:
@@ -672,7 +728,7 @@ def _marker_settings(request: pytest.FixtureRequest) -> ModelSettings:
             pytest.fail(f"{request.node.nodeid}: which model? Use @pytest.mark.cvdnn(model='path/to/model.keras') "
                         f"(or give exactly one --cvdnn-model; {len(state.models)} configured)", pytrace=False)
         kwargs["model"] = state.models[0]
-    return _validated_marker(request.node, settings, kwargs)
+    return _validated_marker(request.node, state.settings_for(str(kwargs["model"])), kwargs)
 
 
 def _validated_marker(item: pytest.Item, settings: ModelSettings, kwargs: dict[str, Any]) -> ModelSettings:
