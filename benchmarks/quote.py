@@ -1,6 +1,6 @@
-"""The README's measured numbers, rendered from the stored result files (one source of truth).
+"""The documentation's measured numbers, rendered from the stored result files (one source of truth).
 
-``python benchmarks/quote.py`` prints each block; the README holds them between ``<!-- quote:NAME -->`` and
+``python benchmarks/quote.py`` prints each block; the docs hold them between ``<!-- quote:NAME -->`` and
 ``<!-- /quote -->`` and ``tests/test_readme_numbers.py`` checks that every block equals what this renders from
 the files (re-run a benchmark, then paste its block: the test says which one changed)."""
 
@@ -50,7 +50,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "mutation": ("results_mutation.json", _mutation),
 }
 #: the documents that quote the blocks
-DOCUMENTS = ("README.md", "benchmarks/README.md")
+DOCUMENTS = ("docs/speed.md", "benchmarks/README.md")
 
 
 def render(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The README's main command and the shipped examples, run as a user would (from the repo root)."""
+"""The README's main command, the shipped examples and CI recipes, run as a user would (from the repo root)."""
 
 from __future__ import annotations
 
@@ -44,24 +44,46 @@ def test_example_tests_including_the_densenet121_seed_case(shared_cache: Path) -
     assert "3 passed" in proc.stdout
 
 
-def test_ci_recipe_commands_run_as_written(shared_cache: Path, tmp_path: Path) -> None:
-    """examples/ci/cvdnn-gate.yml: every ``run:`` command, with each OpenCV of its matrix, in a project laid out as
-    it assumes (models/classifier.keras); the gate passes and leaves the three reports its artifact step uploads,
-    and the cache step's folder is the one the gate fills."""
+def _recipe(name: str) -> tuple[list[str], str, str, str, list[str]]:
+    """(OpenCV versions, install command, gate command with ``{opencv}``, cache folder, uploaded folders) of a CI
+    recipe of examples/ci, read from its YAML."""
     import re
+
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "examples" / "ci" / name).read_text())
+    if name == "cvdnn-gate.yml":  # GitHub Actions
+        job = recipe["jobs"]["gate"]
+        versions = job["strategy"]["matrix"]["opencv"]
+        commands = [step["run"] for step in job["steps"] if "run" in step]
+        cache = next(step["with"]["path"] for step in job["steps"] if step.get("uses", "").startswith("actions/cache"))
+        uploads = [step["with"]["path"] for step in job["steps"] if step.get("uses", "").startswith("actions/upload")]
+        gate = commands[1].replace("${{ matrix.opencv }}", "{opencv}")
+    else:  # GitLab CI
+        job = recipe["cvdnn-gate"]
+        versions = job["parallel"]["matrix"][0]["OPENCV"]
+        commands = job["script"]
+        cache = next(c["paths"][0] for c in job["cache"] if isinstance(c["key"], dict))  # (keyed by the model files)
+        uploads = job["artifacts"]["paths"]
+        assert job["artifacts"]["reports"]["junit"] == "reports/junit.xml" and job["artifacts"]["when"] == "always"
+        gate = commands[1].replace("$OPENCV", "{opencv}")
+    assert versions and len(commands) == 2 and not re.search(r"\$\{?\{? ?(matrix|OPENCV)", gate)
+    return [str(v) for v in versions], commands[0], gate, str(cache), [str(u) for u in uploads]
+
+
+@pytest.mark.parametrize("recipe", ["cvdnn-gate.yml", "gitlab-ci.yml"])
+def test_ci_recipe_commands_run_as_written(recipe: str, shared_cache: Path, tmp_path: Path) -> None:
+    """examples/ci (GitHub Actions and GitLab CI, shown in the docs' CI page): every command, with each OpenCV of
+    its matrix, in a project laid out as it assumes (models/classifier.keras); the gate passes and leaves the
+    three reports its artifacts keep, and the cached folder is the one the gate fills."""
     import shlex
     import shutil
     import xml.etree.ElementTree as ET
 
-    workflow = (ROOT / "examples" / "ci" / "cvdnn-gate.yml").read_text()
-    versions = re.findall(r'"([\d.]+)"', re.search(r"opencv: \[([^\]]*)\]", workflow).group(1))
-    commands = re.findall(r"^\s+run: (.+)$", workflow, re.M)
-    assert versions and len(commands) == 2
-    install, gate = commands
+    versions, install, gate, cache_folder, uploads = _recipe(recipe)
     assert "pytest-cvdnn[keras]" in install and "pytest-html" in install  # (installed here by the test extras)
-    cache_folder = re.search(r"path: (\S+)\n\s+key: cvdnn-", workflow).group(1)
     assert f"--cvdnn-cache-dir={cache_folder}" in gate
-    for path in re.findall(r"path: (reports/)", workflow):
+    for path in uploads:
         assert f"={path}" in gate
     project = tmp_path / "project"
     (project / "models").mkdir(parents=True)
@@ -69,7 +91,7 @@ def test_ci_recipe_commands_run_as_written(shared_cache: Path, tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     for version in versions:
         shutil.copytree(shared_cache, project / cache_folder, dirs_exist_ok=True)  # (the restored cache)
-        argv = shlex.split(gate.replace("${{ matrix.opencv }}", version))
+        argv = shlex.split(gate.format(opencv=version))
         assert argv[:3] == ["python", "-m", "pytest"]
         proc = subprocess.run([sys.executable, *argv[1:], "-p", "no:randomly"], cwd=project, capture_output=True,
                               text=True, timeout=1200, env=env)
@@ -83,7 +105,7 @@ def test_ci_recipe_commands_run_as_written(shared_cache: Path, tmp_path: Path) -
 
 def test_readme_toml_has_every_ini_key_and_runs_as_a_projects_pyproject(pytester: pytest.Pytester,
                                                                          shared_cache: Path) -> None:
-    """README "Options and ini keys": the TOML block names every ini key the plugin registers, and as a project's
+    """The docs' "Options and ini keys": the TOML block names every ini key the plugin registers, and as a project's
     pyproject.toml (with the folders it names) the gate runs on its model and target and passes."""
     import re
     import shutil
@@ -91,7 +113,7 @@ def test_readme_toml_has_every_ini_key_and_runs_as_a_projects_pyproject(pytester
 
     import cv2
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     section = readme[readme.index("## Options and ini keys"):readme.index("## Tolerances and statistics")]
     block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     keys = set(tomllib.loads(block)["tool"]["pytest"]["ini_options"])

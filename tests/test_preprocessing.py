@@ -139,7 +139,7 @@ def test_derived_blob_equals_keras_reference_on_opencv_4_5_5(photos: list[np.nda
 MISTAKES = [
     ("torch,swap_rb=0", "the blob is BGR but densenet121 (torch mode) expects RGB: use swapRB=True"),
     ("torch,scale=1", "the blob is 255x too large: the scaling is missing"),
-    ("torch,scale=0.0000153787", "the blob is scaled 255x too much (scaled twice?)"),
+    ("torch,scale=0.0000153787", "the blob is 255x too small (scaled twice?)"),
     ("torch,mean=103.53/116.28/123.675", "the mean (103.53, 116.28, 123.675) is given in the wrong channel order"),
     ("scale=0.00392157,mean=123.675/116.28/103.53,swap_rb=1", "std is missing: densenet121 (torch mode) divides by std"),
     ("torch,layout=nhwc", "the blob is NHWC but the model input is NCHW"),

@@ -1,4 +1,4 @@
-"""The README quotes measured numbers from stored result files only: each quoted block equals what
+"""The docs quote measured numbers from stored result files only: each quoted block equals what
 benchmarks/quote.py renders from its file, and the constants it names are the code's (quick tier)."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _mutmut_config() -> dict:
 def test_the_memory_per_value_the_readme_quotes_is_the_codes() -> None:
     from pytest_cvdnn.inputs import PEAK_BYTES_PER_VALUE
 
-    assert f"({PEAK_BYTES_PER_VALUE} bytes per input value and sample at their peak" in (ROOT / "README.md").read_text()
+    assert f"({PEAK_BYTES_PER_VALUE} bytes per input value and sample at their peak" in (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_a_changed_result_file_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +61,7 @@ def test_a_changed_result_file_is_caught(tmp_path: Path, monkeypatch: pytest.Mon
     data["cold_s"] = data["cold_s"] + 1.0
     (tmp_path / "results.json").write_text(json.dumps(data))
     monkeypatch.setattr(quote, "HERE", tmp_path)
-    assert " ".join(render("bench_gate").split()) != quoted((ROOT / "README.md").read_text())["bench_gate"]
+    assert " ".join(render("bench_gate").split()) != quoted((ROOT / "docs" / "speed.md").read_text())["bench_gate"]
 
 
 def test_user_facing_text_never_names_the_projects_own_issues() -> None:
@@ -81,4 +81,4 @@ def test_the_named_mutation_count_the_readme_quotes_is_the_lists() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from decision_mutations import MUTATIONS
 
-    assert f"prints the table (all {len(MUTATIONS)} killed)" in (ROOT / "README.md").read_text()
+    assert f"prints the table (all {len(MUTATIONS)} killed)" in (ROOT / "docs" / "development.md").read_text()

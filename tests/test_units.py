@@ -302,7 +302,7 @@ TORCH = InputSpec.from_keras_mode("torch", size=(64, 64))
     ("torch,size=64x64,scale=1", "missing scaling",
      "the blob is 255x too large: the scaling is missing; the model expects scalefactor=0.00392156863"),
     ("torch,size=64x64,scale=0.0000153787", "double scaling",
-     "the blob is scaled 255x too much (scaled twice?); the model expects scalefactor=0.00392156863"),
+     "the blob is 255x too small (scaled twice?); the model expects scalefactor=0.00392156863"),
     ("torch,size=64x64,scale=0.00396", "wrong scale",
      "the blob is 0.98 % too large (scalefactor off by a factor 1.01); the model expects scalefactor=0.00392156863"),
     ("torch,size=64x64,mean=123.175/116.28/103.53", "wrong mean",

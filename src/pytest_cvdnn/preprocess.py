@@ -564,7 +564,7 @@ def _scale_mistake(declared: InputSpec, expected: InputSpec) -> Mistake | None:
     if r > 1.5:
         name, how = "missing scaling", f"the blob is {r:.4g}x too large: the scaling is missing"
     elif r < 1 / 1.5:
-        name, how = "double scaling", f"the blob is scaled {1 / r:.4g}x too much (scaled twice?)"
+        name, how = "double scaling", f"the blob is {1 / r:.4g}x too small (scaled twice?)"
     else:  # close, but not the same: a rounded or mistyped factor
         name, how = "wrong scale", (f"the blob is {abs(r - 1) * 100:.2g} % too {'large' if r > 1 else 'small'} "
                                     f"(scalefactor off by a factor {r:.4g})")
