@@ -57,7 +57,7 @@ def failing_report(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path)
 
 
 def _section(page: str, item: str) -> str:
-    start = page.index(f'<section id="item-{re.sub(r"[^0-9A-Za-z]", "-", item)}">')
+    start = page.index(f'<section id="item-{re.sub(r"[^0-9A-Za-z]", "-", item)}"')
     return page[start:page.index("</section>", start)]
 
 
@@ -211,3 +211,45 @@ def test_figures_of_huge_or_broken_outputs_stay_small_and_valid() -> None:
     text = json.dumps(bars, allow_nan=False)  # (raises on NaN)
     assert "null" in text
     assert "not finite" in html_lib.unescape(figure_html(bars))
+
+
+def test_only_code_checked_against_keras_gets_a_copy_button_and_failures_keep_their_own_cause(
+        failing_report: dict[str, Any]) -> None:
+    """The passing input_spec's blob code (the wrong scale and mean) is shown without a copy button, with why,
+    while preprocessing failed; the failures are listed by stage, each with its own first line, and the node the
+    diagnosis names stands beside its own stage only; passing items are collapsed."""
+    page = failing_report["html"]
+    spec = _section(page, "input_spec")
+    assert "navigator.clipboard" not in spec and "the preprocessing check failed: do not ship it" in spec
+    assert spec.count("<details>") == 1 and "<summary>input_spec" in spec  # (collapsed)
+    failures = page[page.index("<h3>Failures, by stage</h3>"):]
+    failures = failures[:failures.index("</ul>")]
+    items = re.findall(r'<li><a href="#item-([^"]+)">([^<]+)</a>: (.*?)</li>', failures)
+    assert [name for _, name, _ in items][0] == "preprocessing" and len(items) >= 3, items
+    assert items[0][2].startswith("the mean is") and "node" not in items[0][2]
+    checks = failing_report["json"]["models"][0]["checks"]
+    assert all(checks[name]["outcome"] == "failed" for _, name, _ in items)
+    node = failing_report["node"]
+    assert all(node in text for _, name, text in items if name.startswith("parity[keras")), items
+    diagnosis = failing_report["json"]["models"][0]["diagnosis"]  # (the JSON's too: the stage's own story)
+    assert diagnosis["failing_stage"] == "preprocessing" and diagnosis["node"] is None, diagnosis
+
+
+def test_an_all_pass_page_is_collapsed_to_its_matrices_and_the_verified_code() -> None:
+    """Two models whose every item passed: each item's evidence is inside a closed <details>; what is open is the
+    title, each model's matrix and the verified blob code (checked against Keras: with a copy button)."""
+    from pytest_cvdnn.html_report import render
+
+    figure = {"kind": "histogram", "title": "|Δ|", "values": [0.0, 1e-6], "tolerance": 1e-4}
+    checks = {name: {"outcome": "passed", "message": f"{name} ok", "seconds": 0.1,
+                     "data": {"figures": [figure]} if name.startswith("parity") else {}}
+              for name in ("convert", "ops", "load", "input_spec", "preprocessing", "output_spec",
+                           "parity[keras-onnxruntime]", "parity[onnxruntime-cv2dnn]", "parity[keras-cv2dnn]", "batch",
+                           "determinism")}
+    checks["input_spec"]["data"] = {"code": "blob = cv2.dnn.blobFromImage(img, 1.0, (64, 64))"}
+    page = render({"models": [{"model": m, "checks": checks, "environment": {}} for m in ("a.keras", "b.keras")]})
+    assert page.count("<details>") == 22 and "<details open" not in page
+    open_part = re.sub(r"<details>.*?</details>", "", page, flags=re.S)
+    assert open_part.count("navigator.clipboard") == 2  # (one verified Deploy box per model)
+    assert "Failures, by stage" not in page and "<svg" not in open_part
+    assert len(re.sub(r"<[^>]+>", "", open_part.split("</style>")[1])) < 4000  # (text a reader sees unopened)

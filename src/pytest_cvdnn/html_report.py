@@ -37,6 +37,7 @@ figcaption{font-size:12px;color:#656d76;max-width:460px} figure img{image-render
 overflow-x:auto;font-size:13px} .code button{position:absolute;top:6px;right:6px;font-size:12px}
 .node{display:inline-block;border:1px solid #8c959f;border-radius:4px;padding:2px 6px;margin:2px;font-size:12px}
 .node.hit{border-color:#cf222e;background:#ffebe9;font-weight:600}
+details>summary{cursor:pointer;font-weight:600;margin:6px 0} section.passed{border-top:1px solid #eaeef2}
 """
 
 _COPY = ("<button type=\"button\" onclick=\"navigator.clipboard.writeText(this.nextElementSibling.innerText);"
@@ -181,13 +182,23 @@ def _remedy_tables(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def item_fragment(name: str, check: dict[str, Any]) -> str:
-    """One item: outcome, verdict and Fix, the figures, the remedies, the code it verified or proposes."""
+#: what the blob code of a passing input_spec item is, by the preprocessing item's outcome: only code checked
+#: against Keras gets a copy button
+_SHIP = {"passed": None,
+         "failed": "this blob fits the net, but the preprocessing check failed: do not ship it; ship the corrected "
+                   "code of the preprocessing item",
+         "skipped": "this blob fits the net; its values were not checked against Keras (no reference for this "
+                    "model's preprocessing), so check them in your application"}
+
+
+def item_fragment(name: str, check: dict[str, Any], preprocessing: str | None = None) -> str:
+    """One item: outcome, verdict and Fix, the figures, the remedies, the code it verified or proposes.
+    ``preprocessing``: that item's outcome for the same model (None: not known yet), which decides whether the
+    blob code of a passing input_spec is offered to copy."""
     message = str(check.get("message", ""))
     verdict, _, fix = message.partition(" Fix: ")
     data = check.get("data") or {}
-    parts = [f"<h3>{_e(name)} {_badge(check.get('outcome', '?'))} <span class=\"muted\">"
-             f"{check.get('seconds', 0):.2f} s</span></h3>", f'<div class="msg">{_e(verdict)}</div>']
+    parts = [f'<div class="msg">{_e(verdict)}</div>']
     if fix:
         parts.append(f'<div class="fix"><b>Fix:</b> {_e(fix)}</div>')
     figures = data.get("figures") or []
@@ -198,12 +209,21 @@ def item_fragment(name: str, check: dict[str, Any]) -> str:
     if photos:
         parts.append(f'<div class="figs">{"".join(photos)}</div>')
     parts.append(_remedy_tables(data))
-    for key, label in (("corrected_code", "the corrected deployment code (verified against Keras)"),
-                       ("code", "the deployment code this check verified")):
-        if data.get(key) and check.get("outcome") in ("passed", "failed") and (key == "corrected_code"
-                                                                               or check.get("outcome") == "passed"):
-            parts.append(f"<p>{label}:</p>" + _code(str(data[key])))
-    return "".join(parts)
+    if data.get("corrected_code") and check.get("outcome") == "failed":
+        parts.append("<p>the corrected deployment code (verified against Keras):</p>" + _code(str(data["corrected_code"])))
+    if data.get("code") and check.get("outcome") == "passed":
+        caution = _SHIP.get(preprocessing or "", "this blob fits the net; whether its values are right is the "
+                            "preprocessing item's verdict")
+        if caution is None:
+            parts.append("<p>the deployment code this check verified:</p>" + _code(str(data["code"])))
+        else:
+            parts.append(f'<p class="muted">{_e(caution)}:</p><pre>{_e(data["code"])}</pre>')
+    return _heading(name, check) + "".join(parts)
+
+
+def _heading(name: str, check: dict[str, Any]) -> str:
+    return (f"<h3>{_e(name)} {_badge(check.get('outcome', '?'))} <span class=\"muted\">"
+            f"{check.get('seconds', 0):.2f} s</span></h3>")
 
 
 def _matrix(checks: dict[str, Any]) -> str:
@@ -244,32 +264,55 @@ def _model_section(model: dict[str, Any]) -> str:
     parts = [f"<h2>{_e(model['model'])}</h2><p>" + " ".join(f"{_badge(k)} {n}" for k, n in sorted(counts.items()))
              + f' <span class="muted env">OpenCV {_e(env.get("opencv", "?"))}, opset {_e(env.get("opset", "?"))}, '
              f'{_e(str(env.get("layout", "?")).upper())}</span></p>', _matrix(checks)]
+    preprocessing = (checks.get("preprocessing") or {}).get("outcome")
     spec = checks.get("input_spec") or {}
-    if spec.get("outcome") == "passed" and (checks.get("preprocessing") or {}).get("outcome") != "failed":
+    if spec.get("outcome") == "passed" and preprocessing == "passed":
         data = spec.get("data") or {}
         code = "\n".join(str(e.get("code")) for e in data.get("inputs", [data]) if e.get("code"))
         if code:
-            parts.append("<p><b>Deploy:</b> the blob code the gate verified</p>" + _code(code))
-    diagnosis = model.get("diagnosis")
-    if diagnosis:
-        parts.append(f"<p><b>First failing stage:</b> {_e(diagnosis.get('failing_stage'))}"
-                     + (f"; the diagnosis names the node <code>{_e(diagnosis['node'])}</code>"
-                        if diagnosis.get("node") else "")
-                     + (f" ({_e(diagnosis.get('op_type'))})" if diagnosis.get("op_type") else "")
-                     + (f", Keras layer <code>{_e(diagnosis['keras_layer'])}</code>" if diagnosis.get("keras_layer")
-                        else "") + "</p>")
+            parts.append("<p><b>Deploy:</b> the blob code the gate verified against Keras</p>" + _code(code))
+
     def rank(name: str) -> tuple[bool, int, str]:  # failures first, in the order the stages run
         base = _split(name)[0].split("[")[0]
         return (checks[name]["outcome"] != "failed",
                 _STAGE_ORDER.index(base) if base in _STAGE_ORDER else len(_STAGE_ORDER), name)
 
     order = sorted(checks, key=rank)
+    parts.append(_failures(order, checks, model.get("diagnosis") or {}))
     for name in order:
         check = checks[name]
         if check["outcome"] == "skipped":
             continue
-        parts.append(f'<section id="{_anchor(name)}">{item_fragment(name, check)}</section>')
+        fragment = item_fragment(name, check, preprocessing)
+        if check["outcome"] == "passed":  # (collapsed: the failures are what a reader came for)
+            head, _, body = fragment.partition("</h3>")
+            fragment = f"<details><summary>{head.removeprefix('<h3>')}</summary>{body}</details>"
+        parts.append(f'<section id="{_anchor(name)}" class="{_e(check["outcome"])}">{fragment}</section>')
     return "".join(parts)
+
+
+def _failures(order: list[str], checks: dict[str, Any], diagnosis: dict[str, Any]) -> str:
+    """The failures in the order the stages run, each with its own first line and the node its own evidence names
+    (never another failure's)."""
+    from .errors import headline
+
+    items = []
+    for name in order:
+        if checks[name]["outcome"] != "failed":
+            continue
+        data = checks[name].get("data") or {}
+        known = data if data.get("node") else (data.get("first_divergent") or {})
+        if name == diagnosis.get("failing_stage") and not known.get("node"):
+            known = diagnosis  # (a failed load: the node is the op scan's or the remedies')
+        where = ""
+        if known.get("node"):
+            where = (f' <span class="muted">node <code>{_e(known["node"])}</code>'
+                     + (f" ({_e(known['op_type'])})" if known.get("op_type") else "")
+                     + (f", Keras layer <code>{_e(known['keras_layer'])}</code>" if known.get("keras_layer")
+                        else "") + "</span>")
+        first = headline(str(checks[name].get("message", "")).split(" Fix: ")[0], 200)
+        items.append(f'<li><a href="#{_anchor(name)}">{_e(name)}</a>: {_e(first)}{where}</li>')
+    return f"<h3>Failures, by stage</h3><ul>{''.join(items)}</ul>" if items else ""
 
 
 def render(report: dict[str, Any]) -> str:

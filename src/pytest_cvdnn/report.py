@@ -147,6 +147,15 @@ _STAGE_ORDER = ("convert", "ops", "load", "input_spec", "preprocessing", "output
                 "determinism", "remedies")
 
 
+#: stages whose failures tell one story (the op scan and the remedies explain a failed load)
+_STORIES = {"ops": "load", "remedies": "load"}
+
+
+def _stage(name: str) -> str:
+    """``tflite:parity[keras-cv2dnn@opencv-4.8.1]`` → ``parity``."""
+    return name.rpartition(":")[2].split("[")[0].split("@")[0]
+
+
 def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
     """The first failing stage of a model and what is known about it (node, layer, remedies, repro)."""
     failed = [(name, c) for name, c in checks.items() if c["outcome"] == "failed"]
@@ -154,16 +163,21 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     def rank(item: tuple[str, Any]) -> int:
-        base = item[0].rpartition(":")[2].split("[")[0]
+        base = _stage(item[0])
         return _STAGE_ORDER.index(base) if base in _STAGE_ORDER else len(_STAGE_ORDER)
 
     failed.sort(key=rank)
     name, check = failed[0]
+    all_failed = sorted(n for n, _ in failed)
 
     def holds(item: tuple[str, Any]) -> bool:  # node data: the load item, not the ops item that ranks first
         found = item[1].get("data") or {}
         return any(found.get(k) for k in ("node", "first_divergent", "remedies", "onnx_remedies", "repro"))
 
+    # what is known about the node comes from the failing stage's own story (ops, load and the remedies tell one),
+    # never from another failure (a parity item's divergent node is not the cause of a preprocessing failure)
+    story = _STORIES.get(_stage(name), _stage(name))
+    failed = [f for f in failed if _STORIES.get(_stage(f[0]), _stage(f[0])) == story]
     same_target = [f for f in failed if f[1].get("target", "local") == check.get("target", "local")]
     data = next((f[1].get("data") or {} for f in (*same_target, *failed) if holds(f)), check.get("data") or {})
     return {
@@ -178,7 +192,7 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         "onnx_remedies": data.get("onnx_remedies", []),
         "fixed_onnx": data.get("fixed_onnx"),
         "repro": data.get("repro"),
-        "failed_checks": sorted(n for n, _ in failed),
+        "failed_checks": all_failed,
     }
 
 
