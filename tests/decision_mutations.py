@@ -128,6 +128,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_decision_verdicts.py::"
               "test_a_divergence_below_atol_is_localised_by_the_rule_relative_to_the_signal",),
              "a failure the verdict sees (srtol, NaN, top-k) that localisation calls a build-up across nodes"),
+    Mutation("effect-said-only-when-harmless", "checks_inputs.py",
+             '{_top1_text(effect)}" if effect is not None else ""', '{_top1_text(effect)}" if effect else ""',
+             ("tests/test_decision_verdicts.py::test_a_failing_blob_says_how_much_it_moves_the_predictions",),
+             "a wrong blob that changes the predictions never says so (the clause printed only when harmless)"),
 )
 
 

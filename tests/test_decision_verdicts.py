@@ -106,3 +106,29 @@ def test_keras_against_a_targets_cv2dnn_is_blamed_on_the_half_that_diverges(run_
         assert check["message"].startswith("OpenCV's importer/runtime computes the ONNX graph differently"), name
         assert "--cvdnn-onnx" not in check["message"], name
         assert check["data"]["first_divergent"]["keras_layer"] == "conv2", (name, check["data"])
+
+
+def test_a_failing_blob_says_how_much_it_moves_the_predictions(run_cvdnn: Callable[..., Run],
+                                                               copy_model: Callable[..., Path]) -> None:
+    """Exactly when the blob is wrong enough to matter, the verdict says how far the outputs move and how many
+    photos keep their top-1 class: the tf recipe on a model that normalises its own input (scaled twice), checked
+    against a hand computation with Keras on both tensors."""
+    import keras
+
+    from pytest_cvdnn.preprocess import load_photos
+    from pytest_cvdnn.reference import keras_reference
+    from pytest_cvdnn.spec import InputSpec
+
+    copy_model(TINY, "m.keras")
+    run = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-preprocess=tf,size=64x64", "-k", "preprocessing")
+    check = run.checks()["preprocessing"]
+    assert check["outcome"] == "failed" and not check["data"]["effect"]["ok"], check["message"]
+    effect = check["data"]["effect"]
+    photos = [img for _, img in load_photos()]
+    model = keras.saving.load_model(TINY)
+    right = np.asarray(model(keras_reference(photos, InputSpec(size=(64, 64), swap_rb=True))))
+    wrong = np.asarray(model(keras_reference(photos, InputSpec.from_keras_mode("tf", size=(64, 64)))))
+    agree = int((right.argmax(1) == wrong.argmax(1)).sum())
+    assert abs(np.abs(right - wrong).max() - effect["max_abs"]) < 1e-3 * effect["max_abs"]
+    assert f"the model's outputs move by max |Δ| {effect['max_abs']:.3g}, top-1 agreement {agree}/{len(photos)}" \
+        in check["message"], check["message"]

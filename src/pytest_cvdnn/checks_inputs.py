@@ -266,7 +266,7 @@ def _preprocessing_failure(dep: Deployment, judge: _BlobJudge, declared: InputSp
               if found is not None else f"the blob {declared.size} {declared.n_channels}-channel "
               f"{declared.layout.upper()} does not fit the model input {expected.size} {expected.n_channels}-channel "
               f"{expected.layout.upper()}")
-    outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect else ""
+    outputs = f"; the model's outputs move by max |Δ| {effect.max_abs:.3g}{_top1_text(effect)}" if effect is not None else ""
     if confirmed:
         return CheckFailed(
             "; ".join(m.message for m in confirmed) + f" ({tensor}{outputs})",
