@@ -98,7 +98,8 @@ def test_ci_recipe_commands_run_as_written(recipe: str, shared_cache: Path, tmp_
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         reports = project / "reports"
         junit = ET.parse(reports / "junit.xml").getroot()
-        assert int(junit.find("testsuite").get("tests")) >= 10
+        tests = int(junit.find("testsuite").get("tests"))
+        assert tests >= 10 and (reports / "junit.xml").stat().st_size <= 50_000 * tests  # (CI-sized: no figures)
         assert f"opencv-{version}" in (reports / "cvdnn.html").read_text()
         assert json.loads((reports / "cvdnn.json").read_text())["models"][0]["model"] == "models/classifier.keras"
 

@@ -407,3 +407,49 @@ def test_a_graph_that_only_its_dynamic_sizes_keep_from_loading_gets_the_static_r
     assert hand["opencv"] == "4.8.1" and "isDynamicShape" in hand["orig"], hand
     want = ort.InferenceSession(str(pytester.path / "dyn.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(np.array(hand["fixed"]) - want).max() < 1e-3 * np.abs(want).max()
+
+
+HAND_DECONV = """
+import sys, numpy as np, cv2
+net = cv2.dnn.readNetFromONNX(sys.argv[1])
+net.setInput(np.zeros((1, 3, 8, 8), np.float32))
+try:
+    net.forward()
+    print("ran")
+except cv2.error as exc:
+    print(str(exc).strip().splitlines()[-1])
+"""
+
+
+def test_a_runtime_failure_on_a_target_names_the_node_of_the_layer_opencv_names(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """A ConvTranspose with asymmetric pads: OpenCV 4.8.1 reads it and its runtime refuses it ("Unsupported
+    asymmetric padding in deconvolution layer", by hand too); the load item on that target says so, names the
+    node of OpenCV's deconvolution layer, and the items that need its outputs are skipped."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import side_by_side
+    from pytest_cvdnn.targets import opencv_env
+
+    weights = np.random.default_rng(0).normal(0, 0.3, (3, 4, 3, 3)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="up/deconv", strides=[2, 2], pads=[0, 0, 1, 1],
+                            kernel_shape=[3, 3])
+    graph = helper.make_graph([node], "deconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [numpy_helper.from_array(weights, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(pytester.path / "deconv.onnx"))
+    hand = subprocess.run([sys.executable, "-c", HAND_DECONV, str(pytester.path / "deconv.onnx")],
+                          env=opencv_env(side_by_side("4.8.1")), capture_output=True, text=True, timeout=120)
+    assert "Unsupported asymmetric padding in deconvolution layer" in hand.stdout, hand.stdout + hand.stderr
+    run = run_cvdnn("--cvdnn-model=deconv.onnx", "--cvdnn-target=opencv==4.8.1")
+    checks = run.checks()
+    load = checks["load[opencv-4.8.1]"]
+    assert load["outcome"] == "failed" and checks["load"]["outcome"] == "passed"
+    assert ("reads deconv.onnx but cannot run it: net.forward() on sample 0 fails: Unsupported asymmetric padding in "
+            "deconvolution layer") in load["message"], load["message"]
+    assert "; OpenCV's deconvolution layer runs node 'up/deconv' (op ConvTranspose)" in load["message"]
+    for name in ("output_spec[opencv-4.8.1]", "parity[onnxruntime-cv2dnn@opencv-4.8.1]"):
+        assert checks[name]["outcome"] == "skipped", (name, checks[name]["message"])

@@ -54,14 +54,49 @@ def forward_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
         return _crash_error(dep, exc)
     version = dep.target_opencv_version()
     raw = (getattr(exc, "raw", "") or str(exc)).strip()
+    word, nodes = _runtime_nodes(dep, raw)
+    where = ""
+    if nodes:
+        op_type = "/".join(dict.fromkeys(op for _, op in nodes))
+        layers = [keras_layer_for(n, dep.keras_layer_names) for n, _ in nodes] if dep.has_keras else []
+        named = ", ".join(repr(n) for n, _ in nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        where = (f"; OpenCV's {word.replace('_', ' ')} layer runs node{'s' if len(nodes) > 1 else ''} {named} (op {op_type}"
+                 + (f", Keras layer {layers[0]!r}" if len(nodes) == 1 and layers and layers[0] else "") + ")")
     return CvdnnError(
         f"cv2.dnn (OpenCV {version}, engine {dep.settings.engine}, {dep.target_label}) reads "
         f"{dep.onnx_path.name} but cannot run it: net.forward() on sample 0 fails: "
-        f"{opencv_error_line(Exception(raw)) or raw[:300]}",
+        f"{opencv_error_line(Exception(raw)) or raw[:300]}{where}",
         fix=("the importer accepted the graph and its runtime rejects it: look for the remedy the load item "
              "verified on this OpenCV (--cvdnn-fix tries every ONNX rewrite and opset), try another "
              "--cvdnn-engine (OpenCV 5)" + newer_opencv(version)),
-        details=raw or None)
+        details=raw or None, node=nodes[0][0] if len(nodes) == 1 else None)
+
+
+#: OpenCV's runtime names its layer (in the message or its source file), not the node: the ONNX op types each
+#: layer runs, most specific first ("deconvolution" before "convolution")
+_RUNTIME_LAYERS = (("deconvolution", ("ConvTranspose",)), ("convolution", ("Conv",)),
+                   ("pooling", ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")),
+                   ("batch_norm", ("BatchNormalization",)), ("resize", ("Resize", "Upsample")),
+                   ("permute", ("Transpose",)), ("reshape", ("Reshape", "Flatten", "Squeeze", "Unsqueeze")),
+                   ("concat", ("Concat",)), ("slice", ("Slice", "Split")), ("eltwise", ("Add", "Sub", "Mul", "Div")),
+                   ("softmax", ("Softmax",)), ("fully_connected", ("Gemm", "MatMul")), ("gemm", ("Gemm", "MatMul")),
+                   ("lstm", ("LSTM",)), ("gru", ("GRU",)), ("padding", ("Pad",)), ("gather", ("Gather",)),
+                   ("matmul", ("MatMul",)), ("attention", ("Attention", "MultiHeadAttention")))
+
+
+def _runtime_nodes(dep: Deployment, raw: str) -> tuple[str, list[tuple[str, str]]]:
+    """(node, op type) of the nodes a runtime error is about: the op types of the OpenCV layer its message or
+    source file names, among the graph's nodes (empty where no layer is named or the graph has none of them)."""
+    if dep.settings.format != "onnx":
+        return "", []
+    text = raw.lower().replace(" ", "_")
+    for word, op_types in _RUNTIME_LAYERS:
+        if word in text:
+            nodes = [(name, op) for op, names in dep.graph_summary["patterns"].values() if op in op_types
+                     for name in names]
+            if nodes:
+                return word, nodes
+    return "", []
 
 
 def _crash_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
