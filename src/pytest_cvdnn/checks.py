@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 from .core import Deployment
 from .errors import CvdnnError, StageSkipped, unrecognised
 from .checks_artifact import check_convert, check_load, check_ops, check_remedies
+from .checks_agreement import check_agreement
 from .checks_inputs import check_input_spec, check_preprocessing
 from .checks_outputs import (check_batch, check_bundle, check_determinism, check_output_spec, check_parity,
                              check_verify)
@@ -70,6 +71,7 @@ def _table() -> tuple[Check, ...]:
         *(_parity_check(a, b) for a, b in parity_pairs()),
         Check("batch", check_batch, replayable, per_target=True),
         Check("determinism", check_determinism, replayable, per_target=True),
+        Check("agreement", check_agreement, frozenset({"keras"}), per_target=True, option="images"),
         Check("bundle", check_bundle, frozenset({"keras", "onnx"}), option="save_bundle"),
     )
 
@@ -88,8 +90,9 @@ def checks_of(kind: str, has_keras: bool = True, **options: bool) -> list[Check]
             and (has_keras or "keras" not in c.runners)]
 
 
-def check_names(has_keras: bool, fix: bool = False, save_bundle: bool = False) -> list[str]:
-    return [c.name for c in checks_of("keras" if has_keras else "onnx", has_keras, fix=fix, save_bundle=save_bundle)]
+def check_names(has_keras: bool, fix: bool = False, save_bundle: bool = False, images: bool = True) -> list[str]:
+    return [c.name for c in checks_of("keras" if has_keras else "onnx", has_keras, fix=fix, save_bundle=save_bundle,
+                                      images=images)]
 
 
 def item_name(check: str, label: str) -> str:
@@ -110,14 +113,14 @@ class ItemSpec(NamedTuple):
 
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
                 bundle: bool = False, formats: tuple[str, ...] = ("onnx",),
-                engines: tuple[str, ...] = (), source_kind: str = "") -> list[ItemSpec]:
+                engines: tuple[str, ...] = (), source_kind: str = "", images: bool = False) -> list[ItemSpec]:
     """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
     per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
     (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
     from .settings import target_label
 
     kind = "bundle" if bundle else "tflite" if source_kind == "tflite" else "keras" if has_keras else "onnx"
-    local = checks_of(kind, has_keras, fix=fix, save_bundle=save_bundle)
+    local = checks_of(kind, has_keras, fix=fix, save_bundle=save_bundle, images=images)
     items = [ItemSpec(c.name, c.name) for c in local]
     again = [c.name for c in local if c.per_target]
     items += [ItemSpec(item_name(c, target_label(t)), c, t) for t in targets for c in again]

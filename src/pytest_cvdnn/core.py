@@ -1079,6 +1079,18 @@ class Deployment:
         except (CvdnnError, StageSkipped) as exc:
             raise exc.with_traceback(None) from None
 
+    def agreement(self, images: str | Path | None = None, **thresholds: Any) -> Any:
+        """The agreement check on a folder of images (default: --cvdnn-images) from a project's own test, with
+        ``min_agreement=``, ``max_accuracy_drop=`` or ``training_loader=`` (as the marker takes them): the
+        CheckResult (its ``data`` holds the rates and the images that disagree), or CheckFailed."""
+        __tracebackhide__ = True
+        folder = images if images is not None else self.settings.images
+        if folder is None:
+            raise CvdnnError("agreement() needs images", fix="pass a folder: cvdnn_model.agreement('data/val'), or "
+                             "--cvdnn-images=DIR")
+        settings = self.settings.with_marker({"images": str(folder), **thresholds})
+        return self.variant(settings).check("agreement")
+
     def runner_versions(self) -> dict[str, str]:
         """Each runner of the deployment and its version, as the report says it ({} where the model is unreadable:
         its items say why)."""

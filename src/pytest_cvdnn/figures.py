@@ -185,6 +185,28 @@ def preprocessing_figures(blob: np.ndarray | None, reference: np.ndarray, mistak
     return figures
 
 
+def agreement_figures(deployed: np.ndarray, training: np.ndarray, result: Any, names: Sequence[str],
+                      classes: Sequence[str], limit: int = 4) -> list[dict[str, Any]]:
+    """Per image that disagrees (the first ``limit``): the tensor each pipeline fed its graph (each on its own
+    scale, channels shown as RGB: a BGR tensor looks blue-faced) and the class each predicted."""
+    def label(c: int) -> str:
+        return classes[c] if 0 <= c < len(classes) else str(c)
+
+    figures: list[dict[str, Any]] = []
+    for k in result.disagreeing[:limit]:
+        items = []
+        for side, tensor, cls, score in (("deployed", deployed[k], result.deployed[k], result.deployed_score[k]),
+                                         ("training side", training[k], result.training[k],
+                                          result.training_score[k])):
+            low, high = float(np.min(tensor)), float(np.max(tensor))
+            items.append({"label": f"{side}: {label(cls)} ({score:.3g})",
+                          "png": png_b64(_enlarged(_display(tensor, low, high), PHOTO_SIDE))})
+        truth = f"labelled {label(result.labels[k])}" if result.labels is not None else "unlabelled"
+        figures.append({"kind": "images", "title": f"{names[k]} ({truth})", "items": items, "mistakes": [],
+                        "range": [float(np.min(deployed[k])), float(np.max(deployed[k]))]})
+    return figures
+
+
 def node_neighbours(onnx_path: Path, node_name: str) -> dict[str, Any] | None:
     """The node, the nodes that make its inputs and those that read its outputs (name and op type)."""
     import onnx
@@ -215,6 +237,10 @@ def for_check(dep: Any, check: str, data: dict[str, Any]) -> list[dict[str, Any]
             blob, reference = dep.exhibits.pop(key)
             found = (list(per_input.values())[0] if per_input else data) or {}
             figures += preprocessing_figures(blob, reference, found.get("diagnosis") or [])
+    if check == "agreement" and "agreement" in dep.exhibits:
+        deployed, training, result, images = dep.exhibits.pop("agreement")
+        figures += agreement_figures(deployed, training, result, [images.name(k) for k in range(result.count)],
+                                     images.classes)
     node = data.get("node") or (data.get("first_divergent") or {}).get("node")
     try:
         path = dep.onnx_path if node else None

@@ -379,6 +379,9 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
         seed=values["seed"],
         ort_providers=values["ort_providers"],
         timeout=values["timeout"],
+        min_agreement=values["min_agreement"],
+        max_accuracy_drop=values["max_accuracy_drop"],
+        training_loader=values["training_loader"],
         fix=bool(config.getoption("cvdnn_fix")),
         repro=config.getoption("cvdnn_repro"),
         save_bundle=config.getoption("cvdnn_save_bundle"),
@@ -604,7 +607,8 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
             ModelEntry(settings, source, _deployer(state, settings),
                        tuple(check_items(source.has_keras, state.targets, state.base.fix,
                                          state.base.save_bundle is not None, formats=state.base.formats,
-                                         engines=tuple(state.engines), source_kind=source.kind)))
+                                         engines=tuple(state.engines), source_kind=source.kind,
+                                         images=settings.images is not None)))
         )
     return entries
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .agreement import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance, tolerance_problem
 from .spec import MAX_SIDE, InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
@@ -173,6 +174,35 @@ def parse_seed(value: str) -> int:
     return seed
 
 
+def parse_fraction(value: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 0.99") from None
+    if not 0.0 < x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a share in (0, 1]; use e.g. 0.99 (99 % of the images)")
+    return x
+
+
+def parse_drop(value: str) -> float:
+    """An accuracy change in [0, 1)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 0.01 (one point)") from None
+    if not 0.0 <= x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in [0, 1): use e.g. 0.01 for one point; 1 or "
+                                         "more would let any drop pass")
+    return x
+
+
+def _parse_loader(value: str) -> Any:
+    from .pipelines import parse_loader
+
+    return parse_loader(value)
+
+
 def parse_target(value: str) -> str:
     """A target: ``opencv==X.Y.Z`` (installed side by side) or the path of a Python that has cv2."""
     text = str(value).strip()
@@ -303,13 +333,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "--cvdnn-timeout", "cvdnn_timeout", parse_seconds, 600.0,
            "the longest one forward of the model may take in onnxruntime or cv2.dnn (a target's child process) "
            "before its item fails (default 600 s): a graph that runs for ever never hangs the session", "SECONDS"),
+    Option("min_agreement", "--cvdnn-min-agreement", "cvdnn_min_agreement", parse_fraction,
+           DEFAULT_MIN_AGREEMENT, "the share of --cvdnn-images whose deployed prediction must be the training "
+           f"side's (default {DEFAULT_MIN_AGREEMENT:g})", "RATE"),
+    Option("max_accuracy_drop", "--cvdnn-max-accuracy-drop", "cvdnn_max_accuracy_drop", parse_drop,
+           DEFAULT_MAX_ACCURACY_DROP, "with labelled --cvdnn-images, the accuracy the deployed pipeline may lose "
+           f"against the training side, as a fraction (default {DEFAULT_MAX_ACCURACY_DROP:g}: one point)", "FRACTION"),
+    Option("training_loader", "--cvdnn-training-loader", "cvdnn_training_loader", _parse_loader, None,
+           "how the training side reads --cvdnn-images: load_img (keras.utils.load_img, its default nearest "
+           "resize), load_img:bilinear (any of its interpolations), or path/to/module.py:function (path -> HxWx3 RGB "
+           "array at the model's size)", "LOADER"),
     Option("cache_dir", "--cvdnn-cache-dir", "cvdnn_cache_dir", str, None,
            "where converted models and reference outputs are cached (default: pytest's cache dir)", "DIR"),
 )
 
 #: marker keywords and what they set
 MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "input_shape", "opset", "layout",
-               "engine", "seed", "samples", "feed")
+               "engine", "seed", "samples", "feed", "images", "min_agreement", "max_accuracy_drop", "training_loader")
 
 
 @dataclass(frozen=True)
@@ -343,6 +383,15 @@ class ModelSettings:
     ort_providers: tuple[str, ...] = DEFAULT_ORT_PROVIDERS  # --cvdnn-ort-providers
     timeout: float = 600.0  # --cvdnn-timeout: one forward's time limit (s)
     protected: Any = None  # ownership.Protected: what this session must never replace (the plugin sets it)
+    min_agreement: float = DEFAULT_MIN_AGREEMENT  # --cvdnn-min-agreement
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # --cvdnn-max-accuracy-drop
+    training_loader: Any = None  # --cvdnn-training-loader (pipelines.Loader; None: load_img)
+
+    def __post_init__(self) -> None:
+        if self.training_loader is None:
+            from .pipelines import Loader
+
+            object.__setattr__(self, "training_loader", Loader("load_img"))
 
     def protected_paths(self) -> Any:
         """The session's ownership.Protected (this model's own paths where the plugin did not set one)."""
@@ -360,7 +409,7 @@ class ModelSettings:
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
                 self.inputs, self.input_range, self.input_shape, self.feeds, self.images, self.samples, self.seed, self.target, self.format,
-                self.ort_providers)
+                self.ort_providers, self.min_agreement, self.max_accuracy_drop, self.training_loader)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
@@ -401,6 +450,14 @@ class ModelSettings:
                 changes[key] = parse_seed(str(value))
             elif key == "samples":
                 changes[key] = parse_positive(str(value))
+            elif key == "images":
+                changes[key] = str(value)
+            elif key == "min_agreement":
+                changes[key] = parse_fraction(str(value))
+            elif key == "max_accuracy_drop":
+                changes[key] = parse_drop(str(value))
+            elif key == "training_loader":
+                changes[key] = _parse_loader(str(value))
         result = replace(self, **changes)
         if result.onnx and Path(result.model).suffix.lower() in (".onnx", ".tflite"):
             raise ValueError(f"onnx={result.onnx!r} is given with the model {result.model!r}, which is not a Keras "
