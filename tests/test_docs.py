@@ -86,6 +86,15 @@ def project(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Pat
     from onnx_mutants import base_model
 
     onnx.save(base_model(), str(root / "models" / "detector.onnx"))  # (a 16x16 ONNX model beside the Keras one)
+    import cv2
+
+    sys.path.insert(0, str(ROOT))
+    from examples.build_tiny_cnn import CLASSES, make_images
+
+    images, labels = make_images(24, seed=5)  # (data/val: labelled images the shipped model was made for)
+    for k, (image, label) in enumerate(zip(images, labels)):
+        (root / "data" / "val" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "data" / "val" / CLASSES[label] / f"{k:02d}.png"), image[..., ::-1])
     return root
 
 

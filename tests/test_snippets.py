@@ -195,3 +195,55 @@ def test_the_printed_code_turns_the_applications_own_image_into_the_blob(text: s
                 f"cv2.imread(path, cv2.IMREAD_UNCHANGED) reads a PNG with alpha)\n"
                 f"    img = cv2.cvtColor(img, cv2.COLOR_{src}2{src}A)\n") in code
     np.testing.assert_array_equal(paste(code, held), spec.blob([photo]))
+
+
+AGREEMENT_CHILD = """
+import sys, json, numpy as np, cv2
+path, out = sys.argv[1], sys.argv[2]
+codes = json.loads(sys.argv[3])
+arrays = {}
+for k, code in enumerate(codes):
+    namespace = {"cv2": cv2, "np": np, "path": path, "img": cv2.imread(path, cv2.IMREAD_COLOR)}
+    exec(compile(code, "<pasted>", "exec"), namespace)
+    arrays[f"a{k}"] = namespace["blob"] if "blob" in namespace else namespace["img"]
+np.savez(out, **arrays)
+print(cv2.__version__)
+"""
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_the_agreement_fixes_run_as_printed_on_every_opencv(version: str, tmp_path: Path) -> None:
+    """The agreement item's fixes (a resize before the blob, with each interpolation it tries; a read that ignores
+    the EXIF orientation), pasted with ``path`` and ``img = cv2.imread(path)`` as a deployment has them, build what
+    the pipeline the item measured builds (within a pixel level: OpenCV versions round resizes differently)."""
+    import os
+
+    from PIL import Image
+
+    from pytest_cvdnn.checks_agreement import RESIZE_FIXES
+    from pytest_cvdnn.pipelines import deployed_pipeline, resize_code, tensors
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path, exif=exif, quality=95)
+    spec = InputSpec.parse("none,size=48x40")
+    codes = [resize_code(spec, name) for name in RESIZE_FIXES]
+    codes.append("img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)")
+    env = dict(os.environ, PYTHONPATH=_python_path(version))
+    proc = subprocess.run([sys.executable, "-c", AGREEMENT_CHILD, str(path), str(tmp_path / "out.npz"),
+                           json.dumps(codes)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == version, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    deployed = deployed_pipeline(spec)
+    from dataclasses import replace
+
+    for k, name in enumerate(RESIZE_FIXES):
+        want = tensors([path], replace(deployed, resize=f"opencv:{name}"), spec.size)
+        blob = np.moveaxis(got[f"a{k}"], 1, -1)
+        assert blob.shape == want.shape and np.abs(blob - want).max() <= 1.0, (name, np.abs(blob - want).max())
+    import cv2
+
+    turned = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert got[f"a{len(RESIZE_FIXES)}"].shape == turned.shape == (90, 120, 3)  # (not turned upright: 120x90)
