@@ -214,7 +214,7 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 #: printed snippets executed on every supported OpenCV (what mutation testing runs, benchmarks/README.md)
 QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py", "test_fuzz.py", "test_ownership.py",
                  "test_gate_integrity.py", "test_cache_healing.py", "test_decisions.py",
-                 "test_readme_numbers.py", "test_feeds.py", "test_model_tables.py",
+                 "test_readme_numbers.py", "test_feeds.py", "test_model_tables.py", "test_agreement_math.py",
                  "test_architecture.py"}
 
 

@@ -98,6 +98,11 @@ def test_a_deployment_that_reads_what_training_read_agrees_on_every_image(
         "top-1 agreement 100 % (60/60 images), top-2 agreement 100 %, accuracy ")
     assert found["accuracy_training"] == pytest.approx(hand["accuracy_training"])
     assert found["accuracy_deployed"] == pytest.approx(hand["accuracy_deployed"])
+    # warm: both sides' outputs cached by content, the images decoded again: no TensorFlow imported
+    pytester.makeconftest("import sys\ndef pytest_sessionfinish(session):\n"
+                          "    print('TF-IMPORTED', 'tensorflow' in sys.modules)\n")
+    warm = run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-images=val", "-k", "agreement", "-s")
+    assert "TF-IMPORTED False" in warm.text and _agreement(warm)["agree"] == 60, warm.text[-2000:]
 
 
 def test_the_resize_that_flips_predictions_is_found_blamed_and_fixed(
