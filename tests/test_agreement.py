@@ -133,6 +133,14 @@ def test_the_resize_that_flips_predictions_is_found_blamed_and_fixed(
     bilinear = _agreement(run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-images=val", "-k", "agreement",
                                     "--cvdnn-training-loader=load_img:bilinear"))
     assert bilinear["agree"] == _hand(tiny_onnx, folder, interpolation="bilinear")["agree"]
+    # the project's own loader (here: PIL's bilinear resize by hand) is the training side it names
+    pytester.path.joinpath("loader.py").write_text(
+        "import numpy as np\nfrom PIL import Image\n\n\ndef read(path):\n"
+        "    return np.asarray(Image.open(path).convert('RGB').resize((64, 64), Image.Resampling.BILINEAR))\n")
+    own = _agreement(run_cvdnn("--cvdnn-model=m.keras", "--cvdnn-images=val", "-k", "agreement",
+                               "--cvdnn-training-loader=loader.py:read"))
+    assert own["agree"] == bilinear["agree"] and own["training_pipeline"]["loader"] == "loader.py:read(path)"
+    assert [s["stage"] for s in own["stages"]][0] != "resize"  # (the loader's resize is its own: not swapped)
 
 
 def test_an_exif_orientation_the_training_side_ignores_is_blamed_on_the_orientation(
