@@ -194,16 +194,16 @@ def agreement_figures(deployed: np.ndarray, training: np.ndarray, result: Any, n
 
     figures: list[dict[str, Any]] = []
     for k in result.disagreeing[:limit]:
-        items = []
-        for side, tensor, cls, score in (("deployed", deployed[k], result.deployed[k], result.deployed_score[k]),
-                                         ("training side", training[k], result.training[k],
-                                          result.training_score[k])):
-            low, high = float(np.min(tensor)), float(np.max(tensor))
-            items.append({"label": f"{side}: {label(cls)} ({score:.3g})",
-                          "png": png_b64(_enlarged(_display(tensor, low, high), PHOTO_SIDE))})
+        low = float(min(np.min(deployed[k]), np.min(training[k])))
+        high = float(max(np.max(deployed[k]), np.max(training[k])))
+        items = [{"label": f"{side}: {label(cls)} ({score:.3g})",
+                  "png": png_b64(_enlarged(_display(tensor, low, high), PHOTO_SIDE))}
+                 for side, tensor, cls, score in (
+                     ("deployed", deployed[k], result.deployed[k], result.deployed_score[k]),
+                     ("training side", training[k], result.training[k], result.training_score[k]))]
         truth = f"labelled {label(result.labels[k])}" if result.labels is not None else "unlabelled"
         figures.append({"kind": "images", "title": f"{names[k]} ({truth})", "items": items, "mistakes": [],
-                        "range": [float(np.min(deployed[k])), float(np.max(deployed[k]))]})
+                        "range": [low, high]})
     return figures
 
 
