@@ -356,3 +356,32 @@ def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("seg") / "segmenter.keras"
     keras.Model(inp, layers.Softmax(axis=-1, name="mask")(x), name="segmenter").save(path)
     return path
+
+
+def side_by_side_package(requirement: str) -> Path:
+    """A package installed without its dependencies into a folder of its own (cached per user, pip once), to put on
+    PYTHONPATH of a child (as the OpenCV targets are); a skip where no package index is reachable (a failure with
+    CVDNN_REQUIRE_TARGETS=1, as in .ci/run)."""
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    from pytest_cvdnn.cache import default_user_cache
+
+    base = default_user_cache() / "packages"
+    dest = base / requirement.replace("=", "_").replace("<", "_").replace(">", "_")
+    base.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock", timeout=900):
+        if not (dest / ".complete").is_file():
+            shutil.rmtree(dest, ignore_errors=True)
+            proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                   "--no-deps", "--target", str(dest), *requirement.split()],
+                                  capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                shutil.rmtree(dest, ignore_errors=True)
+                if os.environ.get("CVDNN_REQUIRE_TARGETS"):
+                    raise RuntimeError(f"pip install {requirement} failed: {proc.stderr[-1000:]}")
+                pytest.skip(f"{requirement} cannot be installed here: {proc.stderr.strip()[-300:]}")
+            (dest / ".complete").write_text(requirement)
+    return dest

@@ -95,7 +95,8 @@ def test_every_registered_runner_has_its_spec_and_the_parity_pairs_come_from_the
     for name in REGISTRY:
         assert runner_spec(name).name == name
     assert parity_pairs() == [("keras", "onnxruntime"), ("onnxruntime", "cv2dnn"), ("keras", "cv2dnn"),
-                              ("tflite", "cv2dnn")]
+                              ("tflite", "cv2dnn"), ("openvino", "cv2dnn")]  # (OpenVINO: by this package's entry point)
+    assert REGISTRY["openvino"] == "pytest_cvdnn.runners.openvino"
     assert "tf2onnx" in (blame("keras", "onnxruntime") or "")
     assert blame("cv2dnn", "keras") is None
     with pytest.raises(ValueError, match="unknown runner 'trt'"):

@@ -776,10 +776,12 @@ def _bundle(folder: Path) -> dict[str, Any]:
      "'files' does not list model.onnx"),
     (lambda m: {**m, "references": [{**m["references"][0], "file": "../../outside_ref.npz"}]},
      "'references'[0].file '../../outside_ref.npz' is not listed (with its checksum) in 'files'"),
-    (lambda m: {**m, "references": [{**m["references"][0], "runner": "tensorrt"}]},
-     "'references'[0] is not a {runner, logits, inputs, file} object of a known runner"),
+    (lambda m: {**m, "references": [{**m["references"][0], "runner": "cv2dnn"}]},
+     "'references'[0] is not a {runner, logits, inputs, file} object of a reference runner"),
+    (lambda m: {**m, "references": [{**m["references"][0], "runner": "../keras"}]},
+     "'references'[0] is not a {runner, logits, inputs, file} object of a reference runner"),
     (lambda m: {**m, "references": [{**m["references"][0], "logits": 1}]},
-     "'references'[0] is not a {runner, logits, inputs, file} object of a known runner"),
+     "'references'[0] is not a {runner, logits, inputs, file} object of a reference runner"),
     (lambda m: {**m, "has_keras": True}, "'keras_meta' is missing for a bundle with a Keras model"),
 ])
 def test_a_malformed_bundle_manifest_is_one_error_naming_the_field(tmp_path: Path, edit: Any, said: str) -> None:

@@ -27,7 +27,7 @@ from .core import Deployment
 from .errors import CvdnnError, StageSkipped
 from .graph import GraphInfo
 from .manifest import BUNDLE_FORMAT, MANIFEST_CHECKSUM, bundle_file, load_manifest, manifest_problem
-from .runners import Runner
+from .runners import Runner, runner_spec
 from .settings import ModelSettings
 from .spec import InputSpec
 
@@ -122,7 +122,7 @@ def _bundle_files(dep: Deployment) -> tuple[dict[str, bytes | Path], list[dict[s
     for runner in runners:
         reference(runner, inputs)
         reference(runner, [x[:1] for x in inputs])
-        if dep.logit_names:
+        if dep.logit_names and runner_spec(runner).logits != "none":  # (a runner without logits stores none)
             reference(runner, inputs, logits=True)
     if dep.logit_names:
         files["probe.onnx"], more = _shippable_onnx(dep.probe_path, shared)

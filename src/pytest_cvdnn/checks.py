@@ -81,7 +81,7 @@ TABLE = _table()
 CHECKS: dict[str, Callable[[Deployment], CheckResult]] = {c.name: c.run for c in TABLE}
 PARITY_PAIRS = tuple(c.runners for c in TABLE if c.runners)
 #: checks that run again on every extra OpenCV target and engine (the rest use the cv2 installed here)
-TARGET_CHECKS = tuple(c.name for c in TABLE if c.per_target and c.option is None)
+TARGET_CHECKS = tuple(c.name for c in TABLE if c.per_target and c.option is None and c.kinds)
 
 
 def checks_of(kind: str, has_keras: bool = True, **options: bool) -> list[Check]:

@@ -210,11 +210,11 @@ def item_fragment(name: str, check: dict[str, Any], preprocessing: str | None = 
         parts.append(f'<div class="figs">{"".join(photos)}</div>')
     parts.append(_remedy_tables(data))
     if data.get("stages"):
-        rows = "".join(f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['deployed'])}</td><td>{_e(r['training'])}</td>"
-                       f"<td>{r['rate'] * 100:.4g} %</td></tr>" for r in data["stages"])
+        table = "".join(f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['deployed'])}</td><td>{_e(r['training'])}</td>"
+                        f"<td>{r['rate'] * 100:.4g} %</td></tr>" for r in data["stages"])
         parts.append("<p>agreement with one stage of the deployed pipeline replaced by the training side's:</p>"
                      "<table><tr><th>stage</th><th>deployed</th><th>training side</th><th>agreement</th></tr>"
-                     f"{rows}</table>")
+                     f"{table}</table>")
     if data.get("corrected_code") and check.get("outcome") == "failed":
         parts.append("<p>the corrected deployment code (verified against Keras):</p>" + _code(str(data["corrected_code"])))
     if data.get("code") and check.get("outcome") == "passed":

@@ -28,7 +28,8 @@ _TOP = {"format": int, "model": str, "model_hash": str, "has_keras": bool, "grap
 _NUMBERS = {"atol": (0.0, math.inf), "rtol": (0.0, math.inf), "srtol": (0.0, math.inf)}
 _INTEGERS = {"opset": (1, 100), "samples": (1, 10_000), "seed": (-(2**63), 2**63 - 1)}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_RUNNERS = ("keras", "onnxruntime")
+#: a reference runner's name (built-in or registered by a package; cv2.dnn runs where the bundle is replayed)
+_RUNNER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 #: the checksum of manifest.json, written beside it: a manifest edited by hand fails the bundle's verify item
@@ -178,8 +179,10 @@ def _check_files(folder: Path, data: dict[str, Any]) -> None:
         if required not in files:
             _bad(folder, "'files'", f"does not list {required}")
     for k, ref in enumerate(data["references"]):
-        if not (isinstance(ref, dict) and ref.get("runner") in _RUNNERS and isinstance(ref.get("logits"), bool)
+        runner = ref.get("runner") if isinstance(ref, dict) else None
+        if not (isinstance(runner, str) and _RUNNER_NAME.fullmatch(runner) and runner != "cv2dnn"
+                and isinstance(ref.get("logits"), bool)
                 and isinstance(ref.get("inputs"), str) and isinstance(ref.get("file"), str)):
-            _bad(folder, f"'references'[{k}]", "is not a {runner, logits, inputs, file} object of a known runner")
+            _bad(folder, f"'references'[{k}]", "is not a {runner, logits, inputs, file} object of a reference runner")
         if ref["file"] not in files:  # every file the replay reads is covered by a checksum
             _bad(folder, f"'references'[{k}].file {ref['file']!r}", "is not listed (with its checksum) in 'files'")

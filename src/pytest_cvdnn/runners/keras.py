@@ -237,6 +237,6 @@ SPEC = RunnerSpec(
     unavailable=lambda dep: "" if dep.has_keras else f"{dep.label} is an ONNX model: there is no Keras reference",
     key=lambda dep, logits: f"{dep.model_hash}|keras-order", version=_version,  # (outputs stored in Keras' order)
     kinds=frozenset({"keras", "export", "bundle"}), logits="joint", layout="model", helper_phase="done",
-    compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
+    nearness=1, compared_with={"onnxruntime": "the conversion (tf2onnx) changed the model: Keras and onnxruntime disagree",
                    "cv2dnn": "the deployed model does not reproduce Keras"},
 )

@@ -145,5 +145,5 @@ SPEC = RunnerSpec(
     "interpreter is the reference of .tflite sources only",
     key=lambda dep, logits: dep.model_hash, version=_version,
     kinds=frozenset({"tflite"}), needs=("tflite_meta",), logits="none", layout="model", helper_phase="done",
-    compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"},
+    nearness=2, compared_with={"cv2dnn": "OpenCV's TFLite importer computes the model differently from the TFLite interpreter"},
 )
