@@ -165,6 +165,12 @@ def test_every_toml_block_is_a_pyproject_that_gates(project: Path, shared_cache:
     import tomllib
 
     blocks = [(page, code) for page, _, code in _blocks("toml") if "cvdnn_cache_dir" not in code]
+    from pytest_cvdnn.runners import ENTRY_POINT_GROUP
+
+    metadata = [code for _, code in blocks if code.startswith("[project.")]  # (a package's metadata)
+    assert metadata and all(set(tomllib.loads(code)["project"]["entry-points"]) == {ENTRY_POINT_GROUP}
+                            for code in metadata)
+    blocks = [(page, code) for page, code in blocks if not code.startswith("[project.")]
     assert len(blocks) >= 3
     for page, code in blocks:
         tomllib.loads(code)

@@ -325,7 +325,7 @@ def test_photos_come_from_the_folder_given_or_scikit_images_wheel_and_each_probl
         (lambda: load_photos(folder), f"--cvdnn-images={folder} has unreadable images: p3.jpg. Fix: point it at a "
                                       "folder of PNG/JPEG photos."),
         (lambda: load_photos(tmp_path / "none"), f"--cvdnn-images={tmp_path / 'none'} is not a folder. Fix: pass a "
-                                                  "folder of PNG/JPEG photos."),
+                                                  "folder of PNG/JPEG images (class subfolders for labels)."),
     ]
     (tmp_path / "empty").mkdir()
     cases.append((lambda: load_photos(tmp_path / "empty"), f"--cvdnn-images={tmp_path / 'empty'} holds no images. "

@@ -307,16 +307,17 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     import cv2
 
     if folder is not None:
-        from .folders import IMAGE_SUFFIXES, folder_files
+        from .pipelines import read_image_set
 
-        if not Path(folder).is_dir():
-            raise CvdnnError(f"--cvdnn-images={folder} is not a folder", fix="pass a folder of PNG/JPEG photos")
-        files = folder_files(Path(folder), IMAGE_SUFFIXES, "--cvdnn-images")[:limit]
-        from .budget import check_image_budget
-
-        for path in files:
-            check_image_budget(path, "--cvdnn-images")
-        photos = [(p.name, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in files]
+        try:  # (class subfolders or flat: the first images of the set, each checked against the budget)
+            found = read_image_set(Path(folder), limit=limit)
+        except CvdnnError as exc:
+            if "holds no images" not in exc.message:
+                raise
+            found = None
+        files = list(found.files) if found is not None else []
+        photos = [(found.name(k) if found else p.name, cv2.imread(str(p), cv2.IMREAD_COLOR))
+                  for k, p in enumerate(files)]
         bad = [name for name, img in photos if img is None]
         if not files or bad:
             raise CvdnnError(
