@@ -44,10 +44,20 @@ def _mutation(r: dict[str, Any]) -> str:
             + "\n".join(rows))
 
 
+def _agreement(r: dict[str, Any]) -> str:
+    return (f"{r['images']} images ({r['side']}×{r['side']} JPEG, model input {r['size']}×{r['size']}), measured "
+            f"{r['measured']}, best of 3, whole processes: the agreement item {r['gate_s']:.2f} s with both sides "
+            f"computed against {r['plain_s']:.2f} s for a plain script doing the same decodes and forwards "
+            f"({r['ratio']:.2f}×); warm {r['warm_s']:.2f} s ({r['warm_ratio']:.2f}×: both sides' outputs cached by "
+            f"content, no TensorFlow); both counted {r['agree_gate']} of {r['images']} images agreeing "
+            f"(`python benchmarks/bench_agreement.py`).")
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "bench_gate": ("results.json", _gate),
     "mutation": ("results_mutation.json", _mutation),
+    "agreement": ("results_agreement.json", _agreement),
 }
 #: the documents that quote the blocks
 DOCUMENTS = ("docs/speed.md", "benchmarks/README.md")

@@ -214,6 +214,7 @@ def test_swapped_channels_collapse_the_agreement(run_cvdnn: Callable[..., Run], 
     assert "swapRB=True" in found["fix"]["code"] and found["fix"]["passes"]
 
 
+@pytest.mark.zoo  # (a target's child and a project's own session: ~70 s)
 def test_agreement_is_measured_per_target_and_from_a_projects_own_test(
         run_cvdnn: Callable[..., Run], copy_model: Callable[..., Path], pytester: pytest.Pytester,
         shared_cache: Path) -> None:

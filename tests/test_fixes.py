@@ -29,6 +29,7 @@ def pytest_unconfigure(config):
 """
 
 
+@pytest.mark.zoo  # (the remedy search of five graphs on OpenCV 4.5.5: ~130 s)
 def test_onnx_models_that_4_5_5_rejects_get_a_verified_fixed_file(run_cvdnn: Callable[..., Any],
                                                                    pytester: pytest.Pytester,
                                                                    opencv_4_5_5: Path) -> None:

@@ -34,6 +34,7 @@ def _tflite_logits_off(version: str) -> bool:
     return tuple(int(v) for v in version.split(".")[:2]) == (4, 12)
 
 
+@pytest.mark.zoo  # (three formats on three OpenCV versions: ~140 s)
 def test_formats_on_three_opencv_versions(run_cvdnn: Callable[..., Run], opencv_4_5_5: Path,
                                           pytester: pytest.Pytester, tmp_path: Path) -> None:
     """One session: which artifact works on which OpenCV (FIELD.md: opset-13 ONNX fails on 4.5.5, 5.1 has no

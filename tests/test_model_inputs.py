@@ -208,6 +208,7 @@ def _savedmodel_and_authors_onnx(folder: Path, names: dict[str, str]) -> None:
     onnx.save(m, str(folder / "authors.onnx"))
 
 
+@pytest.mark.zoo  # (a SavedModel converted twice: ~75 s)
 def test_outputs_are_paired_by_the_signatures_names_not_their_position(run_cvdnn: Callable[..., Run],
                                                                       pytester: pytest.Pytester) -> None:
     """The signature maps boxes -> StatefulPartitionedCall_1:0, scores -> ...:1; the authors' ONNX lists

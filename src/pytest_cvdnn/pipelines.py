@@ -219,6 +219,21 @@ def _decode(path: Path, how: str) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(img.convert("RGB"))[..., ::-1])
 
 
+def _read(path: Path, pipeline: Pipeline) -> np.ndarray:
+    """The decoded image, oriented as the pipeline orients it (OpenCV with EXIF: ``cv2.imread`` itself, as the
+    deployment code reads it)."""
+    import cv2
+
+    if pipeline.decode == "opencv" and pipeline.orientation == "exif":
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise CvdnnError(f"{path} could not be read as an image by OpenCV",
+                             fix="remove it from --cvdnn-images or convert it to PNG/JPEG")
+        return np.asarray(image)
+    image = _decode(path, pipeline.decode)
+    return _orient(image, _orientation_tag(path)) if pipeline.orientation == "exif" else image
+
+
 def _resize(image_bgr: np.ndarray, how: str, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
@@ -248,9 +263,7 @@ def tensors(paths: Sequence[Path], pipeline: Pipeline, size: tuple[int, int],
                                  f"takes {size[1]}x{size[0]}x3", fix="return an HxWx3 RGB array at the model's size")
             sized = np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8)[..., ::-1])
         else:
-            image = _decode(path, pipeline.decode)
-            if pipeline.orientation == "exif":
-                image = _orient(image, _orientation_tag(path))
+            image = _read(path, pipeline)
             if pipeline.resize == "blob":
                 out.append(_blob(image, replace(spec, swap_rb=pipeline.colour == "rgb", channel_order="bgr")))
                 continue
