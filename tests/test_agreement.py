@@ -244,3 +244,18 @@ def test_release(cvdnn_model):
     own = pytester.runpytest_subprocess("-p", "no:randomly", "test_own.py", "--cvdnn-images=val",
                                         f"--cvdnn-cache-dir={shared_cache}", timeout=900)
     assert own.ret == 0, own.stdout.str()[-3000:]
+
+
+def test_a_model_whose_output_is_a_map_is_skipped_with_why(run_cvdnn: Callable[..., Run],
+                                                          pytester: pytest.Pytester) -> None:
+    """Agreement compares classes: a segmenter's (N, H, W, C) map is not judged as one vector of H*W*C classes."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((32, 32, 3))
+    keras.Model(inp, keras.layers.Conv2D(2, 1, name="mask")(keras.layers.Rescaling(1 / 255.0)(inp))).save(
+        pytester.path / "seg.keras")
+    _write(pytester.path / "val", 32, ".png", count=6)
+    check = run_cvdnn("--cvdnn-model=seg.keras", "--cvdnn-images=val", "-k", "agreement").checks()["agreement"]
+    assert check["outcome"] == "skipped" and "has shape" in check["message"] and "agreement compares the classes " \
+        "a classifier predicts" in check["message"], check["message"]

@@ -48,6 +48,7 @@ def check_agreement(dep: Deployment) -> CheckResult:
     data: dict[str, Any] = {
         **result.as_dict([images.name(k) for k in range(result.count)], images.classes),
         "deployed_pipeline": _describe(deployed, dep), "training_pipeline": _describe(training, dep, loader),
+        "output": dep.graph.outputs[0].name,
         "min_agreement": settings.min_agreement, "max_accuracy_drop": settings.max_accuracy_drop,
         "assumed_training_arithmetic": assumed}
     normalise = ("the model's own normalisation" if expected.mode == "none" else f"{expected.mode} preprocessing"
@@ -86,6 +87,10 @@ def _image_input(dep: Deployment) -> int:
                            + ", ".join(str(i.shape) for i in dep.graph.inputs) + "): agreement is measured on "
                            "single-image classifiers")
     n = dep.image_inputs[0]
+    first = dep.graph.outputs[0]
+    if len(first.shape) != 2:
+        raise StageSkipped(f"{dep.label}'s first output {first.name!r} has shape {first.shape}: agreement compares "
+                           "the classes a classifier predicts (an output of one score per class, or one probability)")
     if dep.spec_for(n).n_channels != 3:
         raise StageSkipped(f"{dep.label} takes {dep.spec_for(n).n_channels}-channel images: agreement is measured "
                            "on colour (3-channel) images")
@@ -109,7 +114,8 @@ class _Runs:
         return self._tensors[pipeline]
 
     def outputs(self, pipeline: Pipeline) -> np.ndarray:
-        """The classifier output (the first output) of ``pipeline``'s graph on its tensors."""
+        """The classifier output (the first output, in the graph's order) of ``pipeline``'s graph on its
+        tensors."""
         if pipeline not in self._outputs:
             x = self.tensors(pipeline)
             batch_one = self.dep.graph.inputs[0].shape[:1] == (1,)
