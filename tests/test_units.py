@@ -1221,3 +1221,18 @@ def test_dropping_unused_constants_keeps_those_a_subgraph_reads() -> None:
     drop_unused_initializers(model)
     assert [t.name for t in model.graph.initializer] == ["bias"]
     onnx.checker.check_model(model)
+
+
+def test_opencv_error_lines_keep_their_comparisons() -> None:
+    """OpenCV's assertion is quoted as it is ("bufidx >= 0", "axis >= -dims"): only 4.x's "> " continuation marks
+    at the start of a line are dropped (they were turned into "bufidx = 0", a different statement)."""
+    from pytest_cvdnn.runners.cv2dnn import opencv_error_line
+
+    assert opencv_error_line(Exception(
+        "OpenCV(5.1.0) /io/opencv/modules/dnn/src/net_impl2.cpp:465: error: (-215:Assertion failed) bufidx >= 0 in "
+        "function 'argTensor'\n")) == "bufidx >= 0 in function 'argTensor'"
+    assert opencv_error_line(Exception(
+        "OpenCV(4.8.1) /x/onnx_importer.cpp:1073: error: (-2:Unspecified error) in function 'handleNode'\n"
+        "> Node [DequantizeLinear@ai.onnx]:(dq) parse error: OpenCV(4.8.1) /x/layer.cpp:9: error: (-215:Assertion "
+        "failed) axis >= -dims && axis < dims in function 'normalize_axis'\n> ")) == (
+        "node 'dq' (op DequantizeLinear) cannot be imported: axis >= -dims && axis < dims in function 'normalize_axis'")

@@ -88,8 +88,12 @@ _NODE = re.compile(r"Node \[([\w.]+)@[^\]]*\]:\((?:onnx_node!)?([^)]*)\)\s*parse
 _PREFIX = re.compile(r"OpenCV\([^)]*\)\s*\S+:\d+: error: \([^)]*\)\s*(in function '[^']*')?\s*")
 
 
+#: OpenCV 4.x's continuation marks ("> Node [...]" at the start of a line); never a comparison ("bufidx >= 0")
+_MARK = re.compile(r"(?m)^\s*>(?=\s|$)")
+
+
 def _clean(text: str) -> str:
-    return " ".join(_PREFIX.sub("", text).replace(">", " ").split())[:300]
+    return " ".join(_MARK.sub(" ", _PREFIX.sub("", text)).split())[:300]
 
 
 #: OpenCV's TFLite importer: "Problem during import of operator [CONV_2D]:(name) (1/6). Exception: ..."
