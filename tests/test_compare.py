@@ -374,10 +374,51 @@ def test_outputs_that_differ_in_number_fail_as_one_count_mismatch() -> None:
                      "median_abs": math.inf, "max_rel": math.inf, "cosine": 0.0, "mismatches": 1, "size": 1,
                      "mismatch_pct": 100.0, "nonfinite": 0, "required_atol": math.inf, "required_rtol": math.inf,
                      "scale": 0.0, "signal_rel": 0.0, "nrms": 0.0, "srtol": 0.001, "signal_ok": True,
-                     "detectable_rel": 0.001, "elementwise_blind": False, "worst": [], "topk": []}]}
+                     "detectable_rel": 0.001, "elementwise_blind": False, "elementwise": True, "worst": [], "topk": []}]}
     # one array each side: compared as one output (an array is not a list of outputs)
     single = compare(np.ones((2, 3)), np.ones((2, 3)) + 1, Tolerance())
     assert [o.name for o in single.outputs] == ["output0"] and single.outputs[0].max_abs == 1.0
     # a softmax flag shorter than the outputs: the rest are not softmaxes (no top-k judged)
     flagged = compare([np.eye(3), np.eye(3)], [np.eye(3), np.eye(3)[::-1]], Tolerance(), softmax=[True])
     assert flagged.outputs[0].topk and not flagged.outputs[1].topk
+
+
+def test_task_level_judgement_ignores_elements_but_not_classes_or_the_signal() -> None:
+    """A reduced-precision artifact: 1 % noise on every score passes (mismatches reported, not failing); a
+    clear top-1 flip fails; a near-tie within tie_rel of the signal is not judged; an error beyond srtol fails."""
+    task = Tolerance(atol=1e-4, rtol=1e-3, srtol=0.05, elementwise=False, tie_rel=0.05)
+    rng = np.random.default_rng(0)
+    ref = np.array([[10.0, 2.0, 1.0], [1.0, 9.0, 3.0], [5.0, 4.9, 0.0]])
+    noisy = ref * (1 + rng.uniform(-0.01, 0.01, ref.shape))
+    stats = compare_arrays(ref, noisy, task, classifier=True, topk=(1,))
+    assert stats.ok and stats.mismatches > 0 and stats.topk[0].ambiguous == 1  # (row 3: 5.0 vs 4.9)
+    assert not compare_arrays(ref, noisy, Tolerance(), classifier=True, topk=(1,)).ok  # (element-wise: fails)
+    flipped = noisy.copy()
+    flipped[0] = [2.0, 10.0, 1.0]
+    assert not compare_arrays(ref, flipped, task, classifier=True, topk=(1,)).ok
+    far = ref * 1.08
+    assert not compare_arrays(ref, far, task, classifier=True, topk=(1,)).ok  # (8 % of the signal > srtol 5 %)
+    assert str(task).startswith("task level: the top-k classes (near-ties within 0.05 of the signal not judged)")
+    with pytest.raises(ValueError, match="tie_rel = 1 would accept an error as large as the signal"):
+        Tolerance(tie_rel=1.0)
+
+
+def test_the_precision_of_a_graph_is_read_from_its_ops_and_weights() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_cvdnn.graph import precision_of
+
+    def model(nodes: list, inits: list) -> object:
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+        return helper.make_model(graph)
+
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    assert precision_of(model([relu], [])) == "fp32"
+    half = numpy_helper.from_array(np.ones(4, np.float16), "w")
+    assert precision_of(model([relu], [half])) == "fp16"
+    cast = helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16)
+    assert precision_of(model([cast, relu], [])) == "fp16"
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    qdq = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s"], ["y"])]
+    assert precision_of(model(qdq, [scale])) == "int8"

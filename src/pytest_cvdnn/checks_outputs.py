@@ -117,7 +117,8 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
         )
     flat = _insensitive(dep, expected, obtained)
     data["input_insensitive"] = flat
-    return CheckResult(result.summary_line() + _blind_note(result) + _insensitive_note(flat)
+    task = "".join(f"; {note}" for note in result.notes if note.startswith("a reduced-precision"))
+    return CheckResult(result.summary_line() + task + _blind_note(result) + _insensitive_note(flat)
                        + f"; {data['inputs']}", data)
 
 

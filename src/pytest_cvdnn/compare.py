@@ -64,7 +64,7 @@ def tolerance_problem(name: str, value: Any) -> str | None:
     whose atol covers the signal relies on srtol alone and says so)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return f"{name} must be a finite number >= 0, got {value!r}"
-    if name in ("rtol", "srtol") and value >= RELATIVE_LIMIT:
+    if name in ("rtol", "srtol", "tie_rel") and value >= RELATIVE_LIMIT:
         what = "|Δ| / |ref| per element" if name == "rtol" else "max|Δ| / max|ref|"
         return (f"{name} = {value:g} would accept an error as large as the signal itself ({what} up to {value:g}): "
                 f"no parity item could fail; use a value below {RELATIVE_LIMIT:g} (default "
@@ -80,14 +80,22 @@ class Tolerance:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     srtol: float = DEFAULT_SRTOL
+    #: False: judged at task level (a reduced-precision artifact): the top-k classes and the error relative to
+    #: the signal decide, no element-wise rule
+    elementwise: bool = True
+    #: rows whose top-k gap is within this share of the row's largest score are near-ties (not judged)
+    tie_rel: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("atol", "rtol", "srtol"):
+        for name in ("atol", "rtol", "srtol", "tie_rel"):
             problem = tolerance_problem(name, getattr(self, name))
             if problem:
                 raise ValueError(problem)
 
     def __str__(self) -> str:
+        if not self.elementwise:
+            return (f"task level: the top-k classes (near-ties within {self.tie_rel:g} of the signal not judged) and "
+                    f"srtol={self.srtol:g}")
         return f"atol={self.atol:g}, rtol={self.rtol:g}, srtol={self.srtol:g}"
 
 
@@ -136,6 +144,7 @@ class ArrayStats:
     srtol: float = DEFAULT_SRTOL
     detectable_rel: float = DEFAULT_SRTOL  # the smallest max|Δ| / max|ref| this comparison fails on
     elementwise_blind: bool = False  # atol >= the signal: the element-wise rule alone could not fail
+    elementwise: bool = True  # False: judged at task level (the mismatches are reported, not a failure)
 
     @property
     def signal_ok(self) -> bool:
@@ -146,8 +155,8 @@ class ArrayStats:
 
     @property
     def ok(self) -> bool:
-        return (self.shape_ok and self.mismatches == 0 and self.nonfinite == 0 and self.signal_ok
-                and all(t.ok for t in self.topk))
+        return (self.shape_ok and (self.mismatches == 0 or not self.elementwise) and self.nonfinite == 0
+                and self.signal_ok and all(t.ok for t in self.topk))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +184,7 @@ class ArrayStats:
             "signal_ok": self.signal_ok,
             "detectable_rel": self.detectable_rel,
             "elementwise_blind": self.elementwise_blind,
+            "elementwise": self.elementwise,
             "worst": [
                 {"index": list(i), "obtained": o, "expected": e, "abs_diff": d} for i, o, e, d in self.worst
             ],
@@ -335,7 +345,7 @@ def _topk(expected: np.ndarray, obtained: np.ndarray, k: int, tol: Tolerance) ->
         nxt = er[order[k]] if k < er.size else -np.inf
         gap = kth - nxt
         # tolerance of the two runners combined: what either may have moved
-        margin = 2 * max(tol.atol, tol.rtol * abs(kth))
+        margin = 2 * max(tol.atol, tol.rtol * abs(kth), tol.tie_rel * float(np.max(np.abs(er))))
         if gap <= margin:
             ambiguous += 1
             continue
@@ -521,7 +531,8 @@ def compare_arrays(
         **base, max_abs=max_abs, mean_abs=mean_abs, median_abs=median_abs, max_rel=max_rel, cosine=cosine,
         mismatches=mismatches, size=size, nonfinite=nonfinite, required_atol=max_abs, required_rtol=max_rel,
         worst=worst_rows, topk=tops, scale=scale, signal_rel=signal_rel, nrms=nrms, srtol=tol.srtol,
-        detectable_rel=min(elementwise, tol.srtol), elementwise_blind=scale > 0 and tol.atol >= scale,
+        detectable_rel=min(elementwise, tol.srtol) if tol.elementwise else tol.srtol,
+        elementwise_blind=scale > 0 and tol.atol >= scale, elementwise=tol.elementwise,
     )
 
 

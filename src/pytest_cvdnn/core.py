@@ -34,7 +34,7 @@ from .spec import InputSpec, SpecError
 
 __all__ = ["Deployment", "Assembly"]
 
-GRAPH_SUMMARY_VERSION = 3
+GRAPH_SUMMARY_VERSION = 4
 #: what keras_metadata records (a cached record of another version is made again)
 KERAS_META_VERSION = 3
 _STAGE_LABELS = {"cv2net": "load", "first_forward": "cv2.dnn's forward of sample 0", "conversion": "convert", "ort": "onnxruntime session", "keras_model": "Keras load"}

@@ -126,7 +126,27 @@ def summarize(path: Path) -> dict[str, Any]:
     for node in model.graph.node:
         patterns.setdefault(op_pattern(node, inits), [node.op_type, []])[1].append(node.name)
     return {"graph": _graph_info(path, model).as_dict(), "softmax_inputs": _softmax_inputs(model.graph),
-            "patterns": patterns, "index_ranges": index_ranges(model.graph)}
+            "patterns": patterns, "index_ranges": index_ranges(model.graph), "precision": precision_of(model)}
+
+
+#: ops that carry integer (quantized) arithmetic
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+                           "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul"})
+
+
+def precision_of(model: Any) -> str:
+    """"int8" for a quantized graph (QDQ or integer ops), "fp16" for one whose weights or arithmetic are float16,
+    else "fp32"."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    if any(node.op_type in QUANTIZED_OPS for node in graph.node):
+        return "int8"
+    half = TensorProto.FLOAT16
+    if any(init.data_type == half for init in graph.initializer) or any(
+            node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute) for node in graph.node):
+        return "fp16"
+    return "fp32"
 
 
 #: ops an integer input's values pass through on their way to a Gather's indices: reshapes, casts, and the

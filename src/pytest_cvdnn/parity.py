@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .compare import ParityResult, align_outputs, compare
+from .compare import DEFAULT_SRTOL, ParityResult, Tolerance, align_outputs, compare
 from .errors import CvdnnError, StageSkipped
 
 if TYPE_CHECKING:
     from .core import Deployment
 
-__all__ = ["runner_parity"]
+__all__ = ["runner_parity", "judged_tolerance", "PRECISION_SRTOL"]
 
 Arrays = list[np.ndarray]
 
@@ -38,11 +38,34 @@ def runner_parity(dep: Deployment, expected: str, obtained: str, inputs: Sequenc
             exp, obt = exp + logits[0], obt + logits[1]
             names += [f"{dep.output_names[k]} (logits)" for k, _ in dep.softmax_logits]
             softmax += [False] * len(logits[0])
-    result = compare(exp, obt, dep.settings.tolerance, expected_name=expected, obtained_name=obtained,
+    tolerance, precision = judged_tolerance(dep)
+    if precision != "fp32":  # (a quantized graph's final Softmax is behind a Q/DQ pair: every score vector is judged)
+        softmax = [flag or (e.ndim == 2 and e.shape[-1] > 1) for flag, e in zip(softmax, exp, strict=False)]
+        notes.append(f"a reduced-precision ({precision}) artifact: judged at task level — the top-k classes (near-"
+                     f"ties within {tolerance.tie_rel:g} of the signal not judged) and max|Δ|/max|ref| ≤ "
+                     f"{tolerance.srtol:g} — not element by element")
+    result = compare(exp, obt, tolerance, expected_name=expected, obtained_name=obtained,
                      output_names=names, softmax=softmax)
     if inputs is None and not whole_batch:  # (references: the arrays are the run cache's)
         dep.exhibits[f"parity[{expected}-{obtained}]"] = (exp, obt, names)
     return replace(result, notes=result.notes + tuple(notes)) if notes else result
+
+
+#: per precision: the error relative to the signal a reduced-precision artifact may have (fp16 weights move
+#: outputs by ~0.1 % of the signal, int8 by 1-2 %), and the share of the signal within which two classes are a tie
+PRECISION_SRTOL = {"fp16": 0.01, "int8": 0.05}
+
+
+def judged_tolerance(dep: Deployment) -> tuple[Tolerance, str]:
+    """The tolerance a parity item of ``dep`` is judged with, and the artifact's precision: element-wise for a
+    float32 artifact; at task level for a reduced-precision one (its srtol the precision's default unless
+    --cvdnn-srtol was given)."""
+    tol = dep.settings.tolerance
+    precision = str(dep.graph_summary.get("precision", "fp32")) if dep.settings.format == "onnx" else "fp32"
+    if precision not in PRECISION_SRTOL:
+        return tol, "fp32"
+    srtol = tol.srtol if tol.srtol != DEFAULT_SRTOL else PRECISION_SRTOL[precision]
+    return replace(tol, srtol=srtol, elementwise=False, tie_rel=srtol), precision
 
 
 #: said where several Keras outputs are paired with the graph's by position
