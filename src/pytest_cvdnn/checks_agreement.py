@@ -59,19 +59,24 @@ def check_agreement(dep: Deployment) -> CheckResult:
     if not problems:
         return CheckResult(f"{result.summary()}: {sides}" + (" (the training-side arithmetic is ASSUMED to be the "
                                                              "declared spec's)" if assumed else ""), data)
-    dep.exhibits["agreement"] = (runs.tensors(deployed), runs.tensors(training), result, images)
+    shown = result.disagreeing[:4]  # (the report shows these: only their tensors are made again)
+    dep.exhibits["agreement"] = (runs.tensors(deployed, shown), runs.tensors(training, shown), result, images)
     blame = _blame(runs, deployed, training, result)
     data["stages"] = [{"stage": s, "deployed": d, "training": t, "rate": r} for s, d, t, r in blame]
     fix, fixed = _fix(runs, deployed, training, blame, declared, dep)
     data["fix"] = fixed
-    would_pass = f"it would pass with --cvdnn-min-agreement={np.floor(result.rate * 1000) / 1000:g}"
+    would_pass = "it would pass with " + " and ".join(
+        ([f"--cvdnn-min-agreement={np.floor(result.rate * 1000) / 1000:g}"] if result.rate < settings.min_agreement
+         else []) + ([f"--cvdnn-max-accuracy-drop={np.ceil((result.accuracy_drop or 0) * 1000) / 1000:g}"]
+                     if (result.accuracy_drop or 0) > settings.max_accuracy_drop else []))
     cause = ""
     if blame and blame[0][3] > result.rate:
         stage, was, want, rate = blame[0]
         cause = (f"; the cause is the {stage} ({was} deployed, {want} on the training side): with the training "
                  f"side's {stage} the agreement is {rate * 100:.4g} %")
     raise CheckFailed(
-        f"{result.headline()}, {' and '.join(problems)}{cause}; {result.rest()}; {sides}",
+        f"{result.headline()}, {' and '.join(problems)}{cause}; " + (f"{result.rest()}; " if result.rest() else "")
+        + sides,
         fix=fix or f"make the deployed pipeline match the training side's (see the stages below); {would_pass}",
         details=_details(result, images, blame, would_pass),
         data=data)
@@ -103,25 +108,22 @@ class _Runs:
     def __init__(self, dep: Deployment, n: int, images: ImageSet, size: tuple[int, int], loader: Any) -> None:
         self.dep, self.n, self.images, self.size = dep, n, images, size
         self.loader_fn = _load_callable(loader.target) if loader.kind == "callable" else None
-        self._tensors: dict[Pipeline, np.ndarray] = {}
         self._outputs: dict[Pipeline, np.ndarray] = {}
 
-    def tensors(self, pipeline: Pipeline) -> np.ndarray:
+    def tensors(self, pipeline: Pipeline, indices: Sequence[int]) -> np.ndarray:
+        """The tensors ``pipeline`` feeds its graph for the images at ``indices``."""
         from .pipelines import tensors
 
-        if pipeline not in self._tensors:
-            self._tensors[pipeline] = tensors(self.images.files, pipeline, self.size, self.loader_fn)
-        return self._tensors[pipeline]
+        return tensors([self.images.files[k] for k in indices], pipeline, self.size, self.loader_fn)
 
     def outputs(self, pipeline: Pipeline) -> np.ndarray:
-        """The classifier output (the first output, in the graph's order) of ``pipeline``'s graph on its
-        tensors."""
+        """The classifier output (the first output, in the graph's order) of ``pipeline``'s graph on its tensors,
+        a chunk of images at a time (each decoded once; only a chunk's tensors are held)."""
         if pipeline not in self._outputs:
-            x = self.tensors(pipeline)
             batch_one = self.dep.graph.inputs[0].shape[:1] == (1,)
             chunks = []
-            for start in range(0, len(x), CHUNK):
-                part = x[start:start + CHUNK]
+            for start in range(0, len(self.images.files), CHUNK):
+                part = self.tensors(pipeline, range(start, min(start + CHUNK, len(self.images.files))))
                 chunks.append(self.dep.run(pipeline.graph, [part], per_sample=batch_one and pipeline.graph != "keras")[0])
             self._outputs[pipeline] = np.concatenate(chunks)
         return self._outputs[pipeline]

@@ -187,20 +187,21 @@ def preprocessing_figures(blob: np.ndarray | None, reference: np.ndarray, mistak
 
 def agreement_figures(deployed: np.ndarray, training: np.ndarray, result: Any, names: Sequence[str],
                       classes: Sequence[str], limit: int = 4) -> list[dict[str, Any]]:
-    """Per image that disagrees (the first ``limit``): the tensor each pipeline fed its graph (each on its own
-    scale, channels shown as RGB: a BGR tensor looks blue-faced) and the class each predicted."""
+    """Per image that disagrees (the first ``limit``; ``deployed`` and ``training`` hold those images' tensors, in
+    that order): the tensor each pipeline fed its graph (both on one scale, channels shown as RGB: a BGR tensor
+    looks blue-faced) and the class each predicted."""
     def label(c: int) -> str:
         return classes[c] if 0 <= c < len(classes) else str(c)
 
     figures: list[dict[str, Any]] = []
-    for k in result.disagreeing[:limit]:
-        low = float(min(np.min(deployed[k]), np.min(training[k])))
-        high = float(max(np.max(deployed[k]), np.max(training[k])))
+    for row, k in enumerate(result.disagreeing[:min(limit, len(deployed))]):  # (the tensors: those images' only)
+        low = float(min(np.min(deployed[row]), np.min(training[row])))
+        high = float(max(np.max(deployed[row]), np.max(training[row])))
         items = [{"label": f"{side}: {label(cls)} ({score:.3g})",
                   "png": png_b64(_enlarged(_display(tensor, low, high), PHOTO_SIDE))}
                  for side, tensor, cls, score in (
-                     ("deployed", deployed[k], result.deployed[k], result.deployed_score[k]),
-                     ("training side", training[k], result.training[k], result.training_score[k]))]
+                     ("deployed", deployed[row], result.deployed[k], result.deployed_score[k]),
+                     ("training side", training[row], result.training[k], result.training_score[k]))]
         truth = f"labelled {label(result.labels[k])}" if result.labels is not None else "unlabelled"
         figures.append({"kind": "images", "title": f"{names[k]} ({truth})", "items": items, "mistakes": [],
                         "range": [low, high]})
