@@ -132,6 +132,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              '{_top1_text(effect)}" if effect is not None else ""', '{_top1_text(effect)}" if effect else ""',
              ("tests/test_decision_verdicts.py::test_a_failing_blob_says_how_much_it_moves_the_predictions",),
              "a wrong blob that changes the predictions never says so (the clause printed only when harmless)"),
+    Mutation("agreement-blame-first-stage", "checks_agreement.py",
+             "return sorted(found, key=lambda row: -row[3])", "return found",
+             ("tests/test_agreement.py::test_the_resize_that_flips_predictions_is_found_blamed_and_fixed",),
+             "the agreement failure blames the first stage that differs (the decoder) instead of the one that "
+             "restores the predictions (the resize)"),
+    Mutation("task-level-ignores-classes", "compare.py",
+             "and self.signal_ok and all(t.ok for t in self.topk))",
+             "and self.signal_ok and (all(t.ok for t in self.topk) or not self.elementwise))",
+             ("tests/test_compare.py::test_task_level_judgement_ignores_elements_but_not_classes_or_the_signal",),
+             "a quantized model that predicts other classes passes on its small signal error"),
 )
 
 
