@@ -307,7 +307,7 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     import cv2
 
     if folder is not None:
-        from .pipelines import read_image_set
+        from .imageset import read_image_set
 
         try:  # (class subfolders or flat: the first images of the set, each checked against the budget)
             found = read_image_set(Path(folder), limit=limit)
