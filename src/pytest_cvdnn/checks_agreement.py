@@ -47,7 +47,7 @@ def check_agreement(dep: Deployment) -> CheckResult:
     settings = dep.settings
     data: dict[str, Any] = {
         **result.as_dict([images.name(k) for k in range(result.count)], images.classes),
-        "deployed_pipeline": _describe(deployed, dep), "training_pipeline": _describe(training, dep, loader),
+        "deployed_pipeline": _describe(deployed), "training_pipeline": _describe(training, loader),
         "output": dep.graph.outputs[0].name,
         "min_agreement": settings.min_agreement, "max_accuracy_drop": settings.max_accuracy_drop,
         "assumed_training_arithmetic": assumed}
@@ -63,7 +63,7 @@ def check_agreement(dep: Deployment) -> CheckResult:
     dep.exhibits["agreement"] = (runs.tensors(deployed, shown), runs.tensors(training, shown), result, images)
     blame = _blame(runs, deployed, training, result)
     data["stages"] = [{"stage": s, "deployed": d, "training": t, "rate": r} for s, d, t, r in blame]
-    fix, fixed = _fix(runs, deployed, training, blame, declared, dep)
+    fix, fixed = _fix(runs, deployed, training, blame, declared, result.rate, settings.min_agreement)
     data["fix"] = fixed
     would_pass = "it would pass with " + " and ".join(
         ([f"--cvdnn-min-agreement={np.floor(result.rate * 1000) / 1000:g}"] if result.rate < settings.min_agreement
@@ -177,18 +177,18 @@ def _blame(runs: _Runs, deployed: Pipeline, training: Pipeline, result: Agreemen
 
 
 def _fix(runs: _Runs, deployed: Pipeline, training: Pipeline, blame: list[tuple[str, str, str, float]],
-         declared: Any, dep: Deployment) -> tuple[str, dict[str, Any] | None]:
+         declared: Any, measured: float, min_agreement: float) -> tuple[str, dict[str, Any] | None]:
     """The deployment code that changes the blamed stage, measured on the same images (empty when no stage's
-    change helps)."""
+    change helps the ``measured`` agreement)."""
     from .preprocess import cv2_call
 
-    if not blame or blame[0][3] <= runs.rate(deployed, training):
+    if not blame or blame[0][3] <= measured:
         return "", None
     stage = blame[0][0]
-    settings = dep.settings
     if stage == "resize":
-        best = max(RESIZE_FIXES, key=lambda name: runs.rate(replace(deployed, resize=f"opencv:{name}"), training))
-        rate = runs.rate(replace(deployed, resize=f"opencv:{best}"), training)
+        rates = {name: runs.rate(replace(deployed, resize=f"opencv:{name}"), training) for name in RESIZE_FIXES}
+        best = max(RESIZE_FIXES, key=rates.__getitem__)  # (the first of the best, in the order they are offered)
+        rate = rates[best]
         from .pipelines import resize_code
 
         code = resize_code(declared, best)
@@ -214,13 +214,13 @@ def _fix(runs: _Runs, deployed: Pipeline, training: Pipeline, blame: list[tuple[
         return (f"cv2.dnn and Keras predict differently on the same tensors (with Keras' graph the agreement is "
                 f"{blame[0][3] * 100:.4g} %): see the parity items for the node that diverges"), None
     verified = f"(verified on these images: top-1 agreement {rate * 100:.4g} %)"
-    passes = rate >= settings.min_agreement
+    passes = rate >= min_agreement
     return (f"{what}: {'; '.join(code.splitlines())} {verified}" + ("" if passes else "; it is still below the threshold: other stages "
                                                             "differ too (see the stages below)"),
             {"stage": stage, "code": code, "rate": rate, "passes": passes})
 
 
-def _describe(pipeline: Pipeline, dep: Deployment, loader: Any = None) -> dict[str, Any]:
+def _describe(pipeline: Pipeline, loader: Any = None) -> dict[str, Any]:
     return {"decode": pipeline.decode, "orientation": pipeline.orientation, "resize": pipeline.resize,
             "colour": pipeline.colour, "arithmetic": pipeline.describe("arithmetic"), "graph": pipeline.graph,
             **({"loader": loader.describe()} if loader is not None else {})}

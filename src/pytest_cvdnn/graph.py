@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import CvdnnError
 
@@ -134,13 +134,18 @@ QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantiz
                            "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul"})
 
 
+def quantized(op_types: Iterable[str]) -> bool:
+    """Does a graph with these op types carry integer (quantized) arithmetic?"""
+    return not QUANTIZED_OPS.isdisjoint(op_types)
+
+
 def precision_of(model: Any) -> str:
     """"int8" for a quantized graph (QDQ or integer ops), "fp16" for one whose weights or arithmetic are float16,
     else "fp32"."""
     from onnx import TensorProto
 
     graph = model.graph
-    if any(node.op_type in QUANTIZED_OPS for node in graph.node):
+    if quantized(node.op_type for node in graph.node):
         return "int8"
     half = TensorProto.FLOAT16
     if any(init.data_type == half for init in graph.initializer) or any(

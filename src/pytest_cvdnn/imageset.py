@@ -38,10 +38,12 @@ class ImageSet:
         return self.files[k].relative_to(self.folder).as_posix()
 
 
-def read_image_set(folder: Path, option: str = "--cvdnn-images", limit: int | None = None) -> ImageSet:
+def read_image_set(folder: Path, option: str = "--cvdnn-images", limit: int | None = None,
+                   allow_empty: bool = False) -> ImageSet:
     """The images of ``folder``: class subfolders (labelled by folder name), a flat folder with ``labels.csv``
     (``file,label``: a class name or index), or a flat folder (unlabelled); every image checked against the
-    memory budget from its header before it is decoded."""
+    memory budget from its header before it is decoded.  ``allow_empty``: a folder without images is an empty set
+    (the caller says why that matters)."""
     from .budget import check_image_budget
 
     folder = Path(folder)
@@ -64,7 +66,7 @@ def read_image_set(folder: Path, option: str = "--cvdnn-images", limit: int | No
         table = folder / "labels.csv"
         if table.is_file():
             labels, classes = _csv_labels(table, files, option)
-    if not files:
+    if not files and not allow_empty:
         raise CvdnnError(f"{option}={folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
                          fix="add PNG/JPEG images (in one subfolder per class to measure accuracy too)")
     if limit is not None:

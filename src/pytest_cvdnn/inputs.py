@@ -208,9 +208,12 @@ def named_entries(folder: Path, names: Sequence[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for name in names:
         for candidate in dict.fromkeys((name, file_name_of(name))):
-            for entry in (folder / f"{candidate}.npy", folder / candidate):
-                if "/" not in candidate and (entry.is_dir() if entry.suffix != ".npy" else entry.exists()):
-                    found.setdefault(name, entry)
+            if "/" in candidate or name in found:
+                continue
+            if (folder / f"{candidate}.npy").exists():
+                found[name] = folder / f"{candidate}.npy"
+            elif (folder / candidate).is_dir():
+                found[name] = folder / candidate
     return found
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import CvdnnError
 
-__all__ = ["PER_MODEL_KEYS", "MODEL_SPECIFIC_KEYS", "read_tables", "matching", "values_for", "check_tables"]
+__all__ = ["PER_MODEL_KEYS", "MODEL_SPECIFIC_KEYS", "read_tables", "values_for", "check_tables"]
 
 #: the settings a table may set (the ini keys without ``cvdnn_``); the others are session-wide
 PER_MODEL_KEYS = ("preprocess", "atol", "rtol", "srtol", "opset", "layout", "inputs", "images", "input_range", "feed",
@@ -90,10 +90,6 @@ def _matches(pattern: str, model: str, rootdir: Path) -> bool:
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
-
-
-def matching(tables: Sequence[tuple[str, Mapping[str, Any]]], model: str, rootdir: Path) -> list[str]:
-    return [pattern for pattern, _ in tables if _matches(pattern, model, rootdir)]
 
 
 def values_for(tables: Sequence[tuple[str, Mapping[str, Any]]], model: str, rootdir: Path,

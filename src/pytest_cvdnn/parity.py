@@ -60,12 +60,12 @@ def judged_tolerance(dep: Deployment) -> tuple[Tolerance, str]:
     """The tolerance a parity item of ``dep`` is judged with, and the artifact's precision: element-wise for a
     float32 artifact; at task level for a reduced-precision one (its srtol the precision's default unless
     --cvdnn-srtol was given)."""
-    from .graph import QUANTIZED_OPS
+    from .graph import quantized
 
     tol = dep.settings.tolerance
     precision = "fp32"
     if dep.settings.format == "onnx":
-        if set(dep.graph.op_types) & QUANTIZED_OPS:
+        if quantized(dep.graph.op_types):
             precision = "int8"
         elif dep.settings.bundle is None:  # (a bundle replays where onnx may not be installed: its ops say int8)
             precision = str(dep.graph_summary.get("precision", "fp32"))

@@ -124,12 +124,15 @@ def _orient(image: np.ndarray, tag: int) -> np.ndarray:
     return np.ascontiguousarray(ops[tag](image)) if tag in ops else image
 
 
-def _decode(path: Path, how: str) -> np.ndarray:
-    """BGR uint8, as stored (no orientation applied)."""
+def _read(path: Path, pipeline: Pipeline) -> np.ndarray:
+    """The decoded BGR uint8 image, oriented as the pipeline orients it: OpenCV's ``cv2.imread`` applies the EXIF
+    orientation itself (as the deployment code reads it) unless told to ignore it; PIL's decoder never does, so
+    the orientation is applied here where the pipeline asks for it."""
     import cv2
 
-    if how == "opencv":
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pipeline.decode == "opencv":
+        flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if pipeline.orientation == "ignore" else 0)
+        image = cv2.imread(str(path), flags)
         if image is None:
             raise CvdnnError(f"{path} could not be read as an image by OpenCV",
                              fix="remove it from --cvdnn-images or convert it to PNG/JPEG")
@@ -137,21 +140,7 @@ def _decode(path: Path, how: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        return np.ascontiguousarray(np.asarray(img.convert("RGB"))[..., ::-1])
-
-
-def _read(path: Path, pipeline: Pipeline) -> np.ndarray:
-    """The decoded image, oriented as the pipeline orients it (OpenCV with EXIF: ``cv2.imread`` itself, as the
-    deployment code reads it)."""
-    import cv2
-
-    if pipeline.decode == "opencv" and pipeline.orientation == "exif":
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise CvdnnError(f"{path} could not be read as an image by OpenCV",
-                             fix="remove it from --cvdnn-images or convert it to PNG/JPEG")
-        return np.asarray(image)
-    image = _decode(path, pipeline.decode)
+        image = np.ascontiguousarray(np.asarray(img.convert("RGB"))[..., ::-1])
     return _orient(image, _orientation_tag(path)) if pipeline.orientation == "exif" else image
 
 
@@ -173,6 +162,8 @@ def tensors(paths: Sequence[Path], pipeline: Pipeline, size: tuple[int, int],
             loader_fn: Callable[[str], Any] | None = None) -> np.ndarray:
     """The NHWC float32 tensors ``pipeline`` feeds its graph for ``paths`` (``size``: (width, height))."""
     spec = pipeline.arithmetic
+    coloured = replace(spec, swap_rb=pipeline.colour == "rgb", channel_order="bgr")  # (the decoded image is BGR)
+    flat = replace(coloured, crop="none")  # (an image already at the model's size)
     out = []
     for path in paths:
         if pipeline.resize == "callable":
@@ -186,10 +177,9 @@ def tensors(paths: Sequence[Path], pipeline: Pipeline, size: tuple[int, int],
         else:
             image = _read(path, pipeline)
             if pipeline.resize == "blob":
-                out.append(_blob(image, replace(spec, swap_rb=pipeline.colour == "rgb", channel_order="bgr")))
+                out.append(_blob(image, coloured))
                 continue
             sized = _resize(image, pipeline.resize, size)
-        flat = replace(spec, crop="none", swap_rb=pipeline.colour == "rgb", channel_order="bgr")
         out.append(_blob(sized, flat))
     return np.concatenate(out) if out else np.zeros((0, size[1], size[0], spec.n_channels), np.float32)
 

@@ -309,15 +309,10 @@ def load_photos(folder: Path | None = None, limit: int = 8) -> list[tuple[str, n
     if folder is not None:
         from .imageset import read_image_set
 
-        try:  # (class subfolders or flat: the first images of the set, each checked against the budget)
-            found = read_image_set(Path(folder), limit=limit)
-        except CvdnnError as exc:
-            if "holds no images" not in exc.message:
-                raise
-            found = None
-        files = list(found.files) if found is not None else []
-        photos = [(found.name(k) if found else p.name, cv2.imread(str(p), cv2.IMREAD_COLOR))
-                  for k, p in enumerate(files)]
+        # (class subfolders or flat: the first images of the set, each checked against the budget)
+        found = read_image_set(Path(folder), limit=limit, allow_empty=True)
+        files = list(found.files)
+        photos = [(found.name(k), cv2.imread(str(p), cv2.IMREAD_COLOR)) for k, p in enumerate(files)]
         bad = [name for name, img in photos if img is None]
         if not files or bad:
             raise CvdnnError(

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from .agreement import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance, tolerance_problem
+from .pipelines import Loader, parse_loader
 from .spec import MAX_SIDE, InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
@@ -142,12 +143,17 @@ def parse_positive(value: str) -> int:
     return n
 
 
+def _number(value: str, not_a_number: str) -> float:
+    """``value`` as a float, or the option's own "is not a number" error."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} {not_a_number}") from None
+
+
 def parse_gib(value: str) -> float:
     """A memory size in GiB (> 0)."""
-    try:
-        gib = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
+    gib = _number(value, "is not a number of GiB")
     if not gib > 0 or gib != gib or gib == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of GiB")
     return gib
@@ -155,10 +161,7 @@ def parse_gib(value: str) -> float:
 
 def parse_seconds(value: str) -> float:
     """A time limit in seconds (> 0, at most a day)."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    seconds = _number(value, "is not a number of seconds")
     if not 0 < seconds <= 86400:
         raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds in (0, 86400]")
     return seconds
@@ -176,10 +179,7 @@ def parse_seed(value: str) -> int:
 
 def parse_fraction(value: str) -> float:
     """A share in (0, 1]."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 0.99") from None
+    x = _number(value, "is not a number; use e.g. 0.99")
     if not 0.0 < x <= 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a share in (0, 1]; use e.g. 0.99 (99 % of the images)")
     return x
@@ -187,20 +187,11 @@ def parse_fraction(value: str) -> float:
 
 def parse_drop(value: str) -> float:
     """An accuracy change in [0, 1)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use e.g. 0.01 (one point)") from None
+    x = _number(value, "is not a number; use e.g. 0.01 (one point)")
     if not 0.0 <= x < 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in [0, 1): use e.g. 0.01 for one point; 1 or "
                                          "more would let any drop pass")
     return x
-
-
-def _parse_loader(value: str) -> Any:
-    from .pipelines import parse_loader
-
-    return parse_loader(value)
 
 
 def parse_target(value: str) -> str:
@@ -339,7 +330,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_accuracy_drop", "--cvdnn-max-accuracy-drop", "cvdnn_max_accuracy_drop", parse_drop,
            DEFAULT_MAX_ACCURACY_DROP, "with labelled --cvdnn-images, the accuracy the deployed pipeline may lose "
            f"against the training side, as a fraction (default {DEFAULT_MAX_ACCURACY_DROP:g}: one point)", "FRACTION"),
-    Option("training_loader", "--cvdnn-training-loader", "cvdnn_training_loader", _parse_loader, None,
+    Option("training_loader", "--cvdnn-training-loader", "cvdnn_training_loader", parse_loader, Loader("load_img"),
            "how the training side reads --cvdnn-images: load_img (keras.utils.load_img, its default nearest "
            "resize), load_img:bilinear (any of its interpolations), or path/to/module.py:function (path -> HxWx3 RGB "
            "array at the model's size)", "LOADER"),
@@ -385,13 +376,7 @@ class ModelSettings:
     protected: Any = None  # ownership.Protected: what this session must never replace (the plugin sets it)
     min_agreement: float = DEFAULT_MIN_AGREEMENT  # --cvdnn-min-agreement
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # --cvdnn-max-accuracy-drop
-    training_loader: Any = None  # --cvdnn-training-loader (pipelines.Loader; None: load_img)
-
-    def __post_init__(self) -> None:
-        if self.training_loader is None:
-            from .pipelines import Loader
-
-            object.__setattr__(self, "training_loader", Loader("load_img"))
+    training_loader: Loader = Loader("load_img")  # --cvdnn-training-loader
 
     def protected_paths(self) -> Any:
         """The session's ownership.Protected (this model's own paths where the plugin did not set one)."""
@@ -457,7 +442,7 @@ class ModelSettings:
             elif key == "max_accuracy_drop":
                 changes[key] = parse_drop(str(value))
             elif key == "training_loader":
-                changes[key] = _parse_loader(str(value))
+                changes[key] = parse_loader(str(value))
         result = replace(self, **changes)
         if result.onnx and Path(result.model).suffix.lower() in (".onnx", ".tflite"):
             raise ValueError(f"onnx={result.onnx!r} is given with the model {result.model!r}, which is not a Keras "
