@@ -370,7 +370,7 @@ def test_outputs_that_differ_in_number_fail_as_one_count_mismatch() -> None:
         "max_abs": math.inf, "max_rel": math.inf, "srtol": 0.001, "max_signal_rel": 0.0, "min_cosine": 0.0,
         "mismatches": 1, "blind_outputs": [], "notes": ["keras returned 2 output(s) but cv2dnn returned 1"],
         "outputs": [{"name": "(output count)", "shape": [1], "expected_shape": [2], "dtype": "-",
-                     "expected_dtype": "-", "ok": False, "max_abs": math.inf, "mean_abs": math.inf,
+                     "expected_dtype": "-", "shape_ok": False, "ok": False, "max_abs": math.inf, "mean_abs": math.inf,
                      "median_abs": math.inf, "max_rel": math.inf, "cosine": 0.0, "mismatches": 1, "size": 1,
                      "mismatch_pct": 100.0, "nonfinite": 0, "required_atol": math.inf, "required_rtol": math.inf,
                      "scale": 0.0, "signal_rel": 0.0, "nrms": 0.0, "srtol": 0.001, "signal_ok": True,

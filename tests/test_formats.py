@@ -171,3 +171,91 @@ def test_constants_are_rewritten_as_tensor_content() -> None:
         if node.name != "string":
             assert tensor.tensor_content and not tensor.float_val
         np.testing.assert_array_equal(tf.make_ndarray(tensor), before[node.name])
+
+
+_HAND_EXPORT = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras, tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+model = keras.saving.load_model(sys.argv[1])
+fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((1, 8), tf.float32))
+frozen = convert_variables_to_constants_v2(fn)
+open(sys.argv[2] + "/hand.pb", "wb").write(frozen.graph.as_graph_def().SerializeToString())
+open(sys.argv[2] + "/hand.tflite", "wb").write(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+"""
+
+_HAND_RUN = r"""
+import json, sys
+import cv2, numpy as np
+x = np.load(sys.argv[2] + "/x.npy")
+pb = cv2.dnn.readNetFromTensorflow(sys.argv[2] + "/hand.pb") if sys.argv[1] == "pb" else None
+net = pb if pb is not None else cv2.dnn.readNetFromTFLite(sys.argv[2] + "/hand.tflite")
+names = list(net.getUnconnectedOutLayersNames())
+net.setInput(x)
+print(json.dumps({"names": names, "outs": [o.tolist() for o in net.forward(names)]}))
+"""
+
+
+@pytest.fixture(scope="session")
+def deep_and_shallow(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two outputs of the same shape, the first computed last: OpenCV's TensorFlow importer lists them in the
+    other order, under its own layer names (no Identity nodes)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,), name="x")
+    h = x
+    for k in range(3):
+        h = layers.Dense(4, activation="relu", name=f"d{k}")(h)
+    model = keras.Model(x, [layers.Dense(4, name="deep")(h), layers.Dense(4, name="shallow")(x)])
+    path = tmp_path_factory.mktemp("outputs") / "deep_and_shallow.keras"
+    model.save(path)
+    return path
+
+
+def test_artifact_outputs_are_paired_by_name(run_cvdnn: Callable[..., Run], deep_and_shallow: Path,
+                                             copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
+    import subprocess
+    import sys
+
+    import keras
+
+    old, new = side_by_side("4.12.0"), side_by_side("5.0.0")
+    copy_model(deep_and_shallow)
+    run = run_cvdnn("--cvdnn-model=deep_and_shallow.keras", "--cvdnn-format=tf,tflite",
+                    "--cvdnn-target=opencv==4.12.0", "--cvdnn-target=opencv==5.0.0", "-k", "4.12.0 or 5.0.0")
+    checks = run.checks()
+    # hand script: the same export without the plugin, run by each OpenCV directly
+    subprocess.run([sys.executable, "-c", _HAND_EXPORT, str(deep_and_shallow), str(pytester.path)], check=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 8)).astype(np.float32)
+    np.save(pytester.path / "x.npy", x)
+    want = [np.asarray(o) for o in keras.saving.load_model(deep_and_shallow)(x)]
+
+    def hand(target: Path, kind: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", _HAND_RUN, kind, str(pytester.path)], check=True,
+                             capture_output=True, text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # OpenCV 4.12 lists the frozen graph's outputs shallow first, named after its own layers: paired in that
+    # order they are wrong (the cosine of the pairs is far from 1), by their names they agree with Keras
+    frozen = hand(old, "pb")
+    assert [n.split("/")[1] for n in frozen["names"]] == ["shallow_1", "deep_1"]
+    got = [np.asarray(o, np.float32) for o in frozen["outs"]]
+    assert not np.allclose(got[0], want[0], atol=1e-3) and np.allclose(got[1], want[0], atol=1e-4)
+    parity = checks["tf:parity[keras-cv2dnn@opencv-4.12.0]"]
+    assert parity["outcome"] == "passed", parity["message"]
+    # OpenCV 5.0's TFLite importer gives one output of the two: a failure that says so, with no error numbers
+    tflite = hand(new, "tflite")
+    assert len(tflite["names"]) == 1
+    spec = checks["tflite:output_spec[opencv-5.0.0]"]
+    assert spec["outcome"] == "failed"
+    assert "cv2dnn returns 1 output(s), keras 2" in spec["message"]
+    assert "OpenCV 5.0.0's TFLite importer does not give this model's outputs" in spec["message"]
+    assert "--cvdnn-onnx" not in spec["message"]
+    counted = checks["tflite:parity[keras-cv2dnn@opencv-5.0.0]"]
+    assert counted["outcome"] == "failed"
+    assert counted["message"].startswith("cv2dnn returns 1 output(s) where keras returns 2")
+    line = next(ln for ln in run.text.splitlines() if "tflite:keras-cv2dnn@opencv-5.0.0" in ln)
+    assert "1 output(s) where the reference has 2" in line and "inf" not in line

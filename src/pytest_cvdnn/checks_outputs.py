@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .cache import slug
-from .compare import compare, input_insensitive
+from .compare import COUNT_MISMATCH, compare, input_insensitive
 from .core import Deployment
 from .errors import CvdnnError, StageSkipped
 from .runners import blame as runner_blame
@@ -72,8 +72,7 @@ def check_output_spec(dep: Deployment) -> CheckResult:
     if problems:
         raise CheckFailed(
             "the runners disagree on the outputs: " + "; ".join(problems),
-            fix="check that the ONNX file belongs to this Keras model (--cvdnn-onnx) and that outputs were not "
-            "reordered or transposed by the converter",
+            fix=dep.outputs_fix,
             details=summary,
             data=data,
         )
@@ -94,13 +93,15 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
         if misfits:  # (no numbers: an error between arrays of different shapes means nothing)
             from .parity import BY_POSITION
 
+            counted = [o for o in misfits if o.name == COUNT_MISMATCH]
             raise CheckFailed(
-                f"{obtained} returns outputs of other shapes than {expected}: "
-                + "; ".join(f"{o.name!r} {shape_text(o.shape)} where {expected} has {shape_text(o.expected_shape)}"
-                            for o in misfits)
+                (f"{obtained} returns {counted[0].shape[0]} output(s) where {expected} returns "
+                 f"{counted[0].expected_shape[0]}" if counted else
+                 f"{obtained} returns outputs of other shapes than {expected}: "
+                 + "; ".join(f"{o.name!r} {shape_text(o.shape)} where {expected} has {shape_text(o.expected_shape)}"
+                             for o in misfits))
                 + (f" ({BY_POSITION})" if BY_POSITION in result.notes else ""),
-                fix="check that the ONNX file belongs to this model (--cvdnn-onnx) and lists the same outputs; name "
-                "the outputs as the model does (the exporter's output names) so that they are paired by name",
+                fix=dep.outputs_fix,
                 details="\n\n".join(x for x in (result.format_failure(), data["inputs"]) if x), data=data)
         if dep.settings.format != "onnx":
             raise _artifact_parity_failure(dep, result, data)

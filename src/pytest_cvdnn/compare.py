@@ -42,6 +42,7 @@ __all__ = [
     "ParityResult",
     "compare",
     "compare_arrays",
+    "COUNT_MISMATCH",
     "top1_text",
     "align_outputs",
     "nchw_shape",
@@ -165,6 +166,7 @@ class ArrayStats:
             "expected_shape": list(self.expected_shape),
             "dtype": self.dtype,
             "expected_dtype": self.expected_dtype,
+            "shape_ok": self.shape_ok,
             "ok": self.ok,
             "max_abs": self.max_abs,
             "mean_abs": self.mean_abs,
@@ -561,7 +563,7 @@ def compare(
             f"{expected_name} returned {len(exp)} output(s) but {obtained_name} returned {len(obt)}"
         )
         missing = ArrayStats(
-            name="(output count)", shape=(len(obt),), expected_shape=(len(exp),), dtype="-",
+            name=COUNT_MISMATCH, shape=(len(obt),), expected_shape=(len(exp),), dtype="-",
             expected_dtype="-", max_abs=math.inf, mean_abs=math.inf, median_abs=math.inf,
             max_rel=math.inf, cosine=0.0, mismatches=1, size=1, nonfinite=0,
             required_atol=math.inf, required_rtol=math.inf, worst=(), shape_ok=False,
@@ -573,6 +575,10 @@ def compare(
     for e, o, name, is_softmax in zip(exp, obt, names, flags + [False] * len(exp), strict=False):
         stats.append(compare_arrays(e, o, tol, name=name, classifier=is_softmax))
     return ParityResult(expected_name, obtained_name, tol, tuple(stats), tuple(notes))
+
+
+#: the name of the one "output" a comparison of output lists of different lengths reports
+COUNT_MISMATCH = "(output count)"
 
 
 def nchw_shape(shape: Sequence[int]) -> tuple[int, ...] | None:

@@ -85,7 +85,8 @@ def conversion_key(model_hash: str, opts: ConversionOptions, artifact: str = "on
             "artifact": artifact,
             "options": opts.as_dict(),
             "tools": {k: versions[k] for k in ("tensorflow", "keras", "tf2onnx", "onnx")},
-            "format": 1,
+            # 2: a TFLite/frozen-graph artifact's metadata names each output as the artifact does
+            "format": 2 if artifact.startswith("tf") else 1,
         },
         sort_keys=True,
     )

@@ -754,6 +754,12 @@ class Deployment:
     _forwarding = False
 
     @property
+    def outputs_fix(self) -> str:
+        """What to do when the deployed model gives other outputs (count or shapes) than the reference."""
+        return ("check that the ONNX file belongs to this model (--cvdnn-onnx) and lists the same outputs; name "
+                "the outputs as the model does (the exporter's output names) so that they are paired by name")
+
+    @property
     def load_fix(self) -> str:
         from .load import newer_opencv
 

@@ -65,6 +65,32 @@ def constants_as_tensor_content(graph_def: Any) -> int:
     return rewritten
 
 
+#: joins the names an output of a frozen graph may have in cv2.dnn (see producer_chain)
+ALTERNATIVES = "|"
+
+
+def producer_chain(graph_def: Any, name: str, depth: int = 8) -> list[str]:
+    """``name`` and the nodes behind it along their single non-constant input (Identity → BiasAdd → MatMul),
+    up to a node with several data inputs, a constant or ``depth`` nodes."""
+    nodes = {n.name: n for n in graph_def.node}
+
+    def inputs(node: str) -> list[str]:
+        return [i.split(":")[0] for i in nodes[node].input if not i.startswith("^") and i.split(":")[0] in nodes]
+
+    def constant(node: str, seen: int = 0) -> bool:  # a Const, or reads only constants (Identity of a Const)
+        op = nodes[node].op
+        return op == "Const" or (op != "Placeholder" and seen < depth and bool(inputs(node))
+                                 and all(constant(i, seen + 1) for i in inputs(node)))
+
+    chain = [name]
+    while len(chain) < depth and chain[-1] in nodes:
+        data = [i for i in inputs(chain[-1]) if nodes[i].op != "Placeholder" and not constant(i)]
+        if len(data) != 1 or data[0] in chain:
+            break
+        chain.append(data[0])
+    return chain
+
+
 def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[int, int] | None,
                  out_path: Path) -> dict[str, Any]:
     """Export the Keras model as a TFLite flatbuffer or a frozen graph (batch 1); returns metadata."""
@@ -103,8 +129,17 @@ def export_keras(model: Any, keras_meta: dict[str, Any], fmt: str, size: tuple[i
             fix="drop this format from --cvdnn-format, or replace the layer TensorFlow cannot export",
         ) from exc
     output_names = keras_meta.get("output_names") or [o["name"] for o in keras_meta["outputs"]]
-    outputs = [{"name": n, "shape": [1, *o["shape"][1:]]}
-               for n, o in zip(output_names, keras_meta["outputs"], strict=True)]
+    # the artifact's own name of each output ("Identity_1"): what cv2.dnn's importers call it, so that its
+    # outputs are asked for and paired by name (the function's outputs are the Keras outputs, in their order)
+    tensors = [t.name.split(":")[0] for t in frozen.outputs]
+    if fmt == "tf":  # OpenCV's TensorFlow importer drops Identity nodes and names a layer after the first node
+        # it fuses (MatMul+BiasAdd: "…/MatMul"): each output's names back along its one data input, any of which
+        # may be the layer cv2.dnn lists ("Identity|…/BiasAdd|…/MatMul")
+        tensors = [ALTERNATIVES.join(producer_chain(graph_def, t)) for t in tensors]
+    if len(tensors) != len(output_names):
+        tensors = [""] * len(output_names)
+    outputs = [{"name": n, "shape": [1, *o["shape"][1:]], "tensor": t}
+               for n, o, t in zip(output_names, keras_meta["outputs"], tensors, strict=True)]
     return {"format": fmt, "inputs": [{"name": n, "shape": s} for n, s in zip(names, shapes, strict=True)],
             "outputs": outputs,
             "constants_rewritten": rewritten, "versions": tool_versions()}
@@ -219,14 +254,29 @@ class ArtifactDeployment(Deployment):
                      else "check it on OpenCV >= 4.8 (--cvdnn-target=opencv==4.12.0), or ship the ONNX")
             raise StageSkipped(f"{reason.rstrip('. ')}; {other}") from None
 
+    @property
+    def artifact_output_names(self) -> list[str]:
+        """The artifact's own names of its outputs, in the model's order (empty when one is not known)."""
+        outputs = self.conversion.meta.get("outputs") or []
+        tensors = [str(o.get("tensor") or "") for o in outputs]
+        return tensors if tensors and all(tensors) else []
+
     def cv2_runner(self, path: Path, output_names: Sequence[str]) -> Runner:
         """Always a child process: OpenCV's TensorFlow importer segfaulted here (5.0, a segmentation
-        model's frozen graph) and must not take the pytest session down.  Every output, in OpenCV's
-        order (lined up with Keras' by shape when compared)."""
+        model's frozen graph) and must not take the pytest session down.  The outputs by the artifact's own
+        names where OpenCV lists them all; else every output, in OpenCV's order (lined up with the
+        reference's by shape when compared; see Cv2DnnRunner.forward)."""
         from .runners.isolated import RemoteCv2Runner
 
         names = [i.name for i in self.graph.inputs]
-        return RemoteCv2Runner(path, names, [], self.settings.engine, self.target)
+        return RemoteCv2Runner(path, names, self.artifact_output_names, self.settings.engine, self.target)
+
+    @property
+    def outputs_fix(self) -> str:
+        version = self.target_opencv_version()
+        return (f"OpenCV {version}'s {self.format_name} importer does not give this model's outputs as the model "
+                f"has them: ship the ONNX instead (see the items without the {self.fmt}: prefix), or check "
+                "another OpenCV with --cvdnn-target=opencv==X.Y.Z")
 
     @property
     def load_fix(self) -> str:
@@ -290,6 +340,11 @@ class TFLiteSourceDeployment(ArtifactDeployment):
         return [f"{kind} {t['name']!r} {t['dtype']} (scale {t['scale']:.6g}, zero point {t['zero_point']})"
                 for kind, items in (("input", meta["inputs"]), ("output", meta["outputs"])) for t in items
                 if np.dtype(t["dtype"]).kind in "iu"]
+
+    @property
+    def artifact_output_names(self) -> list[str]:
+        """The interpreter's names of the outputs: the tensor names cv2.dnn's TFLite importer uses too."""
+        return [str(o["name"]) for o in self.tflite_meta["outputs"]]
 
     @property
     def softmax_logits(self) -> list[tuple[int, str]]:

@@ -82,6 +82,10 @@ class Results:
                     d = c["data"]
                     verdict = "ok  " if c["outcome"] == "passed" else "FAIL"
                     pair = f"{fmt}:{base[7:-1]}" if fmt else base[7:-1]
+                    misfits = [o for o in d.get("outputs", []) if o.get("shape_ok") is False]
+                    if misfits:  # (no error numbers between arrays of different shapes: they mean nothing)
+                        lines.append(f"  {verdict} {pair:<22} " + "; ".join(_misfit(o) for o in misfits))
+                        continue
                     lines.append(
                         f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max|Δ|/max|ref| "
                         f"{d.get('max_signal_rel', 0.0):.3g}  max rel {d['max_rel']:.3g}  "
@@ -194,6 +198,16 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         "repro": data.get("repro"),
         "failed_checks": all_failed,
     }
+
+
+def _misfit(output: dict[str, Any]) -> str:
+    """An output whose shape (or the output count) differs, said as such."""
+    from .compare import COUNT_MISMATCH
+
+    got, want = output.get("shape") or [], output.get("expected_shape") or []
+    if output.get("name") == COUNT_MISMATCH:
+        return f"{got[0] if got else '?'} output(s) where the reference has {want[0] if want else '?'}"
+    return f"{output.get('name')!r} shape {tuple(got)} where the reference has {tuple(want)}"
 
 
 def _top1(data: dict[str, Any]) -> str:

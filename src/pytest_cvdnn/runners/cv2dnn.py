@@ -270,11 +270,15 @@ class Cv2DnnRunner:
                 net.setInput(np.ascontiguousarray(x), name)
         # OpenCV 5's new engine wants all outputs requested at once; pick ours by name after.
         known = list(net.getUnconnectedOutLayersNames())
-        if not self.output_names:  # TFLite / frozen graphs: every output, in OpenCV's order
-            outs = list(net.forward(known))
-        elif set(self.output_names) <= set(known):
+        wanted = self.output_names if self.onnx_path.suffix == ".onnx" else _listed(self.output_names, known)
+        if set(wanted) <= set(known) and wanted:
             by_name = dict(zip(known, net.forward(known)))
-            outs = [by_name[n] for n in self.output_names]
+            outs = [by_name[n] for n in wanted]
+        elif not self.output_names or self.onnx_path.suffix != ".onnx":
+            # TFLite / frozen graphs whose importer does not list every output by the artifact's name (it may
+            # drop the Identity nodes, or list fewer outputs): every output it gives, in OpenCV's order (never
+            # asked for by name: OpenCV 5.0's TFLite importer answers an unlisted name with another tensor)
+            outs = list(net.forward(known))
         else:  # classic engine: outputs are named after layers, ask for the graph's names
             try:
                 outs = list(net.forward(self.output_names))
@@ -283,6 +287,19 @@ class Cv2DnnRunner:
                     raise
                 outs = [_forward_one(net, name) for name in self.output_names]
         return [None if o is None else np.array(o, copy=True) for o in outs]
+
+
+def _listed(names: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The names OpenCV lists for a TFLite/TensorFlow artifact's outputs: of each output's alternatives
+    ("Identity|…/BiasAdd|…/MatMul", see formats.producer_chain) the first OpenCV lists; empty unless every
+    output finds its own."""
+    found = []
+    for name in names:
+        hits = [alt for alt in name.split("|") if alt in known]
+        if not hits:
+            return []
+        found.append(hits[0])
+    return found if len(set(found)) == len(found) else []
 
 
 def _forward_one(net: Any, name: str) -> Any:
