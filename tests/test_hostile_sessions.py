@@ -433,3 +433,57 @@ def test_a_keras_model_without_the_keras_extra_names_the_pip_command(run_cvdnn: 
     assert convert["outcome"] == "failed", convert
     assert "which is not installed (no module named" in convert["message"], convert["message"]
     assert 'Fix: pip install "pytest-cvdnn[keras]"' in convert["message"] and "does not recognise" not in convert["message"]
+
+
+_CRASH_AFTER_READING = '''
+import os, signal
+
+
+def _plant():  # (test-only: OpenCV crashing as it finishes reading one file, its importer's log written)
+    import cv2
+
+    real = cv2.dnn.readNetFromONNX
+
+    def read(path, *args):
+        net = real(path, *args)
+        if "crash" in os.path.basename(str(path)):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return net
+
+    cv2.dnn.readNetFromONNX = read
+
+
+_plant()
+'''
+
+
+def test_a_crash_on_an_opencv_4_target_names_the_last_node_its_importer_reached(tmp_path: Path) -> None:
+    """OpenCV 4.x's importer logs each node it processes (at DEBUG): the child's log says where a crash
+    happened.  A target Python whose cv2 (4.8.1) crashes after reading crash.onnx: the load item of that target
+    fails naming the signal, the OpenCV version and the graph's last node, and the session reaches its summary."""
+    import onnx
+
+    from conftest import side_by_side
+
+    opencv = side_by_side("4.8.1")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_CRASH_AFTER_READING)
+    python = tmp_path / "python-opencv-4.8.1"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'site'}:{opencv} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    _save(base_model(), tmp_path / "crash.onnx")
+    last = onnx.load(str(tmp_path / "crash.onnx")).graph.node[-1]
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cvdnn-model=crash.onnx",
+                             f"--cvdnn-target={python}", "--cvdnn-cache-dir=cache", "--cvdnn-report=r.json"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1 and "cvdnn deployment summary" in text, text[-3000:]
+    checks = json.loads((tmp_path / "r.json").read_text())["models"][0]["checks"]
+    load = next(c for n, c in checks.items() if n.startswith("load[") and n != "load")
+    assert load["outcome"] == "failed", load
+    assert (f"cv2.dnn crashed the process (SIGSEGV) at node {last.name!r} (op {last.op_type}), the last its "
+            "importer reached") in load["message"], load["message"]
+    assert "OpenCV 4.8.1" in load["message"]
+    assert checks["load"]["outcome"] == "passed"  # (the local OpenCV reads it: only the target crashed)
+    assert "DEBUG:" not in load["message"]  # (OpenCV's log lines are not the child's last output)

@@ -700,7 +700,7 @@ class Deployment:
         if known and known.get("crash"):  # (remembered: a warm run starts no child to crash again)
             self.events.append("load-crashed")
             raise ChildError(known["crash"], stage=str(known.get("stage", "load")), opencv=None,
-                             raw=str(known.get("raw", "")))
+                             raw=str(known.get("raw", "")), node=known.get("node"))
         if known:
             return
         try:
@@ -712,8 +712,8 @@ class Deployment:
                                  timeout=self.settings.timeout)
         except ChildError as exc:  # a crash: load_runner says it; remembered for the next run
             self.events.append("load-crashed")
-            self.cache.put_json({"crash": exc.message, "stage": exc.stage, "raw": exc.raw[-2000:]}, "crash-safe",
-                                f"{key}.json")
+            self.cache.put_json({"crash": exc.message, "stage": exc.stage, "raw": exc.raw[-2000:], "node": exc.node},
+                                "crash-safe", f"{key}.json")
             raise
         if resp.get("ok"):
             self.cache.put_json({"ok": True}, "crash-safe", f"{key}.json")

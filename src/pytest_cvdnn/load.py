@@ -103,7 +103,7 @@ def _crash_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
     """OpenCV crashed (a signal) reading or running the artifact in a child process."""
     from .runners.cv2dnn import opencv_version
 
-    version = opencv_version() if dep.target.is_local else dep.target_opencv_version()
+    version = getattr(exc, "opencv", None) or (opencv_version() if dep.target.is_local else dep.target_opencv_version())
     what = "reading" if getattr(exc, "stage", "load") == "load" else "running sample 0 of"
     tail = "\n".join(getattr(exc, "raw", "").strip().splitlines()[-12:])
     return CvdnnError(
@@ -113,7 +113,7 @@ def _crash_error(dep: Deployment, exc: CvdnnError) -> CvdnnError:
              "another OpenCV version (--cvdnn-target=opencv==X.Y.Z), or export the inputs as float32 and fixed "
              "shapes (static shapes, onnxslim) — importers crash most on computed shapes and integer inputs"
              + newer_opencv(version)),
-        details=("the child's last output:\n" + tail) if tail else None)
+        details=("the child's last output:\n" + tail) if tail else None, node=getattr(exc, "node", None))
 
 
 def _load_error(dep: Deployment, raw: str, version: str) -> CvdnnError:

@@ -11,6 +11,8 @@ session goes on meanwhile.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +47,7 @@ resp = {"ok": False}
 try:
     import numpy as np, cv2
     resp["opencv"] = cv2.__version__
+    open(folder + "/opencv", "w").write(cv2.__version__)  # (said even if the import below crashes the process)
     resp["numpy"] = np.__version__
     from pytest_cvdnn.runners.cv2dnn import Cv2DnnRunner
     runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"])
@@ -83,11 +86,26 @@ class Target:
 LOCAL = Target()
 
 
+#: a line of OpenCV's own log ("[DEBUG:0@0.028] global onnx_importer.cpp:1001 handleNode DNN/ONNX: …")
+_LOG_LINE = re.compile(r"\[\s*(DEBUG|INFO|VERBOSE|WARN|ERROR|FATAL)\s*:\d+@[\d.]+\]")
+_NODE_LOGGED = re.compile(r"DNN/ONNX: processing node with .*?: \[([^\]]+)\]:\(([^)]*)\)")
+
+
+def last_node_logged(log: str) -> tuple[str, str] | None:
+    """(node, op type) of the last node OpenCV's ONNX importer logged it was processing (4.x logs each at DEBUG;
+    5.x's importer does not), None where it logged none."""
+    found = _NODE_LOGGED.findall(log)
+    if not found:
+        return None
+    op, name = found[-1]
+    return name.removeprefix("onnx_node!"), op
+
+
 class ChildError(CvdnnError):
     """cv2.dnn failed in the child process; ``stage`` is "load" or "forward"."""
 
-    def __init__(self, message: str, *, stage: str, opencv: str | None, raw: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, stage: str, opencv: str | None, raw: str, node: str | None = None) -> None:
+        super().__init__(message, node=node)
         self.stage = stage
         self.opencv = opencv
         self.raw = raw
@@ -117,10 +135,13 @@ class ChildRun:
         (self.folder / "request.json").write_text(json.dumps(request))
         package_root = str(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.append({package_root!r})\n" + _CHILD
-        env = dict(target.env) if target.env is not None else None
+        env = dict(target.env) if target.env is not None else dict(os.environ)
+        # OpenCV 4.x's ONNX importer logs each node it processes at DEBUG (to stdout): after a crash, the last one
+        # is where the importer died
+        env["OPENCV_LOG_LEVEL"] = "DEBUG"
         try:  # output to files: a pipe nobody reads until the end could fill up and block the child
-            with open(self.folder / "stderr.txt", "wb") as err:
-                self.proc = subprocess.Popen([target.python, "-c", code, str(self.folder)], stdout=subprocess.DEVNULL,
+            with open(self.folder / "stderr.txt", "wb") as err, open(self.folder / "stdout.txt", "wb") as out:
+                self.proc = subprocess.Popen([target.python, "-c", code, str(self.folder)], stdout=out,
                                              stderr=err, env=env)
         except OSError as exc:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -158,7 +179,13 @@ class ChildRun:
         resp_path = self.folder / "response.json"
         if code < 0:
             stage = "forward" if (self.folder / "loaded").is_file() else "load"
-            resp = {"ok": False, "stage": stage, "signal": signal.Signals(-code).name, "stderr": stderr[-2000:]}
+            version = self.folder / "opencv"
+            resp = {"ok": False, "stage": stage, "signal": signal.Signals(-code).name,
+                    "opencv": version.read_text().strip() if version.is_file() else None,
+                    "stderr": "\n".join(ln for ln in stderr.splitlines() if not _LOG_LINE.match(ln))[-2000:]}
+            node = last_node_logged((self.folder / "stdout.txt").read_text(errors="replace") + stderr)
+            if node:
+                resp["last_node"] = node
         elif resp_path.is_file():
             resp = json.loads(resp_path.read_text())
         else:
@@ -214,8 +241,11 @@ def _raise_for(resp: dict[str, Any]) -> None:
     if resp.get("ok"):
         return
     if resp.get("signal"):
-        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})", stage=resp.get("stage", "forward"),
-                         opencv=None, raw=resp.get("stderr", ""))
+        node = resp.get("last_node")
+        raise ChildError(f"cv2.dnn crashed the process ({resp['signal']})"
+                         + (f" at node {node[0]!r} (op {node[1]}), the last its importer reached" if node else ""),
+                         stage=resp.get("stage", "forward"), opencv=resp.get("opencv"), raw=resp.get("stderr", ""),
+                         node=node[0] if node else None)
     from .cv2dnn import opencv_error_line
 
     raw = resp.get("error", "")
