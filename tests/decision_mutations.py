@@ -24,7 +24,7 @@ class Mutation:
 
 
 MUTATIONS: tuple[Mutation, ...] = (
-    Mutation("nonfinite-nan-only", "checks_outputs.py",
+    Mutation("nonfinite-nan-only", "verdicts.py",
              "if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():",
              "if np.issubdtype(out.dtype, np.floating) and np.isnan(out).any():",
              ("tests/test_hostile_sessions.py::test_an_output_that_is_inf_everywhere_fails_output_spec",),
@@ -43,7 +43,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "flat = input_insensitive(exhibit[0], exhibit[2], dep.settings.tolerance)", "flat = []",
              ("tests/test_hostile_sessions.py::test_a_pass_on_an_output_that_ignores_its_input_carries_a_caution",),
              "a parity pass that cannot tell a right graph from a wrong one, said to be a pass"),
-    Mutation("equivalence-floor", "fixes.py", "if worst > relative * max(scale, 1e-30):",
+    Mutation("equivalence-floor", "verdicts.py", "if worst > relative * max(scale, 1e-30):",
              "if worst > relative * max(scale, 1.0):",
              ("tests/test_decisions.py::test_rewrite_equivalence_judges_tiny_outputs_on_their_own_scale",),
              "a rewrite that changes tiny outputs offered as equivalent"),
@@ -59,8 +59,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              'resp["stage"] = "forward"',
              ("tests/test_decisions.py::test_a_child_that_cannot_load_says_load_and_one_that_cannot_run_says_forward",),
              "an importer failure on a target blamed on the runtime"),
-    Mutation("determinism-allclose", "checks_outputs.py", "not np.array_equal(a, b, equal_nan=True)",
-             "not np.allclose(a, b, atol=1e-5, equal_nan=True)",
+    Mutation("determinism-allclose", "verdicts.py", "if not np.array_equal(a, b, equal_nan=True):",
+             "if not np.allclose(a, b, atol=1e-5, equal_nan=True):",
              ("tests/test_cache.py::test_warm_run_replays_auxiliary_cv2_outputs_and_still_compares_them",),
              "a net that answers differently on a second load called deterministic"),
     Mutation("relative-tolerance-unbounded", "compare.py",

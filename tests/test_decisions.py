@@ -14,7 +14,7 @@ from conftest import mvn_onnx
 
 def test_rewrite_equivalence_judges_tiny_outputs_on_their_own_scale() -> None:
     """Outputs of 1e-9 that a rewrite doubles differ (relative to their own scale); a floor of 1 would hide it."""
-    from pytest_cvdnn.fixes import _differs
+    from pytest_cvdnn.verdicts import rewrite_difference as _differs
 
     tiny = np.full((2, 4), 1e-9, np.float32)
     assert _differs("output", [("y", tiny, tiny)]) is None

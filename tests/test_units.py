@@ -1236,3 +1236,42 @@ def test_opencv_error_lines_keep_their_comparisons() -> None:
         "> Node [DequantizeLinear@ai.onnx]:(dq) parse error: OpenCV(4.8.1) /x/layer.cpp:9: error: (-215:Assertion "
         "failed) axis >= -dims && axis < dims in function 'normalize_axis'\n> ")) == (
         "node 'dq' (op DequantizeLinear) cannot be imported: axis >= -dims && axis < dims in function 'normalize_axis'")
+
+
+def test_the_output_checks_decide_on_arrays_and_tables() -> None:
+    """The output checks' pure decisions: non-finite values per runner and output, the (shape, dtype) table
+    against the reference, bit-identity of repeated forwards, and a failure the logits explain."""
+    from pytest_cvdnn.verdicts import first_difference, not_finite, output_table_problems, softmax_only_failures
+
+    finite = np.ones((2, 3), np.float32)
+    inf = np.full((2, 3), np.inf, np.float32)
+    nan = finite.copy()
+    nan[0, 1] = np.nan
+    assert not_finite({"keras": [finite, np.arange(3)]}, ["a", "b"]) == []
+    assert not_finite({"keras": [finite, inf], "cv2dnn": [nan]}, ["a"]) == [
+        "keras output '1': 0 NaN, 6 Inf of 6", "cv2dnn output 'a': 1 NaN, 0 Inf of 6"]
+
+    ref = [((1, 5), "float32"), ((1, 4, 8, 8), "float32")]
+    table = {"keras": ref, "same": ref, "count": ref[:1], "shape": [((1, 5), "float32"), ((1, 8, 8, 4), "float32")],
+             "ones": [((5,), "float32"), ((1, 4, 8, 8), "float32")], "half": [((1, 5), "float16"), ref[1]]}
+    problems, notes = output_table_problems(table, "keras", ["probs", "map"])
+    assert problems == ["count returns 1 output(s), keras 2",
+                        "output 1 (map): shape (1, 8, 8, 4) vs keras (1, 4, 8, 8)",
+                        "output 0: half dtype float16 vs keras float32"]
+    assert notes == ["output 0 (probs): ones (5,) vs keras (1, 5) (only size-1 axes differ)"]
+    assert output_table_problems({"keras": ref, "x": [((2, 5), "float32"), ref[1]]}, "keras", [])[0] == [
+        "output 0 (0): x (2, 5) vs keras (1, 5)"]  # (a size that is not 1 differs: a problem, named by index)
+
+    a = [finite, np.array([np.nan, 1.0])]
+    assert first_difference(a, [finite.copy(), np.array([np.nan, 1.0])]) is None  # (NaN where NaN: identical)
+    assert first_difference(a, [finite + 1e-7, a[1]]) == (0, pytest.approx(1.1920929e-07))  # (not allclose)
+    assert first_difference(a, [finite, np.array([np.nan, 1.5])]) == (1, 0.5)
+    assert first_difference(a, [finite[:1], a[1]]) == (0, float("inf"))
+    assert first_difference(a, a[:1]) == (-1, float("inf"))
+
+    probs, logits, box = ({"name": n, "ok": ok} for n, ok in (("probs", False), ("probs (logits)", True),
+                                                                ("box", True)))
+    assert softmax_only_failures([probs, logits, box]) == ["probs"]
+    assert softmax_only_failures([probs, {**logits, "ok": False}, box]) == []  # (the logits differ too)
+    assert softmax_only_failures([probs, logits, {**box, "ok": False}]) == []  # (another output fails)
+    assert softmax_only_failures([{**probs, "ok": True}, logits, box]) == []  # (nothing fails)

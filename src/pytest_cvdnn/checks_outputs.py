@@ -13,7 +13,8 @@ from .compare import COUNT_MISMATCH, compare, input_insensitive
 from .core import Deployment
 from .errors import CvdnnError, StageSkipped
 from .runners import blame as runner_blame
-from .verdicts import CheckFailed, CheckResult, shape_text
+from .verdicts import (CheckFailed, CheckResult, first_difference, not_finite, output_table_problems, shape_text,
+                       softmax_only_failures)
 
 __all__ = ["check_output_spec", "check_parity", "parity_diagnosis", "check_batch", "check_determinism",
            "check_verify", "check_bundle"]
@@ -21,13 +22,7 @@ __all__ = ["check_output_spec", "check_parity", "parity_diagnosis", "check_batch
 
 def _check_finite(dep: Deployment, outputs: dict[str, list[np.ndarray]]) -> None:
     """NaN or Inf in any runner's outputs is a broken model (or runtime), whatever the parity says."""
-    bad = []
-    for runner, outs in outputs.items():
-        for k, out in enumerate(outs):
-            if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
-                name = dep.output_names[k] if k < len(dep.output_names) else str(k)
-                bad.append(f"{runner} output {name!r}: {int(np.isnan(out).sum())} NaN, {int(np.isinf(out).sum())} Inf "
-                           f"of {out.size}")
+    bad = not_finite(outputs, dep.output_names)
     if bad:
         raise CheckFailed(
             f"the outputs of {dep.label} are not finite on the check inputs: " + "; ".join(bad),
@@ -54,20 +49,8 @@ def check_output_spec(dep: Deployment) -> CheckResult:
     table = {name: [(tuple(o.shape), str(o.dtype)) for o in outs] for name, outs in results.items()}
     data = {"outputs": {name: [{"shape": list(s), "dtype": d} for s, d in rows] for name, rows in table.items()}}
     ref_name = list(dep.runners)[0]
-    ref = table[ref_name]
-    problems: list[str] = []
-    for name, rows in table.items():
-        if len(rows) != len(ref):
-            problems.append(f"{name} returns {len(rows)} output(s), {ref_name} {len(ref)}")
-            continue
-        for k, ((shape, dtype), (rshape, rdtype)) in enumerate(zip(rows, ref, strict=True)):
-            if shape != rshape:
-                same_data = int(np.prod(shape)) == int(np.prod(rshape)) and \
-                    tuple(d for d in shape if d != 1) == tuple(d for d in rshape if d != 1)
-                msg = f"output {k} ({dep.output_names[k] if k < len(dep.output_names) else k}): {name} {shape} vs {ref_name} {rshape}"
-                (notes if same_data else problems).append(msg + (" (only size-1 axes differ)" if same_data else ""))
-            if dtype != rdtype:
-                problems.append(f"output {k}: {name} dtype {dtype} vs {ref_name} {rdtype}")
+    problems, same_data = output_table_problems(table, ref_name, dep.output_names)
+    notes += same_data
     summary = "; ".join(f"{name}: " + ", ".join(f"{s} {d}" for s, d in rows) for name, rows in table.items())
     if problems:
         raise CheckFailed(
@@ -188,14 +171,11 @@ def _artifact_parity_failure(dep: Deployment, result: Any, data: dict[str, Any])
     from .formats import format_label
 
     label = format_label(dep.settings.format)
-    by_name = {o["name"]: o for o in data.get("outputs", [])}
-    softmax_only = [n for n, o in by_name.items()
-                    if not o["ok"] and by_name.get(f"{n} (logits)", {}).get("ok")]
-    failing = [n for n, o in by_name.items() if not o["ok"]]
+    softmax_only = softmax_only_failures(data.get("outputs", []))
     message = (f"cv2.dnn runs the {label} differently from Keras beyond {result.tolerance} "
                f"(max abs error {result.max_abs:.3g}, {result.mismatches} mismatching element(s), "
                f"cosine {result.min_cosine:.6f})")
-    if softmax_only and softmax_only == failing:
+    if softmax_only:
         message += (f"; the logits agree, only the final Softmax of {', '.join(map(repr, softmax_only))} differs: "
                     f"OpenCV's importer applies it over another axis (a Softmax over the channels of an NHWC map)")
         fix = ("apply the softmax yourself after net.forward() (export the model without its final Softmax), "
@@ -314,19 +294,20 @@ def check_determinism(dep: Deployment) -> CheckResult:
                           fix="see the load and batch items; the child's OpenCV output is below",
                           details=exc.details or getattr(exc, "raw", None)) from exc
     for label, other in (("a second forward of the same net", second), ("a freshly loaded net", fresh)):
-        if len(other) != len(first):
+        found = first_difference(first, other)
+        if found is None:
+            continue
+        k, diff = found
+        if k < 0:
             raise CheckFailed(f"cv2.dnn is not deterministic: {label} returns {len(other)} output(s), the first "
                               f"forward {len(first)}", fix="report it to OpenCV with the repro of the load item")
-        for k, (a, b) in enumerate(zip(first, other, strict=True)):
-            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
-                diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.shape == b.shape else float("inf")
-                raise CheckFailed(
-                    f"cv2.dnn is not deterministic: output {k} of {label} differs from the first forward "
-                    f"(max abs difference {diff:.3g})",
-                    fix="pin the backend/target (DNN_BACKEND_OPENCV, DNN_TARGET_CPU) and thread count, "
-                    "and compare with a tolerance instead of bit-exactly",
-                    data={"max_abs": diff},
-                )
+        raise CheckFailed(
+            f"cv2.dnn is not deterministic: output {k} of {label} differs from the first forward "
+            f"(max abs difference {diff:.3g})",
+            fix="pin the backend/target (DNN_BACKEND_OPENCV, DNN_TARGET_CPU) and thread count, "
+            "and compare with a tolerance instead of bit-exactly",
+            data={"max_abs": diff},
+        )
     return CheckResult("two forwards and a fresh net give bit-identical outputs" + _replayed(dep),
                        {"bit_identical": True, "replayed": bool(_replayed(dep))})
 

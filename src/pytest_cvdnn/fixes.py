@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .scratch import prefix
 from .errors import CvdnnError, StageSkipped
 from .feeds import static_shapes
+from .scratch import prefix
+from .verdicts import EQUIVALENCE, rewrite_difference
 
 if TYPE_CHECKING:
     from .core import Deployment
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["OnnxRemedy", "onnx_remedies", "EQUIVALENCE"]
 
 #: onnxruntime on the rewritten graph vs the original: max |Δ| / max |original output|
-EQUIVALENCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _equivalent(dep: "Deployment", path: Path, samples: Sequence[np.ndarray]) ->
                      if dep.fixed_batch_of_one else run(samples))
     except (CvdnnError, StageSkipped) as exc:
         return f"onnxruntime cannot run it: {str(exc)[:200]}"
-    return _differs("output", list(zip(dep.output_names, original, rewritten, strict=True)),
+    return rewrite_difference("output", list(zip(dep.output_names, original, rewritten, strict=True)),
                     _relative(dep))
 
 
@@ -171,20 +171,6 @@ def _relative(dep: "Deployment") -> float:
     """How far a rewritten graph may compute from the original, relative to each tensor's scale: the srtol the
     parity items use (a rewrite moves float32 rounding, as a runtime does), never less than EQUIVALENCE."""
     return max(EQUIVALENCE, float(dep.settings.tolerance.srtol))
-
-
-def _differs(kind: str, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
-             relative: float = EQUIVALENCE) -> str | None:
-    """The first (name, original, rewritten) whose shapes differ or whose values differ by more than ``relative``
-    of the original's scale, said; None if all agree."""
-    for name, a, b in pairs:
-        if a.shape != b.shape:
-            return f"{kind} {name!r} has the shape {b.shape}, the original {a.shape}"
-        scale = float(np.max(np.abs(a))) if a.size else 0.0
-        worst = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-        if worst > relative * max(scale, 1e-30):
-            return f"{kind} {name!r} differs by {worst:.3g} (max |{kind}| {scale:.3g}) in onnxruntime"
-    return None
 
 
 #: rewritten nodes whose own outputs are compared (the first ones; a graph-wide rewrite touches hundreds)
@@ -212,7 +198,7 @@ def _same_tensors(dep: "Deployment", model: Any, fixed: Any, path: Path, changed
             after = _ort_tensors(path, names, feed, Path(tmp))
         except Exception as exc:  # noqa: BLE001 - onnxruntime on the probes: not proven
             return f"the rewritten tensors could not be compared in onnxruntime: {type(exc).__name__}: {exc}"[:300]
-    return _differs("tensor", [(n, before[n], after[n]) for n in names if n in before and n in after],
+    return rewrite_difference("tensor", [(n, before[n], after[n]) for n in names if n in before and n in after],
                     _relative(dep))
 
 

@@ -79,26 +79,7 @@ class Results:
                 c = checks[name]
                 fmt, _, base = name.rpartition(":")
                 if base.startswith("parity[") and c["outcome"] != "skipped" and "max_abs" in c["data"]:
-                    d = c["data"]
-                    verdict = "ok  " if c["outcome"] == "passed" else "FAIL"
-                    pair = f"{fmt}:{base[7:-1]}" if fmt else base[7:-1]
-                    misfits = [o for o in d.get("outputs", []) if o.get("shape_ok") is False]
-                    if misfits:  # (no error numbers between arrays of different shapes: they mean nothing)
-                        lines.append(f"  {verdict} {pair:<22} " + "; ".join(_misfit(o) for o in misfits))
-                        continue
-                    lines.append(
-                        f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max|Δ|/max|ref| "
-                        f"{d.get('max_signal_rel', 0.0):.3g}  max rel {d['max_rel']:.3g}  "
-                        f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"
-                    )
-                    for flat in d.get("input_insensitive") or []:  # a pass that shows little: say so
-                        lines.append(f"       caution: the reference of {flat['name']!r} barely depends on the "
-                                     f"input (spread {flat['spread']:.2g} over {flat['samples']} inputs)")
-                    blind = [o for o in d.get("outputs", []) if o.get("elementwise_blind")]
-                    if blind:  # an element-wise check alone could not have failed these: say what can
-                        lines.append("       " + "; ".join(
-                            f"{o['name']!r}: signal {o['scale']:.2g} < atol {d['atol']:g}, judged by "
-                            f"max|Δ|/max|ref| <= {d.get('srtol', 0):g}" for o in blind))
+                    lines += _parity_lines(f"{fmt}:{base[7:-1]}" if fmt else base[7:-1], c)
                 elif c["outcome"] != "passed":
                     first = c["message"].split(". Fix:")[0]
                     if c["outcome"] == "skipped" and " failed: " in first:  # "load failed: <why>": said above
@@ -198,6 +179,27 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         "repro": data.get("repro"),
         "failed_checks": all_failed,
     }
+
+
+def _parity_lines(pair: str, check: dict[str, Any]) -> list[str]:
+    """A parity item's summary line (its numbers, or the outputs whose shapes differ), with its cautions."""
+    d = check["data"]
+    verdict = "ok  " if check["outcome"] == "passed" else "FAIL"
+    misfits = [o for o in d.get("outputs", []) if o.get("shape_ok") is False]
+    if misfits:  # (no error numbers between arrays of different shapes: they mean nothing)
+        return [f"  {verdict} {pair:<22} " + "; ".join(_misfit(o) for o in misfits)]
+    lines = [f"  {verdict} {pair:<22} max|Δ| {d['max_abs']:.3g}  max|Δ|/max|ref| "
+             f"{d.get('max_signal_rel', 0.0):.3g}  max rel {d['max_rel']:.3g}  "
+             f"cos {d['min_cosine']:.6f}  mismatches {d['mismatches']}{_top1(d)}"]
+    for flat in d.get("input_insensitive") or []:  # a pass that shows little: say so
+        lines.append(f"       caution: the reference of {flat['name']!r} barely depends on the "
+                     f"input (spread {flat['spread']:.2g} over {flat['samples']} inputs)")
+    blind = [o for o in d.get("outputs", []) if o.get("elementwise_blind")]
+    if blind:  # an element-wise check alone could not have failed these: say what can
+        lines.append("       " + "; ".join(
+            f"{o['name']!r}: signal {o['scale']:.2g} < atol {d['atol']:g}, judged by "
+            f"max|Δ|/max|ref| <= {d.get('srtol', 0):g}" for o in blind))
+    return lines
 
 
 def _misfit(output: dict[str, Any]) -> str:

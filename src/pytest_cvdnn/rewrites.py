@@ -321,6 +321,14 @@ def apply(model: Any, candidate: Candidate) -> tuple[Any, list[str]]:
     return result, changed
 
 
+def _own_source(function: Callable[..., Any]) -> str:
+    """The function's definition as the script holds it: from its ``def`` on (the rewrites have no decorators; a
+    tool that wraps them, such as a mutation tester's trampoline, adds one the script could not resolve)."""
+    lines = inspect.getsource(function).splitlines()
+    start = next(k for k, line in enumerate(lines) if line.lstrip().startswith("def "))
+    return "\n".join(lines[start:]).rstrip()
+
+
 def fix_script(candidate: Candidate, source: str) -> str:
     """A script that applies ``candidate`` to ``source`` (an ONNX path) with the onnx API and writes
     fixed.onnx next to itself: the rewrite functions' own source, then the calls."""
@@ -330,9 +338,9 @@ def fix_script(candidate: Candidate, source: str) -> str:
             + candidate.rewrites:
         helpers: dict[str, Callable[..., Any]] = {"simplify": simplify, "fix_input_shapes": fix_input_shapes}
         function = helpers.get(name) or REWRITES[name]
-        parts += [inspect.getsource(function).rstrip(), "", ""]
+        parts += [_own_source(function), "", ""]
     for helper in (constant_tensors, drop_unused_initializers):
-        parts += [inspect.getsource(helper).rstrip(), "", ""]
+        parts += [_own_source(helper), "", ""]
     parts += [f"source = sys.argv[1] if len(sys.argv) > 1 else {source!r}",
               "model = onnx.load(source)"]
     if candidate.opset is not None:
