@@ -5,6 +5,7 @@ script (onnxruntime and Keras on the same inputs) (default tier)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -122,3 +123,100 @@ def test_a_quantized_model_of_another_model_fails_at_task_level(run_cvdnn: Calla
     assert "beyond task level: the top-k classes" in parity["message"], parity["message"]
     probs = next(o for o in parity["data"]["outputs"] if o["name"] == "probs")
     assert probs["topk"][0]["disagree"] >= hand["count"] - hand["agree"] - probs["topk"][0]["ambiguous"]
+
+
+_HAND_CV2 = r"""
+import json, sys
+import cv2, numpy as np
+x = np.load(sys.argv[2])
+try:
+    net = cv2.dnn.readNetFromONNX(sys.argv[1])
+    net.setInput(x)
+    out = net.forward()
+    print(json.dumps({"opencv": cv2.__version__, "top1": out.reshape(len(x), -1).argmax(1).tolist()}))
+except cv2.error as exc:
+    print(json.dumps({"opencv": cv2.__version__, "error": str(exc).strip().splitlines()[-1]}))
+"""
+
+
+def _fp16_by_hand(source: Path, out: Path) -> Path:
+    """FP16 weights made without the plugin: every float32 weight of a Conv/Gemm/MatMul as float16, cast back."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    weights = {n for node in model.graph.node if node.op_type in ("Conv", "Gemm", "MatMul") for n in node.input[1:]}
+    casts = []
+    for init in model.graph.initializer:
+        if init.name in weights:
+            half = numpy_helper.to_array(init).astype(np.float16)
+            casts.append(helper.make_node("Cast", [init.name + "_h"], [init.name], to=TensorProto.FLOAT))
+            init.CopyFrom(numpy_helper.from_array(half, init.name + "_h"))
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs_and_agrees(
+        run_cvdnn: Callable[..., Run], copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
+    """--cvdnn-quantize=fp16,int8 on the example: each variant is made once (cached), gated by its own items on the
+    local OpenCV and a target, judged at task level, and summed up per OpenCV as loads / runs / agrees.  A hand
+    script makes the same FP16 file and onnxruntime's QDQ model and asks each OpenCV directly."""
+    import subprocess
+
+    import keras
+
+    from conftest import side_by_side
+
+    old = side_by_side("4.12.0")
+    copy_model(TINY, "m.keras")
+    samples = _inputs(pytester.path)
+    run = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-inputs={samples.name}", "--cvdnn-quantize=fp16,int8",
+                    "--cvdnn-target=opencv==4.12.0")
+    checks = run.checks()
+    assert checks["fp16:convert"]["message"].startswith("made in ")
+    assert "INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on 6 samples" in \
+        checks["int8:convert"]["message"]
+    # the hand script: the same work without the plugin, on the same samples
+    x = np.stack([np.load(p) for p in sorted(samples.glob("*.npy"))])
+    want = np.asarray(keras.saving.load_model(TINY)(x)).argmax(1).tolist()
+    f32 = convert(keras.saving.load_model(TINY), pytester.path / "f32.onnx", size=64)
+    fp16 = _fp16_by_hand(f32, pytester.path / "fp16.onnx")
+    int8 = _quantized(pytester.path)
+    np.save(pytester.path / "x.npy", np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+    def opencv(model: Path, folder: Path | None) -> dict[str, Any]:
+        env = {"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"} if folder else None
+        out = subprocess.run([sys.executable, "-c", _HAND_CV2, str(model), str(pytester.path / "x.npy")],
+                             capture_output=True, text=True, check=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    rows = {(r["precision"], r["target"]): r for r in run.report["models"][0]["precision"]}
+    for precision, model in (("fp16", fp16), ("int8", int8)):
+        for target, folder in (("local", None), ("opencv-4.12.0", old)):
+            hand, row = opencv(model, folder), rows[(precision, target)]
+            if "error" in hand:  # cv2.dnn cannot read or run it (INT8 QDQ: every OpenCV we have)
+                assert row["load"] == "failed" and row["agrees"] in (None, "skipped"), (precision, target, row, hand)
+            else:
+                assert row["load"] == row["run"] == "passed", (precision, target, row)
+                assert (row["agrees"] == "passed") == (hand["top1"] == want), (precision, target, row, hand)
+    # what the hand script found on this machine: FP16 weights load and agree everywhere, INT8 QDQ loads nowhere
+    assert rows[("fp16", "local")]["agrees"] == "passed" and rows[("int8", "local")]["load"] == "failed"
+    assert "  fp16  opencv-4.12.0   loads, runs, agrees (top1 6/6)" in run.text
+    assert "  int8  local           does not load: cv2.dnn (OpenCV" in run.text
+    assert "no variant loads" not in checks["int8:load"]["message"]  # (no opset/layout search of the float model)
+    # the quantization itself, in onnxruntime: judged at task level against Keras
+    assert checks["int8:parity[keras-onnxruntime]"]["outcome"] == "passed"
+    assert "a reduced-precision (int8) artifact: judged at task level" in \
+        checks["int8:parity[keras-onnxruntime]"]["message"]
+    warm = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-inputs={samples.name}", "--cvdnn-quantize=fp16,int8",
+                     "-k", "convert")
+    assert all(warm.checks()[f"{p}:convert"]["message"].startswith("cache hit") for p in ("fp16", "int8"))
+
+
+def test_an_unknown_precision_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--cvdnn-model=m.keras", "--cvdnn-quantize=fp16,int4")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--cvdnn-quantize: 'fp16,int4': unknown precision int4; use a comma list of fp16*"])

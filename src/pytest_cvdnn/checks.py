@@ -113,10 +113,12 @@ class ItemSpec(NamedTuple):
 
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
                 bundle: bool = False, formats: tuple[str, ...] = ("onnx",),
-                engines: tuple[str, ...] = (), source_kind: str = "", images: bool = False) -> list[ItemSpec]:
+                engines: tuple[str, ...] = (), source_kind: str = "", images: bool = False,
+                precisions: tuple[str, ...] = ()) -> list[ItemSpec]:
     """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
     per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
-    (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``)."""
+    (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``), and those of each reduced precision
+    (``int8:load``, ``fp16:parity[keras-cv2dnn@opencv-4.12.0]``)."""
     from .settings import target_label
 
     kind = "bundle" if bundle else "tflite" if source_kind == "tflite" else "keras" if has_keras else "onnx"
@@ -130,6 +132,12 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
         items += [ItemSpec(f"{fmt}:{c.name}", c.name, None, fmt) for c in exported]
         items += [ItemSpec(f"{fmt}:{item_name(c.name, target_label(t))}", c.name, t, fmt)
                   for t in targets for c in exported if c.per_target]
+    if kind in ("keras", "onnx"):  # reduced-precision variants of the ONNX: what loads and what it predicts
+        reduced = [c for c in local if c.name in ("convert", "load", "output_spec") or c.runners]
+        for precision in precisions:
+            items += [ItemSpec(f"{precision}:{c.name}", c.name, None, precision) for c in reduced]
+            items += [ItemSpec(f"{precision}:{item_name(c.name, target_label(t))}", c.name, t, precision)
+                      for t in targets for c in reduced if c.per_target]
     return items
 
 

@@ -23,6 +23,12 @@ def check_convert(dep: Deployment) -> CheckResult:
             raise
         raise failure from exc
     data = {"onnx": str(conv.onnx_path), "cached": conv.cached, "seconds": conv.seconds}
+    if dep.settings.precision:
+        from .quantize import describe
+
+        how = "cache hit (not made again)" if conv.cached else f"made in {conv.seconds:.2f} s"
+        data["precision"] = {k: v for k, v in conv.meta.items() if k not in ("sha256", "versions")}
+        return CheckResult(f"{how}: {describe(conv.meta)} -> {conv.onnx_path}", data)
     if dep.source.is_onnx:
         return CheckResult(f"ONNX model {conv.onnx_path.name} is valid (onnx.checker + onnxruntime); no conversion", data)
     if dep.source.kind == "tflite":
@@ -207,8 +213,10 @@ def _load_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed:
     started = time.perf_counter()
     fixes, fixes_text = _onnx_fixes(dep)
     fixed = next((f for f in fixes if f.works), None)
-    remedy_text, remedies = (_remedies(dep, blocking, info["op_type"], dep.settings.fix) if fixed is None
-                             else ("", []))  # (Keras: only when no rewrite works)
+    # (Keras: only when no rewrite works; never for a reduced-precision variant, which no opset or layout of the
+    # float conversion makes load)
+    remedy_text, remedies = (_remedies(dep, blocking, info["op_type"], dep.settings.fix)
+                             if fixed is None and dep.settings.precision is None else ("", []))
     searched = round(time.perf_counter() - started, 3)
     repro = None
     if info["node"]:

@@ -46,6 +46,10 @@ def build_deployment(settings: ModelSettings, cache: Cache, rootdir: Path | None
         from .formats import TFLiteSourceDeployment
 
         dep = TFLiteSourceDeployment(replace(settings, format="tflite"), cache, rootdir, memo=memo)
+    elif settings.precision is not None:
+        from .quantize import QuantizedDeployment
+
+        dep = QuantizedDeployment(settings, cache, rootdir, memo=memo)
     elif settings.format != "onnx":
         from .formats import ArtifactDeployment
 

@@ -369,6 +369,7 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
         layout=values["layout"],
         engine=values["engine"][0],
         formats=values["formats"],
+        quantize=values["quantize"],
         inputs=values["inputs"],
         input_range=values["input_range"],
         input_shape=values["input_shape"],
@@ -574,6 +575,11 @@ def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
     """A model's deployment by target and artifact format (memoised in the session state)."""
 
     def deployment(target: str | None, fmt: str = "onnx", engine: str | None = None) -> Any:
+        from .settings import PRECISIONS
+
+        if fmt in PRECISIONS:  # (a reduced-precision variant of the ONNX: an ONNX deployment of its own)
+            return state.deployment(replace(settings, target=target, format="onnx", precision=fmt,
+                                            engine=engine or settings.engine))
         return state.deployment(replace(settings, target=target, format=fmt, engine=engine or settings.engine))
 
     return deployment
@@ -608,6 +614,7 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
                        tuple(check_items(source.has_keras, state.targets, state.base.fix,
                                          state.base.save_bundle is not None, formats=state.base.formats,
                                          engines=tuple(state.engines), source_kind=source.kind,
+                                         precisions=settings.quantize,
                                          images=settings.images is not None)))
         )
     return entries

@@ -68,6 +68,8 @@ class Results:
                          + " (" + ", ".join(f"{n} {k}" for k, n in sorted(cell.items())) + ")"
                          for t, cell in by_target.items()]
                 lines.append("  targets  " + " | ".join(cells))
+            for row in precision_rows(checks):
+                lines.append(f"  {row['precision']:<5} {row['target']:<15} " + precision_cell(row))
             spec_check = checks.get("input_spec") or {}
             wrong = (checks.get("preprocessing") or {}).get("outcome") == "failed"  # (its Fix has the right code)
             if spec_check.get("outcome") == "passed" and not wrong:  # the code to ship, without -rA: what was verified
@@ -102,6 +104,7 @@ class Results:
                     "checks": model["checks"],
                     "parity": parity,
                     "diagnosis": _diagnosis(model["checks"]),
+                    "precision": precision_rows(model["checks"]),
                     "events": model["events"],
                     "timings": {name: c["seconds"] for name, c in model["checks"].items()},
                 }
@@ -179,6 +182,50 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
         "repro": data.get("repro"),
         "failed_checks": all_failed,
     }
+
+
+def precision_rows(checks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per reduced precision (``--cvdnn-quantize``) and OpenCV: whether cv2.dnn loads the artifact, runs it
+    (output_spec) and agrees with the float reference (parity against Keras, else onnxruntime's float run of the
+    same graph), each "passed" / "failed" / "skipped" / None, with the first failure's reason."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, c in checks.items():
+        precision, _, base = name.partition(":")
+        if precision not in ("fp16", "int8"):
+            continue
+        row = rows.setdefault((precision, c.get("target", "local")), {
+            "precision": precision, "target": c.get("target", "local"), "load": None, "run": None, "agrees": None,
+            "top1": "", "why": ""})
+        stage = base.split("[")[0]
+        pair = base[len("parity["):].split("@")[0].rstrip("]") if stage == "parity" else ""
+        column = {"load": "load", "output_spec": "run"}.get(stage) or (
+            "agrees" if pair in ("keras-cv2dnn", "onnxruntime-cv2dnn") and (pair == "keras-cv2dnn" or row["agrees"]
+                                                                           is None) else None)
+        if column is None:
+            continue
+        row[column] = c["outcome"]
+        if column == "agrees":  # (the first scored output's top-1: a logits twin would count each sample twice)
+            from .compare import top1_text
+
+            scored = [o for o in (c.get("data") or {}).get("outputs", []) if o.get("topk")]
+            row["top1"] = f"top1 {top1_text(scored[:1])}" if scored else ""
+        if c["outcome"] == "failed" and not row["why"]:
+            row["why"] = c["message"].split(". Fix:")[0][:160]
+    return list(rows.values())
+
+
+def precision_cell(row: dict[str, Any]) -> str:
+    """One row of :func:`precision_rows` in words: "loads, runs, agrees (top1 4/4)" or where it stops."""
+    words = {"load": ("loads", "does not load"), "run": ("runs", "does not run"), "agrees": ("agrees", "disagrees")}
+    said = []
+    for column in ("load", "run", "agrees"):
+        outcome = row[column]
+        if outcome == "passed":
+            said.append(words[column][0] + (f" ({row['top1']})" if column == "agrees" and row["top1"] else ""))
+        elif outcome == "failed":
+            said.append(f"{words[column][1]}: {row['why']}")
+            break
+    return ", ".join(said) or "not checked"
 
 
 def _parity_lines(pair: str, check: dict[str, Any]) -> list[str]:

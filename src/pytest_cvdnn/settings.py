@@ -16,7 +16,8 @@ from .pipelines import Loader, parse_loader
 from .spec import MAX_SIDE, InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
 __all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
-           "parse_range", "parse_target", "target_label", "parse_formats", "FORMATS"]
+           "parse_range", "parse_target", "target_label", "parse_formats", "FORMATS", "PRECISIONS",
+           "parse_precisions"]
 
 LAYOUTS = ("nchw", "nhwc")
 #: engine names of every OpenCV (5.1: auto/opencv/ort; 5.0: auto/classic/new; 4.x: auto only), checked
@@ -222,6 +223,21 @@ def parse_formats(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["onnx", *names]))
 
 
+#: the reduced precisions --cvdnn-quantize makes (see quantize.py)
+PRECISIONS = ("fp16", "int8")
+
+
+def parse_precisions(value: str) -> tuple[str, ...]:
+    """``fp16,int8`` → ("fp16", "int8"): the reduced-precision variants of the model to make and check."""
+    names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
+    unknown = [n for n in names if n not in PRECISIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: unknown precision {', '.join(unknown) or '(empty)'}; use a comma list of fp16 (float16 "
+            "weights, float32 arithmetic) and int8 (onnxruntime static quantization, QDQ)")
+    return tuple(dict.fromkeys(names))
+
+
 #: the onnxruntime runner's execution providers unless --cvdnn-ort-providers says otherwise
 DEFAULT_ORT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -297,6 +313,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("formats", "--cvdnn-format", "cvdnn_format", parse_formats, ("onnx",),
            "artifacts to check besides the ONNX: tflite (readNetFromTFLite), tf (frozen graph for "
            "readNetFromTensorflow); e.g. onnx,tflite,tf", "LIST"),
+    Option("quantize", "--cvdnn-quantize", "cvdnn_quantize", parse_precisions, (),
+           "reduced-precision variants of the model's ONNX to make and check as deployments of their own (items "
+           "fp16:… and int8:…, judged by the classes and the error relative to the signal): fp16 (float16 "
+           "weights) and int8 (onnxruntime static QDQ, calibrated on the checks' inputs); e.g. fp16,int8", "LIST"),
     Option("inputs", "--cvdnn-inputs", "cvdnn_inputs", str, None,
            "folder of images or .npy tensors to use instead of seeded random inputs", "DIR"),
     Option("images", "--cvdnn-images", "cvdnn_images", str, None,
@@ -365,6 +385,8 @@ class ModelSettings:
     target: str | None = None  # None: the cv2 installed here
     formats: tuple[str, ...] = ("onnx",)  # --cvdnn-format: the artifacts checked
     format: str = "onnx"  # the artifact of this deployment
+    quantize: tuple[str, ...] = ()  # --cvdnn-quantize: the reduced-precision variants checked
+    precision: str | None = None  # this deployment's reduced precision (fp16/int8), made from the float ONNX
     fix: bool = False  # always run the remedy search (--cvdnn-fix)
     repro: str | None = None  # where repro folders go (--cvdnn-repro)
     save_bundle: str | None = None  # --cvdnn-save-bundle DIR
@@ -394,7 +416,7 @@ class ModelSettings:
     def key(self) -> tuple[Any, ...]:
         return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
                 self.inputs, self.input_range, self.input_shape, self.feeds, self.images, self.samples, self.seed, self.target, self.format,
-                self.ort_providers, self.min_agreement, self.max_accuracy_drop, self.training_loader)
+                self.precision, self.ort_providers, self.min_agreement, self.max_accuracy_drop, self.training_loader)
 
     def with_marker(self, kwargs: Mapping[str, Any], rootdir: Path | None = None) -> "ModelSettings":
         """Apply ``@pytest.mark.cvdnn(...)`` keywords (validated, with a precise error)."""
