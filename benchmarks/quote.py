@@ -53,14 +53,34 @@ def _agreement(r: dict[str, Any]) -> str:
             f"(`python benchmarks/bench_agreement.py`).")
 
 
+def _precision(r: dict[str, Any]) -> str:
+    import sys
+
+    if str(HERE.parent / "src") not in sys.path:  # (the wording of the summary's precision lines)
+        sys.path.insert(0, str(HERE.parent / "src"))
+    from pytest_cvdnn.report import precision_cell
+
+    def version(row: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(int(v) for v in row["target"].removeprefix("opencv-").split(".")[:3])
+
+    rows = ["| OpenCV | FP16 weights | INT8 (QDQ) |", "| --- | --- | --- |"]
+    by = {(row["precision"], row["target"]): row for row in r["rows"]}
+    for target in sorted({row["target"] for row in r["rows"]}, key=lambda t: version({"target": t})):
+        cells = [precision_cell(by[(p, target)]) if (p, target) in by else "not checked" for p in ("fp16", "int8")]
+        rows.append(f"| {target.removeprefix('opencv-')} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return (f"{r['model']} with `--cvdnn-quantize=fp16,int8` on {r['samples']} pictures of its classes, "
+            f"{r['date']} (`python benchmarks/precision_table.py`):\n\n" + "\n".join(rows))
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "bench_gate": ("results.json", _gate),
     "mutation": ("results_mutation.json", _mutation),
     "agreement": ("results_agreement.json", _agreement),
+    "precision": ("results_precision.json", _precision),
 }
 #: the documents that quote the blocks
-DOCUMENTS = ("docs/speed.md", "benchmarks/README.md")
+DOCUMENTS = ("docs/speed.md", "benchmarks/README.md", "docs/precision.md")
 
 
 def render(name: str) -> str:

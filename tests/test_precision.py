@@ -204,8 +204,8 @@ def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs
                 assert (row["agrees"] == "passed") == (hand["top1"] == want), (precision, target, row, hand)
     # what the hand script found on this machine: FP16 weights load and agree everywhere, INT8 QDQ loads nowhere
     assert rows[("fp16", "local")]["agrees"] == "passed" and rows[("int8", "local")]["load"] == "failed"
-    assert "  fp16  opencv-4.12.0   loads, runs, agrees (top1 6/6)" in run.text
-    assert "  int8  local           does not load: cv2.dnn (OpenCV" in run.text
+    assert "  fp16  opencv-4.12.0   loads, runs, agrees (top1 6/6)" in run.text, run.text[-3000:]
+    assert "  int8  local           does not load: " in run.text
     assert "no variant loads" not in checks["int8:load"]["message"]  # (no opset/layout search of the float model)
     # the quantization itself, in onnxruntime: judged at task level against Keras
     assert checks["int8:parity[keras-onnxruntime]"]["outcome"] == "passed"

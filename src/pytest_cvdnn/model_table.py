@@ -21,7 +21,7 @@ __all__ = ["PER_MODEL_KEYS", "MODEL_SPECIFIC_KEYS", "read_tables", "values_for",
 #: the settings a table may set (the ini keys without ``cvdnn_``); the others are session-wide
 PER_MODEL_KEYS = ("preprocess", "atol", "rtol", "srtol", "opset", "layout", "inputs", "images", "input_range", "feed",
                   "input_shape", "samples", "seed", "memory_budget", "ort_providers", "timeout", "min_agreement",
-                  "max_accuracy_drop", "training_loader")
+                  "max_accuracy_drop", "training_loader", "quantize")
 #: settings that describe one model's inputs: set project-wide for several models they would leak between them
 MODEL_SPECIFIC_KEYS = ("preprocess", "feed", "input_shape", "inputs", "training_loader")
 #: table key -> settings.Option.dest

@@ -209,8 +209,11 @@ def precision_rows(checks: dict[str, Any]) -> list[dict[str, Any]]:
 
             scored = [o for o in (c.get("data") or {}).get("outputs", []) if o.get("topk")]
             row["top1"] = f"top1 {top1_text(scored[:1])}" if scored else ""
-        if c["outcome"] == "failed" and not row["why"]:
-            row["why"] = c["message"].split(". Fix:")[0][:160]
+        if c["outcome"] == "failed" and not row["why"]:  # (what OpenCV said, after "cannot read X: ")
+            from .errors import headline
+
+            said = c["message"].split(". Fix:")[0]
+            row["why"] = headline(said.split(".onnx: ", 1)[-1], 120)
     return list(rows.values())
 
 
