@@ -220,3 +220,85 @@ def test_an_unknown_precision_is_a_usage_error(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest_subprocess("--cvdnn-model=m.keras", "--cvdnn-quantize=fp16,int4")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*--cvdnn-quantize: 'fp16,int4': unknown precision int4; use a comma list of fp16*"])
+
+
+def _sensitive(path: Path) -> Path:
+    """An MLP with one hidden unit whose range is 300x the others' (the next layer ignores it): quantizing that
+    activation per tensor to uint8 crushes every other unit — a sensitive layer."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((16,), name="x")
+    hidden = keras.layers.Dense(32, activation="relu", name="wide")(x)
+    model = keras.Model(x, keras.layers.Dense(4, activation="softmax", name="probs")(hidden), name="sens")
+    w, b = model.get_layer("wide").get_weights()
+    w[:, 0] *= 300.0
+    model.get_layer("wide").set_weights([w, b])
+    w, b = model.get_layer("probs").get_weights()
+    w[0, :] = 0.0
+    model.get_layer("probs").set_weights([w, b])
+    model.save(path)
+    return path
+
+
+def test_an_int8_that_loses_a_sensitive_layer_names_it_and_verifies_leaving_it_float(
+        run_cvdnn: Callable[..., Run], pytester: pytest.Pytester) -> None:
+    """The plugin's INT8 of a model with a sensitive layer disagrees with Keras: the item names the node where the
+    SQNR falls below 20 dB (its input still above) and the nodes whose leaving float it verified by quantizing
+    again.  The hand script quantizes with onnxruntime directly (same data, same settings), with and without
+    those nodes, and measures the same SQNR."""
+    import keras
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pytest_cvdnn.quantize import sqnr_db
+
+    model_path = _sensitive(pytester.path / "sens.keras")
+    x = np.random.default_rng(3).uniform(-1, 1, (6, 16)).astype(np.float32)
+    np.savez(pytester.path / "inputs.npz", x=x)
+    run = run_cvdnn("--cvdnn-model=sens.keras", "--cvdnn-inputs=inputs.npz", "--cvdnn-quantize=int8",
+                    "-k", "int8 and keras-onnxruntime")
+    item = run.checks()["int8:parity[keras-onnxruntime]"]
+    assert item["outcome"] == "failed", item["message"]
+    assert item["message"].startswith("the INT8 quantization changes what the model computes beyond task level")
+    assert ("the error jumps at node 'sens_1/probs_1/MatMul' (op MatMul, Keras layer 'probs'): SQNR"
+            in item["message"]), item["message"]
+    nodes = item["data"]["verified_fix"]["nodes_to_exclude"]
+    assert nodes[0] == "sens_1/probs_1/MatMul" and "verified here" in item["message"]
+
+    # by hand: the float graph and onnxruntime's quantization, with and without the nodes the item names
+    import tensorflow as tf
+    import tf2onnx
+
+    f32 = pytester.path / "f32.onnx"
+    tf2onnx.convert.from_keras(keras.saving.load_model(model_path), opset=13, output_path=str(f32),
+                               input_signature=(tf.TensorSpec((None, 16), tf.float32, name="x"),))
+    quant_pre_process(str(f32), str(pytester.path / "pre.onnx"))
+    want = np.asarray(keras.saving.load_model(model_path)(x))
+
+    def quantized(exclude: list[str]) -> np.ndarray:
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.rows = iter([{"x": x[i:i + 1]} for i in range(len(x))])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.rows, None)
+
+        out = pytester.path / "q.onnx"
+        quantize_static(str(pytester.path / "pre.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude)
+        return ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    def judged(got: np.ndarray) -> tuple[int, float]:
+        return int((got.argmax(1) == want.argmax(1)).sum()), float(np.abs(got - want).max() / np.abs(want).max())
+
+    agree, rel = judged(quantized([]))
+    assert agree < len(x) or rel > 0.05, (agree, rel)  # (what the item failed)
+    agree, rel = judged(quantized(nodes))
+    assert agree == len(x) and rel <= 0.05, (agree, rel)  # (what it verified)
+    # the SQNR the item quotes: the hidden activation as the MatMul reads it keeps its signal, the MatMul's output not
+    rows = {r["node"]: r for r in item["data"]["sqnr"]}
+    assert rows["sens_1/probs_1/MatMul"]["sqnr"] < 20.0 <= rows["sens_1/probs_1/MatMul"]["input_sqnr"]
+    assert sqnr_db(want, want) == float("inf") and sqnr_db(np.ones(4), np.zeros(4)) == pytest.approx(0.0)

@@ -88,6 +88,12 @@ def check_parity(dep: Deployment, expected: str, obtained: str) -> CheckResult:
                 details="\n\n".join(x for x in (result.format_failure(), data["inputs"]) if x), data=data)
         if dep.settings.format != "onnx":
             raise _artifact_parity_failure(dep, result, data)
+        if dep.settings.bundle is None:  # (an INT8 graph that loses the predictions in onnxruntime already)
+            from .quantize import precision_failure
+
+            lost = precision_failure(dep, expected, obtained, result, data)
+            if lost is not None:
+                raise lost
         blame, extra = _blamed(dep, expected, obtained, data)
         raise CheckFailed(
             f"{blame} beyond {result.tolerance} "

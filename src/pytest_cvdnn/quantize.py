@@ -62,10 +62,12 @@ def to_fp16_weights(source: Path, out: Path) -> dict[str, Any]:
     return {"precision": "fp16", "weights_fp16": converted, "bytes_saved": saved}
 
 
-def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]],
+                exclude: Sequence[str] = ()) -> dict[str, Any]:
     """``source`` quantized by onnxruntime's ``quantize_static``: QDQ format, per-channel int8 weights, uint8
     activations, calibrated (MinMax) on ``samples`` (one feed dict per sample); the graph is first prepared with
-    ``quant_pre_process`` (shape inference and optimisation), as onnxruntime recommends."""
+    ``quant_pre_process`` (shape inference and optimisation), as onnxruntime recommends; the nodes named in
+    ``exclude`` stay float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -81,14 +83,15 @@ def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]
         try:
             quant_pre_process(str(source), str(prepared))
             quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer raises many types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise CvdnnError(f"onnxruntime could not quantize {source.name} to INT8: {type(exc).__name__}: {first}",
                              fix="drop int8 from --cvdnn-quantize, or quantize the model yourself and pass it "
                              "with --cvdnn-onnx") from exc
     return {"precision": "int8", "format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
-            "calibration_samples": len(samples)}
+            "calibration_samples": len(samples), "excluded": list(exclude)}
 
 
 def describe(meta: dict[str, Any]) -> str:
@@ -118,11 +121,7 @@ class QuantizedDeployment(Deployment):
         precision = str(self.settings.precision)
         base = self.float_deployment
         source = base.onnx_path
-        feeds: list[dict[str, np.ndarray]] = []
-        if precision == "int8":
-            names = [i.name for i in base.graph.inputs]
-            batch = base.to_onnx_inputs(base.inputs)
-            feeds = [{n: x[i:i + 1] for n, x in zip(names, batch, strict=True)} for i in range(len(batch[0]))]
+        feeds = self.calibration_feeds() if precision == "int8" else []
         digest = sha256_bytes("|".join([base.onnx_digest, precision, *(
             sha256_bytes(np.ascontiguousarray(x).tobytes()) for f in feeds for x in f.values())]).encode())
         key = conversion_key(digest, ConversionOptions(0, "nchw", None), artifact=f"onnx-{precision}")
@@ -135,7 +134,160 @@ class QuantizedDeployment(Deployment):
         self.events.append("cache-hit" if conv.cached else "converted")
         return conv
 
+    def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        """The INT8 calibration data: the checks' samples, one feed dict each (by the float graph's input names)."""
+        base = self.float_deployment
+        names = [i.name for i in base.graph.inputs]
+        batch = base.to_onnx_inputs(base.inputs)
+        return [{n: x[i:i + 1] for n, x in zip(names, batch, strict=True)} for i in range(len(batch[0]))]
+
     @property
     def load_fix(self) -> str:
         return (f"ship the float ONNX (the items without the {self.settings.precision}: prefix), or an OpenCV that "
                 f"runs this precision (--cvdnn-target=opencv==X.Y.Z checks another)")
+
+
+# -- where the precision is lost -----------------------------------------------------------------
+def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB, 10·log10(Σref² / Σ(ref − q)²) (inf where they are equal)."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(np.sum((ref - np.asarray(quantized, np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-300) / noise))
+
+
+def layer_sqnr(float_path: Path, reduced_path: Path, feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per compute node of the float graph whose output the reduced graph has (as the next layer reads it: after
+    the Q/DQ pair a QDQ graph puts behind it, else under its own name), in graph order: the SQNR of its output and
+    the lowest of its inputs' (a graph input: inf), in onnxruntime on ``feeds``."""
+    import onnx
+
+    from .diagnose import _ort_tensors
+
+    model = onnx.load(str(float_path))
+    inits = {i.name for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant")]
+    reduced = {o for n in onnx.load(str(reduced_path)).graph.node for o in n.output}
+    # each float tensor as the next layer reads it in the reduced graph: after its Q/DQ pair (the quantization
+    # of the activation, and a Relu folded into it), else under its own name
+    seen = {t: (t + "_DequantizeLinear_Output" if t + "_DequantizeLinear_Output" in reduced else t)
+            for t in dict.fromkeys(o for n in nodes for o in n.output if o)}
+    seen = {t: q for t, q in seen.items() if q in reduced}
+    with tempfile.TemporaryDirectory(prefix=prefix("sqnr")) as tmp:
+        ref = _ort_tensors(float_path, list(seen), feeds, Path(tmp))
+        got = _ort_tensors(reduced_path, list(dict.fromkeys(seen.values())), feeds, Path(tmp))
+    sqnr = {t: sqnr_db(ref[t], got[q]) for t, q in seen.items()
+            if t in ref and q in got and ref[t].shape == got[q].shape}
+    rows = []
+    for node in nodes:
+        out = next((o for o in node.output if o in sqnr), None)
+        if out is None:
+            continue
+        ins = [sqnr[i] for i in node.input if i in sqnr and i not in inits]
+        rows.append({"node": node.name, "op_type": node.op_type, "sqnr": sqnr[out],
+                     "input_sqnr": min(ins) if ins else float("inf")})
+    return rows
+
+
+#: an activation whose SQNR is below this has lost the signal (20 dB: the noise 10 % of the signal's amplitude;
+#: a healthy INT8 layer measures 30-45 dB)
+LOST_DB = 20.0
+
+
+def worst_layer(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the error jumps: the first node (in graph order) whose output's SQNR is below LOST_DB while its inputs'
+    was not; None when every output keeps its signal."""
+    return next((row for row in rows if row["sqnr"] < LOST_DB <= row["input_sqnr"]), None)
+
+
+def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any, data: dict[str, Any]) -> Any:
+    """For an INT8 graph whose onnxruntime run disagrees with Keras at task level: the quantization itself loses
+    the predictions.  Names the node where the SQNR falls the most against the float graph (the plugin's own
+    float conversion) and, for an INT8 the plugin made, verifies the fix of leaving that node float (quantized
+    again, compared at task level).  None where this does not apply (the caller explains the failure)."""
+    from .compare import top1_text
+    from .graph import keras_layer_for
+    from .parity import judged_tolerance
+    from .verdicts import CheckFailed
+
+    tolerance, precision = judged_tolerance(dep)
+    if precision != "int8" or (expected, obtained) != ("keras", "onnxruntime") or not dep.has_keras:
+        return None
+    own = dep.float_deployment if isinstance(dep, QuantizedDeployment) else \
+        dep.variant(replace(dep.settings, onnx=None, precision=None))
+    names = [i.name for i in own.graph.inputs]
+    feeds = dict(zip(names, own.to_onnx_inputs(own.inputs), strict=True))
+    try:
+        rows = layer_sqnr(own.onnx_path, dep.onnx_path, feeds)
+    except Exception as exc:  # noqa: BLE001 - a localisation is a bonus: the verdict stands without it
+        rows, data["sqnr_error"] = [], f"{type(exc).__name__}: {exc}"[:300]
+    worst = worst_layer(rows)
+    top1 = top1_text([o.as_dict() for o in result.outputs if o.topk][:1])
+    message = (f"the INT8 quantization changes what the model computes beyond task level (onnxruntime against Keras: "
+               f"top-1 {top1 or '?'}, max|Δ|/max|ref| {result.max_signal_rel:.3g} where {tolerance.srtol:g} is allowed)")
+    fix = ("leave the most sensitive layers float (nodes_to_exclude in onnxruntime's quantize_static), calibrate on "
+           "data like the deployment's (--cvdnn-inputs), keep per-channel weights")
+    data["sqnr"] = rows[:64]
+    if worst is not None:
+        layer = keras_layer_for(worst["node"], dep.keras_layer_names)
+        message += (f"; the error jumps at node {worst['node']!r} (op {worst['op_type']}"
+                    + (f", Keras layer {layer!r}" if layer else "") + f"): SQNR {worst['input_sqnr']:.1f} dB at its "
+                    f"inputs, {worst['sqnr']:.1f} dB at its output")
+        data["node"], data["op_type"], data["worst_layer"] = worst["node"], worst["op_type"], worst
+        found = _verify_exclusion(dep, worst["node"], tolerance) if isinstance(dep, QuantizedDeployment) else None
+        if found:
+            nodes, verified = found
+            fix = (f"leave {'node' if len(nodes) == 1 else 'nodes'} {', '.join(map(repr, nodes))} float: "
+                   f"quantize_static(..., nodes_to_exclude={nodes!r}) — verified here: quantized again without "
+                   f"{'it' if len(nodes) == 1 else 'them'}, onnxruntime agrees at task level ({verified})")
+            data["verified_fix"] = {"nodes_to_exclude": nodes, "result": verified}
+        else:
+            fix = (f"leave node {worst['node']!r} float (nodes_to_exclude=[{worst['node']!r}] in quantize_static; "
+                   "not verified here), or " + fix)
+    return CheckFailed(message, fix=fix, details=result.format_failure(), data=data)
+
+
+def _exclusions(model: Any, node: str, rounds: int = 3) -> list[list[str]]:
+    """The node sets to leave float, smallest first: ``node``, then with the nodes that make its inputs (the
+    tensor it reads is quantized where it is made), then with theirs."""
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    chosen, sets = [node], []
+    for _ in range(rounds):
+        sets.append(list(chosen))
+        grown = [producer[i] for n in chosen for i in by_name[n].input if i in producer and producer[i] not in chosen]
+        if not grown:
+            break
+        chosen += list(dict.fromkeys(grown))
+    return sets
+
+
+def _verify_exclusion(dep: "QuantizedDeployment", node: str, tolerance: Any) -> tuple[list[str], str] | None:
+    """Quantize the float graph again with ``node`` left float (then with the nodes that make its inputs too) and
+    compare onnxruntime's run with Keras at task level: (the nodes, "top-1 6/6, max|Δ|/max|ref| 0.004") of the
+    first that agrees, None when none does (or none can be made)."""
+    import onnx
+
+    from .compare import compare, top1_text
+    from .runners.onnxruntime import OrtRunner
+
+    base = dep.float_deployment
+    want = dep.run("keras")
+    flags = [e.ndim == 2 and e.shape[-1] > 1 for e in want]
+    for nodes in _exclusions(onnx.load(str(base.onnx_path)), node):
+        with tempfile.TemporaryDirectory(prefix=prefix("requantize")) as tmp:
+            path = Path(tmp) / "int8.onnx"
+            try:
+                to_int8_qdq(base.onnx_path, path, dep.calibration_feeds(), exclude=nodes)
+                runner = OrtRunner(path, outputs=dep.output_names)
+                got = dep.from_onnx_outputs(runner.infer(dep.to_onnx_inputs(dep.inputs)))
+            except Exception:  # noqa: BLE001 - this set is then not verified; the next is tried
+                continue
+        result = compare(want, got, tolerance, expected_name="keras", obtained_name="onnxruntime",
+                         output_names=list(dep.output_names), softmax=flags)
+        if result:
+            top1 = top1_text([o.as_dict() for o in result.outputs if o.topk][:1])
+            return nodes, f"top-1 {top1}, max|Δ|/max|ref| {result.max_signal_rel:.3g}"
+    return None
