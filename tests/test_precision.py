@@ -170,12 +170,24 @@ def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs
 
     from conftest import side_by_side
 
+    import cv2
+
+    from examples.build_tiny_cnn import CLASSES
+
     old = side_by_side("4.12.0")
     copy_model(TINY, "m.keras")
     samples = _inputs(pytester.path)
+    images, labels = make_images(12, seed=5)  # (labelled photos of its classes: the agreement item per precision)
+    for k, (image, label) in enumerate(zip(images, labels)):
+        (pytester.path / "val" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(pytester.path / "val" / CLASSES[label] / f"{k:02d}.png"), image[..., ::-1])
     run = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-inputs={samples.name}", "--cvdnn-quantize=fp16,int8",
-                    "--cvdnn-target=opencv==4.12.0")
+                    "--cvdnn-target=opencv==4.12.0", "--cvdnn-images=val")
     checks = run.checks()
+    # agreement on the user's own images, per precision: the FP16 deployment agrees; the INT8 one does not load
+    assert checks["fp16:agreement"]["outcome"] == "passed", checks["fp16:agreement"]["message"]
+    assert checks["agreement"]["data"]["images"] == checks["fp16:agreement"]["data"]["images"] == 12
+    assert checks["int8:agreement"]["outcome"] == "skipped" and "load failed" in checks["int8:agreement"]["message"]
     assert checks["fp16:convert"]["message"].startswith("made in ")
     assert "INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on 6 samples" in \
         checks["int8:convert"]["message"]

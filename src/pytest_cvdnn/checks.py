@@ -133,7 +133,7 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
         items += [ItemSpec(f"{fmt}:{item_name(c.name, target_label(t))}", c.name, t, fmt)
                   for t in targets for c in exported if c.per_target]
     if kind in ("keras", "onnx"):  # reduced-precision variants of the ONNX: what loads and what it predicts
-        reduced = [c for c in local if c.name in ("convert", "load", "output_spec") or c.runners]
+        reduced = [c for c in local if c.name in ("convert", "load", "output_spec", "agreement") or c.runners]
         for precision in precisions:
             items += [ItemSpec(f"{precision}:{c.name}", c.name, None, precision) for c in reduced]
             items += [ItemSpec(f"{precision}:{item_name(c.name, target_label(t))}", c.name, t, precision)
