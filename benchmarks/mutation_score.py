@@ -57,10 +57,11 @@ def read(seconds: float | None = None) -> dict:
 def main(argv: list[str]) -> int:
     seconds = None
     if "--read" not in argv:
+        resumed = (ROOT / "mutants").exists()  # (mutmut goes on from a stopped run: its time is not the run's)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=ROOT, check=False,
                        stdout=subprocess.DEVNULL)
-        seconds = round(time.perf_counter() - start)
+        seconds = None if resumed else round(time.perf_counter() - start)
     result = read(seconds)
     if result["total"]["not_checked"]:
         raise SystemExit(f"{result['total']['not_checked']} mutants were not checked: the run was cut short")

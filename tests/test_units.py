@@ -1275,3 +1275,94 @@ def test_the_output_checks_decide_on_arrays_and_tables() -> None:
     assert softmax_only_failures([probs, {**logits, "ok": False}, box]) == []  # (the logits differ too)
     assert softmax_only_failures([probs, logits, {**box, "ok": False}]) == []  # (another output fails)
     assert softmax_only_failures([{**probs, "ok": True}, logits, box]) == []  # (nothing fails)
+
+
+@pytest.mark.parametrize("parse, value, said", [
+    ("parse_gib", "x", "'x' is not a number of GiB"),
+    ("parse_gib", "0", "'0' must be a positive number of GiB"),
+    ("parse_gib", "-1", "'-1' must be a positive number of GiB"),
+    ("parse_gib", "nan", "'nan' must be a positive number of GiB"),
+    ("parse_gib", "inf", "'inf' must be a positive number of GiB"),
+    ("parse_seconds", "soon", "'soon' is not a number of seconds"),
+    ("parse_seconds", "0", "'0' must be a number of seconds in (0, 86400]"),
+    ("parse_seconds", "86400.5", "'86400.5' must be a number of seconds in (0, 86400]"),
+    ("parse_seed", "1.5", "'1.5' is not an integer seed"),
+    ("parse_seed", "-1", "'-1': a seed is an integer from 0 to 2**32-1"),
+    ("parse_seed", str(2 ** 32), f"'{2 ** 32}': a seed is an integer from 0 to 2**32-1"),
+    ("parse_fraction", "most", "'most' is not a number; use e.g. 0.99"),
+    ("parse_fraction", "0", "'0' is not a share in (0, 1]; use e.g. 0.99 (99 % of the images)"),
+    ("parse_fraction", "1.01", "'1.01' is not a share in (0, 1]; use e.g. 0.99 (99 % of the images)"),
+    ("parse_drop", "-0.1", "'-0.1' is not a fraction in [0, 1): use e.g. 0.01 for one point; 1 or more would let "
+                           "any drop pass"),
+    ("parse_drop", "1", "'1' is not a fraction in [0, 1): use e.g. 0.01 for one point; 1 or more would let any "
+                        "drop pass"),
+    ("parse_range", "1", "'1' is not a range; write LOW,HIGH, e.g. -1,1 or 0,255"),
+    ("parse_range", "1,1", "'1,1': the range needs finite LOW < HIGH"),
+    ("parse_range", "0,inf", "'0,inf': the range needs finite LOW < HIGH"),
+    ("parse_range", "0,2e9", "'0,2e9': the values fed to the model must lie within ±1e+09 (float32 inputs; larger "
+                             "ones overflow to inf in the model's first layers)"),
+    ("parse_input_shape", "64x0x3", "'64x0x3' is not an input shape; write the shape without the batch, e.g. "
+                                    "64x64x1 (an image, NHWC) or 40 (a vector), and one per input separated by ';'"),
+    ("parse_input_shape", ";", "';' is not an input shape; write e.g. 64x64x1"),
+    ("parse_precisions", "int4", "'int4': unknown precision int4; use a comma list of fp16 (float16 weights, "
+                                 "float32 arithmetic) and int8 (onnxruntime static quantization, QDQ)"),
+    ("parse_precisions", ",", "',': unknown precision (empty); use a comma list of fp16 (float16 weights, float32 "
+                              "arithmetic) and int8 (onnxruntime static quantization, QDQ)"),
+])
+def test_each_numeric_option_refuses_what_it_cannot_mean_with_its_own_words(parse: str, value: str, said: str) -> None:
+    import argparse
+
+    from pytest_cvdnn import settings
+
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        getattr(settings, parse)(value)
+    assert str(info.value) == said
+
+
+def test_each_numeric_option_takes_its_boundaries() -> None:
+    from pytest_cvdnn import settings
+
+    assert settings.parse_gib("0.5") == 0.5 and settings.parse_seconds("86400") == 86400.0
+    assert settings.parse_seconds("0.01") == 0.01
+    assert settings.parse_seed("0") == 0 and settings.parse_seed(str(2 ** 32 - 1)) == 2 ** 32 - 1
+    assert settings.parse_fraction("1") == 1.0 and settings.parse_fraction("0.001") == 0.001
+    assert settings.parse_drop("0") == 0.0 and settings.parse_drop("0.999") == 0.999
+    assert settings.parse_range("-1e9:1e9") == (-1e9, 1e9) and settings.parse_range(" 0 255 ") == (0.0, 255.0)
+    assert settings.parse_input_shape("64x64x1;10") == ((64, 64, 1), (10,))
+    assert settings.parse_input_shape("1*2,3") == ((1, 2, 3),)
+    assert settings.parse_input_shape((8, 8, 3)) == ((8, 8, 3),)
+    assert settings.parse_input_shape([(8, 8, 3), [4]]) == ((8, 8, 3), (4,))
+    assert settings.parse_precisions(" INT8 , fp16,int8") == ("int8", "fp16")
+    assert settings.parse_tol("0") == 0.0 and settings._tol("srtol")("0.5") == 0.5
+
+
+def test_the_verdict_helpers_say_exactly_what_differs() -> None:
+    from pytest_cvdnn.verdicts import (CheckFailed, first_difference, not_finite, output_table_problems,
+                                       rewrite_difference, shape_text)
+
+    assert shape_text((None, 3, 224)) == "(?, 3, 224)" and shape_text(()) == "()"
+    failed = CheckFailed("it differs.", fix="do this", details="numbers")
+    assert (failed.message, failed.fix, failed.details, failed.data) == ("it differs", "do this", "numbers", {})
+    assert CheckFailed("x", data={"a": 1}).data == {"a": 1}
+    assert not_finite({"r": [np.array([1, 2])]}, []) == []  # (integers are finite)
+    assert not_finite({"r": [np.array([np.inf, -np.inf, np.nan], np.float16)]}, []) == ["r output '0': 1 NaN, 2 Inf of 3"]
+    # a second runner with one more output, and a shape that differs in more than size-1 axes
+    problems, notes = output_table_problems({"ref": [((1, 4), "float32")],
+                                              "more": [((1, 4), "float32"), ((1,), "float32")],
+                                              "squeezed": [((4, 1), "float32")]}, "ref", ["y"])
+    assert problems == ["more returns 2 output(s), ref 1"] and notes == [
+        "output 0 (y): squeezed (4, 1) vs ref (1, 4) (only size-1 axes differ)"]
+    assert output_table_problems({"ref": [((2, 2), "f")], "t": [((4,), "f")]}, "ref", ["y"]) == (
+        ["output 0 (y): t (4,) vs ref (2, 2)"], [])  # (same size, other non-1 dims: not the same data)
+    a = [np.zeros((2, 2), np.float32), np.ones(3, np.int64)]
+    assert first_difference(a, [a[0], np.array([1, 1, 3])]) == (1, 2.0)
+    assert first_difference(a, [np.full((2, 2), np.nan, np.float32), a[1]]) == (0, 0.0)  # (all NaN: no number)
+    assert first_difference([np.zeros(0)], [np.zeros(0)]) is None
+    assert first_difference(a, a[::-1])[0] == 0
+    x = np.array([1.0, -2.0, -4.0])
+    assert rewrite_difference("output", [("y", x, x + 5e-6)]) == "output 'y' differs by 5e-06 (max |output| 4) in onnxruntime"
+    assert rewrite_difference("output", [("y", x, x + 5e-6)], relative=2e-6) is None  # (within 2e-6 of 4)
+    assert rewrite_difference("output", [("y", x, x + 3.9e-6)]) is None  # (within 1e-6 of max |x| = 4)
+    assert rewrite_difference("tensor", [("t", x, x[:2])]) == "tensor 't' has the shape (2,), the original (3,)"
+    assert rewrite_difference("output", [("e", np.zeros(0), np.zeros(0)), ("y", x, x)]) is None
+    assert rewrite_difference("output", [("a", x, x), ("b", x, -x)]).startswith("output 'b' differs by 8")
