@@ -269,7 +269,8 @@ class ArtifactDeployment(Deployment):
         from .runners.isolated import RemoteCv2Runner
 
         names = [i.name for i in self.graph.inputs]
-        return RemoteCv2Runner(path, names, self.artifact_output_names, self.settings.engine, self.target)
+        own = self.artifact_output_names if Path(path) == self.conversion.onnx_path else []  # (not the logits twin)
+        return RemoteCv2Runner(path, names, own, self.settings.engine, self.target)
 
     @property
     def outputs_fix(self) -> str:
