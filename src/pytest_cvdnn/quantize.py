@@ -94,6 +94,13 @@ def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]
             "calibration_samples": len(samples), "excluded": list(exclude)}
 
 
+def _samples(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of an input batched on ``axis`` (None: a value every sample shares, as it is)."""
+    if axis is None:
+        return x
+    return np.ascontiguousarray(np.take(x, range(start, min(stop, x.shape[axis])), axis=axis))
+
+
 def describe(meta: dict[str, Any]) -> str:
     """What was made, in a phrase: "INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations,
     calibrated on 4 samples)"."""
@@ -139,7 +146,10 @@ class QuantizedDeployment(Deployment):
         base = self.float_deployment
         names = [i.name for i in base.graph.inputs]
         batch = base.to_onnx_inputs(base.inputs)
-        return [{n: x[i:i + 1] for n, x in zip(names, batch, strict=True)} for i in range(len(batch[0]))]
+        axes = base.batch_axes
+        count = next((x.shape[a] for x, a in zip(batch, axes, strict=True) if a is not None), 1)
+        return [{n: _samples(x, a, i, i + 1) for n, x, a in zip(names, batch, axes, strict=True)}
+                for i in range(count)]
 
     @property
     def load_fix(self) -> str:
@@ -202,6 +212,10 @@ def worst_layer(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return next((row for row in rows if row["sqnr"] < LOST_DB <= row["input_sqnr"]), None)
 
 
+#: the samples the per-node SQNR is measured on (the checks' first ones)
+SQNR_SAMPLES = 8
+
+
 def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any, data: dict[str, Any]) -> Any:
     """For an INT8 graph whose onnxruntime run disagrees with Keras at task level: the quantization itself loses
     the predictions.  Names the node where the SQNR falls the most against the float graph (the plugin's own
@@ -218,8 +232,9 @@ def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any
     own = dep.float_deployment if isinstance(dep, QuantizedDeployment) else \
         dep.variant(replace(dep.settings, onnx=None, precision=None))
     names = [i.name for i in own.graph.inputs]
-    # (two samples: every activation of both graphs is held at once)
-    feeds = dict(zip(names, own.to_onnx_inputs([x[:2] for x in own.inputs]), strict=True))
+    # (at most SQNR_SAMPLES samples: every activation of both graphs is held at once)
+    batch = own.to_onnx_inputs(own.inputs)
+    feeds = {n: _samples(x, axis, 0, SQNR_SAMPLES) for n, x, axis in zip(names, batch, own.batch_axes, strict=True)}
     try:
         rows = layer_sqnr(own.onnx_path, dep.onnx_path, feeds)
     except Exception as exc:  # noqa: BLE001 - a localisation is a bonus: the verdict stands without it
@@ -251,22 +266,29 @@ def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any
 
 
 def _exclusions(model: Any, node: str, rounds: int = 3) -> list[list[str]]:
-    """The node sets to leave float, smallest first: ``node``, then with the nodes that make its inputs (the
-    tensor it reads is quantized where it is made), then with theirs."""
+    """The node sets to leave float, smallest first: ``node``, then with its neighbours (the nodes that make its
+    inputs and those that read its outputs: an activation is quantized where it is made and where it is read),
+    then with theirs."""
     producer = {o: n.name for n in model.graph.node for o in n.output}
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.name)
     by_name = {n.name: n for n in model.graph.node}
     chosen, sets = [node], []
     for _ in range(rounds):
         sets.append(list(chosen))
-        grown = [producer[i] for n in chosen for i in by_name[n].input if i in producer and producer[i] not in chosen]
+        grown = [producer[i] for n in chosen for i in by_name[n].input if i in producer]
+        grown += [r for n in chosen for o in by_name[n].output for r in readers.get(o, [])]
+        grown = [g for g in dict.fromkeys(grown) if g not in chosen]
         if not grown:
             break
-        chosen += list(dict.fromkeys(grown))
+        chosen += grown
     return sets
 
 
 def _verify_exclusion(dep: "QuantizedDeployment", node: str, tolerance: Any) -> tuple[list[str], str] | None:
-    """Quantize the float graph again with ``node`` left float (then with the nodes that make its inputs too) and
+    """Quantize the float graph again with ``node`` left float (then with its neighbours too, see _exclusions) and
     compare onnxruntime's run with Keras at task level: (the nodes, "top-1 6/6, max|Δ|/max|ref| 0.004") of the
     first that agrees, None when none does (or none can be made)."""
     import onnx
