@@ -217,20 +217,22 @@ SQNR_SAMPLES = 8
 
 
 def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any, data: dict[str, Any]) -> Any:
-    """For an INT8 graph whose onnxruntime run disagrees with Keras at task level: the quantization itself loses
-    the predictions.  Names the node where the SQNR falls the most against the float graph (the plugin's own
-    float conversion) and, for an INT8 the plugin made, verifies the fix of leaving that node float (quantized
-    again, compared at task level).  None where this does not apply (the caller explains the failure)."""
+    """For an INT8 graph the plugin made whose onnxruntime run disagrees with Keras at task level: the quantization
+    itself loses the predictions.  Names the node where the SQNR against the float graph falls below LOST_DB and
+    verifies the fix of leaving it (then its neighbours) float (quantized again, compared at task level).  None
+    where this does not apply (the caller explains the failure)."""
     from .compare import top1_text
     from .graph import keras_layer_for
     from .parity import judged_tolerance
     from .verdicts import CheckFailed
 
     tolerance, precision = judged_tolerance(dep)
-    if precision != "int8" or (expected, obtained) != ("keras", "onnxruntime") or not dep.has_keras:
+    # (only an INT8 the plugin made from this model's float graph: one given with --cvdnn-onnx may be another
+    # model's, which the ordinary blame says, "the provided ONNX does not reproduce Keras")
+    if precision != "int8" or (expected, obtained) != ("keras", "onnxruntime") or not dep.has_keras \
+            or not isinstance(dep, QuantizedDeployment):
         return None
-    own = dep.float_deployment if isinstance(dep, QuantizedDeployment) else \
-        dep.variant(replace(dep.settings, onnx=None, precision=None))
+    own = dep.float_deployment
     names = [i.name for i in own.graph.inputs]
     # (at most SQNR_SAMPLES samples: every activation of both graphs is held at once)
     batch = own.to_onnx_inputs(own.inputs)
@@ -252,7 +254,7 @@ def precision_failure(dep: Deployment, expected: str, obtained: str, result: Any
                     + (f", Keras layer {layer!r}" if layer else "") + f"): SQNR {worst['input_sqnr']:.1f} dB at its "
                     f"inputs, {worst['sqnr']:.1f} dB at its output")
         data["node"], data["op_type"], data["worst_layer"] = worst["node"], worst["op_type"], worst
-        found = _verify_exclusion(dep, worst["node"], tolerance) if isinstance(dep, QuantizedDeployment) else None
+        found = _verify_exclusion(dep, worst["node"], tolerance)
         if found:
             nodes, verified = found
             fix = (f"leave {'node' if len(nodes) == 1 else 'nodes'} {', '.join(map(repr, nodes))} float: "
