@@ -215,6 +215,7 @@ def deep_and_shallow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.zoo  # (two OpenCV targets, two formats and a hand export: ~65 s)
 def test_artifact_outputs_are_paired_by_name(run_cvdnn: Callable[..., Run], deep_and_shallow: Path,
                                              copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
     import subprocess

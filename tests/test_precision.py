@@ -159,6 +159,7 @@ def _fp16_by_hand(source: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.zoo  # (two precisions on two OpenCVs, the agreement items and a hand quantization: ~60 s)
 def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs_and_agrees(
         run_cvdnn: Callable[..., Run], copy_model: Callable[..., Path], pytester: pytest.Pytester) -> None:
     """--cvdnn-quantize=fp16,int8 on the example: each variant is made once (cached), gated by its own items on the
