@@ -186,8 +186,8 @@ def _diagnosis(checks: dict[str, Any]) -> dict[str, Any] | None:
 
 def precision_rows(checks: dict[str, Any]) -> list[dict[str, Any]]:
     """Per reduced precision (``--cvdnn-quantize``) and OpenCV: whether cv2.dnn loads the artifact, runs it
-    (output_spec) and agrees with the float reference (parity against Keras, else onnxruntime's float run of the
-    same graph), each "passed" / "failed" / "skipped" / None, with the first failure's reason."""
+    (output_spec) and agrees (parity with Keras' float model; for an ONNX source, with onnxruntime's run of the same
+    reduced graph), each "passed" / "failed" / "skipped" / None, with the first failure's reason."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name, c in checks.items():
         precision, _, base = name.partition(":")
