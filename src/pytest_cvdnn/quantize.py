@@ -123,13 +123,14 @@ class QuantizedDeployment(Deployment):
         return self.stage("convert", self._quantized)
 
     def _quantized(self) -> Any:
-        from .convert import ConversionOptions, cached_artifact, conversion_key
+        from .convert import ConversionOptions, cached_artifact, conversion_key, tool_versions
 
         precision = str(self.settings.precision)
         base = self.float_deployment
         source = base.onnx_path
         feeds = self.calibration_feeds() if precision == "int8" else []
-        digest = sha256_bytes("|".join([base.onnx_digest, precision, *(
+        # (what decides the file: the float graph, the precision, the quantizer's version, the calibration data)
+        digest = sha256_bytes("|".join([base.onnx_digest, precision, str(tool_versions().get("onnxruntime")), *(
             sha256_bytes(np.ascontiguousarray(x).tobytes()) for f in feeds for x in f.values())]).encode())
         key = conversion_key(digest, ConversionOptions(0, "nchw", None), artifact=f"onnx-{precision}")
 
