@@ -756,8 +756,9 @@ class Deployment:
     @property
     def outputs_fix(self) -> str:
         """What to do when the deployed model gives other outputs (count or shapes) than the reference."""
-        return ("check that the ONNX file belongs to this model (--cvdnn-onnx) and lists the same outputs; name "
-                "the outputs as the model does (the exporter's output names) so that they are paired by name")
+        return ("check that the ONNX file belongs to this model (--cvdnn-onnx) and that its outputs were not "
+                "reordered or transposed by the converter; name the outputs as the model does (the exporter's "
+                "output names) so that they are paired by name")
 
     @property
     def load_fix(self) -> str:
