@@ -577,10 +577,9 @@ def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
     def deployment(target: str | None, fmt: str = "onnx", engine: str | None = None) -> Any:
         from .settings import PRECISIONS
 
-        if fmt in PRECISIONS:  # (a reduced-precision variant of the ONNX: an ONNX deployment of its own)
-            return state.deployment(replace(settings, target=target, format="onnx", precision=fmt,
-                                            engine=engine or settings.engine))
-        return state.deployment(replace(settings, target=target, format=fmt, engine=engine or settings.engine))
+        reduced = fmt in PRECISIONS  # (a reduced-precision variant of the ONNX: an ONNX deployment of its own)
+        return state.deployment(replace(settings, target=target, format="onnx" if reduced else fmt,
+                                        precision=fmt if reduced else None, engine=engine or settings.engine))
 
     return deployment
 

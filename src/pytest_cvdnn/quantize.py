@@ -20,10 +20,7 @@ from .core import Deployment
 from .errors import CvdnnError
 from .scratch import prefix
 
-__all__ = ["PRECISIONS", "to_fp16_weights", "to_int8_qdq", "QuantizedDeployment", "describe"]
-
-#: what --cvdnn-quantize makes
-PRECISIONS = ("fp16", "int8")
+__all__ = ["to_fp16_weights", "to_int8_qdq", "QuantizedDeployment", "describe"]
 
 #: the ops whose float32 weights (inputs after the first) are stored as float16
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -302,13 +299,14 @@ def _verify_exclusion(dep: "QuantizedDeployment", node: str, tolerance: Any) -> 
     base = dep.float_deployment
     want = dep.run("keras")
     flags = [e.ndim == 2 and e.shape[-1] > 1 for e in want]
+    calibration, inputs = dep.calibration_feeds(), dep.to_onnx_inputs(dep.inputs)
     for nodes in _exclusions(onnx.load(str(base.onnx_path)), node):
         with tempfile.TemporaryDirectory(prefix=prefix("requantize")) as tmp:
             path = Path(tmp) / "int8.onnx"
             try:
-                to_int8_qdq(base.onnx_path, path, dep.calibration_feeds(), exclude=nodes)
+                to_int8_qdq(base.onnx_path, path, calibration, exclude=nodes)
                 runner = OrtRunner(path, outputs=dep.output_names)
-                got = dep.from_onnx_outputs(runner.infer(dep.to_onnx_inputs(dep.inputs)))
+                got = dep.from_onnx_outputs(runner.infer(inputs))
             except Exception:  # noqa: BLE001 - this set is then not verified; the next is tried
                 continue
         result = compare(want, got, tolerance, expected_name="keras", obtained_name="onnxruntime",

@@ -188,10 +188,14 @@ def precision_rows(checks: dict[str, Any]) -> list[dict[str, Any]]:
     """Per reduced precision (``--cvdnn-quantize``) and OpenCV: whether cv2.dnn loads the artifact, runs it
     (output_spec) and agrees (parity with Keras' float model; for an ONNX source, with onnxruntime's run of the same
     reduced graph), each "passed" / "failed" / "skipped" / None, with the first failure's reason."""
+    from .compare import top1_text
+    from .errors import headline
+    from .settings import PRECISIONS
+
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name, c in checks.items():
         precision, _, base = name.partition(":")
-        if precision not in ("fp16", "int8"):
+        if precision not in PRECISIONS:
             continue
         row = rows.setdefault((precision, c.get("target", "local")), {
             "precision": precision, "target": c.get("target", "local"), "load": None, "run": None, "agrees": None,
@@ -205,13 +209,9 @@ def precision_rows(checks: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         row[column] = c["outcome"]
         if column == "agrees":  # (the first scored output's top-1: a logits twin would count each sample twice)
-            from .compare import top1_text
-
             scored = [o for o in (c.get("data") or {}).get("outputs", []) if o.get("topk")]
             row["top1"] = f"top1 {top1_text(scored[:1])}" if scored else ""
         if c["outcome"] == "failed" and not row["why"]:  # (what OpenCV said, after "cannot read X: ")
-            from .errors import headline
-
             said = c["message"].split(". Fix:")[0]
             row["why"] = headline(said.split(".onnx: ", 1)[-1], 120)
     return list(rows.values())

@@ -211,15 +211,20 @@ def parse_target(value: str) -> str:
     )
 
 
-def parse_formats(value: str) -> tuple[str, ...]:
-    """``onnx,tflite,tf`` → ("onnx", "tflite", "tf"); ONNX is always checked (it comes first)."""
+def _known_names(value: str, known: tuple[str, ...], kind: str, hint: str) -> list[str]:
+    """A comma list of names from ``known`` (case and spaces ignored), or an error naming the unknown ones."""
     names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
-    unknown = [n for n in names if n not in FORMATS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"{value!r}: unknown format {', '.join(unknown) or '(empty)'}; use a comma list of onnx, tflite "
-            "(cv2.dnn.readNetFromTFLite, OpenCV >= 4.8) and tf (a frozen graph for cv2.dnn.readNetFromTensorflow)"
-        )
+            f"{value!r}: unknown {kind} {', '.join(unknown) or '(empty)'}; use a comma list of {hint}")
+    return names
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """``onnx,tflite,tf`` → ("onnx", "tflite", "tf"); ONNX is always checked (it comes first)."""
+    names = _known_names(value, FORMATS, "format", "onnx, tflite (cv2.dnn.readNetFromTFLite, OpenCV >= 4.8) and tf "
+                         "(a frozen graph for cv2.dnn.readNetFromTensorflow)")
     return tuple(dict.fromkeys(["onnx", *names]))
 
 
@@ -229,12 +234,8 @@ PRECISIONS = ("fp16", "int8")
 
 def parse_precisions(value: str) -> tuple[str, ...]:
     """``fp16,int8`` → ("fp16", "int8"): the reduced-precision variants of the model to make and check."""
-    names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
-    unknown = [n for n in names if n not in PRECISIONS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: unknown precision {', '.join(unknown) or '(empty)'}; use a comma list of fp16 (float16 "
-            "weights, float32 arithmetic) and int8 (onnxruntime static quantization, QDQ)")
+    names = _known_names(value, PRECISIONS, "precision", "fp16 (float16 weights, float32 arithmetic) and int8 "
+                         "(onnxruntime static quantization, QDQ)")
     return tuple(dict.fromkeys(names))
 
 
