@@ -215,7 +215,7 @@ CORE_TESTS = {"test_examples.py::test_readme_main_command_on_the_shipped_model"}
 QUICK_MODULES = {"test_compare.py", "test_spec.py", "test_snippets.py", "test_units.py", "test_fuzz.py", "test_ownership.py",
                  "test_gate_integrity.py", "test_cache_healing.py", "test_decisions.py",
                  "test_readme_numbers.py", "test_feeds.py", "test_model_tables.py", "test_agreement_math.py",
-                 "test_architecture.py"}
+                 "test_architecture.py", "test_rewrites.py"}
 
 
 def _zoo_left_out(config: pytest.Config) -> bool:

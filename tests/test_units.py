@@ -887,7 +887,6 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
                                                                                  tmp_path: Path) -> None:
     """Issue 15: a rewrite changes only its node, onnxruntime computes the same on both graphs (at batch 1 and
     3), the others leave the model alone, and fix.py (the rewrite's own source) writes the very same file."""
-    import subprocess
     import sys
 
     import onnx
@@ -895,6 +894,7 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
 
     sys.path.insert(0, str(Path(__file__).parent))
     from onnx_mutants import importer_limits_model
+    from script_runner import run_script
     from pytest_cvdnn.rewrites import REWRITES, Candidate, apply, candidates, fix_script
 
     model = importer_limits_model(kind)
@@ -916,14 +916,13 @@ def test_each_onnx_rewrite_computes_the_same_and_its_script_makes_the_same_file(
         assert a.shape == b.shape and np.array_equal(a, b)
     (tmp_path / "fix").mkdir()
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
-    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    run_script(tmp_path / "fix" / "fix.py")
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
     # as the load item prints it: "python fix.py model.onnx writes fixed.onnx beside fix.py", from the user's folder
     (tmp_path / "fix" / "fixed.onnx").unlink()
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "model.onnx").write_bytes((tmp_path / "model.onnx").read_bytes())
-    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py"), "model.onnx"], check=True, capture_output=True,
-                   cwd=tmp_path / "user")
+    run_script(tmp_path / "fix" / "fix.py", "model.onnx", cwd=tmp_path / "user")
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
 
 
@@ -966,7 +965,6 @@ def test_clip_as_hardsigmoid_is_clip_for_any_finite_bounds_and_leaves_other_clip
 def test_onnxslim_folds_a_run_time_flatten_and_its_script_makes_the_same_file(tmp_path: Path) -> None:
     """The simplifier candidate: Keras Flatten's Shape -> Gather chain (VGG16, OpenCV 4.5.5 rejects its Gather)
     becomes a constant; onnxruntime computes the same at batch 1 and 3; fix.py writes the very same file."""
-    import subprocess
     import sys
 
     import onnx
@@ -974,6 +972,7 @@ def test_onnxslim_folds_a_run_time_flatten_and_its_script_makes_the_same_file(tm
 
     sys.path.insert(0, str(Path(__file__).parent))
     from onnx_mutants import importer_limits_model
+    from script_runner import run_script
     from pytest_cvdnn.rewrites import Candidate, apply, candidates, fix_script
 
     model = importer_limits_model("flatten")
@@ -990,7 +989,7 @@ def test_onnxslim_folds_a_run_time_flatten_and_its_script_makes_the_same_file(tm
         assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
     (tmp_path / "fix").mkdir()
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((), simplified=True), str(tmp_path / "model.onnx")))
-    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    run_script(tmp_path / "fix" / "fix.py")
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
 
 
@@ -1173,13 +1172,13 @@ def test_rewrites_read_constants_from_constant_nodes_too(kind: str, rewrite: str
     """PyTorch's exporter writes Clip bounds, Squeeze axes and Slice starts as Constant nodes, not initializers
     (tf2onnx's way, which the rewrites only read before): the same rewrites apply, compute the same in
     onnxruntime, and fix.py (with the helper that reads them) makes the same file."""
-    import subprocess
 
     import onnx
     import onnxruntime as ort
 
     sys.path.insert(0, str(Path(__file__).parent))
     from onnx_mutants import as_constant_nodes, importer_limits_model
+    from script_runner import run_script
     from pytest_cvdnn.rewrites import Candidate, apply, candidates, fix_script
 
     model = as_constant_nodes(importer_limits_model(kind))
@@ -1195,7 +1194,7 @@ def test_rewrites_read_constants_from_constant_nodes_too(kind: str, rewrite: str
     assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
     (tmp_path / "fix").mkdir()
     (tmp_path / "fix" / "fix.py").write_text(fix_script(Candidate((rewrite,)), str(tmp_path / "model.onnx")))
-    subprocess.run([sys.executable, str(tmp_path / "fix" / "fix.py")], check=True, capture_output=True)
+    run_script(tmp_path / "fix" / "fix.py")
     assert (tmp_path / "fix" / "fixed.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
 
 
@@ -1366,3 +1365,50 @@ def test_the_verdict_helpers_say_exactly_what_differs() -> None:
     assert rewrite_difference("tensor", [("t", x, x[:2])]) == "tensor 't' has the shape (2,), the original (3,)"
     assert rewrite_difference("output", [("e", np.zeros(0), np.zeros(0)), ("y", x, x)]) is None
     assert rewrite_difference("output", [("a", x, x), ("b", x, -x)]).startswith("output 'b' differs by 8")
+
+
+def test_devices_are_parsed_keyed_and_coded_exactly() -> None:
+    """--cvdnn-device: known names only (the message lists them), duplicates once, first kept first; the default
+    device keeps the cached outputs' key; the printed calls name the pair."""
+    import argparse
+
+    from pytest_cvdnn.devices import DEVICES, device_code, net_key
+    from pytest_cvdnn.settings import parse_devices
+
+    assert parse_devices(" CPU, opencl_fp16,cpu ") == ("cpu", "opencl_fp16")
+    for bad, said in (("gpu", "'gpu' is not a cv2.dnn device; use one of " + ", ".join(DEVICES)), (" , ", "no device")):
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            parse_devices(bad)
+    assert net_key("auto", "cpu") == "auto" and net_key("ort", "opencl_fp16") == "ort+opencl_fp16"
+    assert device_code("cuda_fp16") == ("net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)\n"
+                                        "net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA_FP16)")
+
+
+def test_every_setting_that_changes_a_deployment_is_in_its_memo_key() -> None:
+    """The session memoises deployments by ModelSettings.key(): a field left out makes two deployments one
+    (--cvdnn-device ran its items on the CPU until it was added).  Each field is in the key, or listed here as
+    not changing what a deployment computes."""
+    import dataclasses
+
+    from pytest_cvdnn.settings import ModelSettings
+
+    session_wide = {"formats", "quantize", "fix", "repro", "save_bundle", "bundle", "tf_helper", "memory_budget",
+                    "timeout", "protected"}
+    base = ModelSettings(model="m")
+    for field in dataclasses.fields(ModelSettings):
+        if field.name in session_wide or field.name == "model":
+            continue
+        other = dataclasses.replace(base, **{field.name: _another_value(getattr(base, field.name))})
+        assert other.key() != base.key(), field.name
+
+
+def _another_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, tuple):
+        return (*value, "x")
+    return "x"  # (None and objects: a value that differs)

@@ -102,21 +102,23 @@ def item_name(check: str, label: str) -> str:
 
 class ItemSpec(NamedTuple):
     """One generated item: its name, the check it runs, and where: target (None: the cv2 installed here),
-    artifact format, and cv2.dnn engine (None: the session's)."""
+    artifact format, cv2.dnn engine and device (None: the session's)."""
 
     name: str
     check: str
     target: str | None = None
     fmt: str = "onnx"
     engine: str | None = None
+    device: str | None = None
 
 
 def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bundle: bool = False,
                 bundle: bool = False, formats: tuple[str, ...] = ("onnx",),
                 engines: tuple[str, ...] = (), source_kind: str = "", images: bool = False,
-                precisions: tuple[str, ...] = ()) -> list[ItemSpec]:
-    """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``) and
-    per extra engine (``parity[keras-cv2dnn@engine-ort]``), and the cv2 checks of each other artifact format
+                precisions: tuple[str, ...] = (), devices: tuple[str, ...] = ()) -> list[ItemSpec]:
+    """The items of a model: every check here, the cv2 checks again per target (``load[opencv-4.5.5]``),
+    per extra engine (``parity[keras-cv2dnn@engine-ort]``) and per extra device (``load[device-opencl_fp16]``,
+    on every target too), and the cv2 checks of each other artifact format
     (``tflite:load``, ``tf:parity[keras-cv2dnn@opencv-4.5.5]``), and those of each reduced precision
     (``int8:load``, ``fp16:parity[keras-cv2dnn@opencv-4.12.0]``)."""
     from .settings import target_label
@@ -127,6 +129,8 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
     again = [c.name for c in local if c.per_target]
     items += [ItemSpec(item_name(c, target_label(t)), c, t) for t in targets for c in again]
     items += [ItemSpec(item_name(c, f"engine-{e}"), c, None, "onnx", e) for e in engines for c in again]
+    items += [ItemSpec(item_name(c, f"device-{d}" if t is None else f"{target_label(t)}+device-{d}"), c, t,
+                       "onnx", None, d) for d in devices for t in (None, *targets) for c in again if c != "ops"]
     exported = checks_of("export") if kind == "keras" else []
     for fmt in (f for f in formats if f != "onnx"):
         items += [ItemSpec(f"{fmt}:{c.name}", c.name, None, fmt) for c in exported]

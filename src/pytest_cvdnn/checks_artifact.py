@@ -99,6 +99,8 @@ def _convert_failure(dep: Deployment, exc: CvdnnError) -> CheckFailed | None:
 
 
 def check_load(dep: Deployment) -> CheckResult:
+    from .runners.cv2dnn import net_code
+
     dep.require("conversion")
     try:
         runner = dep.cv2net
@@ -121,10 +123,13 @@ def check_load(dep: Deployment) -> CheckResult:
     outputs = [f"{name} {tuple(o.shape)} {o.dtype}" + (" (samples first)" if k < len(moved) and moved[k] else "")
                for k, (name, o) in enumerate(zip(dep.output_names, outs, strict=False))]
     version = getattr(runner, "opencv", None) or _local_opencv()
+    code = net_code(dep.onnx_path, dep.settings.engine, dep.settings.device)
     data = {
         "opencv": version,
         "target": dep.target_label,
         "engine": dep.settings.engine,
+        "device": dep.settings.device,
+        "code": code,
         "inputs": [i.as_dict() | {"layout": lay} for i, lay in zip(graph.inputs, dep.onnx_layouts, strict=True)],
         "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)}
                     for n, o in zip(dep.output_names, outs, strict=False)],
@@ -134,7 +139,7 @@ def check_load(dep: Deployment) -> CheckResult:
         data["engine_note"] = note
     return CheckResult(
         f"cv2.dnn {version} reads it; inputs: {'; '.join(inputs)}; outputs: {'; '.join(outputs)}"
-        + (f"; engine {dep.settings.engine}: {note}" if note else ""), data
+        + (f"; engine {dep.settings.engine}: {note}" if note else "") + f"; deployment code: {code}", data
     )
 
 

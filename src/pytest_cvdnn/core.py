@@ -681,10 +681,25 @@ class Deployment:
 
         names = [i.name for i in self.graph.inputs]
         target = self.target
+        device = self.settings.device
+        if device != "cpu":
+            self.stage("device", self._device_available)
         if target.is_local:
             self._crash_safe(onnx_path, names, output_names)
-            return Cv2DnnRunner(onnx_path, names, output_names, self.settings.engine)
-        return RemoteCv2Runner(onnx_path, names, output_names, self.settings.engine, target)
+            return Cv2DnnRunner(onnx_path, names, output_names, self.settings.engine, device)
+        return RemoteCv2Runner(onnx_path, names, output_names, self.settings.engine, target, device)
+
+    def _device_available(self) -> None:
+        """StageSkipped naming why the target's OpenCV cannot run a net on the session's device (asked of that
+        OpenCV: ``cv2.dnn.getAvailableTargets``), so that its items are skipped with the reason, not failed."""
+        from .devices import unavailable, unavailable_on
+
+        target = self.target
+        why = unavailable(self.settings.device) if target.is_local else \
+            unavailable_on(target.python, target.env, self.settings.device)
+        if why:
+            raise StageSkipped(f"device {self.settings.device} is not checked here: {why}; check it on a machine "
+                               "that has it (the same command there), or drop it from --cvdnn-device")
 
     def _crash_safe(self, onnx_path: Path, names: Sequence[str], output_names: Sequence[str]) -> None:
         """Before the local cv2.dnn reads an artifact in the pytest process, a child process reads it and runs
@@ -692,10 +707,12 @@ class Deployment:
         instead of ending the session.  Remembered per artifact, engine and OpenCV build (a warm run starts no
         child); an ordinary OpenCV error is left to the in-process load, which explains it."""
         from .cache import sha256_file
+        from .devices import net_key
         from .runners.isolated import LOCAL, ChildError, child_call
 
         digest = self.onnx_digest if Path(onnx_path) == self.onnx_path else sha256_file(onnx_path)  # (warm: known)
-        key = sha256_bytes(f"{digest}|{self.settings.engine}|{self.opencv_build}|{','.join(output_names)}".encode())[:40]
+        net = net_key(self.settings.engine, self.settings.device)
+        key = sha256_bytes(f"{digest}|{net}|{self.opencv_build}|{','.join(output_names)}".encode())[:40]
         known = self.cache.get_json("crash-safe", f"{key}.json")
         if known and known.get("crash"):  # (remembered: a warm run starts no child to crash again)
             self.events.append("load-crashed")
@@ -709,7 +726,7 @@ class Deployment:
             feeds = []
         try:
             resp, _ = child_call(LOCAL, onnx_path, self.settings.engine, names, output_names, feeds,
-                                 timeout=self.settings.timeout)
+                                 timeout=self.settings.timeout, device=self.settings.device)
         except ChildError as exc:  # a crash: load_runner says it; remembered for the next run
             self.events.append("load-crashed")
             self.cache.put_json({"crash": exc.message, "stage": exc.stage, "raw": exc.raw[-2000:], "node": exc.node},
@@ -790,7 +807,7 @@ class Deployment:
             raise CvdnnError(f".net is a cv2.dnn.Net of this process; target {self.target_label} runs in a child",
                              fix="use .run('cv2dnn', inputs) to run on a target")
         self.require("cv2net")
-        return read_net(self.onnx_path, self.settings.engine)
+        return read_net(self.onnx_path, self.settings.engine, self.settings.device)
 
     @property
     def opencv_build(self) -> str:
@@ -808,6 +825,7 @@ class Deployment:
         On the cv2 installed here its outputs are cached by graph hash + inputs hash + OpenCV build and
         thread count: a warm run replays them (a :class:`ReplayedRun`), and the checks compare them with
         this session's forwards of the net, which still run — across sessions, bit for bit."""
+        from .devices import net_key
         from .runners.isolated import ChildRun, ReplayedRun
 
         def start() -> Any:
@@ -817,7 +835,8 @@ class Deployment:
                 runs.append(self.to_onnx_inputs(self.inputs))
             store = None
             if self.target.is_local:
-                name = sha256_bytes("|".join([self.onnx_digest, self.settings.engine, self.opencv_build,
+                name = sha256_bytes("|".join([self.onnx_digest, net_key(self.settings.engine, self.settings.device),
+                                              self.opencv_build,
                                               *(self.inputs_hash(r) for r in runs)]).encode())[:40] + ".npz"
                 found = self.cache.get_arrays("cv2", name)
                 if found is not None:
@@ -829,7 +848,8 @@ class Deployment:
                     self.cache.put_arrays([np.array([len(o) for o in outs]), *(a for o in outs for a in o)], "cv2", name)
 
             return ChildRun(self.target, self.onnx_path, self.settings.engine, runner.input_names,
-                            runner.output_names, runs, timeout=self.settings.timeout, store=store)
+                            runner.output_names, runs, timeout=self.settings.timeout, store=store,
+                            device=self.settings.device)
 
         return self.stage("isolated_forwards", start)
 
@@ -1121,7 +1141,7 @@ class Deployment:
                 layout = images[0] if images else "-"
             except Exception:  # noqa: BLE001 - an unreadable file: its items say why; the options stand here
                 pass
-        env.update(opset=opset, layout=layout, engine=self.settings.engine,
+        env.update(opset=opset, layout=layout, engine=self.settings.engine, device=self.settings.device,
                    target=self.target_label, format=self.settings.format,
                    ort_providers=list(self.settings.ort_providers), runners=self.runner_versions())
         if self.settings.target is not None:  # "opencv" above is this process's; the target's is another

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .devices import net_key
 from .errors import CvdnnError, StageSkipped
 from .feeds import static_shapes
 from .scratch import prefix
@@ -54,8 +55,8 @@ def _key(dep: "Deployment") -> str | None:
     from .cache import sha256_file
     from .diagnose import search_key
 
-    return search_key(dep, dep.onnx_digest, dep.settings.engine, repr(dep.settings.tolerance), str(dep.has_keras),
-                      sha256_file(Path(rewrites.__file__)))
+    return search_key(dep, dep.onnx_digest, net_key(dep.settings.engine, dep.settings.device),
+                      repr(dep.settings.tolerance), str(dep.has_keras), sha256_file(Path(rewrites.__file__)))
 
 
 #: protobuf's limit for one serialized message: a model this large only exists with external data
@@ -216,7 +217,7 @@ def _on_target(dep: "Deployment", label: str, path: Path, samples: Sequence[np.n
     if batched:
         runs.append(dep.to_onnx_inputs(list(samples)))
     names = [i.name for i in dep.graph.inputs]
-    child = ChildRun(dep.target, path, dep.settings.engine, names, dep.output_names, runs)
+    child = ChildRun(dep.target, path, dep.settings.engine, names, dep.output_names, runs, device=dep.settings.device)
     try:
         rows = [dep.from_onnx_outputs(child.outputs(r)) for r in range(count)]
         whole = dep.from_onnx_outputs(child.outputs(count)) if batched else None

@@ -65,7 +65,7 @@ class _ChecksMixin:
         assert isinstance(self, pytest.Collector)  # (every class that mixes this in is one)
         for spec in self.entry.checks:
             yield CheckItem.from_parent(self, name=spec.name, check=spec.check, target=spec.target,
-                                        fmt=spec.fmt, engine=spec.engine)
+                                        fmt=spec.fmt, engine=spec.engine, device=spec.device)
 
 
 class ModelCollector(_ChecksMixin, pytest.Collector):
@@ -119,12 +119,13 @@ class CheckItem(pytest.Item):
     """One deployment check (``convert``, ``load``, ``parity[keras-cv2dnn]``, ...)."""
 
     def __init__(self, *, check: str, target: str | None = None, fmt: str = "onnx", engine: str | None = None,
-                 **kwargs: Any) -> None:
+                 device: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.target = target
         self.fmt = fmt
         self.engine = engine  # None: the session's engine
+        self.device = device  # None: the session's device
         self.add_marker(pytest.mark.cvdnn_check)
         # with xdist --dist loadgroup, all checks of a model run on one worker (one model in memory);
         # only where xdist is installed: its marker is unknown (an error under --strict-markers) otherwise
@@ -138,7 +139,7 @@ class CheckItem(pytest.Item):
         return parent.entry
 
     def _record(self, outcome: str, message: str, data: dict[str, Any], seconds: float) -> None:
-        dep = self.entry.deployment(self.target, self.fmt, self.engine)
+        dep = self.entry.deployment(self.target, self.fmt, self.engine, self.device)
         if outcome != "skipped" and figures_wanted(self.config):
             data = {**data, **_figures(dep, self.check, data)}
         payload = {
@@ -147,6 +148,8 @@ class CheckItem(pytest.Item):
             "target": dep.target_label,
             "format": self.fmt,
             "extra_engine": self.engine is not None,
+            "device": dep.settings.device,
+            "extra_device": self.device is not None,
             "outcome": outcome,
             "message": message,
             "seconds": round(seconds, 4),
@@ -160,11 +163,12 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         from .checks import CheckFailed, run_check
 
-        dep = self.entry.deployment(self.target, self.fmt, self.engine)
+        dep = self.entry.deployment(self.target, self.fmt, self.engine, self.device)
         if self.check == "load":  # what else runs on this deployment: the load check starts some of it early
             dep.upcoming.update(i.check for i in self.session.items if isinstance(i, CheckItem)
                                 and i.parent is self.parent
-                                and (i.target, i.fmt, i.engine) == (self.target, self.fmt, self.engine))
+                                and (i.target, i.fmt, i.engine, i.device)
+                                == (self.target, self.fmt, self.engine, self.device))
         dep.prepare()  # (the TensorFlow helper takes a cold model's conversion: queued once)
         start = time.perf_counter()
         try:

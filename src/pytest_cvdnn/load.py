@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import CvdnnError
+from .errors import CvdnnError, StageSkipped
 from .graph import keras_layer_for
 from .runners import Runner
 
@@ -39,7 +39,7 @@ def load_runner(dep: Deployment) -> Runner:
             raise _crash_error(dep, exc) from None
         raw = exc.raw.strip() or exc.message
         version = exc.opencv or (opencv_version() if dep.target.is_local else "?")
-    except CvdnnError:
+    except (CvdnnError, StageSkipped):  # (StageSkipped: a device this machine lacks)
         raise
     except Exception as exc:  # noqa: BLE001 - cv2.error
         raw, version = str(exc), opencv_version()

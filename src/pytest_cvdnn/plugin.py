@@ -42,6 +42,7 @@ class CvdnnState:
     deployments: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)  # cv2.dnn engines checked besides base.engine
+    devices: list[str] = field(default_factory=list)  # cv2.dnn devices checked besides base.device
     memo: dict[Any, Any] = field(default_factory=dict)
     entries: dict[Path, list[ModelEntry]] = field(default_factory=dict)
     collected: dict[Path, Path] = field(default_factory=dict)  # resolved model file -> the path collected
@@ -209,7 +210,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = CvdnnState(
         base=base, models=models, make_cache=lambda: Cache(_cache_root(config, values["cache_dir"])),
         rootdir=config.rootpath, report_path=Path(report) if report else None, restrict=restrict,
-        targets=targets, engines=list(values["engine"][1:]),
+        targets=targets, engines=list(values["engine"][1:]), devices=list(values["device"][1:]),
         html_path=(Path(html) if config.getoption("cvdnn_html") else config.rootpath / html) if html else None,
         per_model=per_model,
     )
@@ -368,6 +369,7 @@ def _base_settings(config: pytest.Config, values: dict[str, Any]) -> ModelSettin
         opset=values["opset"],
         layout=values["layout"],
         engine=values["engine"][0],
+        device=values["device"][0],
         formats=values["formats"],
         quantize=values["quantize"],
         inputs=values["inputs"],
@@ -574,12 +576,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def _deployer(state: CvdnnState, settings: ModelSettings) -> Callable[..., Any]:
     """A model's deployment by target and artifact format (memoised in the session state)."""
 
-    def deployment(target: str | None, fmt: str = "onnx", engine: str | None = None) -> Any:
+    def deployment(target: str | None, fmt: str = "onnx", engine: str | None = None, device: str | None = None) -> Any:
         from .settings import PRECISIONS
 
         reduced = fmt in PRECISIONS  # (a reduced-precision variant of the ONNX: an ONNX deployment of its own)
         return state.deployment(replace(settings, target=target, format="onnx" if reduced else fmt,
-                                        precision=fmt if reduced else None, engine=engine or settings.engine))
+                                        precision=fmt if reduced else None, engine=engine or settings.engine,
+                                        device=device or settings.device))
 
     return deployment
 
@@ -612,7 +615,8 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
             ModelEntry(settings, source, _deployer(state, settings),
                        tuple(check_items(source.has_keras, state.targets, state.base.fix,
                                          state.base.save_bundle is not None, formats=state.base.formats,
-                                         engines=tuple(state.engines), source_kind=source.kind,
+                                         engines=tuple(state.engines), devices=tuple(state.devices),
+                                         source_kind=source.kind,
                                          precisions=settings.quantize,
                                          images=settings.images is not None)))
         )

@@ -28,7 +28,8 @@ class Results:
             record["model"], {"model": record["model"], "environment": {}, "spec": None, "checks": {}, "events": []}
         )
         model["events"] = sorted(set(model["events"]) | set(record.get("events", [])))
-        if not record.get("extra_engine"):  # (an item of another --cvdnn-engine keeps the session's settings)
+        if not record.get("extra_engine") and not record.get("extra_device"):  # (an item of another
+            # --cvdnn-engine or --cvdnn-device keeps the session's settings)
             model["environment"] = record.get("environment") or model["environment"]
         model["spec"] = record.get("spec") or model["spec"]
         model["checks"][record["check"]] = {
@@ -37,6 +38,8 @@ class Results:
             "format": record.get("format", "onnx"),
             "engine": (record.get("environment") or {}).get("engine"),
             "extra_engine": bool(record.get("extra_engine")),
+            "device": record.get("device", "cpu"),
+            "extra_device": bool(record.get("extra_device")),
             "outcome": record["outcome"],
             "message": record["message"],
             "seconds": record["seconds"],
@@ -59,7 +62,8 @@ class Results:
             by_target: dict[str, dict[str, int]] = {}
             for c in checks.values():
                 fmt = c.get("format", "onnx")
-                where = c.get("target", "local") + (f" engine-{c['engine']}" if c.get("extra_engine") else "")
+                where = c.get("target", "local") + (f" engine-{c['engine']}" if c.get("extra_engine") else "") \
+                    + (f" device-{c['device']}" if c.get("extra_device") else "")
                 cell = by_target.setdefault(where + ("" if fmt == "onnx" else f" {fmt}"), {})
                 cell[c["outcome"]] = cell.get(c["outcome"], 0) + 1
             if len(by_target) > 1:  # the models x targets matrix, one cell per target

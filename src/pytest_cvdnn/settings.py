@@ -15,7 +15,7 @@ from .compare import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SRTOL, Tolerance, toler
 from .pipelines import Loader, parse_loader
 from .spec import MAX_SIDE, InputSpec, NamedSpecs, SpecError, coerce_specs, parse_specs
 
-__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_tol", "parse_spec",
+__all__ = ["ModelSettings", "OPTIONS", "parse_opset", "parse_layout", "parse_engine", "parse_engines", "parse_devices", "parse_tol", "parse_spec",
            "parse_range", "parse_target", "target_label", "parse_formats", "FORMATS", "PRECISIONS",
            "parse_precisions"]
 
@@ -59,6 +59,17 @@ def parse_engines(value: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError(f"{value!r}: no engine given; use e.g. auto or opencv,ort")
     return tuple(dict.fromkeys(names))
+
+
+def parse_devices(value: str) -> tuple[str, ...]:
+    """``cpu,opencl_fp16``: the first is the device of every item; each other one adds the cv2.dnn items again on
+    that device (``load[device-opencl_fp16]``); see :mod:`~pytest_cvdnn.devices`."""
+    from .devices import parse_devices as parse
+
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_tol(value: str, name: str = "atol") -> float:
@@ -301,6 +312,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine", "--cvdnn-engine", "cvdnn_engine", parse_engines, ("auto",),
            "cv2.dnn engine on OpenCV 5: auto (default), opencv or ort on 5.1 (classic or new on 5.0); a comma list "
            "checks several engines in one session (items per engine)", "ENGINE[,ENGINE]"),
+    Option("device", "--cvdnn-device", "cvdnn_device", parse_devices, ("cpu",),
+           "where cv2.dnn computes (net.setPreferableBackend/Target): cpu (default), cpu_fp16, opencl, opencl_fp16, "
+           "cuda, cuda_fp16, openvino, openvino_gpu, vulkan, timvx_npu, cann_npu; a comma list checks several in "
+           "one session (items per device; one this machine lacks is skipped with why)", "DEVICE[,DEVICE]"),
     Option("atol", "--cvdnn-atol", "cvdnn_atol", _tol("atol"), DEFAULT_ATOL,
            f"absolute tolerance (default {DEFAULT_ATOL:g}); an element fails only if it exceeds atol and rtol", "X"),
     Option("rtol", "--cvdnn-rtol", "cvdnn_rtol", _tol("rtol"), DEFAULT_RTOL, f"relative tolerance (default {DEFAULT_RTOL:g})", "X"),
@@ -376,6 +391,7 @@ class ModelSettings:
     opset: int = 13
     layout: str = "nchw"
     engine: str = "auto"
+    device: str = "cpu"  # --cvdnn-device: the backend + target pair cv2.dnn computes on (devices.py)
     inputs: str | None = None
     input_range: tuple[float, float] | None = None  # --cvdnn-input-range: values fed to the model
     input_shape: InputShapes | None = None  # --cvdnn-input-shape: for models that do not define theirs
@@ -415,7 +431,7 @@ class ModelSettings:
         return self.spec if self.spec is not None else InputSpec(layout=self.layout)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine,
+        return (self.model, self.onnx, self.spec, self.input_specs, self.tolerance, self.opset, self.layout, self.engine, self.device,
                 self.inputs, self.input_range, self.input_shape, self.feeds, self.images, self.samples, self.seed, self.target, self.format,
                 self.precision, self.ort_providers, self.min_agreement, self.max_accuracy_drop, self.training_loader)
 

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from ..devices import net_key, set_device
 from ..errors import CvdnnError
 from . import Runner, RunnerSpec
 
 if TYPE_CHECKING:
     from ..core import Deployment
 
-__all__ = ["Cv2DnnRunner", "read_net", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines",
+__all__ = ["Cv2DnnRunner", "read_net", "net_code", "opencv_version", "engine_flag", "engine_error", "engine_note", "engines",
            "opencv_error_line", "opencv_node", "unsupported_ops", "missing_reader", "opencv_log"]
 
 def opencv_version() -> str:
@@ -74,6 +75,18 @@ def engine_note(engine: str) -> str:
         return ("this OpenCV was built without ONNX Runtime (its build information says ONNX Runtime: NO, as in the "
                 "PyPI wheels): cv2.dnn falls back from ENGINE_ORT to ENGINE_OPENCV, so that is what was checked")
     return ""
+
+
+def net_code(path: Path | str, engine: str = "auto", device: str = "cpu") -> str:
+    """The deployment code that reads the artifact at ``path`` as ``net`` and sets where it computes, as
+    :func:`read_net` does it (one line: statements joined by "; ")."""
+    from ..devices import device_code
+
+    reader = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])[0]
+    flag = engine_flag(engine) if engine != "auto" else None
+    args = [repr(str(path))] + (['""'] if flag is not None and reader == "readNetFromTensorflow" else []) \
+        + ([f"cv2.dnn.ENGINE_{engine.upper()}"] if flag is not None else [])
+    return "; ".join([f"net = cv2.dnn.{reader}({', '.join(args)})", *device_code(device).splitlines()])
 
 
 def engine_flag(engine: str) -> int | None:
@@ -189,7 +202,7 @@ def _log_summary(log: str) -> str:
     return " ".join(ln for ln in lines if ln)[:400]
 
 
-def read_net(path: Path, engine: str = "auto") -> Any:
+def read_net(path: Path, engine: str = "auto", device: str = "cpu") -> Any:
     """A cv2.dnn.Net for an ONNX, TFLite or frozen TensorFlow graph (chosen by the file's suffix).
 
     Raises ``cv2.error`` when OpenCV cannot read it; an empty network (OpenCV 5.1 returns one instead of
@@ -230,18 +243,20 @@ def read_net(path: Path, engine: str = "auto") -> Any:
                         + (f"; OpenCV's log: {_log_summary(text)}" if text.strip() else ""))
     if text.strip():  # a net that loads: its warnings go where they would have gone
         sys.stderr.write(text)
+    set_device(net, device)
     return net
 
 
 class Cv2DnnRunner:
     name = "cv2dnn"
 
-    def __init__(self, onnx_path: Path, input_names: Sequence[str], output_names: Sequence[str], engine: str = "auto") -> None:
+    def __init__(self, onnx_path: Path, input_names: Sequence[str], output_names: Sequence[str], engine: str = "auto",
+                 device: str = "cpu") -> None:
         self.onnx_path = Path(onnx_path)
-        self.engine = engine
+        self.engine, self.device = engine, device
         self.input_names = list(input_names)
         self.output_names = list(output_names)
-        self.net = read_net(self.onnx_path, engine)
+        self.net = read_net(self.onnx_path, engine, device)
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The outputs, one per output name; an output cv2.dnn gives no value for is a clear error (OpenCV 5.1
@@ -324,11 +339,13 @@ def _key(dep: Deployment, logits: bool) -> str | None:
     cached by what the probe is made of + engine + OpenCV build and threads."""
     if not logits or not dep.target.is_local:
         return None
-    return f"{dep.onnx_digest}|{','.join(dep.logit_names)}|{dep.settings.engine}|{dep.opencv_build}"
+    return f"{dep.onnx_digest}|{','.join(dep.logit_names)}|{net_key(dep.settings.engine, dep.settings.device)}|" \
+        f"{dep.opencv_build}"
 
 
 def _version(dep: Deployment) -> str:
-    return f"cv2.dnn of OpenCV {dep.target_opencv_version()} (engine {dep.settings.engine}, {dep.target_label})"
+    device = "" if dep.settings.device == "cpu" else f", device {dep.settings.device}"
+    return f"cv2.dnn of OpenCV {dep.target_opencv_version()} (engine {dep.settings.engine}{device}, {dep.target_label})"
 
 
 SPEC = RunnerSpec(

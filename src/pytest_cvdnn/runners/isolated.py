@@ -50,7 +50,7 @@ try:
     open(folder + "/opencv", "w").write(cv2.__version__)  # (said even if the import below crashes the process)
     resp["numpy"] = np.__version__
     from pytest_cvdnn.runners.cv2dnn import Cv2DnnRunner
-    runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"])
+    runner = Cv2DnnRunner(req["onnx"], req["input_names"], req["output_names"], req["engine"], req["device"])
     resp["stage"] = "forward"
     open(folder + "/loaded", "w").close()  # (a crash after this is the forward's, before it the import's)
     for r, names in enumerate(req["runs"]):
@@ -119,7 +119,7 @@ class ChildRun:
     def __init__(self, target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                  output_names: Sequence[str], runs: Sequence[Sequence[np.ndarray]] = (),
                  timeout: float = 600.0, store: Callable[[list[list[np.ndarray]]], None] | None = None,
-                 partial: bool = False) -> None:
+                 partial: bool = False, device: str = "cpu") -> None:
         self.target, self.timeout, self.n_runs, self.store = target, timeout, len(runs), store
         self.folder = Path(tempfile.mkdtemp(prefix=prefix("child")))
         self._result: tuple[dict[str, Any], list[list[np.ndarray] | None]] | CvdnnError | None = None
@@ -129,7 +129,7 @@ class ChildRun:
                 saved[id(feeds)] = [f"in{r}-{i}.npy" for i in range(len(feeds))]
                 for name, x in zip(saved[id(feeds)], feeds, strict=True):
                     np.save(self.folder / name, np.ascontiguousarray(x))
-        request = {"onnx": str(onnx_path), "engine": engine, "input_names": list(input_names),
+        request = {"onnx": str(onnx_path), "engine": engine, "device": device, "input_names": list(input_names),
                    "output_names": list(output_names), "runs": [saved[id(feeds)] for feeds in runs],
                    "partial": partial}
         (self.folder / "request.json").write_text(json.dumps(request))
@@ -225,12 +225,13 @@ class ReplayedRun:
 
 def child_call(target: Target, onnx_path: Path, engine: str, input_names: Sequence[str],
                output_names: Sequence[str], feeds: Sequence[np.ndarray] = (), repeat: int = 1,
-               timeout: float = 600.0, partial: bool = False) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+               timeout: float = 600.0, partial: bool = False,
+               device: str = "cpu") -> tuple[dict[str, Any], list[list[np.ndarray]]]:
     """Load (and forward ``feeds`` ``repeat`` times) in a child; returns (response, outputs per repeat).
     ``partial``: a tensor cv2.dnn gives no value for is an empty array listed in the response's "missing"
     (otherwise it fails the forward, naming the tensor)."""
     resp, outs = ChildRun(target, onnx_path, engine, input_names, output_names, [feeds] * repeat if feeds else [],
-                          timeout, partial=partial).result()
+                          timeout, partial=partial, device=device).result()
     if resp.get("signal"):
         _raise_for(resp)
     return resp, [o for o in outs if o is not None] if resp.get("ok") else []
@@ -254,8 +255,8 @@ def _raise_for(resp: dict[str, Any]) -> None:
 
 
 def forward_isolated(onnx_path: Path, engine: str, input_names: Sequence[str], output_names: Sequence[str],
-                     feeds: Sequence[np.ndarray], target: Target = LOCAL) -> list[np.ndarray]:
-    resp, outs = child_call(target, onnx_path, engine, input_names, output_names, feeds)
+                     feeds: Sequence[np.ndarray], target: Target = LOCAL, device: str = "cpu") -> list[np.ndarray]:
+    resp, outs = child_call(target, onnx_path, engine, input_names, output_names, feeds, device=device)
     _raise_for(resp)
     return outs[0]
 
@@ -266,22 +267,22 @@ class RemoteCv2Runner:
     name = "cv2dnn"
 
     def __init__(self, onnx_path: Path, input_names: Sequence[str], output_names: Sequence[str],
-                 engine: str, target: Target) -> None:
+                 engine: str, target: Target, device: str = "cpu") -> None:
         self.onnx_path = Path(onnx_path)
         self.input_names = list(input_names)
         self.output_names = list(output_names)
-        self.engine = engine
+        self.engine, self.device = engine, device
         self.target = target
-        resp, _ = child_call(target, self.onnx_path, engine, self.input_names, self.output_names)
+        resp, _ = child_call(target, self.onnx_path, engine, self.input_names, self.output_names, device=device)
         self.opencv = resp.get("opencv", "?")
         _raise_for(resp)
 
     def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return forward_isolated(self.onnx_path, self.engine, self.input_names, self.output_names, inputs,
-                                self.target)
+                                self.target, self.device)
 
     def infer_repeat(self, inputs: Sequence[np.ndarray], repeat: int) -> list[list[np.ndarray]]:
         resp, outs = child_call(self.target, self.onnx_path, self.engine, self.input_names, self.output_names,
-                                inputs, repeat=repeat)
+                                inputs, repeat=repeat, device=self.device)
         _raise_for(resp)
         return outs
