@@ -80,7 +80,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "precision": ("results_precision.json", _precision),
 }
 #: the documents that quote the blocks
-DOCUMENTS = ("docs/speed.md", "benchmarks/README.md", "docs/precision.md")
+DOCUMENTS = ("docs/speed.md", "benchmarks/README.md", "docs/precision.md", "README.md")
 
 
 def render(name: str) -> str:
