@@ -89,6 +89,27 @@ def test_regenerating_never_overwrites_another_models_bundle(run_cvdnn: Callable
     assert (pytester.path / "bundles" / "m.keras" / "manifest.json").read_text() == manifest
 
 
+def test_a_bundle_replays_per_device_and_is_not_quantized_unseen(run_cvdnn: Callable[..., Run],
+                                                                  models: dict[str, Path],
+                                                                  copy_model: Callable[..., Path]) -> None:
+    """--cvdnn-device applies to a replayed bundle (its cv2.dnn items again per device, skipped where this
+    machine's OpenCV does not offer the device, as getAvailableTargets says); --cvdnn-quantize cannot (no float
+    ONNX to quantize in a bundle) and is refused instead of being left out unseen."""
+    import cv2
+
+    copy_model(models["cnn"], "m.keras")
+    _save(run_cvdnn, "m.keras")
+    run = run_cvdnn("--cvdnn-bundle=bundles", "--cvdnn-device=cpu,opencl_fp16", "-k", "load")
+    checks = run.checks()
+    offered = cv2.dnn.DNN_TARGET_OPENCL_FP16 in cv2.dnn.getAvailableTargets(cv2.dnn.DNN_BACKEND_OPENCV)
+    assert checks["load"]["outcome"] == "passed", run.text
+    assert checks["load[device-opencl_fp16]"]["outcome"] == ("passed" if offered else "skipped"), run.text
+    run = run_cvdnn("--cvdnn-bundle=bundles", "--cvdnn-quantize=fp16", report=False)
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--cvdnn-quantize=fp16: a bundle replays the ONNX it holds against its stored references, so there is " \
+           "no float ONNX to quantize" in run.text
+
+
 def test_missing_bundle_is_a_usage_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "empty").mkdir()
     result = pytester.runpytest_subprocess("--cvdnn-bundle=empty")

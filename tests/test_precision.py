@@ -315,3 +315,13 @@ def test_an_int8_that_loses_a_sensitive_layer_names_it_and_verifies_leaving_it_f
     rows = {r["node"]: r for r in item["data"]["sqnr"]}
     assert rows["sens_1/probs_1/MatMul"]["sqnr"] < 20.0 <= rows["sens_1/probs_1/MatMul"]["input_sqnr"]
     assert sqnr_db(want, want) == float("inf") and sqnr_db(np.ones(4), np.zeros(4)) == pytest.approx(0.0)
+
+
+def test_quantizing_a_tflite_file_is_refused_with_the_fix(pytester: pytest.Pytester) -> None:
+    """A .tflite model holds no float ONNX to quantize: --cvdnn-quantize is a usage error naming the file, not
+    items missing unseen (the check is made before the file is read)."""
+    (pytester.path / "m.tflite").write_bytes(b"TFL3")
+    result = pytester.runpytest_subprocess("--cvdnn-model=m.tflite", "--cvdnn-quantize=int8", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cvdnn-quantize=int8: *m.tflite is a TFLite file, so there is no float ONNX to "
+                                 "quantize*Fix: quantize from the Keras or ONNX model*"])

@@ -201,6 +201,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if base.onnx:
         _refuse_onnx_without_keras(base.onnx, models[0], config.rootpath)
     _refuse_formats_without_keras(base.formats, models, config.rootpath)
+    _refuse_quantize_without_float_onnx(base.quantize, models, config.rootpath)
     targets = _targets(config)
     report = config.getoption("cvdnn_report")
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
@@ -309,6 +310,22 @@ def _refuse_formats_without_keras(formats: tuple[str, ...], models: list[str], r
             f"{'/'.join(extra)} to export from it and those items would be skipped unseen. Fix: check the "
             f"{'/'.join(extra)} file you ship as its own --cvdnn-model (a .tflite is checked with "
             "readNetFromTFLite), or give the Keras model it comes from")
+
+
+def _refuse_quantize_without_float_onnx(quantize: tuple[str, ...], models: list[str], rootdir: Path) -> None:
+    """--cvdnn-quantize makes its variants from a float ONNX (the model's conversion, or the ONNX given); a bundle
+    replays the artifact it holds and a .tflite file has none: refused rather than left out unseen."""
+    if not quantize:
+        return
+    for text in models:
+        path = _model_path(text, rootdir)
+        what = ("a bundle replays the ONNX it holds against its stored references" if text.startswith(BUNDLE_PREFIX)
+                else f"{path} is a TFLite file" if path is not None and path.suffix.lower() == ".tflite" else "")
+        if what:
+            raise pytest.UsageError(
+                f"--cvdnn-quantize={','.join(quantize)}: {what}, so there is no float ONNX to quantize and those "
+                "items would be missing unseen. Fix: quantize from the Keras or ONNX model (--cvdnn-model=...), "
+                "save that session's bundle, or check the quantized file you ship as its own --cvdnn-model")
 
 
 def _model_path(text: str, rootdir: Path) -> Path | None:
@@ -605,7 +622,8 @@ def _model_entries(state: CvdnnState) -> dict[Path, list[ModelEntry]]:
             source = ModelSource(str(folder), "bundle", folder / "manifest.json")
             entries.setdefault((folder / "manifest.json").resolve(), []).append(
                 ModelEntry(settings, source, _deployer(state, settings),
-                           tuple(check_items(bool(manifest.get("has_keras")), state.targets, bundle=True)))
+                           tuple(check_items(bool(manifest.get("has_keras")), state.targets, bundle=True,
+                                             engines=tuple(state.engines), devices=tuple(state.devices))))
             )
             continue
         source = parse_source(text, state.rootdir)
