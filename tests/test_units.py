@@ -1412,3 +1412,17 @@ def _another_value(value: Any) -> Any:
     if isinstance(value, tuple):
         return (*value, "x")
     return "x"  # (None and objects: a value that differs)
+
+
+def test_device_items_are_named_per_device_target_and_precision() -> None:
+    from pytest_cvdnn.checks import check_items
+
+    items = check_items(True, ["opencv==4.8.1"], devices=("opencl",), precisions=("int8",))
+    named = [(i.name, i.target, i.fmt, i.device) for i in items if i.device]
+    assert named[:2] == [("load[device-opencl]", None, "onnx", "opencl"),
+                         ("output_spec[device-opencl]", None, "onnx", "opencl")]
+    assert ("parity[keras-cv2dnn@opencv-4.8.1+device-opencl]", "opencv==4.8.1", "onnx", "opencl") in named
+    assert ("int8:load[opencv-4.8.1+device-opencl]", "opencv==4.8.1", "int8", "opencl") in named
+    assert not [n for n, *_ in named if n.startswith(("ops", "int8:ops", "convert", "int8:convert"))]
+    assert len(named) == 2 * (6 + 4)  # (here and on the target: 6 float items and 4 int8 items each)
+    assert all(i.device is None for i in check_items(True, ["opencv==4.8.1"]))

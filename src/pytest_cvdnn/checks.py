@@ -129,8 +129,7 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
     again = [c.name for c in local if c.per_target]
     items += [ItemSpec(item_name(c, target_label(t)), c, t) for t in targets for c in again]
     items += [ItemSpec(item_name(c, f"engine-{e}"), c, None, "onnx", e) for e in engines for c in again]
-    items += [ItemSpec(item_name(c, f"device-{d}" if t is None else f"{target_label(t)}+device-{d}"), c, t,
-                       "onnx", None, d) for d in devices for t in (None, *targets) for c in again if c != "ops"]
+    items += _per_device(again, targets, devices, "onnx")
     exported = checks_of("export") if kind == "keras" else []
     for fmt in (f for f in formats if f != "onnx"):
         items += [ItemSpec(f"{fmt}:{c.name}", c.name, None, fmt) for c in exported]
@@ -142,7 +141,18 @@ def check_items(has_keras: bool, targets: list[str], fix: bool = False, save_bun
             items += [ItemSpec(f"{precision}:{c.name}", c.name, None, precision) for c in reduced]
             items += [ItemSpec(f"{precision}:{item_name(c.name, target_label(t))}", c.name, t, precision)
                       for t in targets for c in reduced if c.per_target]
+            items += _per_device([c.name for c in reduced if c.per_target], targets, devices, precision)
     return items
+
+
+def _per_device(checks: list[str], targets: list[str], devices: tuple[str, ...], fmt: str) -> list[ItemSpec]:
+    """The cv2.dnn items again on each extra device, here and on every target (``load[device-opencl_fp16]``,
+    ``int8:load[opencv-4.12.0+device-opencl_fp16]``); not ``ops``, which probes the importer only."""
+    from .settings import target_label
+
+    prefix = "" if fmt == "onnx" else f"{fmt}:"
+    return [ItemSpec(prefix + item_name(c, f"device-{d}" if t is None else f"{target_label(t)}+device-{d}"), c, t,
+                     fmt, None, d) for d in devices for t in (None, *targets) for c in checks if c != "ops"]
 
 
 def run_check(dep: Deployment, name: str) -> tuple[CheckResult, float]:
