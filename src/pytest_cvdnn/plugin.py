@@ -585,7 +585,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [
         f"cvdnn: opencv {v['opencv']}, onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, tf2onnx {v['tf2onnx']}, "
         f"tensorflow {v['tensorflow']}, keras {v['keras']}; opset {b.opset}, layout {b.layout}, engine {b.engine}, "
-        f"{b.tolerance}",
+        + (f"device {b.device}, " if b.device != "cpu" else "") + f"{b.tolerance}",
     ]
 
 
