@@ -1,6 +1,6 @@
 """Detection and false-alarm rates of the fault corpus, measured by running it.
 
-    python benchmarks/fault_corpus.py        # ~6 minutes on 2 cores; prints the README's table
+    python benchmarks/fault_corpus.py        # ~6 minutes on 2 cores; writes results_corpus.json, prints the table
     python benchmarks/fault_corpus.py --targets 4.12.0,5.0.0   # the correct zoo on two more OpenCVs too
 
 Runs tests/test_corpus.py, the planted preprocessing mistakes of tests/test_preprocessing.py and
@@ -13,14 +13,20 @@ alarm when any of its items failed, and its skipped items are listed (a skip is 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from datetime import date
 from importlib.util import find_spec
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results_corpus.json"
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+from pytest_cvdnn.convert import tool_versions  # noqa: E402
 
 
 def main() -> int:
@@ -55,9 +61,7 @@ def main() -> int:
         r["corpus_detected"] = r["test_passed"]
     for r in correct:  # a false alarm = a failed item (the test fails too)
         r["corpus_detected"] = str(r.get("corpus_detected") == "True" or r["test_passed"] != "True")
-    detected = sum(r["corpus_detected"] == "True" for r in faults)
-    alarms = sum(r["corpus_detected"] == "True" for r in correct)
-    print("| case | kind | item | outcome |\n| --- | --- | --- | --- |")
+    table = []
     for r in faults + correct:
         if r["corpus_kind"] == "fault":
             outcome = ("caught" if r["corpus_detected"] == "True" else "**missed**") + (
@@ -66,9 +70,16 @@ def main() -> int:
             skipped = r.get("corpus_skipped") or ""
             outcome = ("**false alarm**" if r["corpus_detected"] == "True"
                        else f"no failure; skipped: {skipped}" if skipped else "all pass")
-        print(f"| {r['corpus_case']} | {r['corpus_kind']} | {r['corpus_item']} | {outcome} |")
-    print(f"\ndetection rate: {detected}/{len(faults)} ({100 * detected / max(len(faults), 1):.0f} %); "
-          f"false-alarm rate: {alarms}/{len(correct)} ({100 * alarms / max(len(correct), 1):.0f} %)")
+        table.append({"case": r["corpus_case"], "kind": r["corpus_kind"], "item": r["corpus_item"], "outcome": outcome,
+                      "counted": r["corpus_detected"] == "True"})
+    result = {"date": date.today().isoformat(), "targets": env.get("CVDNN_CORPUS_TARGETS", ""),
+              "versions": {k: v for k, v in tool_versions().items() if k in ("opencv", "onnxruntime", "tf2onnx", "keras")},
+              "rows": table, "pytest_exit": proc.returncode}
+    if not result["targets"]:  # (the stored table is the plain run's; a run with targets only prints)
+        RESULT.write_text(json.dumps(result, indent=1) + "\n")
+    from quote import corpus_table
+
+    print(corpus_table(result))
     return 0 if proc.returncode == 0 else proc.returncode
 
 

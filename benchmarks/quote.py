@@ -72,15 +72,30 @@ def _precision(r: dict[str, Any]) -> str:
             f"{r['date']} (`python benchmarks/precision_table.py`):\n\n" + "\n".join(rows))
 
 
+def corpus_table(r: dict[str, Any]) -> str:
+    v = r["versions"]
+    faults = [row for row in r["rows"] if row["kind"] == "fault"]
+    correct = [row for row in r["rows"] if row["kind"] == "correct"]
+    caught, alarms = sum(row["counted"] for row in faults), sum(row["counted"] for row in correct)
+    rows = ["| case | kind | item | outcome |", "| --- | --- | --- | --- |"]
+    rows += [f"| {row['case']} | {row['kind']} | {row['item']} | {row['outcome']} |" for row in faults + correct]
+    return (f"Measured {r['date']} (OpenCV {v.get('opencv', '?')}, onnxruntime {v.get('onnxruntime', '?')}, tf2onnx "
+            f"{v.get('tf2onnx', '?')}, Keras {v.get('keras', '?')}; `python benchmarks/fault_corpus.py`):\n\n"
+            + "\n".join(rows) + f"\n\ndetection rate: {caught}/{len(faults)} "
+            f"({100 * caught / max(len(faults), 1):.0f} %); false-alarm rate: {alarms}/{len(correct)} "
+            f"({100 * alarms / max(len(correct), 1):.0f} %)")
+
+
 #: block name -> (result file, renderer)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "bench_gate": ("results.json", _gate),
     "mutation": ("results_mutation.json", _mutation),
     "agreement": ("results_agreement.json", _agreement),
     "precision": ("results_precision.json", _precision),
+    "corpus": ("results_corpus.json", corpus_table),
 }
 #: the documents that quote the blocks
-DOCUMENTS = ("docs/speed.md", "benchmarks/README.md", "docs/precision.md", "README.md")
+DOCUMENTS = ("docs/speed.md", "benchmarks/README.md", "docs/precision.md", "README.md", "docs/reliability.md")
 
 
 def render(name: str) -> str:
