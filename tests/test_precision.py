@@ -190,8 +190,9 @@ def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs
     assert checks["agreement"]["data"]["images"] == checks["fp16:agreement"]["data"]["images"] == 12
     assert checks["int8:agreement"]["outcome"] == "skipped" and "load failed" in checks["int8:agreement"]["message"]
     assert checks["fp16:convert"]["message"].startswith("made in ")
-    assert "INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on 6 samples" in \
-        checks["int8:convert"]["message"]
+    # calibrated on the user's images through the deployed pipeline (cv2.imread and the blob), not the samples
+    assert "INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on 12 images of " \
+           "--cvdnn-images (the deployed pipeline's blobs))" in checks["int8:convert"]["message"]
     # the hand script: the same work without the plugin, on the same samples
     x = np.stack([np.load(p) for p in sorted(samples.glob("*.npy"))])
     want = np.asarray(keras.saving.load_model(TINY)(x)).argmax(1).tolist()
@@ -225,7 +226,7 @@ def test_quantize_makes_fp16_and_int8_deployments_and_says_where_each_loads_runs
     assert "a reduced-precision (int8) artifact: judged at task level" in \
         checks["int8:parity[keras-onnxruntime]"]["message"]
     warm = run_cvdnn("--cvdnn-model=m.keras", f"--cvdnn-inputs={samples.name}", "--cvdnn-quantize=fp16,int8",
-                     "-k", "convert")
+                     "--cvdnn-images=val", "-k", "convert")
     assert all(warm.checks()[f"{p}:convert"]["message"].startswith("cache hit") for p in ("fp16", "int8"))
 
 

@@ -60,7 +60,7 @@ def to_fp16_weights(source: Path, out: Path) -> dict[str, Any]:
 
 
 def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]],
-                exclude: Sequence[str] = ()) -> dict[str, Any]:
+                exclude: Sequence[str] = (), calibration: str = "samples of the checks' inputs") -> dict[str, Any]:
     """``source`` quantized by onnxruntime's ``quantize_static``: QDQ format, per-channel int8 weights, uint8
     activations, calibrated (MinMax) on ``samples`` (one feed dict per sample); the graph is first prepared with
     ``quant_pre_process`` (shape inference and optimisation), as onnxruntime recommends; the nodes named in
@@ -88,7 +88,7 @@ def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]
                              fix="drop int8 from --cvdnn-quantize, or quantize the model yourself and pass it "
                              "with --cvdnn-onnx") from exc
     return {"precision": "int8", "format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
-            "calibration_samples": len(samples), "excluded": list(exclude)}
+            "calibration_samples": len(samples), "calibration": calibration, "excluded": list(exclude)}
 
 
 def _samples(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
@@ -103,9 +103,13 @@ def describe(meta: dict[str, Any]) -> str:
     calibrated on 4 samples)"."""
     if meta.get("precision") == "int8":
         return (f"INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on "
-                f"{meta.get('calibration_samples', '?')} samples of the checks' inputs)")
+                f"{meta.get('calibration_samples', '?')} {meta.get('calibration', 'samples of the checks inputs')})")
     return (f"FP16 weights ({meta.get('weights_fp16', '?')} tensors stored as float16, cast back to float32 where "
             f"they are read; {int(meta.get('bytes_saved', 0)) / 1024:.0f} KiB saved)")
+
+
+#: at most this many of the user's images calibrate INT8 (onnxruntime's MinMax calibration holds every activation)
+CALIBRATION_IMAGES = 64
 
 
 class QuantizedDeployment(Deployment):
@@ -125,29 +129,49 @@ class QuantizedDeployment(Deployment):
         precision = str(self.settings.precision)
         base = self.float_deployment
         source = base.onnx_path
-        feeds = self.calibration_feeds() if precision == "int8" else []
+        feeds, calibration = self.calibration_feeds() if precision == "int8" else ([], "")
         # (what decides the file: the float graph, the precision, the quantizer's version, the calibration data)
         digest = sha256_bytes("|".join([base.onnx_digest, precision, str(tool_versions().get("onnxruntime")), *(
             sha256_bytes(np.ascontiguousarray(x).tobytes()) for f in feeds for x in f.values())]).encode())
         key = conversion_key(digest, ConversionOptions(0, "nchw", None), artifact=f"onnx-{precision}")
 
         def produce(path: Path, _meta: dict[str, Any], out: Path) -> dict[str, Any]:
-            return to_int8_qdq(path, out, feeds) if precision == "int8" else to_fp16_weights(path, out)
+            return to_int8_qdq(path, out, feeds, calibration=calibration) if precision == "int8" \
+                else to_fp16_weights(path, out)
 
         conv = cached_artifact(self.cache, self.model_hash, key, f"model.{precision}.onnx", lambda: (source, {}),
                                produce, {"precision": precision})
         self.events.append("cache-hit" if conv.cached else "converted")
         return conv
 
-    def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
-        """The INT8 calibration data: the checks' samples, one feed dict each (by the float graph's input names)."""
+    def calibration_feeds(self) -> tuple[list[dict[str, np.ndarray]], str]:
+        """The INT8 calibration data, one feed dict per sample (by the float graph's input names), and what it is:
+        the user's images (--cvdnn-images, at most CALIBRATION_IMAGES, through the deployed pipeline: cv2.imread
+        and the blob) for a model of one image input, else the checks' samples."""
         base = self.float_deployment
         names = [i.name for i in base.graph.inputs]
-        batch = base.to_onnx_inputs(base.inputs)
+        images = self._calibration_images(base)
+        batch = base.to_onnx_inputs([images] if images is not None else base.inputs)
         axes = base.batch_axes
         count = next((x.shape[a] for x, a in zip(batch, axes, strict=True) if a is not None), 1)
-        return [{n: _samples(x, a, i, i + 1) for n, x, a in zip(names, batch, axes, strict=True)}
-                for i in range(count)]
+        feeds = [{n: _samples(x, a, i, i + 1) for n, x, a in zip(names, batch, axes, strict=True)}
+                 for i in range(count)]
+        return feeds, ("images of --cvdnn-images (the deployed pipeline's blobs)" if images is not None
+                       else "samples of the checks' inputs")
+
+    def _calibration_images(self, base: Deployment) -> np.ndarray | None:
+        """The deployed pipeline's tensors (NHWC, the Keras layout) of the user's images, None where there are none
+        or the model does not take one sized image."""
+        from .imageset import read_image_set
+        from .pipelines import deployed_pipeline, tensors
+
+        if self.settings.images is None or len(base.graph.inputs) != 1 or not base.image_inputs:
+            return None
+        spec = base.spec_for(base.image_inputs[0])
+        if spec.size is None:
+            return None
+        files = read_image_set(Path(str(self.settings.images))).files[:CALIBRATION_IMAGES]
+        return tensors(files, deployed_pipeline(spec), spec.size) if files else None
 
     @property
     def load_fix(self) -> str:
@@ -299,7 +323,7 @@ def _verify_exclusion(dep: "QuantizedDeployment", node: str, tolerance: Any) -> 
     base = dep.float_deployment
     want = dep.run("keras")
     flags = [e.ndim == 2 and e.shape[-1] > 1 for e in want]
-    calibration, inputs = dep.calibration_feeds(), dep.to_onnx_inputs(dep.inputs)
+    (calibration, _), inputs = dep.calibration_feeds(), dep.to_onnx_inputs(dep.inputs)
     for nodes in _exclusions(onnx.load(str(base.onnx_path)), node):
         with tempfile.TemporaryDirectory(prefix=prefix("requantize")) as tmp:
             path = Path(tmp) / "int8.onnx"
