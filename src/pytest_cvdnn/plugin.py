@@ -200,8 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if base.onnx:
         _refuse_onnx_without_keras(base.onnx, models[0], config.rootpath)
-    _refuse_formats_without_keras(base.formats, models, config.rootpath)
-    _refuse_quantize_without_float_onnx(base.quantize, models, config.rootpath)
+    _refuse_artifact_options_that_cannot_apply(base, models, config.rootpath)
     targets = _targets(config)
     report = config.getoption("cvdnn_report")
     html = config.getoption("cvdnn_html") or config.getini("cvdnn_html")
@@ -297,6 +296,12 @@ def _refuse_onnx_without_keras(onnx: str, model: str, rootdir: Path) -> None:
             f"--cvdnn-onnx would never be checked. Fix: check the file you will ship as the model: "
             f"--cvdnn-model={onnx} (an ONNX file is checked against onnxruntime and in cv2.dnn), or give the Keras "
             "model it was converted from as --cvdnn-model")
+
+
+def _refuse_artifact_options_that_cannot_apply(base: ModelSettings, models: list[str], rootdir: Path) -> None:
+    """--cvdnn-format and --cvdnn-quantize make artifacts from the model: a usage error where they cannot."""
+    _refuse_formats_without_keras(base.formats, models, rootdir)
+    _refuse_quantize_without_float_onnx(base.quantize, models, rootdir)
 
 
 def _refuse_formats_without_keras(formats: tuple[str, ...], models: list[str], rootdir: Path) -> None:
