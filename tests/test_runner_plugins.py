@@ -38,7 +38,7 @@ def _make(dep, logits):  # (the outputs and the logits in one pass, as onnxrunti
 SPEC = RunnerSpec("shadow", factory=_make, unavailable=lambda dep: "",
                   key=lambda dep, logits: dep.onnx_digest, version=lambda dep: "shadow 1.0",
                   kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint",
-                  layout="graph", nearness=20,
+                  layout="graph", nearness=20, runs_onnx=True,
                   compared_with={"cv2dnn": "the shadow runtime computes the graph differently from cv2.dnn"})
 '''
 
@@ -152,3 +152,53 @@ def test_openvino_is_a_second_reference_for_cv2dnn_at_f32(tmp_path: Path, shared
                           capture_output=True, text=True, timeout=300)
     found = json.loads(hand.stdout.strip().splitlines()[-1])
     assert "float32" in found["precision"] and found["openvino_vs_cv2"] < 1e-5, found
+
+
+def test_a_runner_registered_by_entry_point_gets_its_disagreements_localised(tmp_path: Path,
+                                                                            shared_cache: Path) -> None:
+    """The shadow runner declares it runs the ONNX graph itself (``runs_onnx``): where it disagrees with cv2.dnn,
+    onnxruntime says which side is the odd one — on a Resize cv2.dnn rounds differently, OpenCV, localised to the
+    node; with a shadow runtime that is itself off (its outputs + 1), the shadow runtime, not OpenCV.  A hand
+    script runs onnxruntime and cv2.dnn on the same graph directly."""
+    import cv2
+    import onnxruntime as ort
+
+    from conftest import resize_ceil_onnx
+
+    project = tmp_path / "project"
+    project.mkdir()
+    model = resize_ceil_onnx(project / "upsample.onnx")
+    x = np.random.default_rng(0).normal(size=(1, 3, 7, 9)).astype(np.float32)
+    net = cv2.dnn.readNetFromONNX(str(model))
+    net.setInput(x)
+    hand = float(np.abs(net.forward() - ort.InferenceSession(str(model)).run(None, {"x": x})[0]).max())
+    plugin = _package(tmp_path / "site")
+    ret, checks, text = _run(project, ["--cvdnn-model=upsample.onnx", "-k", "parity"], [plugin], shared_cache)
+    check = checks["parity[shadow-cv2dnn]"]
+    assert (check["outcome"] == "failed") == (hand > 1e-3), (hand, check["message"])
+    if hand > 1e-3:  # (what this OpenCV does: the hand script measured ~4 on 5.x)
+        assert check["message"].startswith("OpenCV's importer/runtime computes the ONNX graph differently"), check
+        assert check["data"]["first_divergent"]["node"] == "block2/upsample", check["data"]
+    off = tmp_path / "site-off"
+    _package(off)
+    code = (off / "shadow_runner" / "__init__.py").read_text().replace(
+        '    name = "shadow"\n', '    name = "shadow"\n\n    def infer(self, inputs):\n'
+        '        return [o + 1.0 for o in super().infer(inputs)]\n')
+    (off / "shadow_runner" / "__init__.py").write_text(code)
+    (project / "same.onnx").write_bytes(_agreeing_model())
+    ret, checks, text = _run(project, ["--cvdnn-model=same.onnx", "-k", "parity"], [off], shared_cache)
+    check = checks["parity[shadow-cv2dnn]"]
+    assert checks["parity[onnxruntime-cv2dnn]"]["outcome"] == "passed", text[-2000:]
+    assert check["outcome"] == "failed", check
+    assert check["message"].startswith("the shadow runtime computes the graph differently from cv2.dnn beyond")
+    assert "not localised: onnxruntime agrees with cv2.dnn on this graph, so shadow is the runtime that computes " \
+           "it differently" in text, text[-3000:]
+    assert "first_divergent" not in check["data"]
+
+
+def _agreeing_model() -> bytes:
+    """Conv + Relu, which onnxruntime and cv2.dnn compute alike."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from onnx_mutants import importer_limits_model
+
+    return importer_limits_model("relu").SerializeToString()

@@ -202,6 +202,13 @@ _PARITY_FIX = {
 }
 
 
+def _runs_onnx(runner: str) -> bool:
+    """Does this registered runner run the deployment's ONNX graph itself (its spec says so)?"""
+    from .runners import REGISTRY, runner_spec
+
+    return runner in REGISTRY and runner_spec(runner).runs_onnx
+
+
 def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any]) -> tuple[str | None, str]:
     """Name the first divergent node (and write a repro); returns (blame, extra text)."""
     from .diagnose import first_divergence, repro_root, write_repro
@@ -210,11 +217,15 @@ def _localise(dep: Deployment, expected: str, obtained: str, data: dict[str, Any
         return None, ("not localised: node-by-node localisation needs the ONNX graph; compare with this model's "
                       "ONNX parity items")
     in_opencv = (expected, obtained) == ("onnxruntime", "cv2dnn")
-    if (expected, obtained) == ("keras", "cv2dnn"):
-        try:  # which half of keras -> ONNX -> cv2.dnn diverges: the same pair on this target says
+    if obtained == "cv2dnn" and not in_opencv and (expected == "keras" or _runs_onnx(expected)):
+        try:  # which half of keras -> ONNX -> cv2.dnn diverges, or which of two runtimes of the same ONNX is the
+            # odd one: onnxruntime against cv2.dnn on this target says
             in_opencv = not dep.parity("onnxruntime", "cv2dnn")
         except (CvdnnError, StageSkipped):
             return None, ""
+        if not in_opencv and expected != "keras":
+            return None, (f"not localised: onnxruntime agrees with cv2.dnn on this graph, so {expected} is the "
+                          "runtime that computes it differently")
     if in_opencv:
         blame = "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"
     elif dep.settings.onnx and dep.has_keras:

@@ -66,6 +66,9 @@ class RunnerSpec:
     #: how near this runner is, as a reference, to what it is compared with (lower: nearer; the nearest
     #: reference's pair is the one blame and localisation start from), declared rather than read from an order
     nearness: int = 10
+    #: it runs the deployment's ONNX graph itself (onnxruntime, OpenVINO): where it disagrees with cv2.dnn,
+    #: onnxruntime says which of the two computes the graph differently, and cv2.dnn's side is localised node by node
+    runs_onnx: bool = False
 
 
 #: the built-in runners: name -> its module in this package.  Other runners (OpenVINO's included) are registered

@@ -109,5 +109,6 @@ SPEC = RunnerSpec(
     unavailable=lambda dep: "" if dep.settings.format == "onnx" else f"onnxruntime does not run a {dep.format_name}",
     key=lambda dep, logits: dep.onnx_digest, version=_version,
     kinds=frozenset({"keras", "onnx", "bundle"}), needs=("conversion",), logits="joint", layout="graph",
+    runs_onnx=True,
     nearness=0, compared_with={"cv2dnn": "OpenCV's importer/runtime computes the ONNX graph differently from onnxruntime"},
 )

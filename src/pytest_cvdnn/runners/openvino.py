@@ -97,6 +97,7 @@ SPEC = RunnerSpec(
     "openvino", factory=_for_deployment, unavailable=_unavailable,
     key=lambda dep, logits: dep.onnx_digest, version=_version,
     kinds=frozenset({"keras", "onnx"}) if find_spec("openvino") is not None else frozenset(),
+    runs_onnx=True,
     needs=("conversion",), logits="joint", layout="graph", nearness=3,
     compared_with={"cv2dnn": "OpenVINO computes the ONNX graph differently from cv2.dnn (an independent second "
                    "runtime: compare with parity[onnxruntime-cv2dnn] to tell whose computation is off)"},
