@@ -117,3 +117,30 @@ def test_the_printed_net_code_runs_on_every_supported_opencv_and_gives_the_check
         got = json.loads(done.stdout.strip().splitlines()[-1])
         assert got["opencv"] == version
         assert np.allclose(np.array(got["out"], np.float32), want, rtol=1e-4, atol=1e-5), version
+
+
+def test_a_projects_own_test_runs_on_the_device_its_marker_names(run_cvdnn: Callable[..., Any],
+                                                                 pytester: pytest.Pytester) -> None:
+    """@pytest.mark.cvdnn(device=...): the fixture's net computes there (cpu: its outputs are the load item's), and
+    a device this machine lacks skips the test with OpenCV's answer (as the hand script sees it)."""
+    _model(pytester.path / "m.onnx")
+    pytester.makepyfile(test_own="""
+        import numpy as np
+        import pytest
+
+        @pytest.mark.cvdnn(model="m.onnx", device="cpu")
+        def test_on_cpu(cvdnn_model):
+            x = np.ones((1, 3, 8, 8), np.float32)
+            out = cvdnn_model.run("cv2dnn", [x.transpose(0, 2, 3, 1)])[0]
+            assert out.shape[0] == 1 and cvdnn_model.settings.device == "cpu"
+
+        @pytest.mark.cvdnn(model="m.onnx", device="opencl_fp16")
+        def test_on_opencl_fp16(cvdnn_model):
+            cvdnn_model.run("cv2dnn")
+    """)
+    run = run_cvdnn("test_own.py", "-rs", report=False)
+    offered = "DNN_TARGET_OPENCL_FP16" in _hand(None)["names"] and \
+        _hand(None)["names"]["DNN_TARGET_OPENCL_FP16"] in _hand(None)["offered"]
+    run.result.assert_outcomes(passed=1 + offered, skipped=1 - offered)
+    if not offered:
+        assert "cvdnn_model: device opencl_fp16 is not checked here: this machine's OpenCV" in run.text, run.text

@@ -202,6 +202,16 @@ def test_the_marker_validates_seed_and_samples() -> None:
             ModelSettings(model="m.keras").with_marker(kwargs)
 
 
+def test_the_marker_takes_one_known_device() -> None:
+    from pytest_cvdnn.settings import ModelSettings
+
+    assert ModelSettings(model="m.keras").with_marker({"device": " OpenCL_FP16"}).device == "opencl_fp16"
+    with pytest.raises(ValueError, match="a test runs on one device; parametrize the test to check several"):
+        ModelSettings(model="m.keras").with_marker({"device": "cpu,opencl"})
+    with pytest.raises(argparse.ArgumentTypeError, match="'gpu' is not a cv2.dnn device"):
+        ModelSettings(model="m.keras").with_marker({"device": "gpu"})
+
+
 # -- memory budget before any allocation -----------------------------------------------------------------------
 def _png_header(path: Path, width: int, height: int) -> Path:
     """The first bytes of a PNG that says it is ``width`` x ``height`` (never decoded: refused from its header)."""

@@ -376,7 +376,7 @@ OPTIONS: tuple[Option, ...] = (
 
 #: marker keywords and what they set
 MARKER_KEYS = ("model", "onnx", "input_spec", "atol", "rtol", "srtol", "input_range", "input_shape", "opset", "layout",
-               "engine", "seed", "samples", "feed", "images", "min_agreement", "max_accuracy_drop", "training_loader")
+               "engine", "device", "seed", "samples", "feed", "images", "min_agreement", "max_accuracy_drop", "training_loader")
 
 
 @dataclass(frozen=True)
@@ -463,6 +463,12 @@ class ModelSettings:
                 changes["layout"] = parse_layout(str(value))
             elif key == "engine":
                 changes["engine"] = parse_engine(str(value))
+            elif key == "device":
+                devices = parse_devices(str(value))
+                if len(devices) != 1:
+                    raise ValueError(f"device={value!r}: a test runs on one device; parametrize the test to check "
+                                     "several")
+                changes["device"] = devices[0]
             elif key == "input_range":
                 changes["input_range"] = parse_range(",".join(map(str, value)) if isinstance(value, (tuple, list))
                                                      else str(value))
