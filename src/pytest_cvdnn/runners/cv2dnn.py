@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ..devices import net_key, set_device
+from ..devices import device_code, net_key, set_device
 from ..errors import CvdnnError
 from . import Runner, RunnerSpec
 
@@ -80,8 +80,6 @@ def engine_note(engine: str) -> str:
 def net_code(path: Path | str, engine: str = "auto", device: str = "cpu") -> str:
     """The deployment code that reads the artifact at ``path`` as ``net`` and sets where it computes, as
     :func:`read_net` does it (one line: statements joined by "; ")."""
-    from ..devices import device_code
-
     reader = READERS.get(Path(path).suffix.lower(), READERS[".onnx"])[0]
     flag = engine_flag(engine) if engine != "auto" else None
     args = [repr(str(path))] + (['""'] if flag is not None and reader == "readNetFromTensorflow" else []) \
