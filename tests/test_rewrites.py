@@ -307,6 +307,7 @@ def test_clip_bounds_that_are_not_finite_are_left_and_the_nodes_keep_their_names
 
 def test_conversion_fixed_inputs_and_the_simplifier_each_say_what_they_changed(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnx import helper
     from onnx_mutants import importer_limits_model
 
     from pytest_cvdnn import rewrites
@@ -331,11 +332,6 @@ def test_conversion_fixed_inputs_and_the_simplifier_each_say_what_they_changed(
     both = ("sort-slice-axes", "conv-kernel-shape")
     assert candidates(gauntlet)[:3] == [Candidate(both[:1]), Candidate(both[1:]), Candidate(both)]
     del gauntlet.opset_import[:]  # (no default-domain opset: every conversion is a candidate)
-    gauntlet.opset_import.append(onnx_opset("com.example", 1))
+    gauntlet.opset_import.append(helper.make_opsetid("com.example", 1))
     assert [c.opset for c in candidates(gauntlet) if c.opset] == [13, 11, 10]
 
-
-def onnx_opset(domain: str, version: int) -> Any:
-    from onnx import helper
-
-    return helper.make_opsetid(domain, version)

@@ -681,8 +681,10 @@ class Deployment:
 
         names = [i.name for i in self.graph.inputs]
         target = self.target
+        from .devices import DEFAULT
+
         device = self.settings.device
-        if device != "cpu":
+        if device != DEFAULT:
             self.stage("device", self._device_available)
         if target.is_local:
             self._crash_safe(onnx_path, names, output_names)

@@ -20,6 +20,7 @@ import pytest
 
 from .cache import Cache, default_user_cache
 from .compare import ParityResult, Tolerance, compare
+from .devices import DEFAULT as DEFAULT_DEVICE
 from .errors import CvdnnError
 from .items import RECORD_KEY, CheckItem, ModelDirectory, ModelEntry, ModelFile, html_plugin_writes
 from .report import Results
@@ -590,7 +591,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [
         f"cvdnn: opencv {v['opencv']}, onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, tf2onnx {v['tf2onnx']}, "
         f"tensorflow {v['tensorflow']}, keras {v['keras']}; opset {b.opset}, layout {b.layout}, engine {b.engine}, "
-        + (f"device {b.device}, " if b.device != "cpu" else "") + f"{b.tolerance}",
+        + (f"device {b.device}, " if b.device != DEFAULT_DEVICE else "") + f"{b.tolerance}",
     ]
 
 
@@ -803,7 +804,7 @@ def cvdnn_model(request: pytest.FixtureRequest, input_spec: Any) -> Any:
     """The prepared deployment: ``.keras_model``, ``.onnx_path``, ``.net``, ``.input_spec``, ``.run()``."""
     state = request.config.stash[STATE]
     settings = replace(_marker_settings(request), spec=input_spec)
-    if settings.device != "cpu":  # (a device this machine's OpenCV lacks: the test is skipped with its answer)
+    if settings.device != DEFAULT_DEVICE:  # (a device this machine's OpenCV lacks: the test is skipped with its answer)
         from .devices import unavailable
 
         why = unavailable(settings.device)

@@ -22,6 +22,9 @@ from .scratch import prefix
 
 __all__ = ["to_fp16_weights", "to_int8_qdq", "QuantizedDeployment", "describe"]
 
+#: what INT8 is calibrated on without --cvdnn-images (and what an entry cached before the key existed was)
+CHECK_SAMPLES = "samples of the checks' inputs"
+
 #: the ops whose float32 weights (inputs after the first) are stored as float16
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
@@ -60,7 +63,7 @@ def to_fp16_weights(source: Path, out: Path) -> dict[str, Any]:
 
 
 def to_int8_qdq(source: Path, out: Path, samples: Sequence[dict[str, np.ndarray]],
-                exclude: Sequence[str] = (), calibration: str = "samples of the checks' inputs") -> dict[str, Any]:
+                exclude: Sequence[str] = (), calibration: str = CHECK_SAMPLES) -> dict[str, Any]:
     """``source`` quantized by onnxruntime's ``quantize_static``: QDQ format, per-channel int8 weights, uint8
     activations, calibrated (MinMax) on ``samples`` (one feed dict per sample); the graph is first prepared with
     ``quant_pre_process`` (shape inference and optimisation), as onnxruntime recommends; the nodes named in
@@ -103,7 +106,7 @@ def describe(meta: dict[str, Any]) -> str:
     calibrated on 4 samples)"."""
     if meta.get("precision") == "int8":
         return (f"INT8 (onnxruntime QDQ, per-channel int8 weights, uint8 activations, calibrated on "
-                f"{meta.get('calibration_samples', '?')} {meta.get('calibration', 'samples of the checks inputs')})")
+                f"{meta.get('calibration_samples', '?')} {meta.get('calibration', CHECK_SAMPLES)})")
     return (f"FP16 weights ({meta.get('weights_fp16', '?')} tensors stored as float16, cast back to float32 where "
             f"they are read; {int(meta.get('bytes_saved', 0)) / 1024:.0f} KiB saved)")
 
@@ -157,7 +160,7 @@ class QuantizedDeployment(Deployment):
         feeds = [{n: _samples(x, a, i, i + 1) for n, x, a in zip(names, batch, axes, strict=True)}
                  for i in range(count)]
         return feeds, ("images of --cvdnn-images (the deployed pipeline's blobs)" if images is not None
-                       else "samples of the checks' inputs")
+                       else CHECK_SAMPLES)
 
     def _calibration_images(self, base: Deployment) -> np.ndarray | None:
         """The deployed pipeline's tensors (NHWC, the Keras layout) of the user's images, None where there are none

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ..devices import device_code, net_key, set_device
+from ..devices import DEFAULT, device_code, net_key, set_device
 from ..errors import CvdnnError
 from . import Runner, RunnerSpec
 
@@ -342,7 +342,7 @@ def _key(dep: Deployment, logits: bool) -> str | None:
 
 
 def _version(dep: Deployment) -> str:
-    device = "" if dep.settings.device == "cpu" else f", device {dep.settings.device}"
+    device = "" if dep.settings.device == DEFAULT else f", device {dep.settings.device}"
     return f"cv2.dnn of OpenCV {dep.target_opencv_version()} (engine {dep.settings.engine}{device}, {dep.target_label})"
 
 
